@@ -1,0 +1,577 @@
+//! Configuration: the TOML file, the `serve` flags that override it, and the embedded
+//! defaults. Every key has a default; unknown keys are an error. Values are checked while the
+//! file is read, so an error names the key and the line (`toml`'s span), and the listen specs
+//! given on the command line are checked with a message that quotes the spec.
+//!
+//! Owns: [`Config`] and its parts. Nothing here opens a socket or a file other than the
+//! configuration file itself.
+
+#![forbid(unsafe_code)]
+
+mod listen;
+mod values;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use listen::parse_listen_spec;
+pub use values::{ByteSize, Millis, parse_duration_ms};
+
+use crate::limits;
+
+/// A configuration error, with the position when it comes from a file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid, or a key has a bad value (the message names key and line).
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What and where.
+        message: String,
+    },
+    /// A `--listen` spec is malformed.
+    #[error("bad --listen spec `{spec}`: {message}")]
+    ListenSpec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A command-line value is invalid.
+    #[error("bad value for {flag}: {message}")]
+    Flag {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The combination of settings is invalid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Which I/O backend the cores use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// io_uring where the kernel allows it, else epoll.
+    #[default]
+    Auto,
+    /// io_uring only.
+    Uring,
+    /// mio over epoll.
+    Epoll,
+}
+
+/// Transport of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP stream, newline (or octet-counted) framing.
+    Tcp,
+    /// UDP datagrams, one or more lines each.
+    Udp,
+}
+
+impl Proto {
+    /// `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// Input format of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Raw lines, value 1 each.
+    Raw,
+    /// Graphite plaintext.
+    Graphite,
+    /// StatsD.
+    Statsd,
+    /// Syslog (RFC 5424 / RFC 3164).
+    Syslog,
+}
+
+impl Format {
+    /// The format's name as written in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Graphite => "graphite",
+            Format::Statsd => "statsd",
+            Format::Syslog => "syslog",
+        }
+    }
+
+    /// Parses a format name.
+    pub fn from_name(name: &str) -> Option<Format> {
+        Some(match name {
+            "raw" => Format::Raw,
+            "graphite" => Format::Graphite,
+            "statsd" => Format::Statsd,
+            "syslog" => Format::Syslog,
+            _ => return None,
+        })
+    }
+}
+
+/// Format options: which fields make the key, the value and the time.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormatOptions {
+    /// Key fields (`raw`: `first_token`; `syslog`: host, app, severity, facility, msgid).
+    #[serde(default, deserialize_with = "values::comma_list")]
+    pub key: Option<Vec<String>>,
+    /// Value field.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Time field.
+    #[serde(default)]
+    pub time: Option<String>,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name; used in metrics, the dead-letter log and as the `raw` key.
+    #[serde(default)]
+    pub name: String,
+    /// `tcp` or `udp`.
+    pub proto: Proto,
+    /// Address to bind, `HOST:PORT` (port 0 picks a free port).
+    #[serde(deserialize_with = "values::socket_addr")]
+    pub addr: SocketAddr,
+    /// Input format.
+    pub format: Format,
+    /// Format options.
+    #[serde(flatten)]
+    pub options: FormatOptions,
+    /// Longest accepted line in bytes; longer lines are rejected as `too_long`.
+    #[serde(
+        default = "default_line_bytes",
+        deserialize_with = "values::line_bytes"
+    )]
+    pub max_line_bytes: u32,
+    /// Most open connections per core (TCP).
+    #[serde(default = "default_connections")]
+    pub max_connections: u32,
+}
+
+fn default_line_bytes() -> u32 {
+    limits::LINE_BYTES_DEFAULT
+}
+fn default_connections() -> u32 {
+    limits::CONNECTIONS_DEFAULT
+}
+
+impl ListenerConfig {
+    /// A listener with default limits.
+    pub fn new(name: &str, proto: Proto, addr: SocketAddr, format: Format) -> Self {
+        ListenerConfig {
+            name: name.to_string(),
+            proto,
+            addr,
+            format,
+            options: FormatOptions::default(),
+            max_line_bytes: default_line_bytes(),
+            max_connections: default_connections(),
+        }
+    }
+}
+
+/// When the log is flushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushPolicy {
+    /// Every batch is durable before anything depends on it.
+    Always,
+    /// Every `flush_interval_ms`.
+    #[default]
+    Interval,
+    /// Left to the kernel.
+    Never,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Size of each segment file.
+    #[serde(deserialize_with = "values::segment_bytes")]
+    pub segment_bytes: u64,
+    /// Flush policy.
+    pub flush: FlushPolicy,
+    /// Flush interval under `flush = "interval"`.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
+            flush: FlushPolicy::Interval,
+            flush_interval_ms: limits::FLUSH_INTERVAL_MS_DEFAULT,
+        }
+    }
+}
+
+/// `[window]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Tumbling window sizes.
+    #[serde(deserialize_with = "values::window_sizes")]
+    pub sizes: Vec<Millis>,
+    /// How late (in event time) an event may be and still count.
+    pub allowed_lateness: Millis,
+    /// Live keys per shard before the overflow key takes the rest.
+    pub max_keys_per_shard: u32,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            sizes: vec![Millis(10_000), Millis(60_000)],
+            allowed_lateness: Millis(5_000),
+            max_keys_per_shard: limits::KEYS_PER_SHARD_DEFAULT,
+        }
+    }
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Time between checkpoints.
+    pub interval_ms: u64,
+    /// Checkpoint files kept.
+    pub keep: u32,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            interval_ms: limits::CHECKPOINT_INTERVAL_MS_DEFAULT,
+            keep: limits::CHECKPOINTS_KEPT_DEFAULT,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP server.
+    #[serde(deserialize_with = "values::socket_addr")]
+    pub addr: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9900)),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the log, checkpoints, aggregates and dead letters live.
+    pub data_dir: PathBuf,
+    /// Worker cores (default: every online core).
+    pub cores: Option<usize>,
+    /// I/O backend.
+    pub io: IoMode,
+    /// Listeners; empty means the embedded defaults.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[window]`.
+    pub window: WindowConfig,
+    /// `[checkpoint]`.
+    pub checkpoint: CheckpointConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("sluice-data"),
+            cores: None,
+            io: IoMode::Auto,
+            listeners: Vec::new(),
+            log: LogConfig::default(),
+            window: WindowConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+/// The listeners sluice runs when neither the file nor the flags name any: the ports people
+/// already point their tools at, on 127.0.0.1.
+pub fn default_listeners() -> Vec<ListenerConfig> {
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    vec![
+        ListenerConfig::new("graphite-tcp", Proto::Tcp, at(2003), Format::Graphite),
+        ListenerConfig::new("graphite-udp", Proto::Udp, at(2003), Format::Graphite),
+        ListenerConfig::new("statsd-udp", Proto::Udp, at(8125), Format::Statsd),
+        ListenerConfig::new("syslog-tcp", Proto::Tcp, at(5140), Format::Syslog),
+        ListenerConfig::new("syslog-udp", Proto::Udp, at(5140), Format::Syslog),
+        ListenerConfig::new("raw-tcp", Proto::Tcp, at(7070), Format::Raw),
+    ]
+}
+
+impl Config {
+    /// Reads and checks a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| Error::File {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error message names the key and the line.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        config.check_listeners().map_err(|(index, message)| {
+            let line = nth_table_line(text, "[[listener]]", index)
+                .map(|l| format!("line {l}: "))
+                .unwrap_or_default();
+            format!("{line}[[listener]] #{}: {message}", index + 1)
+        })?;
+        Ok(config)
+    }
+
+    /// Fills in derived values and checks relations between settings. Called once all
+    /// sources (file, flags, defaults) are merged.
+    pub fn finish(mut self) -> Result<Config, Error> {
+        if self.listeners.is_empty() {
+            self.listeners = default_listeners();
+        }
+        self.check_listeners()
+            .map_err(|(i, m)| Error::Invalid(format!("listener #{}: {m}", i + 1)))?;
+        let cores = self.cores.unwrap_or_else(online_cores);
+        if cores == 0 || cores > limits::CORES_MAX {
+            return Err(Error::Invalid(format!(
+                "cores = {cores}: must be 1..={}",
+                limits::CORES_MAX
+            )));
+        }
+        self.cores = Some(cores);
+        if self.window.sizes.is_empty() {
+            return Err(Error::Invalid(
+                "window.sizes: at least one window size is needed".into(),
+            ));
+        }
+        if self.log.flush_interval_ms == 0 {
+            return Err(Error::Invalid("log.flush_interval_ms must be > 0".into()));
+        }
+        if self.checkpoint.interval_ms == 0 || self.checkpoint.keep == 0 {
+            return Err(Error::Invalid(
+                "checkpoint.interval_ms and checkpoint.keep must be > 0".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The number of cores, once [`Config::finish`] has run.
+    pub fn core_count(&self) -> usize {
+        self.cores.unwrap_or_else(online_cores)
+    }
+
+    /// Names listeners that have none and checks that names are unique and addresses do not
+    /// collide. Returns the index of the offending listener.
+    fn check_listeners(&self) -> Result<(), (usize, String)> {
+        let mut seen_names = std::collections::HashSet::new();
+        let mut seen_addrs = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let name = if l.name.is_empty() {
+                auto_name(l)
+            } else {
+                l.name.clone()
+            };
+            if !seen_names.insert(name.clone()) {
+                return Err((i, format!("duplicate listener name `{name}`")));
+            }
+            if l.addr.port() != 0 && !seen_addrs.insert((l.proto, l.addr)) {
+                return Err((
+                    i,
+                    format!("{}://{} is used by two listeners", l.proto.as_str(), l.addr),
+                ));
+            }
+            if l.max_connections == 0 {
+                return Err((i, "max_connections must be > 0".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives every unnamed listener its automatic name (`FORMAT-PROTO-PORT`).
+    pub fn name_listeners(&mut self) {
+        for l in &mut self.listeners {
+            if l.name.is_empty() {
+                l.name = auto_name(l);
+            }
+        }
+    }
+}
+
+fn auto_name(l: &ListenerConfig) -> String {
+    format!(
+        "{}-{}-{}",
+        l.format.as_str(),
+        l.proto.as_str(),
+        l.addr.port()
+    )
+}
+
+/// Every online core, as the OS reports it.
+pub fn online_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(limits::CORES_MAX)
+}
+
+/// `toml`'s message, with the line number spelled out first.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let source_line = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}: {message} (at `{source_line}`)")
+        }
+        None => message,
+    }
+}
+
+/// Line number (1-based) of the `n`th occurrence of a table header.
+fn nth_table_line(text: &str, header: &str, n: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with(header))
+        .nth(n)
+        .map(|(i, _)| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::from_toml("").unwrap().finish().unwrap();
+        assert_eq!(c.listeners, default_listeners());
+        assert_eq!(c.window.sizes, vec![Millis(10_000), Millis(60_000)]);
+        assert_eq!(c.admin.addr, "127.0.0.1:9900".parse().unwrap());
+    }
+
+    #[test]
+    fn full_file_round_trips() {
+        let text = r#"
+data_dir = "/var/lib/sluice"
+cores = 2
+io = "epoll"
+
+[[listener]]
+name = "metrics"
+proto = "tcp"
+addr = "0.0.0.0:2003"
+format = "graphite"
+max_line_bytes = 4096
+
+[[listener]]
+proto = "tcp"
+addr = "127.0.0.1:7070"
+format = "raw"
+key = "first_token"
+
+[log]
+segment_bytes = "8MiB"
+flush = "always"
+
+[window]
+sizes = ["1s", "1m"]
+allowed_lateness = "2s"
+
+[checkpoint]
+interval_ms = 1000
+keep = 2
+"#;
+        let mut c = Config::from_toml(text).unwrap().finish().unwrap();
+        c.name_listeners();
+        assert_eq!(c.cores, Some(2));
+        assert_eq!(c.listeners[0].max_line_bytes, 4096);
+        assert_eq!(c.listeners[1].name, "raw-tcp-7070");
+        assert_eq!(
+            c.listeners[1].options.key,
+            Some(vec!["first_token".to_string()])
+        );
+        assert_eq!(c.log.segment_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.log.flush, FlushPolicy::Always);
+        assert_eq!(c.window.sizes, vec![Millis(1_000), Millis(60_000)]);
+        assert_eq!(c.window.allowed_lateness, Millis(2_000));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let err = Config::from_toml("cores = 1\n[log]\nflsh = \"always\"\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("flsh"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_line() {
+        let err = Config::from_toml("[window]\n\nsizes = [\"10x\"]\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        let err =
+            Config::from_toml("[[listener]]\nproto = \"tcp\"\naddr = \"nope\"\nformat = \"raw\"\n")
+                .unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        let err = Config::from_toml(
+            "[[listener]]\nproto = \"sctp\"\naddr = \"127.0.0.1:1\"\nformat = \"raw\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("line 2") && err.contains("sctp"), "{err}");
+        let err = Config::from_toml("[log]\nsegment_bytes = 100\n").unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("segment_bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_listener_names_point_at_the_second_table() {
+        let text = "[[listener]]\nname = \"a\"\nproto = \"tcp\"\naddr = \"127.0.0.1:1\"\nformat = \"raw\"\n\
+                    [[listener]]\nname = \"a\"\nproto = \"udp\"\naddr = \"127.0.0.1:1\"\nformat = \"raw\"\n";
+        let err = Config::from_toml(text).unwrap_err();
+        assert!(err.contains("line 6") && err.contains("duplicate"), "{err}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Every capacity constant of the appliance, with units last, and the compile-time
+//! assertions that relate them. Runtime-configurable limits have their defaults here and
+//! are checked against the hard bounds in `config` validation.
+
+#![forbid(unsafe_code)]
+
+/// Size of a memory page; segments and preallocation are multiples of it.
+pub const PAGE_BYTES: u64 = 4096;
+
+/// Default size of one log segment file.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Smallest accepted `log.segment_bytes`.
+pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
+/// Largest accepted `log.segment_bytes`.
+pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+/// Default longest accepted line (`max_line_bytes`), terminator excluded.
+pub const LINE_BYTES_DEFAULT: u32 = 64 * 1024;
+/// Largest accepted `max_line_bytes`: a line must always fit in a fresh segment.
+pub const LINE_BYTES_MAX: u32 = 256 * 1024;
+
+/// Bytes read from one TCP connection per read call.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Largest UDP datagram read.
+pub const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
+/// Receive buffer asked for on UDP sockets (the kernel may clamp it to `rmem_max`).
+pub const UDP_RCVBUF_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bytes one core reads from sockets before it returns to the rest of its loop.
+pub const READ_BYTES_PER_TICK_MAX: usize = 1024 * 1024;
+/// Reads from one connection before the core moves on to the next one (fairness).
+pub const READS_PER_CONNECTION_MAX: usize = 4;
+/// Datagrams read from one UDP socket per loop turn.
+pub const DATAGRAMS_PER_TICK_MAX: usize = 256;
+/// Inbound queue messages a core folds into its windows per loop turn.
+pub const INBOUND_MESSAGES_PER_TICK_MAX: usize = 64;
+
+/// Events in one routed batch before it is sent to its owner core.
+pub const ROUTE_BATCH_EVENTS_MAX: usize = 1024;
+/// Capacity, in batches, of each bounded queue between a pair of cores.
+pub const QUEUE_BATCHES_MAX: usize = 64;
+
+/// Default open connections per TCP listener per core.
+pub const CONNECTIONS_DEFAULT: u32 = 1024;
+/// Default live keys per shard before events go to the overflow key.
+pub const KEYS_PER_SHARD_DEFAULT: u32 = 1_000_000;
+/// Key under which events beyond `max_keys_per_shard` are counted.
+pub const OVERFLOW_KEY: &str = "__sluice_overflow__";
+/// Longest key kept; longer keys are rejected as `key_too_long`.
+pub const KEY_BYTES_MAX: usize = 1024;
+
+/// Raw bytes of a rejected line kept in its dead-letter record.
+pub const DEADLETTER_LINE_BYTES_MAX: usize = 1024;
+
+/// How often a core runs its periodic work (watermarks, flushes, metrics) when idle.
+pub const TICK_MS: u64 = 20;
+
+/// Checkpoints kept by default.
+pub const CHECKPOINTS_KEPT_DEFAULT: u32 = 3;
+/// Default checkpoint interval.
+pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// Default log flush interval under `flush = interval`.
+pub const FLUSH_INTERVAL_MS_DEFAULT: u64 = 200;
+
+/// Most cores (and so log partitions and shards) one instance runs.
+pub const CORES_MAX: usize = 256;
+
+const _: () = assert!(SEGMENT_BYTES_DEFAULT % PAGE_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_MIN % PAGE_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+// A line plus its framing and a batch header always fits in an empty segment, with room to spare.
+const _: () = assert!((LINE_BYTES_MAX as u64) * 4 <= SEGMENT_BYTES_MIN);
+const _: () = assert!(LINE_BYTES_DEFAULT <= LINE_BYTES_MAX);
+const _: () = assert!(READ_CHUNK_BYTES <= READ_BYTES_PER_TICK_MAX);
+const _: () = assert!(CORES_MAX <= u16::MAX as usize);
+const _: () = assert!(QUEUE_BATCHES_MAX >= 2);

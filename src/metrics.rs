@@ -1,0 +1,195 @@
+//! Counters and gauges shared between the cores (writers) and the admin thread (reader).
+//!
+//! Each core owns one [`CoreMetrics`] and is its only writer; the admin thread reads them at
+//! scrape time. Values are relaxed atomics: a scrape sees each counter at some recent moment,
+//! never a torn value. Cores update them once per batch or per tick, never per event.
+
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::parse::Reject;
+
+/// A monotonically rising counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Sets the value.
+    #[inline]
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Static description of a listener, for labels.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    /// Listener name from the configuration.
+    pub name: String,
+    /// `tcp` or `udp`.
+    pub proto: &'static str,
+    /// Format name.
+    pub format: &'static str,
+}
+
+/// Counters of one listener on one core.
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
+    /// Lines accepted into the log.
+    pub lines_total: Counter,
+    /// Bytes read from the network (before framing).
+    pub bytes_total: Counter,
+    /// Events produced by parsing accepted lines.
+    pub events_total: Counter,
+    /// Rejected lines, by [`Reject`] reason.
+    pub rejected_total: [Counter; Reject::COUNT],
+    /// Datagrams the process could not take (counted by the kernel or by the core).
+    pub udp_dropped_total: Counter,
+    /// Connections accepted.
+    pub connections_total: Counter,
+    /// Connections refused because `max_connections` was reached.
+    pub connections_refused_total: Counter,
+    /// Connections open now.
+    pub connections_open: Gauge,
+}
+
+/// Counters and gauges of one core.
+#[derive(Debug)]
+pub struct CoreMetrics {
+    /// Per listener, indexed by listener id.
+    pub listeners: Vec<ListenerCounters>,
+    /// Nanoseconds this core spent with socket reads paused because a queue was full.
+    pub backpressure_ns_total: Counter,
+    /// Batches waiting in this core's outbound pending buffers (could not be queued yet).
+    pub pending_batches: Gauge,
+    /// Messages waiting in this core's inbound queues.
+    pub queue_depth: Gauge,
+    /// Events folded into this core's shard.
+    pub window_events_total: Counter,
+    /// Events that arrived after their window had closed (dead-lettered).
+    pub late_events_total: Counter,
+    /// Events counted under the overflow key because the shard was full.
+    pub overflow_events_total: Counter,
+    /// Windows closed and written to the aggregates output.
+    pub windows_closed_total: Counter,
+    /// Windows open now.
+    pub windows_open: Gauge,
+    /// Live keys in this shard.
+    pub keys: Gauge,
+    /// The shard's combined watermark, in ms since the epoch (`i64::MIN` until known).
+    pub watermark_ms: Gauge,
+    /// Next log offset of this core's partition.
+    pub log_next_offset: Gauge,
+    /// Log offset up to which this core's partition is flushed.
+    pub log_flushed_offset: Gauge,
+    /// Log flushes performed.
+    pub log_flushes_total: Counter,
+    /// Microseconds spent in log flushes.
+    pub log_flush_us_total: Counter,
+    /// Log records replayed at start.
+    pub replayed_lines_total: Counter,
+}
+
+impl CoreMetrics {
+    /// Metrics for a core serving `listeners` listeners.
+    pub fn new(listeners: usize) -> Self {
+        CoreMetrics {
+            listeners: (0..listeners)
+                .map(|_| ListenerCounters::default())
+                .collect(),
+            backpressure_ns_total: Counter::default(),
+            pending_batches: Gauge::default(),
+            queue_depth: Gauge::default(),
+            window_events_total: Counter::default(),
+            late_events_total: Counter::default(),
+            overflow_events_total: Counter::default(),
+            windows_closed_total: Counter::default(),
+            windows_open: Gauge::default(),
+            keys: Gauge::default(),
+            watermark_ms: Gauge(AtomicI64::new(i64::MIN)),
+            log_next_offset: Gauge::default(),
+            log_flushed_offset: Gauge::default(),
+            log_flushes_total: Counter::default(),
+            log_flush_us_total: Counter::default(),
+            replayed_lines_total: Counter::default(),
+        }
+    }
+}
+
+/// Checkpoint counters, written by the checkpoint coordinator.
+#[derive(Debug, Default)]
+pub struct CheckpointMetrics {
+    /// Checkpoints committed.
+    pub committed_total: Counter,
+    /// Checkpoints that failed to write.
+    pub failed_total: Counter,
+    /// Epoch of the newest committed checkpoint.
+    pub last_epoch: Gauge,
+    /// Microseconds from barrier injection to commit of the newest checkpoint.
+    pub last_duration_us: Gauge,
+    /// Size in bytes of the newest checkpoint file.
+    pub last_bytes: Gauge,
+}
+
+/// Everything the admin endpoint exposes.
+#[derive(Debug)]
+pub struct Metrics {
+    /// One per core, indexed by core id.
+    pub cores: Vec<CoreMetrics>,
+    /// One per listener, indexed by listener id.
+    pub listeners: Vec<ListenerInfo>,
+    /// Checkpoint coordinator figures.
+    pub checkpoint: CheckpointMetrics,
+    /// Process start.
+    pub started: Instant,
+    /// True once recovery is done and every listener is serving.
+    pub ready: AtomicBool,
+    /// True once shutdown has begun.
+    pub stopping: AtomicBool,
+}
+
+impl Metrics {
+    /// Fresh metrics for `cores` cores and the given listeners.
+    pub fn new(cores: usize, listeners: Vec<ListenerInfo>) -> Self {
+        Metrics {
+            cores: (0..cores)
+                .map(|_| CoreMetrics::new(listeners.len()))
+                .collect(),
+            listeners,
+            checkpoint: CheckpointMetrics::default(),
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Sum of one listener counter over every core.
+    pub fn listener_sum(&self, listener: usize, f: impl Fn(&ListenerCounters) -> &Counter) -> u64 {
+        self.cores
+            .iter()
+            .map(|c| f(&c.listeners[listener]).get())
+            .sum()
+    }
+}

@@ -1,0 +1,150 @@
+//! Graphite plaintext: `path value [unix_ts]`, key = path.
+//!
+//! Fields are separated by runs of spaces or tabs. The timestamp is Unix seconds (a fraction
+//! is allowed); `-1` or a missing timestamp means "now" (the ingest time), as carbon does.
+//! Graphite 1.1 tags (`path;tag=value`) are kept as part of the key, tags sorted.
+
+#![forbid(unsafe_code)]
+
+use super::{Event, Kind, Reject, TIME_MS_MAX, check_key, parse_finite};
+use crate::config::FormatOptions;
+
+/// Parser for the Graphite plaintext protocol.
+#[derive(Debug, Default)]
+pub struct GraphiteParser {
+    scratch: Vec<u8>,
+}
+
+fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|b| *b == b' ' || *b == b'\t')
+        .filter(|f| !f.is_empty())
+}
+
+impl GraphiteParser {
+    /// A new parser; Graphite has no options.
+    pub fn new(_options: &FormatOptions) -> Self {
+        GraphiteParser::default()
+    }
+
+    /// Parses one line; see [`super::Parser::parse`].
+    #[inline]
+    pub fn parse(
+        &mut self,
+        line: &[u8],
+        ingest_ms: i64,
+        sink: &mut impl FnMut(Event<'_>),
+    ) -> Result<u32, Reject> {
+        let mut it = fields(line);
+        let path = it.next().ok_or(Reject::NoKey)?;
+        let value = parse_finite(it.next().ok_or(Reject::NoValue)?)?;
+        let time_ms = match it.next() {
+            None => ingest_ms,
+            Some(ts) => parse_unix_seconds(ts, ingest_ms)?,
+        };
+        if it.next().is_some() {
+            return Err(Reject::BadSyntax);
+        }
+        let key = if memchr::memchr(b';', path).is_some() {
+            self.sorted_tags(path)?
+        } else {
+            check_key(path)?
+        };
+        sink(Event {
+            key,
+            value,
+            time_ms,
+            kind: Kind::Sample,
+        });
+        Ok(1)
+    }
+
+    /// `name;b=2;a=1` → `name;a=1;b=2`, in the scratch buffer.
+    fn sorted_tags(&mut self, path: &[u8]) -> Result<&[u8], Reject> {
+        let mut parts = path.split(|b| *b == b';');
+        let name = parts.next().unwrap_or_default();
+        let mut tags: [&[u8]; 32] = [&[]; 32];
+        let mut n = 0;
+        for tag in parts {
+            if tag.is_empty() {
+                continue;
+            }
+            if n == tags.len() || memchr::memchr(b'=', tag).is_none() {
+                return Err(Reject::BadSyntax);
+            }
+            tags[n] = tag;
+            n += 1;
+        }
+        tags[..n].sort_unstable();
+        self.scratch.clear();
+        self.scratch.extend_from_slice(name);
+        for tag in &tags[..n] {
+            self.scratch.push(b';');
+            self.scratch.extend_from_slice(tag);
+        }
+        check_key(&self.scratch)
+    }
+}
+
+/// Unix seconds (maybe fractional) → ms; `-1` means `ingest_ms`.
+fn parse_unix_seconds(ts: &[u8], ingest_ms: i64) -> Result<i64, Reject> {
+    if ts == b"-1" {
+        return Ok(ingest_ms);
+    }
+    let secs = parse_finite(ts).map_err(|_| Reject::BadTimestamp)?;
+    let ms = (secs * 1000.0).round();
+    if !(0.0..=TIME_MS_MAX as f64).contains(&ms) {
+        return Err(Reject::BadTimestamp);
+    }
+    Ok(ms as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Vec<(String, f64, i64)>, Reject> {
+        let mut p = GraphiteParser::default();
+        let mut out = Vec::new();
+        p.parse(line.as_bytes(), 42_000, &mut |e| {
+            out.push((
+                String::from_utf8(e.key.to_vec()).unwrap(),
+                e.value,
+                e.time_ms,
+            ))
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn plain_line_with_timestamp() {
+        assert_eq!(
+            parse("room.temp 21.5 1700000000").unwrap(),
+            vec![("room.temp".into(), 21.5, 1_700_000_000_000)]
+        );
+    }
+
+    #[test]
+    fn missing_or_minus_one_timestamp_is_ingest_time() {
+        assert_eq!(parse("a 1").unwrap()[0].2, 42_000);
+        assert_eq!(parse("a 1 -1").unwrap()[0].2, 42_000);
+    }
+
+    #[test]
+    fn tags_are_sorted_into_the_key() {
+        assert_eq!(parse("cpu;z=1;a=2 0.5 10").unwrap()[0].0, "cpu;a=2;z=1");
+    }
+
+    #[test]
+    fn bad_lines_are_rejected_with_a_reason() {
+        assert_eq!(parse(""), Err(Reject::NoKey));
+        assert_eq!(parse("a"), Err(Reject::NoValue));
+        assert_eq!(parse("a x"), Err(Reject::BadNumber));
+        assert_eq!(parse("a nan 1"), Err(Reject::BadNumber));
+        assert_eq!(parse("a 1 x"), Err(Reject::BadTimestamp));
+        assert_eq!(parse("a 1 -5"), Err(Reject::BadTimestamp));
+        assert_eq!(parse("a 1 2 3"), Err(Reject::BadSyntax));
+        assert_eq!(parse("\u{fffd}\u{fffd} 1").map(|v| v.len()), Ok(1));
+        let mut p = GraphiteParser::default();
+        assert_eq!(p.parse(b"\xff\xfe 1", 0, &mut |_| {}), Err(Reject::BadUtf8));
+    }
+}

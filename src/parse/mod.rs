@@ -1,0 +1,188 @@
+//! Parsing: one accepted line → zero or more events `(key, value, event time, kind)`.
+//!
+//! One file per format; [`Parser`] dispatches on the listener's format. Parsers are
+//! zero-copy: an [`Event`]'s key borrows either the line or a scratch buffer owned by the
+//! parser, and the sink must copy what it keeps before the next call. A line a parser cannot
+//! read is a [`Reject`] value (counted and dead-lettered by the caller), never a panic and
+//! never an `Err` that stops the listener.
+//!
+//! Numbers: NaN and ±inf are rejected as `bad_number` in every format, so aggregates stay
+//! finite and JSON-encodable.
+
+#![forbid(unsafe_code)]
+
+pub mod graphite;
+pub mod raw;
+pub mod statsd;
+pub mod syslog;
+
+use crate::config::{Format, FormatOptions};
+
+/// What an event's value means, as its format says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// A plain sample (graphite, influx, json, raw count of 1).
+    #[default]
+    Sample,
+    /// A StatsD counter; the value is already divided by the sample rate.
+    Counter,
+    /// A StatsD gauge set to the value.
+    Gauge,
+    /// A StatsD gauge changed by the (signed) value.
+    GaugeDelta,
+    /// A StatsD timer / histogram / distribution sample.
+    Timer,
+    /// A StatsD set member; the value is a hash of the member.
+    Set,
+}
+
+/// One event out of a line. Borrowed: copy what you keep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Event<'a> {
+    /// The key, UTF-8, at most [`crate::limits::KEY_BYTES_MAX`] bytes.
+    pub key: &'a [u8],
+    /// The value; always finite.
+    pub value: f64,
+    /// Event time in ms since the Unix epoch (the ingest time when the line has none).
+    pub time_ms: i64,
+    /// What the value means.
+    pub kind: Kind,
+}
+
+macro_rules! rejects {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// Why a line (or a part of one) was not accepted. Each has a stable snake_case code
+        /// used in metrics labels and dead-letter records.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reject {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl Reject {
+            /// Every reason, in index order.
+            pub const ALL: &'static [Reject] = &[$(Reject::$variant,)*];
+            /// Number of reasons.
+            pub const COUNT: usize = Reject::ALL.len();
+
+            /// The stable code.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Reject::$variant => $name,)* }
+            }
+
+            /// Dense index, for counter arrays.
+            pub fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+rejects! {
+    TooLong => "too_long", "The line exceeds `max_line_bytes`.";
+    BadUtf8 => "bad_utf8", "The line (or its key) is not valid UTF-8.";
+    NoValue => "no_value", "A required value is missing.";
+    BadNumber => "bad_number", "A value is not a finite number.";
+    BadTimestamp => "bad_timestamp", "The timestamp is not a number or out of range.";
+    UnknownType => "unknown_type", "An unknown metric type (StatsD) or field type.";
+    BadFrame => "bad_frame", "A malformed frame (octet count, truncated frame).";
+    BadSyntax => "bad_syntax", "The line does not follow its format's grammar.";
+    NoKey => "no_key", "The key is empty or missing.";
+    KeyTooLong => "key_too_long", "The key exceeds the key length limit.";
+    Late => "late", "The event's window had already closed.";
+}
+
+/// Event times accepted: from 1970 to the year 9999, in ms.
+pub const TIME_MS_MAX: i64 = 253_402_300_799_999;
+
+/// A listener's parser. Holds per-listener options and scratch space; one per listener per core.
+#[derive(Debug)]
+pub enum Parser {
+    /// `raw` format.
+    Raw(raw::RawParser),
+    /// `graphite` plaintext format.
+    Graphite(graphite::GraphiteParser),
+    /// `statsd` format.
+    Statsd(statsd::StatsdParser),
+    /// `syslog` format (RFC 5424 and RFC 3164).
+    Syslog(syslog::SyslogParser),
+}
+
+impl Parser {
+    /// A parser for `format` with `options`, for the listener named `listener_name`.
+    pub fn new(format: Format, options: &FormatOptions, listener_name: &str) -> Parser {
+        match format {
+            Format::Raw => Parser::Raw(raw::RawParser::new(options, listener_name)),
+            Format::Graphite => Parser::Graphite(graphite::GraphiteParser::new(options)),
+            Format::Statsd => Parser::Statsd(statsd::StatsdParser::new(options)),
+            Format::Syslog => Parser::Syslog(syslog::SyslogParser::new(options)),
+        }
+    }
+
+    /// Parses one line (terminator already removed). `ingest_ms` is the event time for lines
+    /// without one. Each event is passed to `sink`; the number of events is returned.
+    #[inline]
+    pub fn parse(
+        &mut self,
+        line: &[u8],
+        ingest_ms: i64,
+        sink: &mut impl FnMut(Event<'_>),
+    ) -> Result<u32, Reject> {
+        match self {
+            Parser::Raw(p) => p.parse(line, ingest_ms, sink),
+            Parser::Graphite(p) => p.parse(line, ingest_ms, sink),
+            Parser::Statsd(p) => p.parse(line, ingest_ms, sink),
+            Parser::Syslog(p) => p.parse(line, ingest_ms, sink),
+        }
+    }
+}
+
+/// Parses a finite decimal number (as `str::parse::<f64>` does), rejecting NaN and ±inf.
+#[inline]
+pub fn parse_finite(bytes: &[u8]) -> Result<f64, Reject> {
+    let s = std::str::from_utf8(bytes).map_err(|_| Reject::BadNumber)?;
+    let v: f64 = s.parse().map_err(|_| Reject::BadNumber)?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(Reject::BadNumber)
+    }
+}
+
+/// Checks a key: non-empty, within the length limit, valid UTF-8.
+#[inline]
+pub fn check_key(key: &[u8]) -> Result<&[u8], Reject> {
+    if key.is_empty() {
+        return Err(Reject::NoKey);
+    }
+    if key.len() > crate::limits::KEY_BYTES_MAX {
+        return Err(Reject::KeyTooLong);
+    }
+    std::str::from_utf8(key).map_err(|_| Reject::BadUtf8)?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reject_codes_are_unique_and_indexed() {
+        for (i, r) in Reject::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let mut codes: Vec<_> = Reject::ALL.iter().map(|r| r.as_str()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), Reject::COUNT);
+    }
+
+    #[test]
+    fn parse_finite_rejects_nan_and_inf() {
+        assert_eq!(parse_finite(b"1.5"), Ok(1.5));
+        assert_eq!(parse_finite(b"NaN"), Err(Reject::BadNumber));
+        assert_eq!(parse_finite(b"inf"), Err(Reject::BadNumber));
+        assert_eq!(parse_finite(b"-infinity"), Err(Reject::BadNumber));
+        assert_eq!(parse_finite(b"\xff"), Err(Reject::BadNumber));
+        assert_eq!(parse_finite(b""), Err(Reject::BadNumber));
+    }
+}

@@ -1,0 +1,2 @@
+//! `loadgen`: load generator for sluice. (Being written.)
+fn main() {}
