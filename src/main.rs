@@ -1,2 +1,236 @@
-//! The `sluice` binary.
-fn main() {}
+//! The `sluice` binary: command line, configuration, and the subcommands. The only place
+//! `anyhow` is used, with context on every error that reaches the user.
+
+use std::io::Write;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use sluice::config::{self, Config, FlushPolicy, IoMode, Millis};
+
+/// sluice: a single-binary log and metrics ingestion appliance.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the appliance (embedded defaults when no config and no --listen are given).
+    Serve(ServeArgs),
+    /// Inspect the log.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Inspect checkpoints.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (log, checkpoints, aggregates, dead letters).
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listener, FORMAT+PROTO://HOST:PORT[?option=value&...]; repeatable; replaces the file's.
+    #[arg(long = "listen", value_name = "SPEC")]
+    listen: Vec<String>,
+    /// Admin HTTP address.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// Worker cores (default: every online core).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// I/O backend.
+    #[arg(long, value_enum)]
+    io: Option<IoMode>,
+    /// Window size (e.g. 10s, 1m); repeatable; replaces the file's.
+    #[arg(long = "window", value_name = "DURATION", value_parser = parse_duration)]
+    window: Vec<Millis>,
+    /// How late an event may be and still count.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    allowed_lateness: Option<Millis>,
+    /// Log flush policy.
+    #[arg(long, value_enum)]
+    flush: Option<FlushPolicy>,
+}
+
+#[derive(Debug, Args)]
+struct LogArgs {
+    /// Data directory.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "sluice-data")]
+    data_dir: PathBuf,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Check every record batch's CRC; exit 1 on corruption.
+    Verify(LogArgs),
+    /// Print the stored lines as they arrived, one per line.
+    Dump {
+        #[command(flatten)]
+        args: LogArgs,
+        /// Start at this offset.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// One JSON object per line with partition, offset, ingest time and listener.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckpointCommand {
+    /// Print the newest valid checkpoint as JSON.
+    Inspect {
+        /// Data directory.
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = "sluice-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Millis, String> {
+    config::parse_duration_ms(s)
+}
+
+/// A failure with its exit code: 2 for usage and configuration, 1 for runtime.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure { code: 1, error: e.into() }
+    }
+}
+
+fn usage(error: impl Into<anyhow::Error>) -> Failure {
+    Failure { code: 2, error: error.into() }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sluice::ops::init_tracing();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Log(cmd) => log_command(cmd),
+        Command::Checkpoint(CheckpointCommand::Inspect { data_dir }) => inspect(&data_dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure { code, error }) => {
+            eprintln!("sluice: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Builds the configuration: embedded defaults, then the file, then the flags.
+fn build_config(args: ServeArgs) -> Result<Config, Failure> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path).map_err(usage)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if !args.listen.is_empty() {
+        config.listeners =
+            args.listen.iter().map(|s| config::parse_listen_spec(s)).collect::<Result<_, _>>().map_err(usage)?;
+    }
+    if let Some(addr) = args.admin {
+        config.admin.addr = config::values_resolve(&addr)
+            .map_err(|message| usage(config::Error::Flag { flag: "--admin", message }))?;
+    }
+    if args.cores.is_some() {
+        config.cores = args.cores;
+    }
+    if let Some(io) = args.io {
+        config.io = io;
+    }
+    if !args.window.is_empty() {
+        config::check_window_sizes(&args.window)
+            .map_err(|message| usage(config::Error::Flag { flag: "--window", message }))?;
+        config.window.sizes = args.window;
+    }
+    if let Some(l) = args.allowed_lateness {
+        config.window.allowed_lateness = l;
+    }
+    if let Some(f) = args.flush {
+        config.log.flush = f;
+    }
+    let mut config = config.finish().map_err(usage)?;
+    config.name_listeners();
+    if config.io == IoMode::Uring {
+        return Err(usage(anyhow::anyhow!(
+            "io = uring: the io_uring backend is not available in this build; use `auto` or `epoll`"
+        )));
+    }
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
+    let config = build_config(args)?;
+    if config.io == IoMode::Auto {
+        tracing::info!("io = auto: using epoll");
+    }
+    let signals = sluice::ops::install_signals().context("cannot install signal handlers")?;
+    tracing::info!(data_dir = %config.data_dir.display(), cores = config.core_count(), "starting");
+    sluice::serve::run(config, signals).context("serve")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log_command(cmd: LogCommand) -> Result<ExitCode, Failure> {
+    match cmd {
+        LogCommand::Verify(args) => {
+            let report = sluice::log::verify(&args.data_dir, args.partition)
+                .with_context(|| format!("verify {}", args.data_dir.display()))?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            writeln!(out, "{report}")?;
+            Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        LogCommand::Dump { args, from, json } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            match sluice::log::dump(&args.data_dir, args.partition, sluice::log::Offset(from), json, &mut out) {
+                Ok(()) => {}
+                Err(e) if is_broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
+                Err(e) => return Err(anyhow::Error::from(e).context("dump").into()),
+            }
+            match out.flush() {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &sluice::log::Error) -> bool {
+    matches!(e, sluice::log::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn inspect(data_dir: &std::path::Path) -> Result<ExitCode, Failure> {
+    let dir = data_dir.join("checkpoint");
+    let Some(loaded) = sluice::checkpoint::file::load_newest(&dir).context("load checkpoint")? else {
+        eprintln!("sluice: no valid checkpoint in {}", dir.display());
+        return Ok(ExitCode::from(1));
+    };
+    let body = sluice::checkpoint::Body::decode(&loaded.body).context("decode checkpoint")?;
+    let json = serde_json::json!({ "path": loaded.path, "checkpoint": body });
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(ExitCode::SUCCESS)
+}
+

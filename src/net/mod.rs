@@ -1,1 +1,88 @@
-//! (Being written.)
+//! Network input: the listening sockets of one core and the connections it accepted.
+//!
+//! A backend delivers completions to a [`Handler`] — a connection was accepted, bytes arrived
+//! on a connection, datagrams arrived on a UDP socket, a connection closed — so the cores'
+//! framing and parsing do not depend on how the bytes were read. [`epoll::EpollBackend`] drives
+//! mio (epoll); an io_uring backend can drive the same handler.
+//!
+//! Backpressure: the backend reads only while [`Handler::reading`] is true. Readiness is
+//! remembered (mio is edge-triggered), so a paused socket is read again as soon as the core has
+//! room, without waiting for new data to arrive.
+
+#![forbid(unsafe_code)]
+
+pub mod epoll;
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Proto;
+use crate::limits::UDP_RCVBUF_BYTES;
+
+/// Identifies an open connection within one core.
+pub type ConnId = usize;
+
+/// What a core does with network completions.
+pub trait Handler {
+    /// May listener `listener` accept one more connection?
+    fn may_accept(&mut self, listener: u16) -> bool;
+    /// A connection was accepted.
+    fn opened(&mut self, conn: ConnId, listener: u16);
+    /// A connection was refused (over `max_connections`).
+    fn refused(&mut self, listener: u16);
+    /// Bytes arrived on a connection.
+    fn data(&mut self, conn: ConnId, bytes: &[u8]);
+    /// The peer closed the connection (or it failed); no more data will come.
+    fn closed(&mut self, conn: ConnId);
+    /// Datagrams arrived on a UDP listener: `lens[i]` bytes each, back to back in `buf`.
+    fn datagrams(&mut self, listener: u16, buf: &[u8], lens: &[u32]);
+    /// False while the core must not read (backpressure).
+    fn reading(&self) -> bool;
+}
+
+/// A socket bound for one listener on one core.
+#[derive(Debug)]
+pub enum BoundSocket {
+    /// A listening TCP socket.
+    Tcp(std::net::TcpListener),
+    /// A bound UDP socket.
+    Udp(std::net::UdpSocket),
+}
+
+impl BoundSocket {
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            BoundSocket::Tcp(l) => l.local_addr(),
+            BoundSocket::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
+/// Binds `addr` with `SO_REUSEPORT`, non-blocking, so every core can bind the same address.
+pub fn bind(proto: Proto, addr: SocketAddr) -> io::Result<BoundSocket> {
+    let domain = Domain::for_address(addr);
+    match proto {
+        Proto::Tcp => {
+            let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            Ok(BoundSocket::Tcp(s.into()))
+        }
+        Proto::Udp => {
+            let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            // The kernel clamps this to net.core.rmem_max; a small buffer is the main cause of
+            // UDP loss under bursts, so ask for a large one.
+            let _ = s.set_recv_buffer_size(UDP_RCVBUF_BYTES);
+            s.bind(&addr.into())?;
+            Ok(BoundSocket::Udp(s.into()))
+        }
+    }
+}

@@ -1,1 +1,265 @@
-//! (Being written.)
+//! The per-core loop: one pinned thread per core drives its sockets, its log partition, its
+//! shard of the key space and its share of every checkpoint.
+//!
+//! One turn of the loop, in order, each step with a budget so no step starves the others:
+//!
+//! ```text
+//!  inbound queues ─ fold events into the shard, apply watermarks, align barriers
+//!  pending sends  ─ retry what did not fit a full queue (backpressure while any remain)
+//!  control        ─ inject a requested checkpoint barrier; begin stopping
+//!  replay | I/O   ─ replay the log after the checkpoint, then read sockets:
+//!                   frame → append to the log → parse → route
+//!  tick           ─ watermark, log flush policy, output flushes, metrics
+//!  poll           ─ sleep until I/O, a doorbell or the next tick
+//! ```
+//!
+//! A checkpoint barrier is injected at the top of a turn, when every appended line has been
+//! parsed and routed, so the recorded offset and the events sent before the barrier agree.
+
+#![forbid(unsafe_code)]
+
+mod ingest;
+mod shard_side;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::checkpoint::{PartitionState, ShardState};
+use crate::config::ListenerConfig;
+use crate::deadletter::DeadLetter;
+use crate::limits::TICK_MS;
+use crate::log::{Appender, Offset, Reader};
+use crate::metrics::Metrics;
+use crate::net::{BoundSocket, Handler};
+use crate::net::epoll::EpollBackend;
+use crate::parse::Parser;
+use crate::route::{Doorbell, Inbound, Router};
+use crate::window::Shard;
+
+pub use ingest::Ingest;
+
+/// Shared control flags, set by the coordinator, read by every core each turn.
+#[derive(Debug)]
+pub struct Control {
+    /// Highest checkpoint epoch requested.
+    pub checkpoint_epoch: AtomicU64,
+    /// Stop reading input, drain, and wait for the final checkpoint.
+    pub stop: AtomicBool,
+    /// Leave the loop (after the final checkpoint, or on failure).
+    pub exit: AtomicBool,
+    /// One per core, to wake it.
+    pub doorbells: Vec<Doorbell>,
+}
+
+impl Control {
+    /// Wakes every core.
+    pub fn wake_all(&self) {
+        for d in &self.doorbells {
+            d.sleeping.store(true, Ordering::Release);
+            d.ring();
+        }
+    }
+}
+
+/// What a core tells the coordinator.
+#[derive(Debug)]
+pub enum Report {
+    /// The core finished replaying its partitions and serves its listeners.
+    Replayed {
+        /// Core.
+        core: u16,
+    },
+    /// The core injected barrier `epoch`; its partitions are flushed up to these offsets.
+    Partitions {
+        /// Epoch.
+        epoch: u64,
+        /// Core.
+        core: u16,
+        /// Positions.
+        partitions: Vec<PartitionState>,
+    },
+    /// The core's shard aligned barrier `epoch` and snapshotted (output fsynced).
+    Shard {
+        /// Epoch.
+        epoch: u64,
+        /// State.
+        state: ShardState,
+    },
+    /// The core stopped reading input and drained its connections.
+    Drained {
+        /// Core.
+        core: u16,
+    },
+    /// The core hit an error it cannot continue after.
+    Failed {
+        /// Core.
+        core: u16,
+        /// What happened.
+        error: String,
+    },
+}
+
+/// A partition this core replays before it serves its listeners.
+#[derive(Debug)]
+pub struct ReplayTask {
+    /// Partition number.
+    pub partition: u16,
+    /// First offset to replay.
+    pub from: Offset,
+    /// Reader positioned at `from`.
+    pub reader: Reader,
+}
+
+/// Everything a core needs, assembled by `serve` before the thread starts.
+#[derive(Debug)]
+pub struct WorkerSetup {
+    /// Core id (also its partition and shard number).
+    pub id: u16,
+    /// CPU to pin to, if any.
+    pub pin: Option<core_affinity::CoreId>,
+    /// Listeners, indexed by listener index.
+    pub listeners: Arc<Vec<ListenerConfig>>,
+    /// Stable log id of each listener (index → id).
+    pub listener_log_ids: Arc<Vec<u16>>,
+    /// This core's bound sockets: (listener index, socket).
+    pub sockets: Vec<(u16, BoundSocket)>,
+    /// This core's backend.
+    pub backend: EpollBackend,
+    /// Sending side.
+    pub router: Router,
+    /// Receiving side, one per source core.
+    pub inbound: Vec<Inbound>,
+    /// This core's partition.
+    pub appender: Appender,
+    /// Partitions to replay first (its own, and any left by a larger instance).
+    pub replay: Vec<ReplayTask>,
+    /// Partitions whose position this core reports, beside its own live one (replay-only ones).
+    pub partitions: Vec<PartitionState>,
+    /// Largest event time seen by this core's partitions at the checkpoint.
+    pub max_event_ms: Option<i64>,
+    /// This core's shard, restored.
+    pub shard: Shard,
+    /// Dead letters.
+    pub deadletter: DeadLetter,
+    /// Allowed lateness in ms.
+    pub allowed_lateness_ms: i64,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Control flags.
+    pub control: Arc<Control>,
+    /// To the coordinator.
+    pub reports: Sender<Report>,
+}
+
+/// Runs a core until the coordinator says exit. Consumes the setup.
+pub fn run(setup: WorkerSetup) {
+    let core = setup.id;
+    let reports = setup.reports.clone();
+    if let Some(pin) = setup.pin {
+        if !core_affinity::set_for_current(pin) {
+            tracing::debug!(core, "could not pin the thread to its CPU");
+        }
+    }
+    let (mut backend, sockets, mut ingest) = Ingest::new(setup);
+    if let Err(error) = ingest.run(&mut backend, sockets) {
+        tracing::error!(core, %error, "core failed");
+        let _ = reports.send(Report::Failed { core, error });
+    }
+}
+
+impl Ingest {
+    fn run(&mut self, backend: &mut EpollBackend, mut sockets: Vec<(u16, BoundSocket)>) -> Result<(), String> {
+        let mut next_tick = Instant::now();
+        let mut serving = false;
+        let mut drained = false;
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let inbound_more = self.drain_inbound()?;
+            self.retry_sends();
+            self.checkpoint_step()?;
+
+            let stopping = self.control.stop.load(Ordering::Acquire);
+            if stopping && stop_deadline.is_none() {
+                stop_deadline = Some(Instant::now() + Duration::from_secs(2));
+                backend.close_listeners();
+                sockets.clear();
+            }
+            if !serving && self.replay.is_empty() && !stopping {
+                for (listener, socket) in sockets.drain(..) {
+                    backend.add_listener(listener, socket).map_err(|e| format!("listener: {e}"))?;
+                }
+                serving = true;
+                self.report(Report::Replayed { core: self.id });
+            }
+            if !self.replay.is_empty() {
+                // On stop, replay pauses where it is: the final checkpoint records the cursor.
+                if !stopping {
+                    self.replay_step()?;
+                }
+            } else {
+                backend.service(self);
+            }
+            if let Some(deadline) = stop_deadline.filter(|_| !drained) {
+                let quiet = !backend.has_ready() && !self.router.blocked();
+                if quiet || Instant::now() >= deadline {
+                    let conns: Vec<_> = backend.connections().collect();
+                    for conn in conns {
+                        backend.close(conn, self);
+                    }
+                    self.router.flush();
+                    drained = true;
+                    self.report(Report::Drained { core: self.id });
+                }
+            }
+
+            let now = Instant::now();
+            if now >= next_tick {
+                self.tick(now)?;
+                next_tick = now + Duration::from_millis(TICK_MS);
+            }
+            if self.control.exit.load(Ordering::Acquire) {
+                self.finish();
+                return Ok(());
+            }
+
+            let busy = inbound_more
+                || (!self.replay.is_empty() && !stopping && !self.router.blocked())
+                || (backend.has_ready() && self.reading())
+                || (stop_deadline.is_some() && !drained);
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else if self.router.blocked() {
+                Some(Duration::from_millis(1))
+            } else {
+                Some(next_tick.saturating_duration_since(Instant::now()))
+            };
+            self.sleep(backend, timeout).map_err(|e| format!("poll: {e}"))?;
+        }
+    }
+
+    /// Polls, telling senders to ring the doorbell while this core sleeps.
+    fn sleep(&mut self, backend: &mut EpollBackend, timeout: Option<Duration>) -> std::io::Result<()> {
+        if timeout == Some(Duration::ZERO) {
+            return backend.poll(timeout);
+        }
+        let doorbell = &self.control.doorbells[self.id as usize];
+        doorbell.sleeping.store(true, Ordering::Release);
+        let timeout = if self.inbound_waiting() { Some(Duration::ZERO) } else { timeout };
+        let result = backend.poll(timeout);
+        doorbell.sleeping.store(false, Ordering::Release);
+        result
+    }
+
+    fn report(&self, report: Report) {
+        // The coordinator outlives every core; a send error means it already gave up.
+        let _ = self.reports.send(report);
+    }
+}
+
+/// The parsers of a core, by listener index.
+pub(crate) fn parsers(listeners: &[ListenerConfig]) -> Vec<Parser> {
+    listeners.iter().map(|l| Parser::new(l.format, &l.options, &l.name)).collect()
+}

@@ -1,0 +1,296 @@
+//! The mio (epoll) backend.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::{BoundSocket, ConnId, Handler};
+use crate::limits::{
+    DATAGRAM_BYTES_MAX, DATAGRAMS_PER_TICK_MAX, READ_BYTES_PER_TICK_MAX, READ_CHUNK_BYTES,
+    READS_PER_CONNECTION_MAX,
+};
+
+const WAKER: Token = Token(usize::MAX);
+/// Tokens below this are listeners; at or above it, connections.
+const CONN_BASE: usize = 1 << 20;
+/// Connections accepted per listener per turn.
+const ACCEPTS_PER_TICK_MAX: usize = 64;
+/// Space for datagrams read in one turn.
+const DATAGRAM_BUF_BYTES: usize = 256 * 1024;
+
+const _: () = assert!(DATAGRAM_BUF_BYTES >= 2 * DATAGRAM_BYTES_MAX);
+
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+#[derive(Debug)]
+struct Listener {
+    id: u16,
+    socket: Socket,
+    queued: bool,
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    queued: bool,
+}
+
+/// One core's sockets on mio.
+#[derive(Debug)]
+pub struct EpollBackend {
+    poll: Poll,
+    events: Events,
+    waker: Arc<Waker>,
+    listeners: Vec<Option<Listener>>,
+    conns: Vec<Option<Conn>>,
+    free_conns: Vec<usize>,
+    ready: VecDeque<Token>,
+    buf: Box<[u8]>,
+    dgram_buf: Box<[u8]>,
+    dgram_lens: Vec<u32>,
+}
+
+/// Wakes an [`EpollBackend`] from another thread.
+#[derive(Debug, Clone)]
+pub struct EpollWaker(Arc<Waker>);
+
+impl crate::route::Wake for EpollWaker {
+    fn wake(&self) {
+        // A failed wake leaves the core to its next tick, at most TICK_MS later.
+        let _ = self.0.wake();
+    }
+}
+
+impl EpollBackend {
+    /// A backend with no sockets yet.
+    pub fn new() -> io::Result<EpollBackend> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(EpollBackend {
+            poll,
+            events: Events::with_capacity(1024),
+            waker,
+            listeners: Vec::new(),
+            conns: Vec::new(),
+            free_conns: Vec::new(),
+            ready: VecDeque::new(),
+            buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
+            dgram_buf: vec![0; DATAGRAM_BUF_BYTES].into_boxed_slice(),
+            dgram_lens: Vec::with_capacity(DATAGRAMS_PER_TICK_MAX),
+        })
+    }
+
+    /// A handle that wakes this backend's poll.
+    pub fn waker(&self) -> EpollWaker {
+        EpollWaker(self.waker.clone())
+    }
+
+    /// Starts serving listener `id` on `socket`.
+    pub fn add_listener(&mut self, id: u16, socket: BoundSocket) -> io::Result<()> {
+        let token = Token(self.listeners.len());
+        assert!(token.0 < CONN_BASE);
+        let mut socket = match socket {
+            BoundSocket::Tcp(l) => Socket::Tcp(TcpListener::from_std(l)),
+            BoundSocket::Udp(s) => Socket::Udp(UdpSocket::from_std(s)),
+        };
+        match &mut socket {
+            Socket::Tcp(l) => self.poll.registry().register(l, token, Interest::READABLE)?,
+            Socket::Udp(s) => self.poll.registry().register(s, token, Interest::READABLE)?,
+        }
+        self.listeners.push(Some(Listener { id, socket, queued: true }));
+        // Something may have arrived before registration: look once.
+        self.ready.push_back(token);
+        Ok(())
+    }
+
+    /// Stops accepting connections and receiving datagrams (shutdown).
+    pub fn close_listeners(&mut self) {
+        for slot in &mut self.listeners {
+            if let Some(mut l) = slot.take() {
+                let _ = match &mut l.socket {
+                    Socket::Tcp(s) => self.poll.registry().deregister(s),
+                    Socket::Udp(s) => self.poll.registry().deregister(s),
+                };
+            }
+        }
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.conns.iter().enumerate().filter(|(_, c)| c.is_some()).map(|(i, _)| i)
+    }
+
+    /// Closes a connection (the handler is told through `closed`).
+    pub fn close(&mut self, conn: ConnId, handler: &mut impl Handler) {
+        if let Some(mut c) = self.conns.get_mut(conn).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.free_conns.push(conn);
+            handler.closed(conn);
+        }
+    }
+
+    /// True when sockets are known to have input waiting.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Waits up to `timeout` for readiness (returns at once when input is known to wait and
+    /// `reading`), and records what became ready.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        for event in self.events.iter() {
+            let token = event.token();
+            if token == WAKER {
+                continue;
+            }
+            let queued = if token.0 >= CONN_BASE {
+                self.conns.get_mut(token.0 - CONN_BASE).and_then(Option::as_mut).map(|c| &mut c.queued)
+            } else {
+                self.listeners.get_mut(token.0).and_then(Option::as_mut).map(|l| &mut l.queued)
+            };
+            if let Some(q) = queued {
+                if !*q {
+                    *q = true;
+                    self.ready.push_back(token);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Services ready sockets while the handler is reading, within this turn's budget.
+    pub fn service(&mut self, handler: &mut impl Handler) {
+        let mut budget = READ_BYTES_PER_TICK_MAX;
+        let mut turns = self.ready.len();
+        while turns > 0 && budget > 0 {
+            turns -= 1;
+            let Some(token) = self.ready.pop_front() else { break };
+            let again = if token.0 >= CONN_BASE {
+                if !handler.reading() {
+                    self.ready.push_front(token);
+                    break;
+                }
+                self.read_conn(token.0 - CONN_BASE, handler, &mut budget)
+            } else {
+                self.serve_listener(token.0, handler, &mut budget)
+            };
+            if again {
+                self.ready.push_back(token);
+            }
+        }
+    }
+
+    /// Reads what one connection has. Returns true when it may have more.
+    fn read_conn(&mut self, conn: ConnId, handler: &mut impl Handler, budget: &mut usize) -> bool {
+        for _ in 0..READS_PER_CONNECTION_MAX {
+            let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else { return false };
+            match c.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    self.close(conn, handler);
+                    return false;
+                }
+                Ok(n) => {
+                    *budget = budget.saturating_sub(n);
+                    handler.data(conn, &self.buf[..n]);
+                    if *budget == 0 || !handler.reading() {
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.queued = false;
+                    return false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close(conn, handler);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Accepts connections or receives datagrams. Returns true when it may have more.
+    fn serve_listener(&mut self, index: usize, handler: &mut impl Handler, budget: &mut usize) -> bool {
+        let Some(l) = self.listeners.get_mut(index).and_then(Option::as_mut) else { return false };
+        let id = l.id;
+        match &mut l.socket {
+            Socket::Tcp(listener) => {
+                for _ in 0..ACCEPTS_PER_TICK_MAX {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            if !handler.may_accept(id) {
+                                handler.refused(id);
+                                drop(stream);
+                                continue;
+                            }
+                            let conn = self.free_conns.pop().unwrap_or_else(|| {
+                                self.conns.push(None);
+                                self.conns.len() - 1
+                            });
+                            let mut stream = stream;
+                            let token = Token(CONN_BASE + conn);
+                            if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_err() {
+                                self.free_conns.push(conn);
+                                continue;
+                            }
+                            self.conns[conn] = Some(Conn { stream, queued: true });
+                            self.ready.push_back(token);
+                            handler.opened(conn, id);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            l.queued = false;
+                            return false;
+                        }
+                        // EMFILE and friends: try again next turn rather than spin.
+                        Err(_) => return true,
+                    }
+                }
+                true
+            }
+            Socket::Udp(socket) => {
+                if !handler.reading() {
+                    return true;
+                }
+                self.dgram_lens.clear();
+                let mut used = 0;
+                let mut more = true;
+                while self.dgram_lens.len() < DATAGRAMS_PER_TICK_MAX
+                    && DATAGRAM_BUF_BYTES - used >= DATAGRAM_BYTES_MAX
+                {
+                    match socket.recv(&mut self.dgram_buf[used..]) {
+                        Ok(n) => {
+                            self.dgram_lens.push(n as u32);
+                            used += n;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            l.queued = false;
+                            more = false;
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        // ICMP errors reported on the socket: nothing to read, keep serving.
+                        Err(_) => break,
+                    }
+                }
+                if !self.dgram_lens.is_empty() {
+                    *budget = budget.saturating_sub(used);
+                    handler.datagrams(id, &self.dgram_buf[..used], &self.dgram_lens);
+                }
+                more
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+use super::*;
+
+fn shard(dir: &Path, sizes: &[i64], max_keys: usize, sources: usize) -> Shard {
+    let out = AggregatesWriter::open(&dir.join("s000.jsonl"), 0).unwrap();
+    Shard::new(sizes.to_vec(), max_keys, sources, i64::MIN, out)
+}
+
+fn lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("s000.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn window_start_floors_negative_times() {
+    assert_eq!(window_start(0, 10), 0);
+    assert_eq!(window_start(9, 10), 0);
+    assert_eq!(window_start(10, 10), 10);
+    assert_eq!(window_start(-1, 10), -10);
+    assert_eq!(window_start(i64::MAX, 1000), i64::MAX - i64::MAX % 1000);
+}
+
+#[test]
+fn windows_close_when_every_source_passes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000], 100, 2);
+    for (v, t) in [(1.0, 100), (3.0, 900), (2.0, 1500)] {
+        assert_eq!(s.fold(b"k", v, t, Kind::Sample), Folded::default());
+    }
+    assert_eq!(s.advance(0, 5000, false).unwrap(), 2, "source 1 has no watermark: not held back");
+    assert_eq!(s.closed_through_ms(), 5000);
+    s.output().flush().unwrap();
+    let out = lines(dir.path());
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0]["count"], 2);
+    assert_eq!(out[0]["sum"], 4.0);
+    assert_eq!(out[0]["min"], 1.0);
+    assert_eq!(out[0]["max"], 3.0);
+    assert_eq!(out[0]["last"], 3.0);
+    assert_eq!(out[0]["window"], "1s");
+    assert_eq!(out[1]["start_ms"], 1000);
+    assert_eq!(s.keys(), 0, "a key with no open window is released");
+}
+
+#[test]
+fn the_slowest_source_holds_the_frontier() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000], 100, 2);
+    s.fold(b"k", 1.0, 100, Kind::Sample);
+    s.advance(1, 400, false).unwrap();
+    s.advance(0, 5000, false).unwrap();
+    assert_eq!(s.closed_through_ms(), 400);
+    assert_eq!(s.open_windows(), 1);
+    s.advance(1, 1000, false).unwrap();
+    assert_eq!(s.open_windows(), 0);
+}
+
+#[test]
+fn an_idle_source_does_not_hold_the_frontier() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000], 100, 2);
+    s.fold(b"k", 1.0, 100, Kind::Sample);
+    s.advance(1, 50, false).unwrap();
+    s.advance(0, 5000, false).unwrap();
+    assert_eq!(s.closed_through_ms(), 50);
+    s.advance(1, 60, true).unwrap();
+    assert_eq!(s.closed_through_ms(), 5000, "idle source 1 is skipped");
+    s.advance(0, 7000, true).unwrap();
+    assert_eq!(s.closed_through_ms(), 7000, "all idle: the most advanced leads");
+    s.advance(1, 100, false).unwrap();
+    assert_eq!(s.closed_through_ms(), 7000, "the frontier never falls");
+}
+
+#[test]
+fn late_events_are_not_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000, 10_000], 100, 1);
+    s.advance(0, 2000, false).unwrap();
+    let f = s.fold(b"k", 1.0, 1500, Kind::Sample);
+    assert_eq!(f.late, 1, "late for the 1s window, not for the 10s one");
+    assert_eq!(s.open_windows(), 1);
+    let f = s.fold(b"k", 1.0, 100, Kind::Sample);
+    assert_eq!(f.late, 1);
+    assert_eq!(s.open_windows(), 1);
+}
+
+#[test]
+fn keys_beyond_the_bound_go_to_the_overflow_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000], 2, 1);
+    assert!(!s.fold(b"a", 1.0, 0, Kind::Sample).overflow);
+    assert!(!s.fold(b"b", 1.0, 0, Kind::Sample).overflow);
+    assert!(s.fold(b"c", 1.0, 0, Kind::Sample).overflow);
+    assert!(s.fold(b"d", 1.0, 0, Kind::Sample).overflow);
+    assert_eq!(s.keys(), 3);
+    s.advance(0, 1000, false).unwrap();
+    s.output().flush().unwrap();
+    let out = lines(dir.path());
+    let overflow = out.iter().find(|l| l["key"] == OVERFLOW_KEY).unwrap();
+    assert_eq!(overflow["count"], 2);
+}
+
+#[test]
+fn snapshot_and_restore_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = shard(dir.path(), &[1000, 60_000], 100, 1);
+    for i in 0..50 {
+        a.fold(format!("k{}", i % 7).as_bytes(), i as f64, i * 37, Kind::Sample);
+    }
+    let snap = a.snapshot();
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut b = shard(dir2.path(), &[1000, 60_000], 100, 1);
+    for r in &snap {
+        b.restore(r).unwrap();
+    }
+    assert_eq!(b.snapshot(), snap);
+    assert_eq!(b.open_windows(), a.open_windows());
+}
+
+#[test]
+fn output_cut_back_to_checkpointed_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s000.jsonl");
+    std::fs::write(&path, b"{\"a\":1}\n{\"torn").unwrap();
+    let w = AggregatesWriter::open(&path, 8).unwrap();
+    assert_eq!(w.len(), 8);
+    assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n");
+    assert!(AggregatesWriter::open(&path, 100).is_err());
+}
+
+#[test]
+fn rfc3339_formats_whole_and_fractional_seconds() {
+    assert_eq!(output::rfc3339(1_764_360_000_000), "2025-11-28T20:00:00Z");
+    assert_eq!(output::rfc3339(1_500), "1970-01-01T00:00:01.500Z");
+}

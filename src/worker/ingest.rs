@@ -1,0 +1,434 @@
+//! The core's state and its input side: framing → log → parse → route, and replay.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use super::{Control, Report, ReplayTask, WorkerSetup, parsers};
+use crate::checkpoint::PartitionState;
+use crate::config::{Format, ListenerConfig, Proto};
+use crate::deadletter::DeadLetter;
+use crate::framing::{Framing, StreamFramer, split_datagram};
+use crate::log::{Appender, BatchInfo};
+use crate::metrics::Metrics;
+use crate::net::epoll::EpollBackend;
+use crate::net::{BoundSocket, ConnId, Handler};
+use crate::parse::{Parser, Reject};
+use crate::route::{Inbound, Msg, Router};
+use crate::window::{Shard, now_ms};
+
+/// A core with no event for this long (or the allowed lateness, if longer) is idle: it no
+/// longer holds back the combined watermark.
+const SOURCE_IDLE_MS_MIN: i64 = 1_000;
+
+/// Batches replayed per loop turn.
+const REPLAY_BATCHES_PER_TICK: usize = 16;
+
+#[derive(Debug)]
+struct ConnState {
+    listener: u16,
+    framer: StreamFramer,
+}
+
+/// A core's state (everything but its backend, which drives it as a [`Handler`]).
+#[derive(Debug)]
+pub struct Ingest {
+    pub(super) id: u16,
+    listeners: Arc<Vec<ListenerConfig>>,
+    listener_log_ids: Arc<Vec<u16>>,
+    /// Log listener id → listener index, for replay.
+    log_id_to_index: Vec<Option<u16>>,
+    parsers: Vec<Parser>,
+    pub(super) router: Router,
+    pub(super) inbound: Vec<Inbound>,
+    pub(super) aligned: Vec<bool>,
+    pub(super) aligned_count: usize,
+    pub(super) shard: Shard,
+    pub(super) appender: Appender,
+    pub(super) replay: Vec<ReplayTask>,
+    other_partitions: Vec<PartitionState>,
+    pub(super) deadletter: DeadLetter,
+    conns: Vec<Option<ConnState>>,
+    open_per_listener: Vec<u32>,
+    committed: Vec<BatchInfo>,
+    /// Largest event time routed from this core.
+    max_event_ms: Option<i64>,
+    /// When the last event was routed from this core.
+    last_event_at: Instant,
+    /// Watermark (and idleness) last sent to every shard.
+    sent_watermark: Option<(i64, bool)>,
+    allowed_lateness_ms: i64,
+    injected_epoch: u64,
+    blocked_since: Option<Instant>,
+    append_errors: u64,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) control: Arc<Control>,
+    pub(super) reports: Sender<Report>,
+}
+
+impl Ingest {
+    /// Splits a setup into the backend, the sockets still to serve, and the core state.
+    pub(super) fn new(setup: WorkerSetup) -> (EpollBackend, Vec<(u16, BoundSocket)>, Ingest) {
+        let cores = setup.inbound.len();
+        let max_log_id = setup.listener_log_ids.iter().copied().max().unwrap_or(0) as usize;
+        let mut log_id_to_index = vec![None; max_log_id + 1];
+        for (index, id) in setup.listener_log_ids.iter().enumerate() {
+            log_id_to_index[*id as usize] = Some(index as u16);
+        }
+        let ingest = Ingest {
+            id: setup.id,
+            parsers: parsers(&setup.listeners),
+            open_per_listener: vec![0; setup.listeners.len()],
+            listeners: setup.listeners,
+            listener_log_ids: setup.listener_log_ids,
+            log_id_to_index,
+            router: setup.router,
+            inbound: setup.inbound,
+            aligned: vec![false; cores],
+            aligned_count: 0,
+            shard: setup.shard,
+            appender: setup.appender,
+            replay: setup.replay,
+            other_partitions: setup.partitions,
+            deadletter: setup.deadletter,
+            conns: Vec::new(),
+            committed: Vec::new(),
+            max_event_ms: setup.max_event_ms,
+            last_event_at: Instant::now(),
+            sent_watermark: None,
+            allowed_lateness_ms: setup.allowed_lateness_ms,
+            injected_epoch: setup.control.checkpoint_epoch.load(Ordering::Acquire),
+            blocked_since: None,
+            append_errors: 0,
+            metrics: setup.metrics,
+            control: setup.control,
+            reports: setup.reports,
+        };
+        (setup.backend, setup.sockets, ingest)
+    }
+
+    /// Parses and routes the batches just committed to the log.
+    fn route_committed(&mut self) {
+        let now = Instant::now();
+        for batch in self.committed.drain(..) {
+            let Some(index) = self.log_id_to_index.get(batch.listener_id as usize).copied().flatten() else {
+                continue;
+            };
+            let lines = self.appender.lines(&batch);
+            route_lines(
+                RouteCtx {
+                    parser: &mut self.parsers[index as usize],
+                    router: &mut self.router,
+                    deadletter: &mut self.deadletter,
+                    metrics: &self.metrics,
+                    core: self.id,
+                    listener: index,
+                    listener_name: &self.listeners[index as usize].name,
+                    max_event_ms: &mut self.max_event_ms,
+                },
+                lines,
+                batch.ingest_time_ms,
+            );
+            self.metrics.cores[self.id as usize].listeners[index as usize].lines_total.add(u64::from(batch.count));
+            self.last_event_at = now;
+        }
+        self.router.flush();
+        self.note_blocked();
+    }
+
+    /// Frames `bytes` from a listener into one log batch (several when a segment rolls).
+    fn append_framed(&mut self, listener: u16, feed: impl FnOnce(&mut dyn FnMut(&[u8]), &mut dyn FnMut(Reject, &[u8]))) {
+        let now = now_ms();
+        let counters = &self.metrics.cores[self.id as usize].listeners[listener as usize];
+        let name = &self.listeners[listener as usize].name;
+        let deadletter = &mut self.deadletter;
+        let mut writer = self.appender.begin(self.listener_log_ids[listener as usize], now);
+        let mut error = None;
+        feed(
+            &mut |line| {
+                if error.is_none() {
+                    if let Err(e) = writer.push(line) {
+                        error = Some(e);
+                    }
+                }
+            },
+            &mut |reason, raw| {
+                counters.rejected_total[reason.index()].add(1);
+                deadletter.reject(now, name, reason, raw);
+            },
+        );
+        let result = match error {
+            None => writer.finish(&mut self.committed),
+            Some(e) => {
+                // Commit what made it in; the error is reported below.
+                let _ = writer.finish(&mut self.committed);
+                Err(e)
+            }
+        };
+        if let Err(e) = result {
+            self.append_errors += 1;
+            if self.append_errors.is_power_of_two() {
+                tracing::error!(core = self.id, error = %e, errors = self.append_errors, "log append failed; input lost");
+            }
+        }
+        self.route_committed();
+    }
+
+    /// Replays a few batches of the partitions left to replay.
+    pub(super) fn replay_step(&mut self) -> Result<(), String> {
+        if self.router.blocked() {
+            return Ok(());
+        }
+        for _ in 0..REPLAY_BATCHES_PER_TICK {
+            let Some(task) = self.replay.last_mut() else { return Ok(()) };
+            let batch = task.reader.next_batch().map_err(|e| format!("replay of partition {}: {e}", task.partition))?;
+            let Some(batch) = batch else {
+                tracing::info!(core = self.id, partition = task.partition, "replay done");
+                let done = self.replay.pop().expect("a task is being replayed");
+                if done.partition != self.id {
+                    if let Some(p) = self.other_partitions.iter_mut().find(|p| p.partition == done.partition) {
+                        p.next_offset = done.from.0;
+                    }
+                }
+                continue;
+            };
+            let info = batch.info;
+            let skip = task.from.0.saturating_sub(info.first_offset.0);
+            let end = info.first_offset.0 + u64::from(info.count);
+            let index = self.log_id_to_index.get(info.listener_id as usize).copied().flatten();
+            if let Some(index) = index {
+                route_lines(
+                    RouteCtx {
+                        parser: &mut self.parsers[index as usize],
+                        router: &mut self.router,
+                        deadletter: &mut self.deadletter,
+                        metrics: &self.metrics,
+                        core: self.id,
+                        listener: index,
+                        listener_name: &self.listeners[index as usize].name,
+                        max_event_ms: &mut self.max_event_ms,
+                    },
+                    batch.lines.skip(skip as usize),
+                    info.ingest_time_ms,
+                );
+            } else {
+                tracing::warn!(core = self.id, listener_id = info.listener_id, "replay skips lines of a listener no longer configured");
+            }
+            task.from = crate::log::Offset(end.max(task.from.0));
+            self.metrics.cores[self.id as usize].replayed_lines_total.add(u64::from(info.count));
+            self.last_event_at = Instant::now();
+            self.router.flush();
+            if self.router.blocked() {
+                break;
+            }
+        }
+        self.note_blocked();
+        Ok(())
+    }
+
+    /// Injects a requested checkpoint barrier.
+    pub(super) fn checkpoint_step(&mut self) -> Result<(), String> {
+        let requested = self.control.checkpoint_epoch.load(Ordering::Acquire);
+        if requested <= self.injected_epoch {
+            return Ok(());
+        }
+        self.injected_epoch = requested;
+        self.router.flush();
+        self.appender.flush().map_err(|e| format!("log flush for checkpoint: {e}"))?;
+        let mut partitions = self.other_partitions.clone();
+        let own = match self.replay.iter().find(|t| t.partition == self.id) {
+            Some(task) => task.from.0,
+            None => self.appender.next_offset().0,
+        };
+        for task in &self.replay {
+            if let Some(p) = partitions.iter_mut().find(|p| p.partition == task.partition) {
+                p.next_offset = task.from.0;
+            }
+        }
+        for p in &mut partitions {
+            p.max_event_ms = self.max_event_ms;
+        }
+        partitions.push(PartitionState { partition: self.id, next_offset: own, max_event_ms: self.max_event_ms });
+        self.report(Report::Partitions { epoch: requested, core: self.id, partitions });
+        self.router.broadcast(|| Msg::Barrier(requested));
+        self.note_blocked();
+        Ok(())
+    }
+
+    /// Periodic work: watermark, flush policy, output flushes, metrics.
+    pub(super) fn tick(&mut self, now: Instant) -> Result<(), String> {
+        if let Some(max) = self.max_event_ms {
+            // Event time advances with the data, and with wall-clock time while no data comes.
+            let idle_ms = now.saturating_duration_since(self.last_event_at).as_millis() as i64;
+            let ms = max.saturating_sub(self.allowed_lateness_ms).saturating_add(idle_ms);
+            let idle = idle_ms >= self.allowed_lateness_ms.max(SOURCE_IDLE_MS_MIN);
+            let changed = match self.sent_watermark {
+                None => true,
+                Some((sent, was_idle)) => ms > sent || idle != was_idle,
+            };
+            if changed {
+                let ms = self.sent_watermark.map_or(ms, |(sent, _)| sent.max(ms));
+                self.sent_watermark = Some((ms, idle));
+                self.router.broadcast(|| Msg::Watermark { ms, idle });
+                self.note_blocked();
+            }
+        }
+        let started = Instant::now();
+        match self.appender.maybe_flush(now) {
+            Ok(true) => {
+                let m = &self.metrics.cores[self.id as usize];
+                m.log_flushes_total.add(1);
+                m.log_flush_us_total.add(started.elapsed().as_micros() as u64);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(core = self.id, error = %e, "log flush failed"),
+        }
+        self.shard.output().flush().map_err(|e| format!("aggregates output: {e}"))?;
+        self.deadletter.flush();
+        let m = &self.metrics.cores[self.id as usize];
+        m.log_next_offset.set(self.appender.next_offset().0 as i64);
+        m.log_flushed_offset.set(self.appender.flushed_offset().0 as i64);
+        m.pending_batches.set(self.router.pending_len() as i64);
+        m.queue_depth.set(self.inbound.iter().map(|i| i.rx.len()).sum::<usize>() as i64);
+        m.windows_open.set(self.shard.open_windows() as i64);
+        m.keys.set(self.shard.keys() as i64);
+        m.watermark_ms.set(self.shard.closed_through_ms());
+        Ok(())
+    }
+
+    /// Retries pending sends and tracks time spent blocked.
+    pub(super) fn retry_sends(&mut self) {
+        if self.router.blocked() {
+            self.router.retry();
+            self.note_blocked();
+        }
+    }
+
+    fn note_blocked(&mut self) {
+        match (self.router.blocked(), self.blocked_since) {
+            (true, None) => self.blocked_since = Some(Instant::now()),
+            (false, Some(since)) => {
+                self.metrics.cores[self.id as usize]
+                    .backpressure_ns_total
+                    .add(since.elapsed().as_nanos() as u64);
+                self.blocked_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Last work before the thread ends.
+    pub(super) fn finish(&mut self) {
+        if let Err(e) = self.appender.flush() {
+            tracing::error!(core = self.id, error = %e, "final log flush failed");
+        }
+        if let Err(e) = self.shard.output().flush() {
+            tracing::error!(core = self.id, error = %e, "final aggregates flush failed");
+        }
+        self.deadletter.flush();
+    }
+}
+
+impl Handler for Ingest {
+    fn may_accept(&mut self, listener: u16) -> bool {
+        self.open_per_listener[listener as usize] < self.listeners[listener as usize].max_connections
+    }
+
+    fn opened(&mut self, conn: ConnId, listener: u16) {
+        let config = &self.listeners[listener as usize];
+        let framing = match (config.format, config.proto) {
+            (Format::Syslog, Proto::Tcp) => Framing::Detect,
+            _ => Framing::Newline,
+        };
+        if self.conns.len() <= conn {
+            self.conns.resize_with(conn + 1, || None);
+        }
+        self.conns[conn] = Some(ConnState { listener, framer: StreamFramer::new(config.max_line_bytes, framing) });
+        self.open_per_listener[listener as usize] += 1;
+        let m = &self.metrics.cores[self.id as usize].listeners[listener as usize];
+        m.connections_total.add(1);
+        m.connections_open.set(i64::from(self.open_per_listener[listener as usize]));
+    }
+
+    fn refused(&mut self, listener: u16) {
+        self.metrics.cores[self.id as usize].listeners[listener as usize].connections_refused_total.add(1);
+    }
+
+    fn data(&mut self, conn: ConnId, bytes: &[u8]) {
+        let Some(state) = self.conns.get_mut(conn).and_then(Option::take) else { return };
+        let listener = state.listener;
+        self.metrics.cores[self.id as usize].listeners[listener as usize].bytes_total.add(bytes.len() as u64);
+        let mut state = state;
+        self.append_framed(listener, |on_line, on_reject| {
+            state.framer.feed(bytes, &mut |l| on_line(l), &mut |r, b| on_reject(r, b));
+        });
+        self.conns[conn] = Some(state);
+    }
+
+    fn closed(&mut self, conn: ConnId) {
+        let Some(mut state) = self.conns.get_mut(conn).and_then(Option::take) else { return };
+        let listener = state.listener;
+        self.append_framed(listener, |on_line, on_reject| {
+            state.framer.finish(&mut |l| on_line(l), &mut |r, b| on_reject(r, b));
+        });
+        self.open_per_listener[listener as usize] -= 1;
+        self.metrics.cores[self.id as usize].listeners[listener as usize]
+            .connections_open
+            .set(i64::from(self.open_per_listener[listener as usize]));
+    }
+
+    fn datagrams(&mut self, listener: u16, buf: &[u8], lens: &[u32]) {
+        self.metrics.cores[self.id as usize].listeners[listener as usize].bytes_total.add(buf.len() as u64);
+        let max_line = self.listeners[listener as usize].max_line_bytes;
+        self.append_framed(listener, |on_line, on_reject| {
+            let mut start = 0usize;
+            for len in lens {
+                let end = start + *len as usize;
+                split_datagram(&buf[start..end], max_line, &mut |l| on_line(l), &mut |r, b| on_reject(r, b));
+                start = end;
+            }
+        });
+    }
+
+    fn reading(&self) -> bool {
+        !self.router.blocked()
+    }
+}
+
+struct RouteCtx<'a> {
+    parser: &'a mut Parser,
+    router: &'a mut Router,
+    deadletter: &'a mut DeadLetter,
+    metrics: &'a Metrics,
+    core: u16,
+    listener: u16,
+    listener_name: &'a str,
+    max_event_ms: &'a mut Option<i64>,
+}
+
+/// Parses lines and routes their events; rejected lines are counted and dead-lettered.
+fn route_lines<'l>(ctx: RouteCtx<'_>, lines: impl Iterator<Item = &'l [u8]>, ingest_ms: i64) {
+    let counters = &ctx.metrics.cores[ctx.core as usize].listeners[ctx.listener as usize];
+    let mut events = 0u64;
+    let mut max_seen = i64::MIN;
+    for line in lines {
+        let router = &mut *ctx.router;
+        let parsed = ctx.parser.parse(line, ingest_ms, &mut |event| {
+            max_seen = max_seen.max(event.time_ms);
+            router.push(&event);
+        });
+        match parsed {
+            Ok(n) => events += u64::from(n),
+            Err(reason) => {
+                counters.rejected_total[reason.index()].add(1);
+                ctx.deadletter.reject(ingest_ms, ctx.listener_name, reason, line);
+            }
+        }
+    }
+    counters.events_total.add(events);
+    if events > 0 {
+        *ctx.max_event_ms = Some(ctx.max_event_ms.map_or(max_seen, |m| m.max(max_seen)));
+    }
+}

@@ -1,0 +1,102 @@
+//! The core's owner side: events from every core folded into its shard, watermarks applied,
+//! checkpoint barriers aligned (Chandy–Lamport, as Flink does).
+//!
+//! Alignment: when barrier N arrives from source `s`, the queue from `s` is not read again
+//! until barrier N has arrived from every source. Then the shard is snapshotted (its output
+//! fsynced first), reported, and every queue is read again. Sources never block on a full
+//! queue (they keep the message pending and stop reading their sockets), so alignment always
+//! completes.
+
+use crossbeam_channel::TryRecvError;
+
+use super::Report;
+use crate::checkpoint::ShardState;
+use crate::limits::INBOUND_MESSAGES_PER_TICK_MAX;
+use crate::route::Msg;
+use crate::window::now_ms;
+
+use super::Ingest;
+
+impl Ingest {
+    /// Reads the inbound queues within a budget. Returns true when messages may remain.
+    pub(super) fn drain_inbound(&mut self) -> Result<bool, String> {
+        let sources = self.inbound.len();
+        let mut budget = INBOUND_MESSAGES_PER_TICK_MAX;
+        let mut more = false;
+        for src in 0..sources {
+            let mut taken = 0;
+            while !self.aligned[src] && taken < budget.div_ceil(sources).max(1) {
+                let msg = match self.inbound[src].rx.try_recv() {
+                    Ok(msg) => msg,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                };
+                taken += 1;
+                self.handle(src, msg)?;
+            }
+            budget = budget.saturating_sub(taken);
+            if !self.aligned[src] && !self.inbound[src].rx.is_empty() {
+                more = true;
+            }
+        }
+        Ok(more)
+    }
+
+    /// True when any queue this core may read holds messages.
+    pub(super) fn inbound_waiting(&self) -> bool {
+        self.inbound.iter().zip(&self.aligned).any(|(i, aligned)| !aligned && !i.rx.is_empty())
+    }
+
+    fn handle(&mut self, src: usize, msg: Msg) -> Result<(), String> {
+        match msg {
+            Msg::Events(mut batch) => {
+                let m = &self.metrics.cores[self.id as usize];
+                let mut late = 0u64;
+                let mut overflow = 0u64;
+                let now = now_ms();
+                for (key, e) in batch.iter() {
+                    let folded = self.shard.fold(key, e.value, e.time_ms, e.kind);
+                    if folded.late > 0 {
+                        late += 1;
+                        self.deadletter.late(now, key, e.time_ms, e.value, folded.late);
+                    }
+                    overflow += u64::from(folded.overflow);
+                }
+                m.window_events_total.add(batch.len() as u64);
+                m.late_events_total.add(late);
+                m.overflow_events_total.add(overflow);
+                batch.clear();
+                // The free list has room for every batch in flight; if the source is gone the
+                // batch is simply dropped.
+                let _ = self.inbound[src].free.try_send(batch);
+            }
+            Msg::Watermark { ms, idle } => {
+                let closed = self.shard.advance(src, ms, idle).map_err(|e| format!("aggregates output: {e}"))?;
+                self.metrics.cores[self.id as usize].windows_closed_total.add(closed as u64);
+            }
+            Msg::Barrier(epoch) => {
+                assert!(!self.aligned[src], "two barriers from one source before alignment");
+                self.aligned[src] = true;
+                self.aligned_count += 1;
+                if self.aligned_count == self.aligned.len() {
+                    self.snapshot(epoch)?;
+                    self.aligned.iter_mut().for_each(|a| *a = false);
+                    self.aligned_count = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, epoch: u64) -> Result<(), String> {
+        let output = self.shard.output();
+        output.sync().map_err(|e| format!("aggregates fsync: {e}"))?;
+        let state = ShardState {
+            shard: self.id,
+            aggregates_len: output.len(),
+            closed_through_ms: self.shard.closed_through_ms(),
+            windows: self.shard.snapshot(),
+        };
+        let _ = self.reports.send(Report::Shard { epoch, state });
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! The command line: usage errors exit 2 and name what is wrong; runtime failures exit 1.
+
+use std::io::Write;
+
+use crate::harness::run;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_works_on_every_subcommand() {
+    for args in [&["--help"][..], &["serve", "--help"], &["log", "verify", "--help"], &["log", "dump", "--help"], &["checkpoint", "inspect", "--help"]] {
+        let o = run(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"), "{args:?}");
+    }
+}
+
+#[test]
+fn a_bad_listen_spec_exits_2_and_quotes_it() {
+    let o = run(&["serve", "--listen", "graphite+sctp://127.0.0.1:1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("graphite+sctp://127.0.0.1:1") && stderr(&o).contains("protocol"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_bad_flag_exits_2() {
+    let o = run(&["serve", "--window", "10parsecs"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("10parsecs"));
+    let o = run(&["serve", "--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&["serve", "--io", "uring"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("io_uring"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_config_error_names_the_key_and_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "cores = 1\n\n[window]\nsizes = [\"10s\"]\nallowed_latenes = \"1s\"").unwrap();
+    let o = run(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("allowed_latenes") && e.contains("line 5") && e.contains("sluice.toml"), "{e}");
+
+    std::fs::write(&path, "[[listener]]\nproto = \"tcp\"\naddr = \"127.0.0.1:1\"\nformat = \"csv\"\n").unwrap();
+    let o = run(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("csv") && stderr(&o).contains("line 4"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_port_in_use_exits_1_naming_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = format!("raw+tcp://{}?name=busy", taken.local_addr().unwrap());
+    let data = dir.path().join("d");
+    let o = run(&["serve", "--data-dir", data.to_str().unwrap(), "--admin", "127.0.0.1:0", "--listen", &spec]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("busy"), "{}", stderr(&o));
+}
+
+#[test]
+fn log_and_checkpoint_tools_on_an_empty_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let o = run(&["log", "verify", "--data-dir", d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["log", "dump", "--data-dir", d]);
+    assert!(o.status.success() && o.stdout.is_empty());
+    let o = run(&["checkpoint", "inspect", "--data-dir", d]);
+    assert_eq!(o.status.code(), Some(1));
+}

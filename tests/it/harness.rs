@@ -1,0 +1,225 @@
+//! Starting, feeding and stopping a real `sluice serve` child.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// Runs `sluice ARGS` to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run sluice")
+}
+
+/// A running `sluice serve`.
+pub struct Sluice {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub endpoints: serde_json::Value,
+    stderr_log: PathBuf,
+}
+
+impl Sluice {
+    /// Starts `sluice serve --data-dir DIR --admin 127.0.0.1:0 ARGS` and waits until ready.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Sluice {
+        let stderr_log = data_dir.with_extension("stderr.log");
+        let _ = std::fs::remove_file(data_dir.join("endpoints.json"));
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_log).unwrap();
+        let child = Command::new(bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--admin", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn sluice");
+        let mut s = Sluice { child, data_dir: data_dir.to_path_buf(), endpoints: serde_json::Value::Null, stderr_log };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sluice exited early with {status}:\n{}", self.stderr());
+            }
+            if let Ok(bytes) = std::fs::read(self.data_dir.join("endpoints.json")) {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    if v["pid"] == self.child.id() {
+                        self.endpoints = v;
+                        if self.http_get("/readyz").0 == 200 {
+                            return;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "sluice not ready in time:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// What the child wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Bound address of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        let l = self.endpoints["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no listener {name}: {}", self.endpoints));
+        l["addr"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Admin address.
+    pub fn admin(&self) -> SocketAddr {
+        self.endpoints["admin"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// GET `path` from the admin server: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin(), path)
+    }
+
+    /// Sum of a Prometheus series over all label sets whose labels contain every `filter`.
+    pub fn metric(&self, name: &str, filters: &[&str]) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        metric_sum(&body, name, filters)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        let status = wait_timeout(&mut self.child, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("sluice did not stop:\n{}", self.stderr()));
+        status
+    }
+
+    /// Sends SIGKILL and reaps the child.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    assert!(ok.success());
+}
+
+/// Waits for a child with a time bound.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A minimal HTTP/1.1 GET.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else { return (0, String::new()) };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Sum of a series in Prometheus text over label sets containing every filter.
+pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' ')))
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One aggregates row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Every aggregates row, keyed by (key, window, start_ms); panics on a duplicate.
+pub fn read_aggregates(data_dir: &Path) -> BTreeMap<(String, String, i64), Row> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(data_dir.join("aggregates")) else { return out };
+    for entry in dir {
+        let path = entry.unwrap().path();
+        let file = std::fs::File::open(&path).unwrap();
+        for line in BufReader::new(file).lines() {
+            let line = line.unwrap();
+            if line.is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{path:?}: {e}: {line}"));
+            let key = (v["key"].as_str().unwrap().to_string(), v["window"].as_str().unwrap().to_string(), v["start_ms"].as_i64().unwrap());
+            let row = Row {
+                count: v["count"].as_u64().unwrap(),
+                sum: v["sum"].as_f64().unwrap(),
+                min: v["min"].as_f64().unwrap(),
+                max: v["max"].as_f64().unwrap(),
+            };
+            assert!(out.insert(key.clone(), row).is_none(), "duplicate aggregate row {key:?}");
+        }
+    }
+    out
+}
+
+/// Polls until `check` holds or the limit passes; returns whether it held.
+pub fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Wall-clock seconds since the epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Is a command on PATH?
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
+}

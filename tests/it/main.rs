@@ -1,0 +1,6 @@
+//! Integration tests: the real `sluice` binary on loopback, in a temp data dir.
+
+mod cli;
+mod e2e;
+mod harness;
+mod hostile;
