@@ -57,7 +57,12 @@ impl DeadLetter {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("p{core:03}.log"));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(DeadLetter { path, out: BufWriter::with_capacity(32 * 1024, file), dirty: false, errors: 0 })
+        Ok(DeadLetter {
+            path,
+            out: BufWriter::with_capacity(32 * 1024, file),
+            dirty: false,
+            errors: 0,
+        })
     }
 
     /// Records a rejected line (its first bytes, lossily decoded).
@@ -65,19 +70,40 @@ impl DeadLetter {
         let cut = line.len() > DEADLETTER_LINE_BYTES_MAX;
         let kept = &line[..line.len().min(DEADLETTER_LINE_BYTES_MAX)];
         let text = String::from_utf8_lossy(kept);
-        let rec = Rejected { time_ms, listener, reason: reason.as_str(), line: &text, cut };
+        let rec = Rejected {
+            time_ms,
+            listener,
+            reason: reason.as_str(),
+            line: &text,
+            cut,
+        };
         self.write(&rec);
     }
 
     /// Records a late event.
-    pub fn late(&mut self, time_ms: i64, key: &[u8], event_time_ms: i64, value: f64, windows_late: u32) {
+    pub fn late(
+        &mut self,
+        time_ms: i64,
+        key: &[u8],
+        event_time_ms: i64,
+        value: f64,
+        windows_late: u32,
+    ) {
         let key = String::from_utf8_lossy(key);
-        let rec = LateRecord { time_ms, reason: Reject::Late.as_str(), key: &key, event_time_ms, value, windows_late };
+        let rec = LateRecord {
+            time_ms,
+            reason: Reject::Late.as_str(),
+            key: &key,
+            event_time_ms,
+            value,
+            windows_late,
+        };
         self.write(&rec);
     }
 
     fn write(&mut self, rec: &impl Serialize) {
-        let ok = serde_json::to_writer(&mut self.out, rec).is_ok() && self.out.write_all(b"\n").is_ok();
+        let ok =
+            serde_json::to_writer(&mut self.out, rec).is_ok() && self.out.write_all(b"\n").is_ok();
         if ok {
             self.dirty = true;
         } else {
@@ -109,16 +135,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut d = DeadLetter::open(dir.path(), 3).unwrap();
         d.reject(1, "g", Reject::BadNumber, b"a.b x\xff 1");
-        d.reject(2, "g", Reject::TooLong, &vec![b'x'; DEADLETTER_LINE_BYTES_MAX + 10]);
+        d.reject(
+            2,
+            "g",
+            Reject::TooLong,
+            &vec![b'x'; DEADLETTER_LINE_BYTES_MAX + 10],
+        );
         d.late(3, b"k", 100, 2.5, 1);
         d.flush();
         let text = std::fs::read_to_string(dir.path().join("deadletter/p003.log")).unwrap();
-        let recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let recs: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(recs.len(), 3);
         assert_eq!(recs[0]["reason"], "bad_number");
         assert_eq!(recs[0]["line"], "a.b x\u{fffd} 1");
         assert_eq!(recs[1]["cut"], true);
-        assert_eq!(recs[1]["line"].as_str().unwrap().len(), DEADLETTER_LINE_BYTES_MAX);
+        assert_eq!(
+            recs[1]["line"].as_str().unwrap().len(),
+            DEADLETTER_LINE_BYTES_MAX
+        );
         assert_eq!(recs[2]["reason"], "late");
     }
 }

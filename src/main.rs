@@ -111,12 +111,18 @@ struct Failure {
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure { code: 1, error: e.into() }
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
     }
 }
 
 fn usage(error: impl Into<anyhow::Error>) -> Failure {
-    Failure { code: 2, error: error.into() }
+    Failure {
+        code: 2,
+        error: error.into(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -146,12 +152,20 @@ fn build_config(args: ServeArgs) -> Result<Config, Failure> {
         config.data_dir = dir;
     }
     if !args.listen.is_empty() {
-        config.listeners =
-            args.listen.iter().map(|s| config::parse_listen_spec(s)).collect::<Result<_, _>>().map_err(usage)?;
+        config.listeners = args
+            .listen
+            .iter()
+            .map(|s| config::parse_listen_spec(s))
+            .collect::<Result<_, _>>()
+            .map_err(usage)?;
     }
     if let Some(addr) = args.admin {
-        config.admin.addr = config::values_resolve(&addr)
-            .map_err(|message| usage(config::Error::Flag { flag: "--admin", message }))?;
+        config.admin.addr = config::values_resolve(&addr).map_err(|message| {
+            usage(config::Error::Flag {
+                flag: "--admin",
+                message,
+            })
+        })?;
     }
     if args.cores.is_some() {
         config.cores = args.cores;
@@ -160,8 +174,12 @@ fn build_config(args: ServeArgs) -> Result<Config, Failure> {
         config.io = io;
     }
     if !args.window.is_empty() {
-        config::check_window_sizes(&args.window)
-            .map_err(|message| usage(config::Error::Flag { flag: "--window", message }))?;
+        config::check_window_sizes(&args.window).map_err(|message| {
+            usage(config::Error::Flag {
+                flag: "--window",
+                message,
+            })
+        })?;
         config.window.sizes = args.window;
     }
     if let Some(l) = args.allowed_lateness {
@@ -199,12 +217,22 @@ fn log_command(cmd: LogCommand) -> Result<ExitCode, Failure> {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             writeln!(out, "{report}")?;
-            Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         LogCommand::Dump { args, from, json } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            match sluice::log::dump(&args.data_dir, args.partition, sluice::log::Offset(from), json, &mut out) {
+            match sluice::log::dump(
+                &args.data_dir,
+                args.partition,
+                sluice::log::Offset(from),
+                json,
+                &mut out,
+            ) {
                 Ok(()) => {}
                 Err(e) if is_broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
                 Err(e) => return Err(anyhow::Error::from(e).context("dump").into()),
@@ -224,7 +252,8 @@ fn is_broken_pipe(e: &sluice::log::Error) -> bool {
 
 fn inspect(data_dir: &std::path::Path) -> Result<ExitCode, Failure> {
     let dir = data_dir.join("checkpoint");
-    let Some(loaded) = sluice::checkpoint::file::load_newest(&dir).context("load checkpoint")? else {
+    let Some(loaded) = sluice::checkpoint::file::load_newest(&dir).context("load checkpoint")?
+    else {
         eprintln!("sluice: no valid checkpoint in {}", dir.display());
         return Ok(ExitCode::from(1));
     };
@@ -233,4 +262,3 @@ fn inspect(data_dir: &std::path::Path) -> Result<ExitCode, Failure> {
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(ExitCode::SUCCESS)
 }
-

@@ -110,14 +110,20 @@ struct ListenerIds {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io { what, path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(io_err("cannot write", &tmp))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("cannot fsync", &tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("cannot fsync", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err("cannot rename", path))
 }
 
@@ -150,7 +156,10 @@ fn listener_ids(data_dir: &Path, names: &[String]) -> Result<Vec<u16>, Error> {
 
 /// Binds every listener on every core. Returns the sockets per core and the bound addresses.
 #[allow(clippy::type_complexity)]
-fn bind_all(config: &Config, cores: usize) -> Result<(Vec<Vec<(u16, BoundSocket)>>, Vec<SocketAddr>), Error> {
+fn bind_all(
+    config: &Config,
+    cores: usize,
+) -> Result<(Vec<Vec<(u16, BoundSocket)>>, Vec<SocketAddr>), Error> {
     let mut per_core: Vec<Vec<(u16, BoundSocket)>> = (0..cores).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for (index, l) in config.listeners.iter().enumerate() {
@@ -163,7 +172,9 @@ fn bind_all(config: &Config, cores: usize) -> Result<(Vec<Vec<(u16, BoundSocket)
                 source,
             })?;
             // Port 0: the first core's socket picks the port, the others share it.
-            addr = socket.local_addr().map_err(io_err("cannot read address of", Path::new(&l.name)))?;
+            addr = socket
+                .local_addr()
+                .map_err(io_err("cannot read address of", Path::new(&l.name)))?;
             sockets.push((index as u16, socket));
         }
         addrs.push(addr);
@@ -182,13 +193,16 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
     let log_ids = Arc::new(listener_ids(&data_dir, &names)?);
     let (mut sockets, addrs) = bind_all(&config, cores)?;
-    let admin_listener = std::net::TcpListener::bind(config.admin.addr).map_err(|source| Error::Bind {
-        listener: "admin".into(),
-        proto: "tcp",
-        addr: config.admin.addr,
-        source,
-    })?;
-    let admin_addr = admin_listener.local_addr().map_err(io_err("cannot read address of", Path::new("admin")))?;
+    let admin_listener =
+        std::net::TcpListener::bind(config.admin.addr).map_err(|source| Error::Bind {
+            listener: "admin".into(),
+            proto: "tcp",
+            addr: config.admin.addr,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(io_err("cannot read address of", Path::new("admin")))?;
 
     let checkpoint_dir = data_dir.join("checkpoint");
     let body = match checkpoint::file::load_newest(&checkpoint_dir)? {
@@ -206,17 +220,26 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     let listener_infos = config
         .listeners
         .iter()
-        .map(|l| ListenerInfo { name: l.name.clone(), proto: l.proto.as_str(), format: l.format.as_str() })
+        .map(|l| ListenerInfo {
+            name: l.name.clone(),
+            proto: l.proto.as_str(),
+            format: l.format.as_str(),
+        })
         .collect();
     let metrics = Arc::new(Metrics::new(cores, listener_infos));
     let mut shards = open_shards(&config, cores, body.as_ref())?;
     let mut partition_plan = plan_partitions(&config, cores, body.as_ref())?;
 
-    let backends: Vec<EpollBackend> =
-        (0..cores).map(|_| EpollBackend::new()).collect::<Result<_, _>>().map_err(io_err("cannot create poller", &data_dir))?;
+    let backends: Vec<EpollBackend> = (0..cores)
+        .map(|_| EpollBackend::new())
+        .collect::<Result<_, _>>()
+        .map_err(io_err("cannot create poller", &data_dir))?;
     let doorbells: Vec<Doorbell> = backends
         .iter()
-        .map(|b| Doorbell { sleeping: Arc::new(AtomicBool::new(false)), waker: Arc::new(b.waker()) })
+        .map(|b| Doorbell {
+            sleeping: Arc::new(AtomicBool::new(false)),
+            waker: Arc::new(b.waker()),
+        })
         .collect();
     let mesh = route::mesh(&doorbells);
     let first_epoch = body.as_ref().map_or(0, |b| b.epoch);
@@ -249,7 +272,8 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
             partitions: plan.others,
             max_event_ms: plan.max_event_ms,
             shard: shards.remove(0),
-            deadletter: DeadLetter::open(&data_dir, id as u16).map_err(io_err("cannot open dead-letter log in", &data_dir))?,
+            deadletter: DeadLetter::open(&data_dir, id as u16)
+                .map_err(io_err("cannot open dead-letter log in", &data_dir))?,
             allowed_lateness_ms: config.window.allowed_lateness.as_i64(),
             metrics: metrics.clone(),
             control: control.clone(),
@@ -263,8 +287,13 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     }
     drop(report_tx);
 
-    let admin = AdminServer::start(admin_listener, AdminState { metrics: metrics.clone() })
-        .map_err(io_err("cannot start admin server on", Path::new("admin")))?;
+    let admin = AdminServer::start(
+        admin_listener,
+        AdminState {
+            metrics: metrics.clone(),
+        },
+    )
+    .map_err(io_err("cannot start admin server on", Path::new("admin")))?;
     let endpoints = Endpoints {
         pid: std::process::id(),
         admin: admin_addr,
@@ -280,7 +309,10 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
             })
             .collect(),
     };
-    write_atomic(&data_dir.join("endpoints.json"), &serde_json::to_vec_pretty(&endpoints).expect("encodes"))?;
+    write_atomic(
+        &data_dir.join("endpoints.json"),
+        &serde_json::to_vec_pretty(&endpoints).expect("encodes"),
+    )?;
     for e in &endpoints.listeners {
         tracing::info!(listener = %e.name, proto = %e.proto, format = %e.format, addr = %e.addr, "listening");
     }
@@ -316,7 +348,11 @@ struct PartitionPlan {
 
 /// Opens each core's partition and plans the replay of every partition on disk: partition `p`
 /// is replayed by core `p % cores` (partitions beyond `cores` were left by a larger instance).
-fn plan_partitions(config: &Config, cores: usize, body: Option<&Body>) -> Result<Vec<PartitionPlan>, Error> {
+fn plan_partitions(
+    config: &Config,
+    cores: usize,
+    body: Option<&Body>,
+) -> Result<Vec<PartitionPlan>, Error> {
     let options = log::Options {
         segment_bytes: config.log.segment_bytes,
         flush: config.log.flush,
@@ -327,9 +363,18 @@ fn plan_partitions(config: &Config, cores: usize, body: Option<&Body>) -> Result
         let dir = log::partition_dir(&config.data_dir, core);
         let (appender, report) = Appender::open(&dir, options)?;
         if report.truncated_bytes > 0 {
-            tracing::warn!(partition = core, cut_bytes = report.truncated_bytes, "torn log tail cut");
+            tracing::warn!(
+                partition = core,
+                cut_bytes = report.truncated_bytes,
+                "torn log tail cut"
+            );
         }
-        plans.push(PartitionPlan { appender, replay: Vec::new(), others: Vec::new(), max_event_ms: None });
+        plans.push(PartitionPlan {
+            appender,
+            replay: Vec::new(),
+            others: Vec::new(),
+            max_event_ms: None,
+        });
     }
     let mut on_disk = log::partitions(&config.data_dir)?;
     on_disk.retain(|p| (*p as usize) < crate::limits::CORES_MAX);
@@ -343,9 +388,17 @@ fn plan_partitions(config: &Config, cores: usize, body: Option<&Body>) -> Result
             plan.max_event_ms = Some(plan.max_event_ms.map_or(max, |m| m.max(max)));
         }
         if partition as usize >= cores {
-            plan.others.push(PartitionState { partition, next_offset: from.0, max_event_ms: None });
+            plan.others.push(PartitionState {
+                partition,
+                next_offset: from.0,
+                max_event_ms: None,
+            });
         }
-        plan.replay.push(ReplayTask { partition, from, reader });
+        plan.replay.push(ReplayTask {
+            partition,
+            from,
+            reader,
+        });
     }
     Ok(plans)
 }
@@ -362,15 +415,28 @@ fn open_shards(config: &Config, cores: usize, body: Option<&Body>) -> Result<Vec
     for entry in std::fs::read_dir(&agg_dir).map_err(io_err("cannot list", &agg_dir))? {
         let entry = entry.map_err(io_err("cannot list", &agg_dir))?;
         let name = entry.file_name();
-        let Some(shard) = name.to_str().and_then(|n| n.strip_prefix('s')?.strip_suffix(".jsonl")?.parse::<u16>().ok()) else {
+        let Some(shard) = name.to_str().and_then(|n| {
+            n.strip_prefix('s')?
+                .strip_suffix(".jsonl")?
+                .parse::<u16>()
+                .ok()
+        }) else {
             continue;
         };
         if shard as usize >= cores {
-            let len = states.iter().find(|s| s.shard == shard).map_or(0, |s| s.aggregates_len);
-            AggregatesWriter::open(&entry.path(), len).map_err(io_err("cannot cut", &entry.path()))?;
+            let len = states
+                .iter()
+                .find(|s| s.shard == shard)
+                .map_or(0, |s| s.aggregates_len);
+            AggregatesWriter::open(&entry.path(), len)
+                .map_err(io_err("cannot cut", &entry.path()))?;
         }
     }
-    let global_frontier = states.iter().map(|s| s.closed_through_ms).max().unwrap_or(i64::MIN);
+    let global_frontier = states
+        .iter()
+        .map(|s| s.closed_through_ms)
+        .max()
+        .unwrap_or(i64::MIN);
     let sizes: Vec<i64> = config.window.sizes.iter().map(|s| s.as_i64()).collect();
     let mut shards = Vec::new();
     for core in 0..cores as u16 {
@@ -378,13 +444,26 @@ fn open_shards(config: &Config, cores: usize, body: Option<&Body>) -> Result<Vec
         let state = states.iter().find(|s| s.shard == core);
         let len = state.map_or(0, |s| s.aggregates_len);
         let output = AggregatesWriter::open(&path, len).map_err(io_err("cannot open", &path))?;
-        let frontier = if same_layout { state.map_or(i64::MIN, |s| s.closed_through_ms) } else { global_frontier };
-        shards.push(Shard::new(sizes.clone(), config.window.max_keys_per_shard as usize, cores, frontier, output));
+        let frontier = if same_layout {
+            state.map_or(i64::MIN, |s| s.closed_through_ms)
+        } else {
+            global_frontier
+        };
+        shards.push(Shard::new(
+            sizes.clone(),
+            config.window.max_keys_per_shard as usize,
+            cores,
+            frontier,
+            output,
+        ));
     }
     for state in states {
         for record in &state.windows {
             let core = owner(record.key.as_bytes(), cores) as usize;
-            shards[core].restore(record).map_err(io_err("cannot write", &aggregates_path(data_dir, core as u16)))?;
+            shards[core].restore(record).map_err(io_err(
+                "cannot write",
+                &aggregates_path(data_dir, core as u16),
+            ))?;
         }
     }
     Ok(shards)
@@ -430,7 +509,9 @@ impl Coordinator {
                         tracing::info!("ready");
                     }
                 }
-                Ok(Report::Partitions { epoch, partitions, .. }) => {
+                Ok(Report::Partitions {
+                    epoch, partitions, ..
+                }) => {
                     if let Some(f) = self.in_flight.as_mut().filter(|f| f.epoch == epoch) {
                         f.partitions.extend(partitions);
                         f.partition_reports += 1;
@@ -448,7 +529,10 @@ impl Coordinator {
                 Ok(Report::Failed { core, error }) => return Err(Error::Core { core, error }),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Core { core: u16::MAX, error: "every core has exited".into() });
+                    return Err(Error::Core {
+                        core: u16::MAX,
+                        error: "every core has exited".into(),
+                    });
                 }
             }
 
@@ -501,7 +585,9 @@ impl Coordinator {
             shards: Vec::new(),
             final_one,
         });
-        self.control.checkpoint_epoch.store(self.epoch, Ordering::Release);
+        self.control
+            .checkpoint_epoch
+            .store(self.epoch, Ordering::Release);
         self.control.wake_all();
     }
 
@@ -527,7 +613,8 @@ impl Coordinator {
                 m.committed_total.add(1);
                 m.last_epoch.set(f.epoch as i64);
                 m.last_bytes.set(bytes.len() as i64);
-                m.last_duration_us.set(f.started.elapsed().as_micros() as i64);
+                m.last_duration_us
+                    .set(f.started.elapsed().as_micros() as i64);
                 tracing::debug!(epoch = f.epoch, path = %path.display(), bytes = bytes.len(), "checkpoint committed");
                 if let Err(e) = checkpoint::file::prune(&self.checkpoint_dir, self.keep) {
                     tracing::warn!(error = %e, "cannot prune old checkpoints");

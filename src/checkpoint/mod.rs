@@ -89,14 +89,20 @@ impl Body {
     pub fn decode(bytes: &[u8]) -> Result<Body, Error> {
         let body: Body = postcard::from_bytes(bytes).map_err(|e| Error::Decode(e.to_string()))?;
         if body.version != BODY_VERSION {
-            return Err(Error::Decode(format!("body version {} (expected {BODY_VERSION})", body.version)));
+            return Err(Error::Decode(format!(
+                "body version {} (expected {BODY_VERSION})",
+                body.version
+            )));
         }
         Ok(body)
     }
 
     /// The position of `partition`, 0 when the checkpoint does not know it.
     pub fn offset_of(&self, partition: u16) -> u64 {
-        self.partitions.iter().find(|p| p.partition == partition).map_or(0, |p| p.next_offset)
+        self.partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .map_or(0, |p| p.next_offset)
     }
 }
 
@@ -113,12 +119,21 @@ mod tests {
             created_ms: 1,
             cores: 2,
             window_sizes_ms: vec![1000, 60_000],
-            partitions: vec![PartitionState { partition: 0, next_offset: 42, max_event_ms: Some(-5) }],
+            partitions: vec![PartitionState {
+                partition: 0,
+                next_offset: 42,
+                max_event_ms: Some(-5),
+            }],
             shards: vec![ShardState {
                 shard: 1,
                 aggregates_len: 77,
                 closed_through_ms: i64::MIN,
-                windows: vec![WindowRecord { key: "a.b".into(), size_ms: 1000, start_ms: 0, agg: Agg::one(2.5, 3) }],
+                windows: vec![WindowRecord {
+                    key: "a.b".into(),
+                    size_ms: 1000,
+                    start_ms: 0,
+                    agg: Agg::one(2.5, 3),
+                }],
             }],
         };
         let bytes = body.encode().unwrap();

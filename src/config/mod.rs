@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use listen::parse_listen_spec;
-pub use values::{ByteSize, Millis, check_window_sizes, parse_duration_ms};
 pub use values::resolve_addr as values_resolve;
+pub use values::{ByteSize, Millis, check_window_sizes, parse_duration_ms};
 
 use crate::limits;
 

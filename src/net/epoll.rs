@@ -102,10 +102,20 @@ impl EpollBackend {
             BoundSocket::Udp(s) => Socket::Udp(UdpSocket::from_std(s)),
         };
         match &mut socket {
-            Socket::Tcp(l) => self.poll.registry().register(l, token, Interest::READABLE)?,
-            Socket::Udp(s) => self.poll.registry().register(s, token, Interest::READABLE)?,
+            Socket::Tcp(l) => self
+                .poll
+                .registry()
+                .register(l, token, Interest::READABLE)?,
+            Socket::Udp(s) => self
+                .poll
+                .registry()
+                .register(s, token, Interest::READABLE)?,
         }
-        self.listeners.push(Some(Listener { id, socket, queued: true }));
+        self.listeners.push(Some(Listener {
+            id,
+            socket,
+            queued: true,
+        }));
         // Something may have arrived before registration: look once.
         self.ready.push_back(token);
         Ok(())
@@ -125,7 +135,11 @@ impl EpollBackend {
 
     /// Open connections.
     pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.conns.iter().enumerate().filter(|(_, c)| c.is_some()).map(|(i, _)| i)
+        self.conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_some())
+            .map(|(i, _)| i)
     }
 
     /// Closes a connection (the handler is told through `closed`).
@@ -156,9 +170,15 @@ impl EpollBackend {
                 continue;
             }
             let queued = if token.0 >= CONN_BASE {
-                self.conns.get_mut(token.0 - CONN_BASE).and_then(Option::as_mut).map(|c| &mut c.queued)
+                self.conns
+                    .get_mut(token.0 - CONN_BASE)
+                    .and_then(Option::as_mut)
+                    .map(|c| &mut c.queued)
             } else {
-                self.listeners.get_mut(token.0).and_then(Option::as_mut).map(|l| &mut l.queued)
+                self.listeners
+                    .get_mut(token.0)
+                    .and_then(Option::as_mut)
+                    .map(|l| &mut l.queued)
             };
             if let Some(q) = queued {
                 if !*q {
@@ -176,7 +196,9 @@ impl EpollBackend {
         let mut turns = self.ready.len();
         while turns > 0 && budget > 0 {
             turns -= 1;
-            let Some(token) = self.ready.pop_front() else { break };
+            let Some(token) = self.ready.pop_front() else {
+                break;
+            };
             let again = if token.0 >= CONN_BASE {
                 if !handler.reading() {
                     self.ready.push_front(token);
@@ -195,7 +217,9 @@ impl EpollBackend {
     /// Reads what one connection has. Returns true when it may have more.
     fn read_conn(&mut self, conn: ConnId, handler: &mut impl Handler, budget: &mut usize) -> bool {
         for _ in 0..READS_PER_CONNECTION_MAX {
-            let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else { return false };
+            let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
+                return false;
+            };
             match c.stream.read(&mut self.buf) {
                 Ok(0) => {
                     self.close(conn, handler);
@@ -223,8 +247,15 @@ impl EpollBackend {
     }
 
     /// Accepts connections or receives datagrams. Returns true when it may have more.
-    fn serve_listener(&mut self, index: usize, handler: &mut impl Handler, budget: &mut usize) -> bool {
-        let Some(l) = self.listeners.get_mut(index).and_then(Option::as_mut) else { return false };
+    fn serve_listener(
+        &mut self,
+        index: usize,
+        handler: &mut impl Handler,
+        budget: &mut usize,
+    ) -> bool {
+        let Some(l) = self.listeners.get_mut(index).and_then(Option::as_mut) else {
+            return false;
+        };
         let id = l.id;
         match &mut l.socket {
             Socket::Tcp(listener) => {
@@ -242,11 +273,19 @@ impl EpollBackend {
                             });
                             let mut stream = stream;
                             let token = Token(CONN_BASE + conn);
-                            if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_err() {
+                            if self
+                                .poll
+                                .registry()
+                                .register(&mut stream, token, Interest::READABLE)
+                                .is_err()
+                            {
                                 self.free_conns.push(conn);
                                 continue;
                             }
-                            self.conns[conn] = Some(Conn { stream, queued: true });
+                            self.conns[conn] = Some(Conn {
+                                stream,
+                                queued: true,
+                            });
                             self.ready.push_back(token);
                             handler.opened(conn, id);
                         }

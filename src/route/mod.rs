@@ -135,7 +135,9 @@ pub struct Doorbell {
 
 impl std::fmt::Debug for Doorbell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Doorbell").field("sleeping", &self.sleeping).finish()
+        f.debug_struct("Doorbell")
+            .field("sleeping", &self.sleeping)
+            .finish()
     }
 }
 
@@ -187,7 +189,12 @@ pub struct Mesh {
 /// Builds the queues between `doorbells.len()` cores.
 pub fn mesh(doorbells: &[Doorbell]) -> Mesh {
     let cores = doorbells.len();
-    let mut routers: Vec<Router> = (0..cores).map(|_| Router { cores, out: Vec::new() }).collect();
+    let mut routers: Vec<Router> = (0..cores)
+        .map(|_| Router {
+            cores,
+            out: Vec::new(),
+        })
+        .collect();
     let mut inbounds: Vec<Vec<Inbound>> = (0..cores).map(|_| Vec::new()).collect();
     for (dst, inbound) in inbounds.iter_mut().enumerate() {
         for router in routers.iter_mut() {
@@ -261,7 +268,10 @@ impl Router {
     }
 
     fn seal(out: &mut Outbound) {
-        let fresh = out.free.try_recv().unwrap_or_else(|_| EventBatch::with_capacity());
+        let fresh = out
+            .free
+            .try_recv()
+            .unwrap_or_else(|_| EventBatch::with_capacity());
         let full = std::mem::replace(&mut out.building, fresh);
         out.pending.push_back(Msg::Events(full));
         Self::drain(out);
@@ -300,12 +310,20 @@ mod tests {
 
     fn doorbells(n: usize) -> Vec<Doorbell> {
         (0..n)
-            .map(|_| Doorbell { sleeping: Arc::new(AtomicBool::new(false)), waker: Arc::new(NoWake) })
+            .map(|_| Doorbell {
+                sleeping: Arc::new(AtomicBool::new(false)),
+                waker: Arc::new(NoWake),
+            })
             .collect()
     }
 
     fn ev(key: &str) -> Event<'_> {
-        Event { key: key.as_bytes(), value: 1.0, time_ms: 0, kind: Kind::Sample }
+        Event {
+            key: key.as_bytes(),
+            value: 1.0,
+            time_ms: 0,
+            kind: Kind::Sample,
+        }
     }
 
     #[test]
@@ -318,7 +336,10 @@ mod tests {
             }
         }
         // xxh3 is a stable, published hash: routing is reproducible across versions.
-        assert_eq!(xxhash_rust::xxh3::xxh3_64(b"room.temp") % 2, owner(b"room.temp", 2) as u64);
+        assert_eq!(
+            xxhash_rust::xxh3::xxh3_64(b"room.temp") % 2,
+            owner(b"room.temp", 2) as u64
+        );
     }
 
     #[test]
@@ -331,7 +352,9 @@ mod tests {
         m.routers[0].broadcast(|| Msg::Barrier(7));
         let mut seen = 0;
         for (dst, inbound) in m.inbounds.iter().enumerate() {
-            let Msg::Events(batch) = inbound[0].rx.try_recv().unwrap() else { panic!() };
+            let Msg::Events(batch) = inbound[0].rx.try_recv().unwrap() else {
+                panic!()
+            };
             for (key, _) in batch.iter() {
                 assert_eq!(owner(key, 2) as usize, dst);
                 seen += 1;

@@ -52,7 +52,14 @@ pub struct Agg {
 impl Agg {
     /// The aggregate of one event.
     pub fn one(value: f64, time_ms: i64) -> Agg {
-        Agg { count: 1, sum: value, min: value, max: value, last: value, last_time_ms: time_ms }
+        Agg {
+            count: 1,
+            sum: value,
+            min: value,
+            max: value,
+            last: value,
+            last_time_ms: time_ms,
+        }
     }
 
     /// Folds one event in.
@@ -82,7 +89,11 @@ impl Agg {
 
     /// Mean value.
     pub fn mean(&self) -> f64 {
-        if self.count == 0 { 0.0 } else { self.sum / self.count as f64 }
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum / self.count as f64
+        }
     }
 }
 
@@ -179,11 +190,19 @@ impl Shard {
             return Ok(());
         };
         if record.start_ms + record.size_ms <= self.closed_through_ms {
-            return self.output.write_window(&record.key, record.size_ms, record.start_ms, &record.agg);
+            return self.output.write_window(
+                &record.key,
+                record.size_ms,
+                record.start_ms,
+                &record.agg,
+            );
         }
         let slot = self.slot_for(record.key.as_bytes(), true).0;
         let windows = &mut self.slots[slot as usize].windows;
-        match windows.iter_mut().find(|w| w.size_idx == size_idx as u8 && w.start_ms == record.start_ms) {
+        match windows
+            .iter_mut()
+            .find(|w| w.size_idx == size_idx as u8 && w.start_ms == record.start_ms)
+        {
             Some(w) => w.agg.merge(&record.agg),
             None => *self.open(slot, size_idx as u8, record.start_ms) = record.agg,
         }
@@ -203,7 +222,10 @@ impl Shard {
                 continue;
             }
             let windows = &mut self.slots[slot as usize].windows;
-            match windows.iter_mut().find(|w| w.size_idx == size_idx as u8 && w.start_ms == start) {
+            match windows
+                .iter_mut()
+                .find(|w| w.size_idx == size_idx as u8 && w.start_ms == start)
+            {
                 Some(w) => w.agg.add(value, time_ms),
                 None => *self.open(slot, size_idx as u8, start) = Agg::one(value, time_ms),
             }
@@ -221,7 +243,11 @@ impl Shard {
         let ms = w.map_or(watermark_ms, |(old, _)| old.max(watermark_ms));
         *w = Some((ms, idle));
         let known = self.source_watermarks.iter().flatten();
-        let active = known.clone().filter(|(_, idle)| !idle).map(|(ms, _)| *ms).min();
+        let active = known
+            .clone()
+            .filter(|(_, idle)| !idle)
+            .map(|(ms, _)| *ms)
+            .min();
         let combined = active.or_else(|| known.map(|(ms, _)| *ms).max());
         match combined {
             Some(combined) if combined > self.closed_through_ms => self.close_through(combined),
@@ -231,7 +257,10 @@ impl Shard {
 
     /// Closes every window with `end <= through_ms`, in end order, writing each to the output.
     fn close_through(&mut self, through_ms: i64) -> io::Result<usize> {
-        assert!(through_ms > self.closed_through_ms, "the frontier only rises");
+        assert!(
+            through_ms > self.closed_through_ms,
+            "the frontier only rises"
+        );
         let mut closed = 0;
         while let Some(entry) = self.calendar.first_entry() {
             if *entry.key() > through_ms {
@@ -266,7 +295,14 @@ impl Shard {
         windows.push(OpenWindow {
             size_idx,
             start_ms,
-            agg: Agg { count: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, last: 0.0, last_time_ms: i64::MIN },
+            agg: Agg {
+                count: 0,
+                sum: 0.0,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                last: 0.0,
+                last_time_ms: i64::MIN,
+            },
         });
         &mut windows.last_mut().expect("just pushed").agg
     }
@@ -342,7 +378,9 @@ impl Shard {
 
 /// Path of shard `shard`'s aggregates file.
 pub fn aggregates_path(data_dir: &Path, shard: u16) -> std::path::PathBuf {
-    data_dir.join("aggregates").join(format!("s{shard:03}.jsonl"))
+    data_dir
+        .join("aggregates")
+        .join(format!("s{shard:03}.jsonl"))
 }
 
 #[cfg(test)]

@@ -58,12 +58,20 @@ impl AggregatesWriter {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(path)?;
         let actual = file.metadata()?.len();
         if actual < len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{} is {actual} bytes, shorter than the {len} its checkpoint recorded", path.display()),
+                format!(
+                    "{} is {actual} bytes, shorter than the {len} its checkpoint recorded",
+                    path.display()
+                ),
             ));
         }
         if actual > len {
@@ -73,11 +81,22 @@ impl AggregatesWriter {
         }
         let mut file = file;
         std::io::Seek::seek(&mut file, io::SeekFrom::Start(len))?;
-        Ok(AggregatesWriter { path: path.to_path_buf(), out: BufWriter::with_capacity(64 * 1024, file), len, dirty: false })
+        Ok(AggregatesWriter {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(64 * 1024, file),
+            len,
+            dirty: false,
+        })
     }
 
     /// Writes one closed window.
-    pub fn write_window(&mut self, key: &str, size_ms: i64, start_ms: i64, agg: &Agg) -> io::Result<()> {
+    pub fn write_window(
+        &mut self,
+        key: &str,
+        size_ms: i64,
+        start_ms: i64,
+        agg: &Agg,
+    ) -> io::Result<()> {
         let end_ms = start_ms + size_ms;
         let window = Millis(size_ms as u64).to_string();
         let line = Line {
@@ -136,5 +155,8 @@ impl AggregatesWriter {
 
 /// Wall-clock now in ms since the epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

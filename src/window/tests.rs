@@ -29,7 +29,11 @@ fn windows_close_when_every_source_passes_them() {
     for (v, t) in [(1.0, 100), (3.0, 900), (2.0, 1500)] {
         assert_eq!(s.fold(b"k", v, t, Kind::Sample), Folded::default());
     }
-    assert_eq!(s.advance(0, 5000, false).unwrap(), 2, "source 1 has no watermark: not held back");
+    assert_eq!(
+        s.advance(0, 5000, false).unwrap(),
+        2,
+        "source 1 has no watermark: not held back"
+    );
     assert_eq!(s.closed_through_ms(), 5000);
     s.output().flush().unwrap();
     let out = lines(dir.path());
@@ -68,7 +72,11 @@ fn an_idle_source_does_not_hold_the_frontier() {
     s.advance(1, 60, true).unwrap();
     assert_eq!(s.closed_through_ms(), 5000, "idle source 1 is skipped");
     s.advance(0, 7000, true).unwrap();
-    assert_eq!(s.closed_through_ms(), 7000, "all idle: the most advanced leads");
+    assert_eq!(
+        s.closed_through_ms(),
+        7000,
+        "all idle: the most advanced leads"
+    );
     s.advance(1, 100, false).unwrap();
     assert_eq!(s.closed_through_ms(), 7000, "the frontier never falls");
 }
@@ -107,7 +115,12 @@ fn snapshot_and_restore_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = shard(dir.path(), &[1000, 60_000], 100, 1);
     for i in 0..50 {
-        a.fold(format!("k{}", i % 7).as_bytes(), i as f64, i * 37, Kind::Sample);
+        a.fold(
+            format!("k{}", i % 7).as_bytes(),
+            i as f64,
+            i * 37,
+            Kind::Sample,
+        );
     }
     let snap = a.snapshot();
     let dir2 = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use super::{Control, Report, ReplayTask, WorkerSetup, parsers};
+use super::{Control, ReplayTask, Report, WorkerSetup, parsers};
 use crate::checkpoint::PartitionState;
 use crate::config::{Format, ListenerConfig, Proto};
 use crate::deadletter::DeadLetter;
@@ -113,7 +113,12 @@ impl Ingest {
     fn route_committed(&mut self) {
         let now = Instant::now();
         for batch in self.committed.drain(..) {
-            let Some(index) = self.log_id_to_index.get(batch.listener_id as usize).copied().flatten() else {
+            let Some(index) = self
+                .log_id_to_index
+                .get(batch.listener_id as usize)
+                .copied()
+                .flatten()
+            else {
                 continue;
             };
             let lines = self.appender.lines(&batch);
@@ -131,7 +136,9 @@ impl Ingest {
                 lines,
                 batch.ingest_time_ms,
             );
-            self.metrics.cores[self.id as usize].listeners[index as usize].lines_total.add(u64::from(batch.count));
+            self.metrics.cores[self.id as usize].listeners[index as usize]
+                .lines_total
+                .add(u64::from(batch.count));
             self.last_event_at = now;
         }
         self.router.flush();
@@ -139,12 +146,18 @@ impl Ingest {
     }
 
     /// Frames `bytes` from a listener into one log batch (several when a segment rolls).
-    fn append_framed(&mut self, listener: u16, feed: impl FnOnce(&mut dyn FnMut(&[u8]), &mut dyn FnMut(Reject, &[u8]))) {
+    fn append_framed(
+        &mut self,
+        listener: u16,
+        feed: impl FnOnce(&mut dyn FnMut(&[u8]), &mut dyn FnMut(Reject, &[u8])),
+    ) {
         let now = now_ms();
         let counters = &self.metrics.cores[self.id as usize].listeners[listener as usize];
         let name = &self.listeners[listener as usize].name;
         let deadletter = &mut self.deadletter;
-        let mut writer = self.appender.begin(self.listener_log_ids[listener as usize], now);
+        let mut writer = self
+            .appender
+            .begin(self.listener_log_ids[listener as usize], now);
         let mut error = None;
         feed(
             &mut |line| {
@@ -182,13 +195,22 @@ impl Ingest {
             return Ok(());
         }
         for _ in 0..REPLAY_BATCHES_PER_TICK {
-            let Some(task) = self.replay.last_mut() else { return Ok(()) };
-            let batch = task.reader.next_batch().map_err(|e| format!("replay of partition {}: {e}", task.partition))?;
+            let Some(task) = self.replay.last_mut() else {
+                return Ok(());
+            };
+            let batch = task
+                .reader
+                .next_batch()
+                .map_err(|e| format!("replay of partition {}: {e}", task.partition))?;
             let Some(batch) = batch else {
                 tracing::info!(core = self.id, partition = task.partition, "replay done");
                 let done = self.replay.pop().expect("a task is being replayed");
                 if done.partition != self.id {
-                    if let Some(p) = self.other_partitions.iter_mut().find(|p| p.partition == done.partition) {
+                    if let Some(p) = self
+                        .other_partitions
+                        .iter_mut()
+                        .find(|p| p.partition == done.partition)
+                    {
                         p.next_offset = done.from.0;
                     }
                 }
@@ -197,7 +219,11 @@ impl Ingest {
             let info = batch.info;
             let skip = task.from.0.saturating_sub(info.first_offset.0);
             let end = info.first_offset.0 + u64::from(info.count);
-            let index = self.log_id_to_index.get(info.listener_id as usize).copied().flatten();
+            let index = self
+                .log_id_to_index
+                .get(info.listener_id as usize)
+                .copied()
+                .flatten();
             if let Some(index) = index {
                 route_lines(
                     RouteCtx {
@@ -214,10 +240,16 @@ impl Ingest {
                     info.ingest_time_ms,
                 );
             } else {
-                tracing::warn!(core = self.id, listener_id = info.listener_id, "replay skips lines of a listener no longer configured");
+                tracing::warn!(
+                    core = self.id,
+                    listener_id = info.listener_id,
+                    "replay skips lines of a listener no longer configured"
+                );
             }
             task.from = crate::log::Offset(end.max(task.from.0));
-            self.metrics.cores[self.id as usize].replayed_lines_total.add(u64::from(info.count));
+            self.metrics.cores[self.id as usize]
+                .replayed_lines_total
+                .add(u64::from(info.count));
             self.last_event_at = Instant::now();
             self.router.flush();
             if self.router.blocked() {
@@ -236,22 +268,35 @@ impl Ingest {
         }
         self.injected_epoch = requested;
         self.router.flush();
-        self.appender.flush().map_err(|e| format!("log flush for checkpoint: {e}"))?;
+        self.appender
+            .flush()
+            .map_err(|e| format!("log flush for checkpoint: {e}"))?;
         let mut partitions = self.other_partitions.clone();
         let own = match self.replay.iter().find(|t| t.partition == self.id) {
             Some(task) => task.from.0,
             None => self.appender.next_offset().0,
         };
         for task in &self.replay {
-            if let Some(p) = partitions.iter_mut().find(|p| p.partition == task.partition) {
+            if let Some(p) = partitions
+                .iter_mut()
+                .find(|p| p.partition == task.partition)
+            {
                 p.next_offset = task.from.0;
             }
         }
         for p in &mut partitions {
             p.max_event_ms = self.max_event_ms;
         }
-        partitions.push(PartitionState { partition: self.id, next_offset: own, max_event_ms: self.max_event_ms });
-        self.report(Report::Partitions { epoch: requested, core: self.id, partitions });
+        partitions.push(PartitionState {
+            partition: self.id,
+            next_offset: own,
+            max_event_ms: self.max_event_ms,
+        });
+        self.report(Report::Partitions {
+            epoch: requested,
+            core: self.id,
+            partitions,
+        });
         self.router.broadcast(|| Msg::Barrier(requested));
         self.note_blocked();
         Ok(())
@@ -261,8 +306,12 @@ impl Ingest {
     pub(super) fn tick(&mut self, now: Instant) -> Result<(), String> {
         if let Some(max) = self.max_event_ms {
             // Event time advances with the data, and with wall-clock time while no data comes.
-            let idle_ms = now.saturating_duration_since(self.last_event_at).as_millis() as i64;
-            let ms = max.saturating_sub(self.allowed_lateness_ms).saturating_add(idle_ms);
+            let idle_ms = now
+                .saturating_duration_since(self.last_event_at)
+                .as_millis() as i64;
+            let ms = max
+                .saturating_sub(self.allowed_lateness_ms)
+                .saturating_add(idle_ms);
             let idle = idle_ms >= self.allowed_lateness_ms.max(SOURCE_IDLE_MS_MIN);
             let changed = match self.sent_watermark {
                 None => true,
@@ -280,18 +329,24 @@ impl Ingest {
             Ok(true) => {
                 let m = &self.metrics.cores[self.id as usize];
                 m.log_flushes_total.add(1);
-                m.log_flush_us_total.add(started.elapsed().as_micros() as u64);
+                m.log_flush_us_total
+                    .add(started.elapsed().as_micros() as u64);
             }
             Ok(false) => {}
             Err(e) => tracing::error!(core = self.id, error = %e, "log flush failed"),
         }
-        self.shard.output().flush().map_err(|e| format!("aggregates output: {e}"))?;
+        self.shard
+            .output()
+            .flush()
+            .map_err(|e| format!("aggregates output: {e}"))?;
         self.deadletter.flush();
         let m = &self.metrics.cores[self.id as usize];
         m.log_next_offset.set(self.appender.next_offset().0 as i64);
-        m.log_flushed_offset.set(self.appender.flushed_offset().0 as i64);
+        m.log_flushed_offset
+            .set(self.appender.flushed_offset().0 as i64);
         m.pending_batches.set(self.router.pending_len() as i64);
-        m.queue_depth.set(self.inbound.iter().map(|i| i.rx.len()).sum::<usize>() as i64);
+        m.queue_depth
+            .set(self.inbound.iter().map(|i| i.rx.len()).sum::<usize>() as i64);
         m.windows_open.set(self.shard.open_windows() as i64);
         m.keys.set(self.shard.keys() as i64);
         m.watermark_ms.set(self.shard.closed_through_ms());
@@ -333,7 +388,8 @@ impl Ingest {
 
 impl Handler for Ingest {
     fn may_accept(&mut self, listener: u16) -> bool {
-        self.open_per_listener[listener as usize] < self.listeners[listener as usize].max_connections
+        self.open_per_listener[listener as usize]
+            < self.listeners[listener as usize].max_connections
     }
 
     fn opened(&mut self, conn: ConnId, listener: u16) {
@@ -345,33 +401,49 @@ impl Handler for Ingest {
         if self.conns.len() <= conn {
             self.conns.resize_with(conn + 1, || None);
         }
-        self.conns[conn] = Some(ConnState { listener, framer: StreamFramer::new(config.max_line_bytes, framing) });
+        self.conns[conn] = Some(ConnState {
+            listener,
+            framer: StreamFramer::new(config.max_line_bytes, framing),
+        });
         self.open_per_listener[listener as usize] += 1;
         let m = &self.metrics.cores[self.id as usize].listeners[listener as usize];
         m.connections_total.add(1);
-        m.connections_open.set(i64::from(self.open_per_listener[listener as usize]));
+        m.connections_open
+            .set(i64::from(self.open_per_listener[listener as usize]));
     }
 
     fn refused(&mut self, listener: u16) {
-        self.metrics.cores[self.id as usize].listeners[listener as usize].connections_refused_total.add(1);
+        self.metrics.cores[self.id as usize].listeners[listener as usize]
+            .connections_refused_total
+            .add(1);
     }
 
     fn data(&mut self, conn: ConnId, bytes: &[u8]) {
-        let Some(state) = self.conns.get_mut(conn).and_then(Option::take) else { return };
+        let Some(state) = self.conns.get_mut(conn).and_then(Option::take) else {
+            return;
+        };
         let listener = state.listener;
-        self.metrics.cores[self.id as usize].listeners[listener as usize].bytes_total.add(bytes.len() as u64);
+        self.metrics.cores[self.id as usize].listeners[listener as usize]
+            .bytes_total
+            .add(bytes.len() as u64);
         let mut state = state;
         self.append_framed(listener, |on_line, on_reject| {
-            state.framer.feed(bytes, &mut |l| on_line(l), &mut |r, b| on_reject(r, b));
+            state
+                .framer
+                .feed(bytes, &mut |l| on_line(l), &mut |r, b| on_reject(r, b));
         });
         self.conns[conn] = Some(state);
     }
 
     fn closed(&mut self, conn: ConnId) {
-        let Some(mut state) = self.conns.get_mut(conn).and_then(Option::take) else { return };
+        let Some(mut state) = self.conns.get_mut(conn).and_then(Option::take) else {
+            return;
+        };
         let listener = state.listener;
         self.append_framed(listener, |on_line, on_reject| {
-            state.framer.finish(&mut |l| on_line(l), &mut |r, b| on_reject(r, b));
+            state
+                .framer
+                .finish(&mut |l| on_line(l), &mut |r, b| on_reject(r, b));
         });
         self.open_per_listener[listener as usize] -= 1;
         self.metrics.cores[self.id as usize].listeners[listener as usize]
@@ -380,13 +452,20 @@ impl Handler for Ingest {
     }
 
     fn datagrams(&mut self, listener: u16, buf: &[u8], lens: &[u32]) {
-        self.metrics.cores[self.id as usize].listeners[listener as usize].bytes_total.add(buf.len() as u64);
+        self.metrics.cores[self.id as usize].listeners[listener as usize]
+            .bytes_total
+            .add(buf.len() as u64);
         let max_line = self.listeners[listener as usize].max_line_bytes;
         self.append_framed(listener, |on_line, on_reject| {
             let mut start = 0usize;
             for len in lens {
                 let end = start + *len as usize;
-                split_datagram(&buf[start..end], max_line, &mut |l| on_line(l), &mut |r, b| on_reject(r, b));
+                split_datagram(
+                    &buf[start..end],
+                    max_line,
+                    &mut |l| on_line(l),
+                    &mut |r, b| on_reject(r, b),
+                );
                 start = end;
             }
         });
@@ -423,7 +502,8 @@ fn route_lines<'l>(ctx: RouteCtx<'_>, lines: impl Iterator<Item = &'l [u8]>, ing
             Ok(n) => events += u64::from(n),
             Err(reason) => {
                 counters.rejected_total[reason.index()].add(1);
-                ctx.deadletter.reject(ingest_ms, ctx.listener_name, reason, line);
+                ctx.deadletter
+                    .reject(ingest_ms, ctx.listener_name, reason, line);
             }
         }
     }

@@ -33,8 +33,8 @@ use crate::deadletter::DeadLetter;
 use crate::limits::TICK_MS;
 use crate::log::{Appender, Offset, Reader};
 use crate::metrics::Metrics;
-use crate::net::{BoundSocket, Handler};
 use crate::net::epoll::EpollBackend;
+use crate::net::{BoundSocket, Handler};
 use crate::parse::Parser;
 use crate::route::{Doorbell, Inbound, Router};
 use crate::window::Shard;
@@ -171,7 +171,11 @@ pub fn run(setup: WorkerSetup) {
 }
 
 impl Ingest {
-    fn run(&mut self, backend: &mut EpollBackend, mut sockets: Vec<(u16, BoundSocket)>) -> Result<(), String> {
+    fn run(
+        &mut self,
+        backend: &mut EpollBackend,
+        mut sockets: Vec<(u16, BoundSocket)>,
+    ) -> Result<(), String> {
         let mut next_tick = Instant::now();
         let mut serving = false;
         let mut drained = false;
@@ -189,7 +193,9 @@ impl Ingest {
             }
             if !serving && self.replay.is_empty() && !stopping {
                 for (listener, socket) in sockets.drain(..) {
-                    backend.add_listener(listener, socket).map_err(|e| format!("listener: {e}"))?;
+                    backend
+                        .add_listener(listener, socket)
+                        .map_err(|e| format!("listener: {e}"))?;
                 }
                 serving = true;
                 self.report(Report::Replayed { core: self.id });
@@ -236,18 +242,27 @@ impl Ingest {
             } else {
                 Some(next_tick.saturating_duration_since(Instant::now()))
             };
-            self.sleep(backend, timeout).map_err(|e| format!("poll: {e}"))?;
+            self.sleep(backend, timeout)
+                .map_err(|e| format!("poll: {e}"))?;
         }
     }
 
     /// Polls, telling senders to ring the doorbell while this core sleeps.
-    fn sleep(&mut self, backend: &mut EpollBackend, timeout: Option<Duration>) -> std::io::Result<()> {
+    fn sleep(
+        &mut self,
+        backend: &mut EpollBackend,
+        timeout: Option<Duration>,
+    ) -> std::io::Result<()> {
         if timeout == Some(Duration::ZERO) {
             return backend.poll(timeout);
         }
         let doorbell = &self.control.doorbells[self.id as usize];
         doorbell.sleeping.store(true, Ordering::Release);
-        let timeout = if self.inbound_waiting() { Some(Duration::ZERO) } else { timeout };
+        let timeout = if self.inbound_waiting() {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
         let result = backend.poll(timeout);
         doorbell.sleeping.store(false, Ordering::Release);
         result
@@ -261,5 +276,8 @@ impl Ingest {
 
 /// The parsers of a core, by listener index.
 pub(crate) fn parsers(listeners: &[ListenerConfig]) -> Vec<Parser> {
-    listeners.iter().map(|l| Parser::new(l.format, &l.options, &l.name)).collect()
+    listeners
+        .iter()
+        .map(|l| Parser::new(l.format, &l.options, &l.name))
+        .collect()
 }

@@ -43,7 +43,10 @@ impl Ingest {
 
     /// True when any queue this core may read holds messages.
     pub(super) fn inbound_waiting(&self) -> bool {
-        self.inbound.iter().zip(&self.aligned).any(|(i, aligned)| !aligned && !i.rx.is_empty())
+        self.inbound
+            .iter()
+            .zip(&self.aligned)
+            .any(|(i, aligned)| !aligned && !i.rx.is_empty())
     }
 
     fn handle(&mut self, src: usize, msg: Msg) -> Result<(), String> {
@@ -57,7 +60,8 @@ impl Ingest {
                     let folded = self.shard.fold(key, e.value, e.time_ms, e.kind);
                     if folded.late > 0 {
                         late += 1;
-                        self.deadletter.late(now, key, e.time_ms, e.value, folded.late);
+                        self.deadletter
+                            .late(now, key, e.time_ms, e.value, folded.late);
                     }
                     overflow += u64::from(folded.overflow);
                 }
@@ -70,11 +74,19 @@ impl Ingest {
                 let _ = self.inbound[src].free.try_send(batch);
             }
             Msg::Watermark { ms, idle } => {
-                let closed = self.shard.advance(src, ms, idle).map_err(|e| format!("aggregates output: {e}"))?;
-                self.metrics.cores[self.id as usize].windows_closed_total.add(closed as u64);
+                let closed = self
+                    .shard
+                    .advance(src, ms, idle)
+                    .map_err(|e| format!("aggregates output: {e}"))?;
+                self.metrics.cores[self.id as usize]
+                    .windows_closed_total
+                    .add(closed as u64);
             }
             Msg::Barrier(epoch) => {
-                assert!(!self.aligned[src], "two barriers from one source before alignment");
+                assert!(
+                    !self.aligned[src],
+                    "two barriers from one source before alignment"
+                );
                 self.aligned[src] = true;
                 self.aligned_count += 1;
                 if self.aligned_count == self.aligned.len() {
@@ -89,7 +101,9 @@ impl Ingest {
 
     fn snapshot(&mut self, epoch: u64) -> Result<(), String> {
         let output = self.shard.output();
-        output.sync().map_err(|e| format!("aggregates fsync: {e}"))?;
+        output
+            .sync()
+            .map_err(|e| format!("aggregates fsync: {e}"))?;
         let state = ShardState {
             shard: self.id,
             aggregates_len: output.len(),

@@ -10,10 +10,19 @@ fn stderr(o: &std::process::Output) -> String {
 
 #[test]
 fn help_works_on_every_subcommand() {
-    for args in [&["--help"][..], &["serve", "--help"], &["log", "verify", "--help"], &["log", "dump", "--help"], &["checkpoint", "inspect", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["log", "verify", "--help"],
+        &["log", "dump", "--help"],
+        &["checkpoint", "inspect", "--help"],
+    ] {
         let o = run(args);
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-        assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("Usage"),
+            "{args:?}"
+        );
     }
 }
 
@@ -21,7 +30,11 @@ fn help_works_on_every_subcommand() {
 fn a_bad_listen_spec_exits_2_and_quotes_it() {
     let o = run(&["serve", "--listen", "graphite+sctp://127.0.0.1:1"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("graphite+sctp://127.0.0.1:1") && stderr(&o).contains("protocol"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("graphite+sctp://127.0.0.1:1") && stderr(&o).contains("protocol"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -41,16 +54,31 @@ fn a_config_error_names_the_key_and_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.toml");
     let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(f, "cores = 1\n\n[window]\nsizes = [\"10s\"]\nallowed_latenes = \"1s\"").unwrap();
+    writeln!(
+        f,
+        "cores = 1\n\n[window]\nsizes = [\"10s\"]\nallowed_latenes = \"1s\""
+    )
+    .unwrap();
     let o = run(&["serve", "--config", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("allowed_latenes") && e.contains("line 5") && e.contains("sluice.toml"), "{e}");
+    assert!(
+        e.contains("allowed_latenes") && e.contains("line 5") && e.contains("sluice.toml"),
+        "{e}"
+    );
 
-    std::fs::write(&path, "[[listener]]\nproto = \"tcp\"\naddr = \"127.0.0.1:1\"\nformat = \"csv\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[[listener]]\nproto = \"tcp\"\naddr = \"127.0.0.1:1\"\nformat = \"csv\"\n",
+    )
+    .unwrap();
     let o = run(&["serve", "--config", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("csv") && stderr(&o).contains("line 4"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("csv") && stderr(&o).contains("line 4"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -59,7 +87,15 @@ fn a_port_in_use_exits_1_naming_the_listener() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let spec = format!("raw+tcp://{}?name=busy", taken.local_addr().unwrap());
     let data = dir.path().join("d");
-    let o = run(&["serve", "--data-dir", data.to_str().unwrap(), "--admin", "127.0.0.1:0", "--listen", &spec]);
+    let o = run(&[
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--admin",
+        "127.0.0.1:0",
+        "--listen",
+        &spec,
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("busy"), "{}", stderr(&o));
 }

@@ -13,7 +13,12 @@ type Expected = BTreeMap<(String, String, i64), Row>;
 fn expect(expected: &mut Expected, key: &str, t_secs: i64, value: f64) {
     let row = expected
         .entry((key.to_string(), "1s".to_string(), t_secs * 1000))
-        .or_insert(Row { count: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY });
+        .or_insert(Row {
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        });
     row.count += 1;
     row.sum += value;
     row.min = row.min.min(value);
@@ -21,7 +26,10 @@ fn expect(expected: &mut Expected, key: &str, t_secs: i64, value: f64) {
 }
 
 fn subset(all: &Expected, prefix: &str) -> Expected {
-    all.iter().filter(|(k, _)| k.0.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
+    all.iter()
+        .filter(|(k, _)| k.0.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Lines `key value ts` with values in quarters, so every sum is exact in any order.
@@ -55,7 +63,9 @@ fn graphite_over_tcp_and_udp_is_counted_exactly_across_a_restart() {
     const TCP_LINES: usize = 100_000;
     const UDP_LINES: usize = 5_000;
     const SPAN_SECS: usize = 20;
-    let mut conns: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(sluice.addr("g-tcp")).unwrap()).collect();
+    let mut conns: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(sluice.addr("g-tcp")).unwrap())
+        .collect();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     udp.connect(sluice.addr("g-udp")).unwrap();
     let mut bufs: Vec<String> = vec![String::new(); 4];
@@ -95,16 +105,27 @@ fn graphite_over_tcp_and_udp_is_counted_exactly_across_a_restart() {
     drop(conns);
     let total = (TCP_LINES + UDP_LINES) as u64;
     let closed = wait_for(Duration::from_secs(60), || {
-        read_aggregates(&data).values().map(|r| r.count).sum::<u64>() >= total
+        read_aggregates(&data)
+            .values()
+            .map(|r| r.count)
+            .sum::<u64>()
+            >= total
     });
     assert!(
         closed,
         "windows did not all close: {} of {total} counted; lines={} udp_dropped={}",
-        read_aggregates(&data).values().map(|r| r.count).sum::<u64>(),
+        read_aggregates(&data)
+            .values()
+            .map(|r| r.count)
+            .sum::<u64>(),
         sluice.metric("sluice_lines_total", &[]),
         sluice.metric("sluice_udp_dropped_total", &[]),
     );
-    assert_eq!(read_aggregates(&data), expected, "phase 1 aggregates differ");
+    assert_eq!(
+        read_aggregates(&data),
+        expected,
+        "phase 1 aggregates differ"
+    );
     assert_eq!(sluice.metric("sluice_lines_total", &[]), total as f64);
     assert_eq!(sluice.metric("sluice_rejected_total", &[]), 0.0);
     assert_eq!(sluice.metric("sluice_late_events_total", &[]), 0.0);
@@ -113,7 +134,11 @@ fn graphite_over_tcp_and_udp_is_counted_exactly_across_a_restart() {
 
     // Phase 2: half of a batch of windows, stop while they are open, restart, the other half.
     let t1 = now_secs() - 1800;
-    let send_tcp = |sluice: &Sluice, from: usize, to: usize, expected: &mut Expected, sent: &mut Vec<String>| {
+    let send_tcp = |sluice: &Sluice,
+                    from: usize,
+                    to: usize,
+                    expected: &mut Expected,
+                    sent: &mut Vec<String>| {
         let mut c = TcpStream::connect(sluice.addr("g-tcp")).unwrap();
         let mut buf = String::new();
         for i in from..to {
@@ -128,12 +153,23 @@ fn graphite_over_tcp_and_udp_is_counted_exactly_across_a_restart() {
         c.write_all(buf.as_bytes()).unwrap();
     };
     let sluice = Sluice::start(&data, &args);
-    assert_eq!(read_aggregates(&data), subset(&expected, ""), "restart changed the output");
+    assert_eq!(
+        read_aggregates(&data),
+        subset(&expected, ""),
+        "restart changed the output"
+    );
     send_tcp(&sluice, 0, 3000, &mut expected, &mut sent_lines);
-    assert!(wait_for(Duration::from_secs(30), || sluice.metric("sluice_window_events_total", &[]) >= 3000.0));
+    assert!(wait_for(Duration::from_secs(30), || sluice
+        .metric("sluice_window_events_total", &[])
+        >= 3000.0));
     assert!(sluice.stop().success());
     // Every phase 2 event is either in a closed window or in an open one in the checkpoint.
-    let inspect = run(&["checkpoint", "inspect", "--data-dir", data.to_str().unwrap()]);
+    let inspect = run(&[
+        "checkpoint",
+        "inspect",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert!(inspect.status.success());
     let ckpt: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     let open: u64 = ckpt["checkpoint"]["shards"]
@@ -144,23 +180,47 @@ fn graphite_over_tcp_and_udp_is_counted_exactly_across_a_restart() {
         .filter(|w| w["key"].as_str().unwrap().starts_with("p2."))
         .map(|w| w["agg"]["count"].as_u64().unwrap())
         .sum();
-    let closed: u64 = subset(&read_aggregates(&data), "p2.").values().map(|r| r.count).sum();
-    assert!(open > 0, "the last phase 2 window is still open at the stop");
+    let closed: u64 = subset(&read_aggregates(&data), "p2.")
+        .values()
+        .map(|r| r.count)
+        .sum();
+    assert!(
+        open > 0,
+        "the last phase 2 window is still open at the stop"
+    );
     assert_eq!(open + closed, 3000, "open {open} + closed {closed}");
 
     let sluice = Sluice::start(&data, &args);
     send_tcp(&sluice, 3000, 6000, &mut expected, &mut sent_lines);
-    let closed = wait_for(Duration::from_secs(30), || read_aggregates(&data).values().map(|r| r.count).sum::<u64>() >= total + 6000);
+    let closed = wait_for(Duration::from_secs(30), || {
+        read_aggregates(&data)
+            .values()
+            .map(|r| r.count)
+            .sum::<u64>()
+            >= total + 6000
+    });
     assert!(closed, "phase 2 windows did not close");
-    assert_eq!(read_aggregates(&data), expected, "aggregates after the restart differ");
+    assert_eq!(
+        read_aggregates(&data),
+        expected,
+        "aggregates after the restart differ"
+    );
     assert!(sluice.stop().success());
 
     // The log holds every line sent, intact.
     let verify = run(&["log", "verify", "--data-dir", data.to_str().unwrap()]);
-    assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        verify.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     let dump = run(&["log", "dump", "--data-dir", data.to_str().unwrap()]);
     assert!(dump.status.success());
-    let mut dumped: Vec<String> = String::from_utf8(dump.stdout).unwrap().lines().map(str::to_string).collect();
+    let mut dumped: Vec<String> = String::from_utf8(dump.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     dumped.sort();
     sent_lines.sort();
     assert_eq!(dumped.len(), sent_lines.len());

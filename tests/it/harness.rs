@@ -30,7 +30,11 @@ impl Sluice {
     pub fn start(data_dir: &Path, args: &[&str]) -> Sluice {
         let stderr_log = data_dir.with_extension("stderr.log");
         let _ = std::fs::remove_file(data_dir.join("endpoints.json"));
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_log).unwrap();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_log)
+            .unwrap();
         let child = Command::new(bin())
             .arg("serve")
             .arg("--data-dir")
@@ -43,7 +47,12 @@ impl Sluice {
             .stderr(stderr)
             .spawn()
             .expect("spawn sluice");
-        let mut s = Sluice { child, data_dir: data_dir.to_path_buf(), endpoints: serde_json::Value::Null, stderr_log };
+        let mut s = Sluice {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            endpoints: serde_json::Value::Null,
+            stderr_log,
+        };
         s.wait_ready();
         s
     }
@@ -64,7 +73,11 @@ impl Sluice {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "sluice not ready in time:\n{}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "sluice not ready in time:\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -125,7 +138,11 @@ impl Drop for Sluice {
 
 /// Sends a signal with kill(1).
 pub fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -145,13 +162,26 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 
 /// A minimal HTTP/1.1 GET.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else { return (0, String::new()) };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return (0, String::new());
+    };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     let _ = s.read_to_string(&mut response);
-    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -159,7 +189,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' ')))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
+        })
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -177,7 +209,9 @@ pub struct Row {
 /// Every aggregates row, keyed by (key, window, start_ms); panics on a duplicate.
 pub fn read_aggregates(data_dir: &Path) -> BTreeMap<(String, String, i64), Row> {
     let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(data_dir.join("aggregates")) else { return out };
+    let Ok(dir) = std::fs::read_dir(data_dir.join("aggregates")) else {
+        return out;
+    };
     for entry in dir {
         let path = entry.unwrap().path();
         let file = std::fs::File::open(&path).unwrap();
@@ -186,15 +220,23 @@ pub fn read_aggregates(data_dir: &Path) -> BTreeMap<(String, String, i64), Row> 
             if line.is_empty() {
                 continue;
             }
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{path:?}: {e}: {line}"));
-            let key = (v["key"].as_str().unwrap().to_string(), v["window"].as_str().unwrap().to_string(), v["start_ms"].as_i64().unwrap());
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{path:?}: {e}: {line}"));
+            let key = (
+                v["key"].as_str().unwrap().to_string(),
+                v["window"].as_str().unwrap().to_string(),
+                v["start_ms"].as_i64().unwrap(),
+            );
             let row = Row {
                 count: v["count"].as_u64().unwrap(),
                 sum: v["sum"].as_f64().unwrap(),
                 min: v["min"].as_f64().unwrap(),
                 max: v["max"].as_f64().unwrap(),
             };
-            assert!(out.insert(key.clone(), row).is_none(), "duplicate aggregate row {key:?}");
+            assert!(
+                out.insert(key.clone(), row).is_none(),
+                "duplicate aggregate row {key:?}"
+            );
         }
     }
     out
@@ -216,10 +258,17 @@ pub fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 /// Wall-clock seconds since the epoch.
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// Is a command on PATH?
 pub fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

@@ -41,12 +41,16 @@ fn garbage_long_lines_and_bad_utf8_are_counted_and_do_not_stop_the_listener() {
     let t = now_secs() - 60;
     let mut c = TcpStream::connect(sluice.addr("g")).unwrap();
     c.write_all(&noise(1 << 20, 0x9e37_79b9_7f4a_7c15)).unwrap();
-    c.write_all(format!("\nafter.garbage 1 {t}\n").as_bytes()).unwrap();
+    c.write_all(format!("\nafter.garbage 1 {t}\n").as_bytes())
+        .unwrap();
     c.write_all(&vec![b'x'; 4 << 20]).unwrap();
-    c.write_all(format!("\nafter.long 2 {t}\n").as_bytes()).unwrap();
+    c.write_all(format!("\nafter.long 2 {t}\n").as_bytes())
+        .unwrap();
     c.write_all(b"bad.\xff\xfe.utf8 1 1\n").unwrap();
-    c.write_all(format!("nan.value NaN {t}\ninf.value inf {t}\nno.value\n").as_bytes()).unwrap();
-    c.write_all(format!("after.bad 3 {t}\n").as_bytes()).unwrap();
+    c.write_all(format!("nan.value NaN {t}\ninf.value inf {t}\nno.value\n").as_bytes())
+        .unwrap();
+    c.write_all(format!("after.bad 3 {t}\n").as_bytes())
+        .unwrap();
     drop(c);
     let u = UdpSocket::bind("127.0.0.1:0").unwrap();
     u.connect(sluice.addr("gu")).unwrap();
@@ -59,7 +63,12 @@ fn garbage_long_lines_and_bad_utf8_are_counted_and_do_not_stop_the_listener() {
         let rows = read_aggregates(&data);
         keys.iter().all(|k| rows.keys().any(|(key, _, _)| key == k))
     });
-    assert!(seen, "valid lines after hostile input were not counted: {:?}\n{}", read_aggregates(&data).keys().collect::<Vec<_>>(), sluice.stderr());
+    assert!(
+        seen,
+        "valid lines after hostile input were not counted: {:?}\n{}",
+        read_aggregates(&data).keys().collect::<Vec<_>>(),
+        sluice.stderr()
+    );
     let rows = read_aggregates(&data);
     for (i, k) in keys.iter().enumerate() {
         let (_, row) = rows.iter().find(|(key, _)| key.0 == *k).unwrap();
@@ -75,7 +84,10 @@ fn garbage_long_lines_and_bad_utf8_are_counted_and_do_not_stop_the_listener() {
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
         .collect();
     for reason in ["too_long", "bad_utf8", "bad_number", "no_value"] {
-        assert!(deadletters.contains(&format!("\"reason\":\"{reason}\"")), "no {reason} dead letter");
+        assert!(
+            deadletters.contains(&format!("\"reason\":\"{reason}\"")),
+            "no {reason} dead letter"
+        );
     }
     assert!(sluice.stop().success());
 }
