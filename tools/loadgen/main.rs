@@ -129,7 +129,7 @@ fn main() -> anyhow::Result<()> {
                 let mut sent_lines = 0u64;
                 let mut sent_bytes = 0u64;
                 let t0 = Instant::now();
-                let mut pace = |sent: u64| {
+                let pace = |sent: u64| {
                     if per_conn_rate > 0.0 {
                         let due = Duration::from_secs_f64(sent as f64 / per_conn_rate);
                         if let Some(wait) = due.checked_sub(t0.elapsed()) {
