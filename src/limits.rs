@@ -49,6 +49,10 @@ pub const OVERFLOW_KEY: &str = "__sluice_overflow__";
 /// Longest key kept; longer keys are rejected as `key_too_long`.
 pub const KEY_BYTES_MAX: usize = 1024;
 
+/// Event times further than this ahead of the ingest time are rejected as `bad_timestamp`:
+/// one far-future timestamp would otherwise drag the watermark ahead of every other input.
+pub const EVENT_TIME_FUTURE_MS_MAX: i64 = 60 * 60 * 1000;
+
 /// Raw bytes of a rejected line kept in its dead-letter record.
 pub const DEADLETTER_LINE_BYTES_MAX: usize = 1024;
 

@@ -17,6 +17,7 @@ use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, ConnId, Handler};
 use crate::parse::{Parser, Reject};
 use crate::route::{Inbound, Msg, Router};
+use crate::limits::EVENT_TIME_FUTURE_MS_MAX;
 use crate::window::{Shard, now_ms};
 
 /// A core with no event for this long (or the allowed lateness, if longer) is idle: it no
@@ -492,18 +493,30 @@ fn route_lines<'l>(ctx: RouteCtx<'_>, lines: impl Iterator<Item = &'l [u8]>, ing
     let counters = &ctx.metrics.cores[ctx.core as usize].listeners[ctx.listener as usize];
     let mut events = 0u64;
     let mut max_seen = i64::MIN;
+    let future_limit_ms = ingest_ms.saturating_add(EVENT_TIME_FUTURE_MS_MAX);
     for line in lines {
         let router = &mut *ctx.router;
+        let mut future = false;
         let parsed = ctx.parser.parse(line, ingest_ms, &mut |event| {
+            // One far-future timestamp would drag the watermark ahead and make every other
+            // event late: such events are rejected instead.
+            if event.time_ms > future_limit_ms {
+                future = true;
+                return;
+            }
             max_seen = max_seen.max(event.time_ms);
             router.push(&event);
+            events += 1;
         });
         match parsed {
-            Ok(n) => events += u64::from(n),
+            Ok(_) if future => {
+                counters.rejected_total[Reject::BadTimestamp.index()].add(1);
+                ctx.deadletter.reject(ingest_ms, ctx.listener_name, Reject::BadTimestamp, line);
+            }
+            Ok(_) => {}
             Err(reason) => {
                 counters.rejected_total[reason.index()].add(1);
-                ctx.deadletter
-                    .reject(ingest_ms, ctx.listener_name, reason, line);
+                ctx.deadletter.reject(ingest_ms, ctx.listener_name, reason, line);
             }
         }
     }
