@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Invariants:
-//! - A file under its final name is complete and durable: [`write`] writes
+//! - A file under its final name is complete and durable: [`write()`] writes
 //!   `ckpt-{epoch:012}.bin.tmp`, fsyncs it, renames it over the final name and fsyncs the
 //!   directory. A crash leaves at worst a stray `.tmp`, which is never read and which
 //!   [`prune`] deletes.
@@ -24,7 +24,7 @@
 //!   mismatch, CRC) is data, not a bug: [`load_newest`] skips it with a warning and falls back
 //!   to the one before it. Nothing here panics on what it reads.
 //! - Only the checkpoint coordinator writes and prunes, from one thread; [`prune`] must not run
-//!   while a [`write`] into the same directory is in progress (it deletes `.tmp` files).
+//!   while a [`write()`] into the same directory is in progress (it deletes `.tmp` files).
 
 #![forbid(unsafe_code)]
 
@@ -158,7 +158,7 @@ pub fn load_newest(dir: &Path) -> Result<Option<Loaded>, Error> {
 /// Deletes all but the newest `keep` checkpoint files (and stray temp files).
 ///
 /// Files are ranked by the epoch in their names, not checked: call it right after a
-/// successful [`write`], so the newest file is the one just made durable. `keep` must be at
+/// successful [`write()`], so the newest file is the one just made durable. `keep` must be at
 /// least 1 (the configuration guarantees it).
 pub fn prune(dir: &Path, keep: usize) -> Result<(), Error> {
     assert!(keep > 0, "prune must keep at least the newest checkpoint");
