@@ -252,4 +252,48 @@ mod tests {
         assert!(stderr.contains("tracing initialised"), "{stderr}");
         assert!(!stderr.contains('\x1b'), "colours on a pipe: {stderr}");
     }
+
+    const EXAMPLE_CONFIG: &str = include_str!("../../systemd/sluice.toml");
+
+    #[test]
+    fn example_config_spells_out_the_defaults() {
+        use crate::config::Config;
+        let example = Config::from_toml(EXAMPLE_CONFIG).unwrap().finish().unwrap();
+        let defaults = Config::from_toml("").unwrap().finish().unwrap();
+        assert_eq!(example, defaults);
+    }
+
+    #[test]
+    fn example_config_mentions_every_key() {
+        use crate::config::{Config, default_listeners};
+        fn keys(value: &toml::Value, out: &mut Vec<String>) {
+            match value {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        out.push(k.clone());
+                        keys(v, out);
+                    }
+                }
+                toml::Value::Array(a) => a.iter().for_each(|v| keys(v, out)),
+                _ => {}
+            }
+        }
+        let config = Config {
+            cores: Some(1),
+            listeners: default_listeners(),
+            ..Config::default()
+        };
+        let mut found = Vec::new();
+        keys(&toml::Value::try_from(&config).unwrap(), &mut found);
+        found.extend(["key", "value", "time"].map(String::from));
+        for key in found {
+            let mentioned = EXAMPLE_CONFIG.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                [format!("{key} "), format!("[{key}]"), format!("[[{key}]]")]
+                    .iter()
+                    .any(|p| l.starts_with(p.as_str()))
+            });
+            assert!(mentioned, "systemd/sluice.toml does not document `{key}`");
+        }
+    }
 }
