@@ -69,8 +69,8 @@ pub const FLUSH_INTERVAL_MS_DEFAULT: u64 = 200;
 /// Most cores (and so log partitions and shards) one instance runs.
 pub const CORES_MAX: usize = 256;
 
-const _: () = assert!(SEGMENT_BYTES_DEFAULT % PAGE_BYTES == 0);
-const _: () = assert!(SEGMENT_BYTES_MIN % PAGE_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(PAGE_BYTES));
+const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(PAGE_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 // A line plus its framing and a batch header always fits in an empty segment, with room to spare.
 const _: () = assert!((LINE_BYTES_MAX as u64) * 4 <= SEGMENT_BYTES_MIN);

@@ -1,10 +1,41 @@
-//! Admin HTTP server. (Being written.)
+//! Admin HTTP server: health, readiness and Prometheus metrics, later queries and the
+//! dashboard.
+//!
+//! Owns: the `sluice-admin` thread, which runs a tokio `current_thread` runtime and axum on
+//! it, so nothing async runs on the ingest cores. The server only reads shared state
+//! ([`AdminState`]); it never writes to what the cores own.
+//!
+//! ```text
+//! GET /healthz   200 "ok" while the process serves HTTP at all
+//! GET /readyz    200 "ready" | 503 "starting" | 503 "stopping"
+//! GET /metrics   OpenMetrics text, built from crate::metrics at scrape time (exposition.rs)
+//! ```
+//!
+//! Routes live in one function, [`router`]; a new endpoint is one more `.route(...)` there.
+//! Handlers may use `anyhow`; an error becomes a 500 whose body is the error chain.
+//! [`AdminServer::stop`] stops accepting, lets requests in flight finish for up to
+//! [`SHUTDOWN_GRACE_MS`], then drops whatever is left and joins the thread.
 
 #![forbid(unsafe_code)]
 
+pub mod exposition;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+
+/// How long [`AdminServer::stop`] waits for requests in flight before closing them.
+pub const SHUTDOWN_GRACE_MS: u64 = 2_000;
 
 /// What the admin server reads.
 #[derive(Debug, Clone)]
@@ -13,23 +44,248 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
 }
 
+impl AdminState {
+    /// State serving `metrics` (and nothing else yet).
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        AdminState { metrics }
+    }
+}
+
 /// A running admin server.
 #[derive(Debug)]
 pub struct AdminServer {
-    _thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Set to `true` to stop; dropping it stops the server too.
+    stop: watch::Sender<bool>,
+    local_addr: SocketAddr,
 }
 
 impl AdminServer {
     /// Serves the admin API on `listener` from its own thread.
     pub fn start(
-        _listener: std::net::TcpListener,
-        _state: AdminState,
+        listener: std::net::TcpListener,
+        state: AdminState,
     ) -> std::io::Result<AdminServer> {
-        todo!("admin")
+        let local_addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        // Registering the socket with the reactor needs the runtime's context.
+        let listener = {
+            let _context = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        let (stop, stopped) = watch::channel(false);
+        let app = router(state);
+        let thread = std::thread::Builder::new()
+            .name("sluice-admin".into())
+            .spawn(move || {
+                runtime.block_on(serve(listener, app, stopped));
+                // Dropping the runtime here cancels connections still open after the grace.
+            })?;
+        tracing::info!(addr = %local_addr, "admin HTTP listening");
+        Ok(AdminServer {
+            thread: Some(thread),
+            stop,
+            local_addr,
+        })
+    }
+
+    /// The address the server listens on (useful when it was bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
     }
 
     /// Stops serving and joins the thread.
-    pub fn stop(self) {
-        todo!("admin")
+    pub fn stop(mut self) {
+        // An error means the thread is gone already; joining tells how it ended.
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("admin thread panicked");
+        }
+    }
+}
+
+/// Serves until `stopped` turns true (or its sender is dropped), then drains for at most
+/// [`SHUTDOWN_GRACE_MS`].
+async fn serve(listener: tokio::net::TcpListener, app: Router, stopped: watch::Receiver<bool>) {
+    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
+        // Err: the AdminServer was dropped, which means stop as well.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(wait_stop(stopped.clone()));
+    let grace = async {
+        wait_stop(stopped).await;
+        tokio::time::sleep(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
+    };
+    tokio::select! {
+        served = server => {
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin HTTP server failed");
+            }
+        }
+        () = grace => tracing::warn!("admin HTTP: requests still open after the grace period"),
+    }
+    tracing::debug!("admin HTTP stopped");
+}
+
+/// Every route of the admin API.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    let m = &state.metrics;
+    if m.stopping.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    } else if m.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Result<Response, HandlerError> {
+    use anyhow::Context as _;
+    let body = exposition::encode(&state.metrics).context("encoding metrics")?;
+    Ok(([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], body).into_response())
+}
+
+/// A handler failure: a 500 whose body is the error chain.
+struct HandlerError(anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for HandlerError {
+    fn from(e: E) -> Self {
+        HandlerError(e.into())
+    }
+}
+
+impl IntoResponse for HandlerError {
+    fn into_response(self) -> Response {
+        tracing::warn!(error = format!("{:#}", self.0), "admin request failed");
+        let body = format!("internal error: {:#}\n", self.0);
+        (StatusCode::INTERNAL_SERVER_ERROR, body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ListenerInfo;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn start() -> (AdminServer, Arc<Metrics>) {
+        let listeners = vec![ListenerInfo {
+            name: "raw-tcp".into(),
+            proto: "tcp",
+            format: "raw",
+        }];
+        let metrics = Arc::new(Metrics::new(2, listeners));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = AdminServer::start(listener, AdminState::new(Arc::clone(&metrics))).unwrap();
+        (server, metrics)
+    }
+
+    /// `(status, headers, body)` of a GET, over a fresh connection.
+    fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("a full response");
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    #[test]
+    fn health_readiness_and_metrics_over_http() {
+        let (server, metrics) = start();
+        let addr = server.local_addr();
+
+        let (status, _, body) = get(addr, "/healthz");
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        let (status, _, body) = get(addr, "/readyz");
+        assert_eq!((status, body.as_str()), (503, "starting"));
+        metrics.ready.store(true, Ordering::Relaxed);
+        let (status, _, body) = get(addr, "/readyz");
+        assert_eq!((status, body.as_str()), (200, "ready"));
+        metrics.stopping.store(true, Ordering::Relaxed);
+        let (status, _, body) = get(addr, "/readyz");
+        assert_eq!((status, body.as_str()), (503, "stopping"));
+
+        metrics.cores[1].listeners[0].lines_total.add(3);
+        metrics.cores[0].listeners[0].lines_total.add(1);
+        metrics.cores[1].queue_depth.set(5);
+        let (status, head, body) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        assert!(
+            head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+            "{head}"
+        );
+        let lines: Vec<&str> = body.lines().collect();
+        for want in [
+            r#"sluice_lines_total{core="1",listener="raw-tcp",proto="tcp",format="raw"} 3"#,
+            r#"sluice_lines_total{core="0",listener="raw-tcp",proto="tcp",format="raw"} 1"#,
+            r#"sluice_rejected_total{core="0",listener="raw-tcp",reason="too_long"} 0"#,
+            r#"sluice_queue_depth{core="1"} 5"#,
+            "sluice_checkpoints_total 0",
+            "# EOF",
+        ] {
+            assert!(lines.contains(&want), "missing `{want}` in\n{body}");
+        }
+
+        assert_eq!(get(addr, "/nope").0, 404);
+        server.stop();
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "still accepting after stop"
+        );
+    }
+
+    #[test]
+    fn stop_does_not_wait_for_an_idle_connection_forever() {
+        let (server, _) = start();
+        let idle = TcpStream::connect(server.local_addr()).unwrap();
+        let started = std::time::Instant::now();
+        server.stop();
+        assert!(started.elapsed() < Duration::from_millis(SHUTDOWN_GRACE_MS + 3_000));
+        drop(idle);
+    }
+
+    #[test]
+    fn handler_errors_are_500_with_the_message() {
+        let response = HandlerError(anyhow::anyhow!("disk on fire").context("reading windows"))
+            .into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let body = runtime
+            .block_on(axum::body::to_bytes(response.into_body(), 4096))
+            .unwrap();
+        assert_eq!(
+            &body[..],
+            b"internal error: reading windows: disk on fire\n"
+        );
     }
 }

@@ -30,7 +30,7 @@ impl fmt::Display for Millis {
             (60_000, "m"),
             (1_000, "s"),
         ] {
-            if ms != 0 && ms % unit == 0 {
+            if ms != 0 && ms.is_multiple_of(unit) {
                 return write!(f, "{}{}", ms / unit, name);
             }
         }
