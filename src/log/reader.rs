@@ -331,3 +331,97 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::test_support::{line, read_all, small_options, write_batches};
+    use crate::log::{Appender, FlushPolicy};
+
+    fn batches(n: usize, line_bytes: usize) -> Vec<Vec<Vec<u8>>> {
+        (0..n)
+            .map(|b| (0..3).map(|l| line(b * 3 + l, line_bytes)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_reader_from_a_middle_offset_starts_with_the_batch_holding_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        let written = write_batches(&mut appender, &batches(200, 10_000));
+        assert!(segment::list_segments(dir.path()).unwrap().len() >= 3);
+        for from in [0, 1, 2, 3, 301, 450, 599] {
+            let got = read_all(dir.path(), Offset(from));
+            let expected: Vec<_> = written
+                .iter()
+                .filter(|(info, _)| info.end_offset().0 > from)
+                .cloned()
+                .collect();
+            assert_eq!(got, expected, "from {from}");
+            assert!(got[0].0.first_offset.0 <= from);
+        }
+        assert!(read_all(dir.path(), Offset(600)).is_empty());
+        assert!(read_all(dir.path(), Offset(10_000)).is_empty());
+    }
+
+    #[test]
+    fn a_reader_at_the_end_follows_new_batches_across_rolls() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reader = Reader::open(dir.path(), Offset(0)).unwrap();
+        assert!(reader.next_batch().unwrap().is_none());
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        let mut got = Vec::new();
+        let mut written = Vec::new();
+        for round in 0..40 {
+            written.extend(write_batches(&mut appender, &batches(3, 3_000 * round)));
+            while let Some(batch) = reader.next_batch().unwrap() {
+                got.push((
+                    batch.info,
+                    batch.lines.map(<[u8]>::to_vec).collect::<Vec<_>>(),
+                ));
+            }
+            assert_eq!(got, written);
+            assert_eq!(reader.position(), appender.next_offset());
+        }
+        assert!(segment::list_segments(dir.path()).unwrap().len() >= 3);
+    }
+
+    #[test]
+    fn a_corrupt_batch_in_a_sealed_segment_skips_to_the_next_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        let written = write_batches(&mut appender, &batches(200, 10_000));
+        drop(appender);
+        let segments = segment::list_segments(dir.path()).unwrap();
+        let (first, second) = (&segments[0], &segments[1]);
+        // Flip a payload byte of the third batch of the first segment.
+        let mut bytes = std::fs::read(&first.path).unwrap();
+        let third_pos =
+            2 * record::batch_bytes(written[0].1.iter().map(|l| 4 + l.len() as u32).sum());
+        bytes[third_pos as usize + HEADER_BYTES + 10] ^= 0x40;
+        std::fs::write(&first.path, &bytes).unwrap();
+
+        let got = read_all(dir.path(), Offset(0));
+        let expected: Vec<_> = written
+            .iter()
+            .filter(|(info, _)| info.first_offset < Offset(6) || info.first_offset >= second.base)
+            .cloned()
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn lines_of_arbitrary_segment_bytes_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment::segment_path(dir.path(), Offset(0));
+        let mut bytes: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        bytes[..4].copy_from_slice(b"SLCB");
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(read_all(dir.path(), Offset(0)).is_empty());
+    }
+}

@@ -248,3 +248,116 @@ pub fn write_batch(
     }
     Ok(printed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::test_support::{line, small_options, write_batches};
+    use crate::log::{Appender, FlushPolicy};
+
+    fn fill(
+        data_dir: &Path,
+        partition: u16,
+        batches: &[Vec<Vec<u8>>],
+    ) -> Vec<super::super::BatchInfo> {
+        let dir = partition_dir(data_dir, partition);
+        let (mut appender, _) = Appender::open(&dir, small_options(FlushPolicy::Never)).unwrap();
+        write_batches(&mut appender, batches)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn verify_counts_a_clean_log_per_partition() {
+        let data = tempfile::tempdir().unwrap();
+        let big: Vec<Vec<Vec<u8>>> = (0..60).map(|b| vec![line(b, 40_000), line(b, 3)]).collect();
+        let infos = fill(data.path(), 1, &big);
+        fill(data.path(), 0, &[vec![b"a".to_vec(), b"bc".to_vec()]]);
+        let report = verify(data.path(), None).unwrap();
+        assert!(report.is_clean() && !report.has_corruption());
+        assert_eq!(report.partitions.len(), 2);
+        let (p0, p1) = (&report.partitions[0], &report.partitions[1]);
+        assert_eq!(
+            (p0.partition, p0.segments, p0.batches, p0.lines),
+            (0, 1, 1, 2)
+        );
+        assert_eq!(p0.bytes, 40 + 4 + 1 + 4 + 2 + 5);
+        assert_eq!(p1.partition, 1);
+        assert!(p1.segments >= 2);
+        assert_eq!(p1.batches, infos.len() as u64);
+        assert_eq!(p1.lines, 120);
+        assert_eq!(p1.next_offset, Offset(120));
+        assert_eq!(
+            verify(data.path(), Some(1)).unwrap().partitions,
+            vec![p1.clone()]
+        );
+        assert!(verify(data.path(), Some(7)).is_err());
+    }
+
+    #[test]
+    fn verify_reports_garbage_after_the_data_as_a_torn_tail() {
+        let data = tempfile::tempdir().unwrap();
+        fill(data.path(), 0, &[vec![b"hello".to_vec()]]);
+        let path = segment::segment_path(&partition_dir(data.path(), 0), Offset(0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[5000] = 9;
+        std::fs::write(&path, &bytes).unwrap();
+        let report = verify(data.path(), None).unwrap();
+        let problems = &report.partitions[0].problems;
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].kind, ProblemKind::TornTail);
+        assert_eq!(problems[0].file_pos, 56);
+        assert_eq!(problems[0].offset, Offset(1));
+        assert!(!report.is_clean() && !report.has_corruption());
+    }
+
+    #[test]
+    fn dump_prints_lines_as_they_arrived_by_partition_from_an_offset() {
+        let data = tempfile::tempdir().unwrap();
+        fill(
+            data.path(),
+            2,
+            &[
+                vec![b"two-a".to_vec()],
+                vec![b"two-b".to_vec(), b"two-c".to_vec()],
+            ],
+        );
+        fill(data.path(), 0, &[vec![b"zero \xff".to_vec(), b"".to_vec()]]);
+        let mut out = Vec::new();
+        let stats = dump(data.path(), None, Offset(0), false, &mut out).unwrap();
+        assert_eq!(out, b"zero \xff\n\ntwo-a\ntwo-b\ntwo-c\n");
+        assert_eq!(
+            stats,
+            DumpStats {
+                batches: 3,
+                lines: 5
+            }
+        );
+
+        let mut out = Vec::new();
+        dump(data.path(), Some(2), Offset(2), false, &mut out).unwrap();
+        assert_eq!(out, b"two-c\n");
+
+        let mut out = Vec::new();
+        dump(data.path(), None, Offset(1), true, &mut out).unwrap();
+        let rows: Vec<serde_json::Value> = out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0]["partition"], 0);
+        assert_eq!(rows[0]["offset"], 1);
+        assert_eq!(rows[0]["line"], "");
+        assert_eq!(rows[1]["line"], "two-b");
+        assert_eq!(rows[1]["listener_id"], 1);
+        assert_eq!(rows[1]["ingest_time_ms"], 1001);
+        assert_eq!(rows[2]["offset"], 2);
+        let mut out = Vec::new();
+        dump(data.path(), Some(0), Offset(0), true, &mut out).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_slice(out.split(|&b| b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(first["line"], "zero \u{fffd}");
+    }
+}
