@@ -77,16 +77,17 @@ impl Appender {
         };
         let appender = Appender {
             dir: dir.to_path_buf(),
+            // Sealed segments were made durable before their successor was created; the
+            // recovered batches of the newest one may still sit in the page cache only (after
+            // kill -9), so the first flush syncs them, the file and the directory.
+            flushed_offset: recovered.segment.base(),
+            flushed_pos: 0,
+            dir_dirty: true,
             options,
             segment: recovered.segment,
             sealed: VecDeque::new(),
             write_pos: recovered.write_pos,
             next_offset: recovered.next_offset,
-            // What recovery found is what survived: treat it as durable, and sync the
-            // directory on the first flush in case the segment was just created.
-            flushed_offset: recovered.next_offset,
-            flushed_pos: recovered.write_pos,
-            dir_dirty: true,
             last_flush: Instant::now(),
             recent: VecDeque::with_capacity(RECENT_BATCHES_MAX),
             pending: Vec::new(),
@@ -389,6 +390,12 @@ mod tests {
         assert_eq!(report.next_offset, next);
         assert_eq!(report.truncated_bytes, 0);
         assert_eq!(appender.next_offset(), next);
+        assert!(
+            appender.flushed_offset() < next,
+            "the recovered tail is flushed again"
+        );
+        appender.flush().unwrap();
+        assert_eq!(appender.flushed_offset(), next);
         let more = write_batches(&mut appender, &many_batches(30));
         assert_eq!(more[0].0.first_offset, next);
         written.extend(more);

@@ -54,7 +54,8 @@
 //!   newest segment's base offset follows the segment before it.
 //! - A segment is created only after the one before it is durable (msync + directory fsync),
 //!   whatever the flush policy, so a crash cannot leave a gap between segments.
-//! - `flushed_offset <= next_offset` (written); both only rise.
+//! - `flushed_offset <= next_offset` (written); both only rise. After a restart the flushed
+//!   offset starts at the newest segment's base: its recovered batches are synced again.
 //! - Segment files are never shrunk while the process runs (a shrunk mapping is SIGBUS).
 
 // `forbid` here would reach `segment.rs`, the one file that needs `unsafe`; every other
