@@ -1,25 +1,109 @@
 //! The log: one append-only partition per core, made of memory-mapped segment files of
-//! CRC-checked record batches. (Being written: see the API below.)
+//! CRC-checked record batches.
+//!
+//! The log owns everything under `data_dir/log/`. One [`Appender`] (owned by one core)
+//! writes a partition; any number of [`Reader`]s, [`verify`] and [`dump`] read it with plain
+//! file reads, so only the appender maps segments (see `segment.rs`, the one place with
+//! `unsafe` in this module).
 //!
 //! ```text
-//! data_dir/log/p{NNN}/{base_offset:020}.seg
+//! data_dir/log/p{NNN}/{base_offset:020}.seg     base_offset = first offset stored in it
 //! ```
 //!
 //! Offsets count lines (records): a batch holding `n` lines with first offset `o` covers
-//! `o..o+n`; the next batch starts at `o+n`.
+//! `o..o+n`; the next batch starts at `o+n`, and the first batch of a segment starts at the
+//! segment's base offset.
+//!
+//! # Segment and record batch format (version 1)
+//!
+//! Segments are preallocated to `segment_bytes` (zeros), then filled from the start with
+//! record batches, each 8-byte aligned. All integers are little-endian (the crate builds for
+//! little-endian targets only; the header is a `bytemuck::Pod` read and written as is).
+//!
+//! ```text
+//! segment:  | batch | batch | ... | batch | 00 00 00 ... 00 (zeros up to segment_bytes) |
+//!
+//! batch:    byte  size  field
+//!           0     4     magic            "SLCB" (0x42434c53); 0 = end of data
+//!           4     2     version          1
+//!           6     2     flags            0 (reserved)
+//!           8     4     crc              CRC-32 (IEEE) over bytes 12..40 and the payload
+//!           12    4     payload_bytes    length of the payload, padding excluded
+//!           16    8     first_offset     offset of the first line
+//!           24    8     ingest_time_ms   ms since the Unix epoch
+//!           32    4     count            lines in the payload, at least 1
+//!           36    2     listener_id      listener the lines came from
+//!           38    2     padding          0
+//!           40    ..    payload          count x ( u32 line length | line bytes )
+//!           ..    0..7  zeros            pad to a multiple of 8 bytes
+//! ```
+//!
+//! The checksum is CRC-32 (IEEE 802.3 polynomial, as computed by `crc32fast`); it is part of
+//! the on-disk format and changes only with `version`.
+//!
+//! # Invariants
+//!
+//! - A batch is valid when its magic, version, flags, lengths, CRC, zero padding and line
+//!   framing check out and its `first_offset` is the offset expected after the batch before
+//!   it. The first invalid batch ends the valid data of a segment: nothing after it is ever
+//!   returned. A zero magic is the clean end of data.
+//! - Payload is written straight into the mapping; the header is written last, at commit.
+//!   An uncommitted batch has a zero magic, so it is not data.
+//! - Recovery ([`Appender::open`]) checks the newest segment batch by batch and zeroes
+//!   everything after its valid prefix (a torn tail is cut, never read); it checks that the
+//!   newest segment's base offset follows the segment before it.
+//! - A segment is created only after the one before it is durable (msync + directory fsync),
+//!   whatever the flush policy, so a crash cannot leave a gap between segments.
+//! - `flushed_offset <= next_offset` (written); both only rise. After a restart the flushed
+//!   offset starts at the newest segment's base: its recovered batches are synced again.
+//! - Segment files are never shrunk while the process runs (a shrunk mapping is SIGBUS).
+
+// `forbid` here would reach `segment.rs`, the one file that needs `unsafe`; every other
+// file of the module forbids it.
+#![deny(unsafe_code)]
+
+mod appender;
+mod reader;
+mod record;
+mod recovery;
+mod segment;
+mod verify;
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::FlushPolicy;
+pub use appender::{Appender, BatchWriter};
+pub use reader::{Batch, Reader};
+pub use record::Lines;
+pub use verify::{
+    DumpStats, PartitionReport, Problem, ProblemKind, VerifyReport, dump, verify, write_batch,
+};
+
+/// Largest payload of one record batch: a writer commits and starts a new batch
+/// transparently before a line would take its batch past this.
+pub const BATCH_PAYLOAD_BYTES_MAX: u32 = 1024 * 1024;
+
+/// Batches [`Appender::lines`] can still find after they were committed.
+pub const RECENT_BATCHES_MAX: usize = 1024;
+
+const _: () = assert!(crate::limits::LINE_BYTES_MAX + 4 <= BATCH_PAYLOAD_BYTES_MAX);
+// A line, its length prefix and a batch header always fit in a fresh segment.
+const _: () =
+    assert!((crate::limits::LINE_BYTES_MAX as u64) + 4 + 64 <= crate::limits::SEGMENT_BYTES_MIN);
 
 /// Position of a line in a partition: the number of lines before it.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 pub struct Offset(pub u64);
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Errors of the log.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +125,33 @@ pub enum Error {
         file_pos: u64,
         /// What is wrong.
         reason: String,
+    },
+    /// A segment whose base offset does not follow the end of the segment before it.
+    #[error(
+        "segment {segment} starts at offset {base_offset} but the segment before it ends at \
+         {expected}"
+    )]
+    Discontinuity {
+        /// The segment file.
+        segment: PathBuf,
+        /// Its base offset.
+        base_offset: Offset,
+        /// The offset after the last batch of the segment before it.
+        expected: Offset,
+    },
+    /// A line longer than `LINE_BYTES_MAX` was pushed.
+    #[error("line of {line_bytes} bytes is longer than the log accepts ({line_bytes_max})")]
+    LineTooLong {
+        /// Length of the line.
+        line_bytes: usize,
+        /// The limit.
+        line_bytes_max: u32,
+    },
+    /// Writing the output of [`dump`] failed.
+    #[error("log dump output: {source}")]
+    Output {
+        /// Why.
+        source: std::io::Error,
     },
 }
 
@@ -77,110 +188,10 @@ pub struct BatchInfo {
     pub ingest_time_ms: i64,
 }
 
-/// The writer of one partition. Owned by one core.
-#[derive(Debug)]
-pub struct Appender {
-    _dir: PathBuf,
-}
-
-impl Appender {
-    /// Opens (creating if needed) the partition directory `dir`, recovers its tail and
-    /// positions the appender after the intact prefix.
-    pub fn open(_dir: &Path, _options: Options) -> Result<(Appender, RecoveryReport), Error> {
-        todo!("log")
-    }
-
-    /// Offset the next appended line will get.
-    pub fn next_offset(&self) -> Offset {
-        todo!("log")
-    }
-
-    /// Offset up to which everything is flushed (durable).
-    pub fn flushed_offset(&self) -> Offset {
-        todo!("log")
-    }
-
-    /// Starts a batch of lines from one listener.
-    pub fn begin(&mut self, _listener_id: u16, _ingest_time_ms: i64) -> BatchWriter<'_> {
-        todo!("log")
-    }
-
-    /// Makes every committed batch durable.
-    pub fn flush(&mut self) -> Result<(), Error> {
-        todo!("log")
-    }
-
-    /// Flushes if the policy is `interval` and the interval has passed since the last flush.
-    /// Returns whether it flushed.
-    pub fn maybe_flush(&mut self, _now: Instant) -> Result<bool, Error> {
-        todo!("log")
-    }
-
-    /// The lines of a batch this appender committed (still mapped).
-    pub fn lines(&self, _batch: &BatchInfo) -> Lines<'_> {
-        todo!("log")
-    }
-}
-
-/// Writes lines straight into the mapped segment. Rolls to a new segment when the current one
-/// is full (committing what it holds first).
-#[derive(Debug)]
-pub struct BatchWriter<'a> {
-    _appender: &'a mut Appender,
-}
-
-impl BatchWriter<'_> {
-    /// Appends one line (at most `LINE_BYTES_MAX` bytes).
-    pub fn push(&mut self, _line: &[u8]) -> Result<(), Error> {
-        todo!("log")
-    }
-
-    /// Commits the batch (CRC, header) and pushes every batch it committed to `out` (none when
-    /// no line was pushed). Flushes first under [`FlushPolicy::Always`].
-    pub fn finish(self, _out: &mut Vec<BatchInfo>) -> Result<(), Error> {
-        todo!("log")
-    }
-}
-
-/// The lines of a batch.
-#[derive(Debug, Clone)]
-pub struct Lines<'a> {
-    _payload: &'a [u8],
-}
-
-impl<'a> Iterator for Lines<'a> {
-    type Item = &'a [u8];
-    fn next(&mut self) -> Option<&'a [u8]> {
-        todo!("log")
-    }
-}
-
-/// A batch read back from disk.
-#[derive(Debug, Clone)]
-pub struct Batch<'a> {
-    /// What the header says.
-    pub info: BatchInfo,
-    /// Its lines.
-    pub lines: Lines<'a>,
-}
-
-/// Reads a partition by offset.
-#[derive(Debug)]
-pub struct Reader {
-    _dir: PathBuf,
-}
-
-impl Reader {
-    /// Opens partition directory `dir` for reading from `from`: the first batch returned is
-    /// the one holding `from` (it may start before it).
-    pub fn open(_dir: &Path, _from: Offset) -> Result<Reader, Error> {
-        todo!("log")
-    }
-
-    /// The next intact batch, or `None` at the end of the valid data (call again later to
-    /// follow new data).
-    pub fn next_batch(&mut self) -> Result<Option<Batch<'_>>, Error> {
-        todo!("log")
+impl BatchInfo {
+    /// Offset after its last line: the first offset of the next batch.
+    pub fn end_offset(&self) -> Offset {
+        Offset(self.first_offset.0 + u64::from(self.count))
     }
 }
 
@@ -214,4 +225,59 @@ pub fn partitions(data_dir: &Path) -> Result<Vec<u16>, Error> {
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// Helpers shared by the tests of the module's files.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// Options with the smallest segments, so tests roll often.
+    pub(crate) fn small_options(flush: FlushPolicy) -> Options {
+        Options {
+            segment_bytes: crate::limits::SEGMENT_BYTES_MIN,
+            flush,
+            flush_interval_ms: 50,
+        }
+    }
+
+    /// A committed batch and its lines.
+    pub(crate) type Written = (BatchInfo, Vec<Vec<u8>>);
+
+    /// Writes each element of `batches` with one writer (listener = its index) and returns
+    /// every batch committed, with the lines read back through [`Appender::lines`].
+    pub(crate) fn write_batches(appender: &mut Appender, batches: &[Vec<Vec<u8>>]) -> Vec<Written> {
+        let mut written = Vec::new();
+        for (i, lines) in batches.iter().enumerate() {
+            let mut out = Vec::new();
+            let mut writer = appender.begin(i as u16, 1_000 + i as i64);
+            for line in lines {
+                writer.push(line).unwrap();
+            }
+            writer.finish(&mut out).unwrap();
+            let lines_out: usize = out.iter().map(|b| b.count as usize).sum();
+            assert_eq!(lines_out, lines.len());
+            for info in out {
+                let read: Vec<Vec<u8>> = appender.lines(&info).map(<[u8]>::to_vec).collect();
+                assert_eq!(read.len(), info.count as usize);
+                written.push((info, read));
+            }
+        }
+        written
+    }
+
+    /// Every batch a reader from `from` returns now.
+    pub(crate) fn read_all(dir: &Path, from: Offset) -> Vec<Written> {
+        let mut reader = Reader::open(dir, from).unwrap();
+        let mut out = Vec::new();
+        while let Some(batch) = reader.next_batch().unwrap() {
+            out.push((batch.info, batch.lines.map(<[u8]>::to_vec).collect()));
+        }
+        out
+    }
+
+    /// A line of `len` bytes derived from `seed`.
+    pub(crate) fn line(seed: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (seed * 31 + i) as u8).collect()
+    }
 }

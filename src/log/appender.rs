@@ -1,0 +1,532 @@
+//! The appender: the one writer of a partition. Lines go straight into the mapped segment;
+//! the header (with its CRC) is written at commit; segments roll when full.
+
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::record::{self, BatchHeader, HEADER_BYTES, LINE_PREFIX_BYTES};
+use super::recovery;
+use super::segment::{self, Segment};
+use super::{
+    BATCH_PAYLOAD_BYTES_MAX, BatchInfo, Error, FlushPolicy, Lines, Offset, Options,
+    RECENT_BATCHES_MAX, RecoveryReport,
+};
+use crate::limits::{LINE_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+
+/// Sealed segments kept mapped so [`Appender::lines`] can read batches committed just before
+/// a roll.
+const SEALED_MAPPED_MAX: usize = 4;
+
+/// Where a recently committed batch lies, for [`Appender::lines`].
+#[derive(Debug, Clone, Copy)]
+struct RecentBatch {
+    first_offset: Offset,
+    segment_base: Offset,
+    file_pos: u64,
+    payload_bytes: u32,
+}
+
+/// The writer of one partition. Owned by one core.
+#[derive(Debug)]
+pub struct Appender {
+    dir: PathBuf,
+    options: Options,
+    /// The segment being written.
+    segment: Segment,
+    /// Recently sealed segments, oldest first, still mapped for `lines`.
+    sealed: VecDeque<Segment>,
+    /// End of the committed batches in `segment`: where the next batch header goes.
+    write_pos: u64,
+    /// Offset of the next line (everything before it is committed: "written").
+    next_offset: Offset,
+    /// Everything before it is durable.
+    flushed_offset: Offset,
+    /// Bytes of `segment` before it are durable.
+    flushed_pos: u64,
+    /// A segment was created since the directory was last fsynced.
+    dir_dirty: bool,
+    last_flush: Instant,
+    recent: VecDeque<RecentBatch>,
+    /// Batches committed but not yet handed out by [`BatchWriter::finish`].
+    pending: Vec<BatchInfo>,
+}
+
+impl Appender {
+    /// Opens (creating if needed) the partition directory `dir`, recovers its tail and
+    /// positions the appender after the intact prefix.
+    pub fn open(dir: &Path, options: Options) -> Result<(Appender, RecoveryReport), Error> {
+        assert!(
+            (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&options.segment_bytes)
+                && options
+                    .segment_bytes
+                    .is_multiple_of(record::BATCH_ALIGN_BYTES),
+            "segment_bytes {} outside the validated range",
+            options.segment_bytes
+        );
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let recovered = recovery::recover(dir, options.segment_bytes)?;
+        let report = RecoveryReport {
+            next_offset: recovered.next_offset,
+            truncated_bytes: recovered.truncated_bytes,
+        };
+        let appender = Appender {
+            dir: dir.to_path_buf(),
+            // Sealed segments were made durable before their successor was created; the
+            // recovered batches of the newest one may still sit in the page cache only (after
+            // kill -9), so the first flush syncs them, the file and the directory.
+            flushed_offset: recovered.segment.base(),
+            flushed_pos: 0,
+            dir_dirty: true,
+            options,
+            segment: recovered.segment,
+            sealed: VecDeque::new(),
+            write_pos: recovered.write_pos,
+            next_offset: recovered.next_offset,
+            last_flush: Instant::now(),
+            recent: VecDeque::with_capacity(RECENT_BATCHES_MAX),
+            pending: Vec::new(),
+        };
+        Ok((appender, report))
+    }
+
+    /// Offset the next appended line will get.
+    pub fn next_offset(&self) -> Offset {
+        self.next_offset
+    }
+
+    /// Offset up to which everything is flushed (durable).
+    pub fn flushed_offset(&self) -> Offset {
+        self.flushed_offset
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts a batch of lines from one listener.
+    pub fn begin(&mut self, listener_id: u16, ingest_time_ms: i64) -> BatchWriter<'_> {
+        BatchWriter {
+            appender: self,
+            listener_id,
+            ingest_time_ms,
+            payload_bytes: 0,
+            count: 0,
+        }
+    }
+
+    /// Makes every committed batch durable.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        assert!(self.flushed_pos <= self.write_pos);
+        self.segment
+            .flush_range(self.flushed_pos, self.write_pos - self.flushed_pos)?;
+        if self.dir_dirty {
+            self.segment.sync_file()?;
+            segment::sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        self.flushed_pos = self.write_pos;
+        assert!(
+            self.flushed_offset <= self.next_offset,
+            "flushed offset passed written"
+        );
+        self.flushed_offset = self.next_offset;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    /// Flushes if the policy is `interval` and the interval has passed since the last flush.
+    /// Returns whether it flushed.
+    pub fn maybe_flush(&mut self, now: Instant) -> Result<bool, Error> {
+        if self.options.flush != FlushPolicy::Interval {
+            return Ok(false);
+        }
+        let interval = Duration::from_millis(self.options.flush_interval_ms);
+        if now.saturating_duration_since(self.last_flush) < interval {
+            return Ok(false);
+        }
+        if self.flushed_offset == self.next_offset && !self.dir_dirty {
+            self.last_flush = now;
+            return Ok(false);
+        }
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// The lines of a batch this appender committed (still mapped).
+    ///
+    /// # Panics
+    ///
+    /// If `batch` is not one of the last [`RECENT_BATCHES_MAX`] batches this appender
+    /// committed, or lies in a segment sealed more than a few rolls ago: call it right after
+    /// [`BatchWriter::finish`].
+    pub fn lines(&self, batch: &BatchInfo) -> Lines<'_> {
+        let recent = self
+            .recent
+            .iter()
+            .rev()
+            .find(|r| r.first_offset == batch.first_offset)
+            .unwrap_or_else(|| panic!("batch at {} is not a recent batch", batch.first_offset));
+        let segment = std::iter::once(&self.segment)
+            .chain(self.sealed.iter().rev())
+            .find(|s| s.base() == recent.segment_base)
+            .unwrap_or_else(|| panic!("segment of batch at {} unmapped", batch.first_offset));
+        let start = recent.file_pos as usize + HEADER_BYTES;
+        Lines::new(&segment.bytes()[start..start + recent.payload_bytes as usize])
+    }
+
+    /// Whether the open batch at `write_pos` can grow to `payload_bytes` in this segment.
+    fn fits(&self, payload_bytes: u32) -> bool {
+        self.write_pos + record::batch_bytes(payload_bytes) <= self.segment.len()
+    }
+
+    /// Commits the open batch of `count` lines (`payload_bytes` written after the header
+    /// position): writes the header with its CRC and advances the written offset.
+    fn commit(&mut self, listener_id: u16, ingest_time_ms: i64, count: u32, payload_bytes: u32) {
+        if count == 0 {
+            return;
+        }
+        let info = BatchInfo {
+            first_offset: self.next_offset,
+            count,
+            listener_id,
+            ingest_time_ms,
+        };
+        let pos = self.write_pos as usize;
+        let payload_start = pos + HEADER_BYTES;
+        let header = BatchHeader::new(
+            &info,
+            &self.segment.bytes()[payload_start..payload_start + payload_bytes as usize],
+        );
+        self.segment.bytes_mut()[pos..payload_start].copy_from_slice(bytemuck::bytes_of(&header));
+        debug_assert_eq!(
+            record::check_at(self.segment.bytes(), self.write_pos, self.next_offset),
+            record::Step::Batch(header)
+        );
+        if self.recent.len() == RECENT_BATCHES_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(RecentBatch {
+            first_offset: info.first_offset,
+            segment_base: self.segment.base(),
+            file_pos: self.write_pos,
+            payload_bytes,
+        });
+        self.pending.push(info);
+        self.write_pos += header.batch_bytes();
+        let next = info.end_offset();
+        assert!(next > self.next_offset, "offsets only rise");
+        self.next_offset = next;
+    }
+
+    /// Seals the current segment and starts the next one, named by the next offset. The
+    /// sealed segment is made durable first (whatever the policy), so a segment never
+    /// exists on disk without everything before it.
+    fn roll(&mut self) -> Result<(), Error> {
+        self.flush()?;
+        let next = Segment::create(&self.dir, self.next_offset, self.options.segment_bytes)?;
+        tracing::debug!(segment = %next.path().display(), "log segment rolled");
+        let sealed = std::mem::replace(&mut self.segment, next);
+        if self.sealed.len() == SEALED_MAPPED_MAX {
+            self.sealed.pop_front();
+        }
+        self.sealed.push_back(sealed);
+        self.write_pos = 0;
+        self.flushed_pos = 0;
+        self.dir_dirty = true;
+        Ok(())
+    }
+}
+
+/// Writes lines straight into the mapped segment. Rolls to a new segment when the current one
+/// is full (committing what it holds first).
+///
+/// Dropped without [`finish`](Self::finish), it discards the lines of its open batch
+/// (zeroed); batches it already committed (at a roll) are reported by the next `finish`.
+#[derive(Debug)]
+pub struct BatchWriter<'a> {
+    appender: &'a mut Appender,
+    listener_id: u16,
+    ingest_time_ms: i64,
+    /// Payload bytes of the open batch, written after the header position `write_pos`.
+    payload_bytes: u32,
+    /// Lines of the open batch.
+    count: u32,
+}
+
+impl BatchWriter<'_> {
+    /// Appends one line (at most `LINE_BYTES_MAX` bytes).
+    pub fn push(&mut self, line: &[u8]) -> Result<(), Error> {
+        let line_bytes = match u32::try_from(line.len()) {
+            Ok(n) if n <= LINE_BYTES_MAX => n,
+            _ => {
+                return Err(Error::LineTooLong {
+                    line_bytes: line.len(),
+                    line_bytes_max: LINE_BYTES_MAX,
+                });
+            }
+        };
+        let framed_bytes = LINE_PREFIX_BYTES as u32 + line_bytes;
+        if self.payload_bytes + framed_bytes > BATCH_PAYLOAD_BYTES_MAX {
+            self.commit();
+        }
+        if !self.appender.fits(self.payload_bytes + framed_bytes) {
+            self.commit();
+            self.appender.roll()?;
+            debug_assert!(
+                self.appender.fits(framed_bytes),
+                "a line fits a fresh segment"
+            );
+        }
+        let start = (self.appender.write_pos as usize) + HEADER_BYTES + self.payload_bytes as usize;
+        let bytes = self.appender.segment.bytes_mut();
+        bytes[start..start + LINE_PREFIX_BYTES].copy_from_slice(&line_bytes.to_le_bytes());
+        bytes[start + LINE_PREFIX_BYTES..start + framed_bytes as usize].copy_from_slice(line);
+        self.payload_bytes += framed_bytes;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Commits the batch (CRC, header) and pushes every batch it committed to `out` (none when
+    /// no line was pushed). Flushes first under [`FlushPolicy::Always`].
+    pub fn finish(mut self, out: &mut Vec<BatchInfo>) -> Result<(), Error> {
+        self.commit();
+        if self.appender.options.flush == FlushPolicy::Always {
+            self.appender.flush()?;
+        }
+        out.append(&mut self.appender.pending);
+        Ok(())
+    }
+
+    fn commit(&mut self) {
+        self.appender.commit(
+            self.listener_id,
+            self.ingest_time_ms,
+            self.count,
+            self.payload_bytes,
+        );
+        self.count = 0;
+        self.payload_bytes = 0;
+    }
+}
+
+impl Drop for BatchWriter<'_> {
+    fn drop(&mut self) {
+        if self.payload_bytes > 0 {
+            // Stale payload past the committed end is not data (its header is zero), but
+            // zeroing it keeps "everything after the end of data is zero" true while running.
+            let start = self.appender.write_pos as usize;
+            let end = start + HEADER_BYTES + self.payload_bytes as usize;
+            self.appender.segment.bytes_mut()[start..end].fill(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::test_support::{line, read_all, small_options, write_batches};
+    use crate::log::{Reader, segment::list_segments, segment::segment_path};
+
+    /// Batches of lines big enough that a few of them fill a 1 MiB segment.
+    fn many_batches(n: usize) -> Vec<Vec<Vec<u8>>> {
+        (0..n)
+            .map(|b| {
+                (0..(b % 7 + 1))
+                    .map(|l| line(b + l, (b * 997 + l * 13) % 30_000))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_round_trip_across_segment_rolls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, report) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        assert_eq!(report.next_offset, Offset(0));
+        assert_eq!(report.truncated_bytes, 0);
+        let batches = many_batches(120);
+        let written = write_batches(&mut appender, &batches);
+        let pushed: Vec<Vec<u8>> = batches.concat();
+        let committed: Vec<Vec<u8>> = written.iter().flat_map(|(_, l)| l.clone()).collect();
+        assert_eq!(committed, pushed);
+        let mut next = Offset(0);
+        for (info, _) in &written {
+            assert_eq!(info.first_offset, next);
+            next = info.end_offset();
+        }
+        assert_eq!(appender.next_offset(), next);
+
+        let segments = list_segments(dir.path()).unwrap();
+        assert!(segments.len() >= 3, "{} segments", segments.len());
+        for s in &segments {
+            assert_eq!(s.path, segment_path(dir.path(), s.base));
+            let name = s.path.file_name().unwrap().to_str().unwrap().to_owned();
+            assert_eq!(name, format!("{:020}.seg", s.base.0));
+            assert!(written.iter().any(|(i, _)| i.first_offset == s.base));
+            assert_eq!(std::fs::metadata(&s.path).unwrap().len(), SEGMENT_BYTES_MIN);
+        }
+        assert_eq!(read_all(dir.path(), Offset(0)), written);
+    }
+
+    #[test]
+    fn reopening_continues_the_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = small_options(FlushPolicy::Interval);
+        let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
+        let mut written = write_batches(&mut appender, &many_batches(50));
+        let next = appender.next_offset();
+        appender.flush().unwrap();
+        drop(appender);
+
+        let (mut appender, report) = Appender::open(dir.path(), options).unwrap();
+        assert_eq!(report.next_offset, next);
+        assert_eq!(report.truncated_bytes, 0);
+        assert_eq!(appender.next_offset(), next);
+        assert!(
+            appender.flushed_offset() < next,
+            "the recovered tail is flushed again"
+        );
+        appender.flush().unwrap();
+        assert_eq!(appender.flushed_offset(), next);
+        let more = write_batches(&mut appender, &many_batches(30));
+        assert_eq!(more[0].0.first_offset, next);
+        written.extend(more);
+        assert_eq!(read_all(dir.path(), Offset(0)), written);
+    }
+
+    #[test]
+    fn a_writer_with_no_lines_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Always)).unwrap();
+        let mut out = Vec::new();
+        appender.begin(1, 0).finish(&mut out).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(appender.next_offset(), Offset(0));
+        assert!(read_all(dir.path(), Offset(0)).is_empty());
+    }
+
+    #[test]
+    fn a_dropped_writer_leaves_no_data_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = small_options(FlushPolicy::Never);
+        let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
+        {
+            let mut writer = appender.begin(1, 0);
+            writer.push(b"never committed").unwrap();
+        }
+        let written = write_batches(&mut appender, &[vec![b"kept".to_vec()]]);
+        assert_eq!(written[0].0.first_offset, Offset(0));
+        appender.flush().unwrap();
+        drop(appender);
+        let (_, report) = Appender::open(dir.path(), options).unwrap();
+        assert_eq!(report.truncated_bytes, 0);
+        assert_eq!(read_all(dir.path(), Offset(0)), written);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        let mut writer = appender.begin(1, 0);
+        let long = vec![b'x'; LINE_BYTES_MAX as usize + 1];
+        assert!(matches!(writer.push(&long), Err(Error::LineTooLong { .. })));
+        writer.push(&long[1..]).unwrap();
+        let mut out = Vec::new();
+        writer.finish(&mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            appender.lines(&out[0]).next().unwrap().len(),
+            LINE_BYTES_MAX as usize
+        );
+    }
+
+    #[test]
+    fn a_large_writer_is_split_into_capped_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        // 3 MiB in one writer: split by the payload cap and by segment rolls.
+        let lines: Vec<Vec<u8>> = (0..48).map(|i| line(i, 64 * 1024)).collect();
+        let written = write_batches(&mut appender, std::slice::from_ref(&lines));
+        assert!(written.len() >= 4, "{} batches", written.len());
+        let got: Vec<Vec<u8>> = written.iter().flat_map(|(_, l)| l.clone()).collect();
+        assert_eq!(got, lines);
+        assert_eq!(read_all(dir.path(), Offset(0)), written);
+    }
+
+    #[test]
+    fn flush_always_makes_every_finished_batch_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Always)).unwrap();
+        for batch in many_batches(40) {
+            write_batches(&mut appender, &[batch]);
+            assert_eq!(appender.flushed_offset(), appender.next_offset());
+        }
+    }
+
+    #[test]
+    fn flush_interval_flushes_only_once_the_interval_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Interval)).unwrap();
+        write_batches(&mut appender, &[vec![b"a".to_vec(), b"b".to_vec()]]);
+        assert_eq!(appender.flushed_offset(), Offset(0));
+        let now = Instant::now();
+        assert!(!appender.maybe_flush(now).unwrap());
+        assert_eq!(appender.flushed_offset(), Offset(0));
+        assert!(
+            appender
+                .maybe_flush(now + Duration::from_millis(60))
+                .unwrap()
+        );
+        assert_eq!(appender.flushed_offset(), Offset(2));
+        assert!(!appender.maybe_flush(now + Duration::from_secs(10)).unwrap());
+    }
+
+    #[test]
+    fn flush_never_waits_for_an_explicit_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        write_batches(&mut appender, &[vec![b"a".to_vec()]]);
+        assert!(
+            !appender
+                .maybe_flush(Instant::now() + Duration::from_secs(60))
+                .unwrap()
+        );
+        assert_eq!(appender.flushed_offset(), Offset(0));
+        appender.flush().unwrap();
+        assert_eq!(appender.flushed_offset(), Offset(1));
+    }
+
+    #[test]
+    fn a_segment_that_does_not_follow_the_one_before_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = small_options(FlushPolicy::Never);
+        let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
+        write_batches(&mut appender, &many_batches(120));
+        appender.flush().unwrap();
+        drop(appender);
+        let segments = list_segments(dir.path()).unwrap();
+        assert!(segments.len() >= 3);
+        std::fs::remove_file(&segments[segments.len() - 2].path).unwrap();
+        assert!(matches!(
+            Appender::open(dir.path(), options),
+            Err(Error::Discontinuity { .. })
+        ));
+        // The reader still reads what is there.
+        let mut reader = Reader::open(dir.path(), Offset(0)).unwrap();
+        while reader.next_batch().unwrap().is_some() {}
+    }
+}

@@ -1,0 +1,297 @@
+//! Segment files: naming, listing, preallocation and the appender's read-write mapping.
+//! The only file of the log module with `unsafe` (mapping a file, and `fallocate`).
+//!
+//! The mapping is sound only while the file is at least as long as the mapping: a shorter
+//! file turns the next access past its end into SIGBUS. The log never shrinks a segment file
+//! (recovery zeroes a torn tail instead of truncating), and segment files are preallocated
+//! with `fallocate` so a full disk is an error at roll time, not SIGBUS on a later store.
+//! Readers use plain file reads, never mappings.
+
+#![allow(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use memmap2::{MmapMut, MmapOptions};
+
+use super::{Error, Offset};
+
+/// File name extension of segments.
+const SEGMENT_EXTENSION: &str = "seg";
+/// Digits of the base offset in a segment file name.
+const SEGMENT_NAME_DIGITS: usize = 20;
+
+/// Path of the segment of `dir` whose first offset is `base`.
+pub(crate) fn segment_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{:020}.{SEGMENT_EXTENSION}", base.0))
+}
+
+/// The base offset named by a segment file name, `None` for any other file.
+pub(crate) fn parse_segment_name(name: &str) -> Option<Offset> {
+    let digits = name.strip_suffix(SEGMENT_EXTENSION)?.strip_suffix('.')?;
+    if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(Offset)
+}
+
+/// A segment file found in a partition directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentFile {
+    /// Its first offset.
+    pub(crate) base: Offset,
+    /// Its path.
+    pub(crate) path: PathBuf,
+}
+
+/// The segments of partition directory `dir`, by ascending base offset. A missing directory
+/// has none.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, Error> {
+    let io_error = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_error)?;
+        if let Some(base) = entry.file_name().to_str().and_then(parse_segment_name) {
+            out.push(SegmentFile {
+                base,
+                path: entry.path(),
+            });
+        }
+    }
+    out.sort_unstable_by_key(|s| s.base);
+    Ok(out)
+}
+
+/// Makes a new directory entry (a rolled segment) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Allocates disk blocks for the first `len` bytes of `file`, extending it to `len` if
+/// shorter; existing contents are kept. Falls back to a sparse `set_len` only where the file
+/// system cannot preallocate (a full disk then shows up as SIGBUS on a store: warned).
+fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), Error> {
+    let io_error = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len_off = libc::off_t::try_from(len)
+        .map_err(|_| io_error(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    loop {
+        match fallocate(file, len_off) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "file system cannot preallocate; segment is sparse (a full disk will crash)"
+                );
+                return file.set_len(len).map_err(io_error);
+            }
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn fallocate(file: &File, len: libc::off_t) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate takes an fd and integers and touches no memory of ours; the fd is
+    // open for the whole call because `file` is borrowed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn fallocate(_file: &File, _len: libc::off_t) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+}
+
+/// A segment mapped read-write: the appender's current (or recently sealed) segment.
+pub(crate) struct Segment {
+    path: PathBuf,
+    base: Offset,
+    file: File,
+    map: MmapMut,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("path", &self.path)
+            .field("base", &self.base)
+            .field("bytes", &self.map.len())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// Creates the segment of `dir` starting at `base`, preallocated to `segment_bytes`.
+    /// Fails if it exists.
+    pub(crate) fn create(dir: &Path, base: Offset, segment_bytes: u64) -> Result<Segment, Error> {
+        let path = segment_path(dir, base);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Segment::map(path, base, file, segment_bytes)
+    }
+
+    /// Opens an existing segment, extending it (zeros) to `segment_bytes` if it is shorter
+    /// (a crash between creating and preallocating it, or a larger configured size).
+    pub(crate) fn open(path: &Path, base: Offset, segment_bytes: u64) -> Result<Segment, Error> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Segment::map(path.to_path_buf(), base, file, segment_bytes)
+    }
+
+    fn map(path: PathBuf, base: Offset, file: File, segment_bytes: u64) -> Result<Segment, Error> {
+        let io_error = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        let file_bytes = file.metadata().map_err(io_error)?.len();
+        let len = file_bytes.max(segment_bytes);
+        preallocate(&file, &path, len)?;
+        let len_usize = usize::try_from(len)
+            .map_err(|_| io_error(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        // SAFETY: the file is at least `len` bytes long (preallocated just above) and stays so
+        // for the life of the mapping: this module never shrinks a segment file, and the
+        // data directory belongs to this process (another process truncating it would be
+        // SIGBUS, as with any mapped file). Concurrent writers do not exist: only the owning
+        // appender maps a segment read-write, and readers use file reads.
+        let map = unsafe { MmapOptions::new().len(len_usize).map_mut(&file) }.map_err(io_error)?;
+        Ok(Segment {
+            path,
+            base,
+            file,
+            map,
+        })
+    }
+
+    /// Its path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its first offset.
+    pub(crate) fn base(&self) -> Offset {
+        self.base
+    }
+
+    /// Its size in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Its contents.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Its contents, to write.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    /// Makes bytes `pos..pos+len` durable (msync).
+    pub(crate) fn flush_range(&self, pos: u64, len: u64) -> Result<(), Error> {
+        if len == 0 {
+            return Ok(());
+        }
+        let io_error = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let pos = usize::try_from(pos).map_err(|_| io_error(io::ErrorKind::InvalidInput.into()))?;
+        let len = usize::try_from(len).map_err(|_| io_error(io::ErrorKind::InvalidInput.into()))?;
+        self.map.flush_range(pos, len).map_err(io_error)
+    }
+
+    /// Makes the file's metadata (its preallocated size) durable.
+    pub(crate) fn sync_file(&self) -> Result<(), Error> {
+        self.file.sync_all().map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_are_the_base_offset_in_20_digits() {
+        let p = segment_path(Path::new("/d"), Offset(42));
+        assert_eq!(p, Path::new("/d/00000000000000000042.seg"));
+        assert_eq!(
+            parse_segment_name("00000000000000000042.seg"),
+            Some(Offset(42))
+        );
+        assert_eq!(
+            parse_segment_name("18446744073709551615.seg"),
+            Some(Offset(u64::MAX))
+        );
+        assert_eq!(parse_segment_name("42.seg"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.seg.tmp"), None);
+        assert_eq!(parse_segment_name("0000000000000000004x.seg"), None);
+        assert_eq!(parse_segment_name("99999999999999999999.seg"), None);
+    }
+
+    #[test]
+    fn create_preallocates_and_open_extends_a_short_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Segment::create(dir.path(), Offset(0), 1 << 20).unwrap();
+        assert_eq!(seg.len(), 1 << 20);
+        assert_eq!(std::fs::metadata(seg.path()).unwrap().len(), 1 << 20);
+        assert!(Segment::create(dir.path(), Offset(0), 1 << 20).is_err());
+        drop(seg);
+        let path = segment_path(dir.path(), Offset(0));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let seg = Segment::open(&path, Offset(0), 1 << 20).unwrap();
+        assert_eq!(seg.len(), 1 << 20);
+        let listed = list_segments(dir.path()).unwrap();
+        assert_eq!(
+            listed,
+            vec![SegmentFile {
+                base: Offset(0),
+                path
+            }]
+        );
+    }
+}
