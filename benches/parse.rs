@@ -18,7 +18,12 @@ fn lines(format: Format, n: usize) -> Vec<Vec<u8>> {
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("parse");
-    for format in [Format::Graphite, Format::Statsd, Format::Syslog, Format::Raw] {
+    for format in [
+        Format::Graphite,
+        Format::Statsd,
+        Format::Syslog,
+        Format::Raw,
+    ] {
         let input = lines(format, 10_000);
         let bytes: usize = input.iter().map(|l| l.len() + 1).sum();
         let mut parser = Parser::new(format, &FormatOptions::default(), "bench");

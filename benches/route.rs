@@ -15,10 +15,15 @@ impl Wake for NoWake {
 
 fn bench(c: &mut Criterion) {
     let doorbells: Vec<Doorbell> = (0..2)
-        .map(|_| Doorbell { sleeping: Arc::new(AtomicBool::new(false)), waker: Arc::new(NoWake) })
+        .map(|_| Doorbell {
+            sleeping: Arc::new(AtomicBool::new(false)),
+            waker: Arc::new(NoWake),
+        })
         .collect();
     let mut m = mesh(&doorbells);
-    let keys: Vec<Vec<u8>> = (0..10_000).map(|i| format!("servers.host{i:05}.cpu").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| format!("servers.host{i:05}.cpu").into_bytes())
+        .collect();
     const EVENTS: usize = 100_000;
     let mut group = c.benchmark_group("route");
     group.throughput(Throughput::Elements(EVENTS as u64));
@@ -26,7 +31,12 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut received = 0usize;
             for i in 0..EVENTS {
-                let e = Event { key: &keys[i % keys.len()], value: 1.0, time_ms: 0, kind: Kind::Sample };
+                let e = Event {
+                    key: &keys[i % keys.len()],
+                    value: 1.0,
+                    time_ms: 0,
+                    kind: Kind::Sample,
+                };
                 m.routers[0].push(&e);
                 if i % 4096 == 0 {
                     received += drain(&m.inbounds);

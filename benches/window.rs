@@ -9,13 +9,16 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     let dir = tempfile::tempdir().unwrap();
     for keys in [10_000usize, 1_000_000] {
-        let names: Vec<Vec<u8>> = (0..keys).map(|i| format!("servers.host{i:07}.cpu").into_bytes()).collect();
+        let names: Vec<Vec<u8>> = (0..keys)
+            .map(|i| format!("servers.host{i:07}.cpu").into_bytes())
+            .collect();
         const EVENTS: usize = 1_000_000;
         group.throughput(Throughput::Elements(EVENTS as u64));
         group.bench_function(format!("fold_{keys}_keys"), |b| {
             b.iter_batched(
                 || {
-                    let out = AggregatesWriter::open(&dir.path().join(format!("s{keys}.jsonl")), 0).unwrap();
+                    let out = AggregatesWriter::open(&dir.path().join(format!("s{keys}.jsonl")), 0)
+                        .unwrap();
                     let mut shard = Shard::new(vec![10_000, 60_000], 2_000_000, 1, i64::MIN, out);
                     for (i, k) in names.iter().enumerate() {
                         shard.fold(k, i as f64, 0, Kind::Sample);

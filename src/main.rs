@@ -216,11 +216,36 @@ fn log_command(cmd: LogCommand) -> Result<ExitCode, Failure> {
                 .with_context(|| format!("verify {}", args.data_dir.display()))?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            writeln!(out, "{report}")?;
-            Ok(if report.is_clean() {
-                ExitCode::SUCCESS
+            for p in &report.partitions {
+                writeln!(
+                    out,
+                    "partition {}: {} segments, {} batches, {} lines, {} bytes, next offset {}",
+                    p.partition, p.segments, p.batches, p.lines, p.bytes, p.next_offset
+                )?;
+                for problem in &p.problems {
+                    writeln!(
+                        out,
+                        "  {:?} in {} at file position {} (offset {}): {}",
+                        problem.kind,
+                        problem.segment.display(),
+                        problem.file_pos,
+                        problem.offset,
+                        problem.reason
+                    )?;
+                }
+            }
+            let verdict = if report.has_corruption() {
+                "corrupt"
+            } else if report.is_clean() {
+                "ok"
             } else {
+                "ok (a torn tail, cut at the next start)"
+            };
+            writeln!(out, "{verdict}")?;
+            Ok(if report.has_corruption() {
                 ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
             })
         }
         LogCommand::Dump { args, from, json } => {
@@ -233,7 +258,7 @@ fn log_command(cmd: LogCommand) -> Result<ExitCode, Failure> {
                 json,
                 &mut out,
             ) {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(e) if is_broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
                 Err(e) => return Err(anyhow::Error::from(e).context("dump").into()),
             }
@@ -247,7 +272,7 @@ fn log_command(cmd: LogCommand) -> Result<ExitCode, Failure> {
 }
 
 fn is_broken_pipe(e: &sluice::log::Error) -> bool {
-    matches!(e, sluice::log::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+    matches!(e, sluice::log::Error::Output { source } if source.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn inspect(data_dir: &std::path::Path) -> Result<ExitCode, Failure> {

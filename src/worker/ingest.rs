@@ -11,13 +11,13 @@ use crate::checkpoint::PartitionState;
 use crate::config::{Format, ListenerConfig, Proto};
 use crate::deadletter::DeadLetter;
 use crate::framing::{Framing, StreamFramer, split_datagram};
+use crate::limits::EVENT_TIME_FUTURE_MS_MAX;
 use crate::log::{Appender, BatchInfo};
 use crate::metrics::Metrics;
 use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, ConnId, Handler};
 use crate::parse::{Parser, Reject};
 use crate::route::{Inbound, Msg, Router};
-use crate::limits::EVENT_TIME_FUTURE_MS_MAX;
 use crate::window::{Shard, now_ms};
 
 /// A core with no event for this long (or the allowed lateness, if longer) is idle: it no
@@ -511,12 +511,14 @@ fn route_lines<'l>(ctx: RouteCtx<'_>, lines: impl Iterator<Item = &'l [u8]>, ing
         match parsed {
             Ok(_) if future => {
                 counters.rejected_total[Reject::BadTimestamp.index()].add(1);
-                ctx.deadletter.reject(ingest_ms, ctx.listener_name, Reject::BadTimestamp, line);
+                ctx.deadletter
+                    .reject(ingest_ms, ctx.listener_name, Reject::BadTimestamp, line);
             }
             Ok(_) => {}
             Err(reason) => {
                 counters.rejected_total[reason.index()].add(1);
-                ctx.deadletter.reject(ingest_ms, ctx.listener_name, reason, line);
+                ctx.deadletter
+                    .reject(ingest_ms, ctx.listener_name, reason, line);
             }
         }
     }

@@ -74,8 +74,13 @@ fn line(format: Format, i: u64, keys: u64, ts: u64) -> String {
 
 /// Pre-generates one connection's payload as chunks of about 64 KiB.
 fn payload(args: &Args, conn: usize) -> Vec<Vec<u8>> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - args.skew_secs;
-    let per_conn = args.count / args.connections as u64 + u64::from((conn as u64) < args.count % args.connections as u64);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - args.skew_secs;
+    let per_conn = args.count / args.connections as u64
+        + u64::from((conn as u64) < args.count % args.connections as u64);
     let mut chunks = Vec::new();
     let mut chunk = Vec::with_capacity(64 * 1024);
     let mut in_datagram = 0;
@@ -99,7 +104,8 @@ fn payload(args: &Args, conn: usize) -> Vec<Vec<u8>> {
 }
 
 fn lines_total(admin: SocketAddr) -> anyhow::Result<f64> {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).context("connect to admin")?;
+    let mut s =
+        TcpStream::connect_timeout(&admin, Duration::from_secs(5)).context("connect to admin")?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
@@ -139,7 +145,8 @@ fn main() -> anyhow::Result<()> {
                 };
                 match proto {
                     Proto::Tcp => {
-                        let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+                        let mut s =
+                            TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
                         for c in &chunks {
                             s.write_all(c)?;
                             sent_lines += lines_per_chunk(c);
@@ -171,7 +178,10 @@ fn main() -> anyhow::Result<()> {
         bytes += b;
     }
     let send_secs = started.elapsed().as_secs_f64();
-    println!("sent_events={sent} sent_bytes={bytes} send_secs={send_secs:.3} send_events_per_sec={:.0}", sent as f64 / send_secs);
+    println!(
+        "sent_events={sent} sent_bytes={bytes} send_secs={send_secs:.3} send_events_per_sec={:.0}",
+        sent as f64 / send_secs
+    );
     if let Some(admin) = args.admin {
         let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
         let mut delivered;
