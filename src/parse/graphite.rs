@@ -62,6 +62,9 @@ impl GraphiteParser {
     fn sorted_tags(&mut self, path: &[u8]) -> Result<&[u8], Reject> {
         let mut parts = path.split(|b| *b == b';');
         let name = parts.next().unwrap_or_default();
+        if name.is_empty() {
+            return Err(Reject::NoKey);
+        }
         let mut tags: [&[u8]; 32] = [&[]; 32];
         let mut n = 0;
         for tag in parts {
@@ -143,6 +146,7 @@ mod tests {
         assert_eq!(parse("a 1 x"), Err(Reject::BadTimestamp));
         assert_eq!(parse("a 1 -5"), Err(Reject::BadTimestamp));
         assert_eq!(parse("a 1 2 3"), Err(Reject::BadSyntax));
+        assert_eq!(parse(";a=1 1"), Err(Reject::NoKey));
         assert_eq!(parse("\u{fffd}\u{fffd} 1").map(|v| v.len()), Ok(1));
         let mut p = GraphiteParser::default();
         assert_eq!(p.parse(b"\xff\xfe 1", 0, &mut |_| {}), Err(Reject::BadUtf8));

@@ -164,6 +164,7 @@ pub fn check_key(key: &[u8]) -> Result<&[u8], Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn reject_codes_are_unique_and_indexed() {
@@ -184,5 +185,41 @@ mod tests {
         assert_eq!(parse_finite(b"-infinity"), Err(Reject::BadNumber));
         assert_eq!(parse_finite(b"\xff"), Err(Reject::BadNumber));
         assert_eq!(parse_finite(b""), Err(Reject::BadNumber));
+    }
+
+    const FORMATS: [Format; 4] = [
+        Format::Raw,
+        Format::Graphite,
+        Format::Statsd,
+        Format::Syslog,
+    ];
+
+    proptest! {
+        #[test]
+        fn every_parser_survives_arbitrary_bytes(
+            line in prop::collection::vec(
+                prop_oneof![
+                    Just(b' '), Just(b':'), Just(b'|'), Just(b';'), Just(b'<'), Just(b'>'),
+                    Just(b'1'), Just(b'.'), any::<u8>()
+                ],
+                0..100,
+            ),
+            ingest_ms in 0..=TIME_MS_MAX,
+        ) {
+            for format in FORMATS {
+                let mut parser = Parser::new(format, &FormatOptions::default(), "listener");
+                let mut events = 0;
+                let result = parser.parse(&line, ingest_ms, &mut |e| {
+                    events += 1;
+                    assert!(check_key(e.key).is_ok(), "{format:?}");
+                    assert!(e.value.is_finite(), "{format:?}");
+                    assert!((0..=TIME_MS_MAX).contains(&e.time_ms), "{format:?}");
+                });
+                match result {
+                    Ok(n) => prop_assert_eq!(n, events),
+                    Err(_) => prop_assert_eq!(events, 0),
+                }
+            }
+        }
     }
 }

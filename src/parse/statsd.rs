@@ -1,9 +1,50 @@
-//! StatsD: `name:value|type[|@rate][|#tags]`. (Being written; see the parse issue.)
+//! StatsD (with DogStatsD tags): `name:value|type[|@rate][|#tags]`, one metric per line
+//! (framing splits a datagram on `\n`).
+//!
+//! ```text
+//!   app.requests:1|c|@0.1|#env:prod,canary
+//!   └─ name ───┘ │ │  └rate┘ └── tags ───┘
+//!            value type
+//! ```
+//!
+//! - Types: `c` counter ([`Kind::Counter`], value divided by the sample rate), `g` gauge
+//!   ([`Kind::Gauge`]; a value written with a leading `+` or `-` is a [`Kind::GaugeDelta`] by
+//!   that signed amount, as in etsy StatsD), `ms`, `h`, `d` timer / histogram / distribution
+//!   ([`Kind::Timer`], the rate is checked but not applied), `s` set ([`Kind::Set`]).
+//! - Sets: the value is `xxh3_64(member) as f64` and each line counts once; distinct counting
+//!   belongs to a sketch in the window stage, fed with this hash. (An `f64` holds 53 of the 64
+//!   bits, plenty to tell members apart in a sketch.)
+//! - Key: the name, or with DogStatsD tags `name;k=v;k2=v2`: each tag `k:v` becomes `k=v` (at
+//!   its first `:`), a bare tag `k` stays `k`, empty tags are dropped, and the tags are sorted
+//!   by their bytes as written in the key, the same convention as Graphite 1.1 tags in
+//!   [`super::graphite`]. So `a:1|c|#z:1,b` and `a:1|c|#b,z:1` both count under `a;b;z=1`.
+//!   At most [`TAGS_PER_METRIC_MAX`] tags.
+//! - Other fields: `@rate` must be in (0, 1]; `T<unix seconds>` (DogStatsD 1.3) sets the event
+//!   time; DogStatsD extension fields `x:...` (container id `c:`, external data `e:`) are
+//!   ignored. Anything else after the type is `bad_syntax`. Without `T` the time is the ingest
+//!   time.
+//! - Several values for one name on one line, as etsy StatsD accepts them:
+//!   `gorets:1|c:2|c|@0.5:320|ms` gives three events. A `:` after the type, a rate or a
+//!   timestamp starts the next value; tags run to the next `|` (they contain `:`), so a value
+//!   can follow tags only after another field. At most [`VALUES_PER_LINE_MAX`] values; the
+//!   whole line is checked before any event is emitted, so a bad value rejects the line.
+//! - Rejects: no `:` → `no_value`; empty name → `no_key`; empty value → `no_value`; no `|` →
+//!   `bad_syntax`; unknown or empty type → `unknown_type`; a value, or a counter divided by its
+//!   rate, that is not a finite number, or a rate outside (0, 1] → `bad_number`; a bad `T` →
+//!   `bad_timestamp`; a key that is not UTF-8 → `bad_utf8`, too long → `key_too_long`.
+//!
+//! Keys with tags are built in a scratch buffer owned by the parser: no allocation per event
+//! once it has grown to the longest key.
 
 #![forbid(unsafe_code)]
 
-use super::{Event, Reject};
+use super::{Event, Kind, Reject, TIME_MS_MAX, check_key, parse_finite};
 use crate::config::FormatOptions;
+
+/// Most values for one name on one line (`name:1|c:2|c:...`).
+pub const VALUES_PER_LINE_MAX: usize = 16;
+/// Most DogStatsD tags on one metric.
+pub const TAGS_PER_METRIC_MAX: usize = 64;
 
 /// Parser for StatsD lines.
 #[derive(Debug, Default)]
@@ -11,8 +52,19 @@ pub struct StatsdParser {
     scratch: Vec<u8>,
 }
 
+/// One value of a line, checked, waiting to be emitted.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    value: f64,
+    kind: Kind,
+    time_ms: i64,
+    /// The key is `scratch[key_start..key_end]`, or the bare name when the range is empty.
+    key_start: usize,
+    key_end: usize,
+}
+
 impl StatsdParser {
-    /// A new parser.
+    /// A new parser; StatsD has no options.
     pub fn new(_options: &FormatOptions) -> Self {
         StatsdParser::default()
     }
@@ -20,11 +72,402 @@ impl StatsdParser {
     /// Parses one line; see [`super::Parser::parse`].
     pub fn parse(
         &mut self,
-        _line: &[u8],
-        _ingest_ms: i64,
-        _sink: &mut impl FnMut(Event<'_>),
+        line: &[u8],
+        ingest_ms: i64,
+        sink: &mut impl FnMut(Event<'_>),
     ) -> Result<u32, Reject> {
-        let _ = &self.scratch;
-        todo!("statsd")
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            return Err(Reject::NoKey);
+        }
+        let colon = memchr::memchr(b':', line).ok_or(Reject::NoValue)?;
+        let name = check_key(&line[..colon])?;
+        self.scratch.clear();
+        let mut samples = [Sample::default(); VALUES_PER_LINE_MAX];
+        let mut n = 0;
+        let mut rest = &line[colon + 1..];
+        loop {
+            if n == VALUES_PER_LINE_MAX {
+                return Err(Reject::BadSyntax);
+            }
+            let (sample, next) = self.parse_value(name, rest, ingest_ms)?;
+            samples[n] = sample;
+            n += 1;
+            match next {
+                Some(next) => rest = next,
+                None => break,
+            }
+        }
+        for s in &samples[..n] {
+            let key = if s.key_start == s.key_end {
+                name
+            } else {
+                &self.scratch[s.key_start..s.key_end]
+            };
+            sink(Event {
+                key,
+                value: s.value,
+                time_ms: s.time_ms,
+                kind: s.kind,
+            });
+        }
+        Ok(n as u32)
+    }
+
+    /// Parses `value|type[|field]...` at the start of `s`; returns the sample and what
+    /// follows a `:` that starts the next value, if any.
+    fn parse_value<'l>(
+        &mut self,
+        name: &[u8],
+        s: &'l [u8],
+        ingest_ms: i64,
+    ) -> Result<(Sample, Option<&'l [u8]>), Reject> {
+        let bar = memchr::memchr(b'|', s).ok_or(Reject::BadSyntax)?;
+        let value = &s[..bar];
+        if value.is_empty() {
+            return Err(Reject::NoValue);
+        }
+        let s = &s[bar + 1..];
+        let type_end = memchr::memchr2(b'|', b':', s).unwrap_or(s.len());
+        let kind = match &s[..type_end] {
+            b"c" => Kind::Counter,
+            b"g" => Kind::Gauge,
+            b"ms" | b"h" | b"d" => Kind::Timer,
+            b"s" => Kind::Set,
+            _ => return Err(Reject::UnknownType),
+        };
+        let mut s = &s[type_end..];
+        let mut rate = 1.0;
+        let mut tags: &[u8] = &[];
+        let mut time_ms = ingest_ms;
+        while let [b'|', field @ ..] = s {
+            let end = field_end(field);
+            let body = &field[..end];
+            match body.first() {
+                Some(b'@') => rate = parse_rate(&body[1..])?,
+                Some(b'T') => time_ms = parse_unix_seconds(&body[1..])?,
+                Some(b'#') => tags = &body[1..],
+                Some(b'a'..=b'z') if body.get(1) == Some(&b':') => {}
+                _ => return Err(Reject::BadSyntax),
+            }
+            s = &field[end..];
+        }
+        let next = match s {
+            [] => None,
+            [b':', next @ ..] => Some(next),
+            _ => return Err(Reject::BadSyntax),
+        };
+        let (value, kind) = match kind {
+            Kind::Counter => (parse_finite(value)? / rate, kind),
+            Kind::Gauge if matches!(value[0], b'+' | b'-') => {
+                (parse_finite(value)?, Kind::GaugeDelta)
+            }
+            Kind::Set => (xxhash_rust::xxh3::xxh3_64(value) as f64, kind),
+            _ => (parse_finite(value)?, kind),
+        };
+        if !value.is_finite() {
+            return Err(Reject::BadNumber);
+        }
+        let (key_start, key_end) = self.tagged_key(name, tags)?;
+        let sample = Sample {
+            value,
+            kind,
+            time_ms,
+            key_start,
+            key_end,
+        };
+        Ok((sample, next))
+    }
+
+    /// Appends `name;k=v;...` (tags sorted) to the scratch buffer and returns its range;
+    /// an empty range when there are no tags (the key is the bare name).
+    fn tagged_key(&mut self, name: &[u8], tags: &[u8]) -> Result<(usize, usize), Reject> {
+        let mut sorted: [&[u8]; TAGS_PER_METRIC_MAX] = [&[]; TAGS_PER_METRIC_MAX];
+        let mut n = 0;
+        for tag in tags.split(|b| *b == b',').filter(|t| !t.is_empty()) {
+            if n == TAGS_PER_METRIC_MAX {
+                return Err(Reject::BadSyntax);
+            }
+            sorted[n] = tag;
+            n += 1;
+        }
+        if n == 0 {
+            return Ok((0, 0));
+        }
+        sorted[..n].sort_unstable_by(|a, b| key_tag(a).cmp(key_tag(b)));
+        let start = self.scratch.len();
+        self.scratch.extend_from_slice(name);
+        for tag in &sorted[..n] {
+            self.scratch.push(b';');
+            self.scratch.extend(key_tag(tag));
+        }
+        check_key(&self.scratch[start..])?;
+        Ok((start, self.scratch.len()))
+    }
+}
+
+/// Where a field (after its `|`) ends: tags and extension fields contain `:` and run to the
+/// next `|`; `@rate` and `T` also stop at a `:` (the next value).
+fn field_end(field: &[u8]) -> usize {
+    let end = if matches!(field.first(), Some(b'@' | b'T')) {
+        memchr::memchr2(b'|', b':', field)
+    } else {
+        memchr::memchr(b'|', field)
+    };
+    end.unwrap_or(field.len())
+}
+
+/// A DogStatsD tag as it appears in the key: its first `:` becomes `=`.
+fn key_tag(tag: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let colon = memchr::memchr(b':', tag);
+    tag.iter()
+        .enumerate()
+        .map(move |(i, b)| if Some(i) == colon { b'=' } else { *b })
+}
+
+/// A sample rate in (0, 1].
+fn parse_rate(bytes: &[u8]) -> Result<f64, Reject> {
+    let rate = parse_finite(bytes)?;
+    if rate > 0.0 && rate <= 1.0 {
+        Ok(rate)
+    } else {
+        Err(Reject::BadNumber)
+    }
+}
+
+/// DogStatsD `T` timestamp: whole Unix seconds → ms.
+fn parse_unix_seconds(bytes: &[u8]) -> Result<i64, Reject> {
+    if bytes.is_empty() || bytes.len() > 12 || !bytes.iter().all(u8::is_ascii_digit) {
+        return Err(Reject::BadTimestamp);
+    }
+    let secs = bytes
+        .iter()
+        .fold(0i64, |acc, b| acc * 10 + i64::from(b - b'0'));
+    let ms = secs * 1000;
+    if ms > TIME_MS_MAX {
+        return Err(Reject::BadTimestamp);
+    }
+    Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(line: &[u8]) -> Result<Vec<(String, f64, i64, Kind)>, Reject> {
+        let mut p = StatsdParser::default();
+        let mut out = Vec::new();
+        let n = p.parse(line, 42_000, &mut |e| {
+            out.push((
+                String::from_utf8(e.key.to_vec()).unwrap(),
+                e.value,
+                e.time_ms,
+                e.kind,
+            ))
+        })?;
+        assert_eq!(n as usize, out.len());
+        Ok(out)
+    }
+
+    fn one(line: &str) -> (String, f64, Kind) {
+        let mut v = parse(line.as_bytes()).unwrap();
+        assert_eq!(v.len(), 1, "{line}");
+        let (k, value, time, kind) = v.remove(0);
+        assert_eq!(time, 42_000);
+        (k, value, kind)
+    }
+
+    #[test]
+    fn each_type_gives_its_kind() {
+        assert_eq!(one("a.b:1|c"), ("a.b".into(), 1.0, Kind::Counter));
+        assert_eq!(one("a:-1|c"), ("a".into(), -1.0, Kind::Counter));
+        assert_eq!(one("a:7|g"), ("a".into(), 7.0, Kind::Gauge));
+        assert_eq!(one("a:-2|g"), ("a".into(), -2.0, Kind::GaugeDelta));
+        assert_eq!(one("a:+3|g"), ("a".into(), 3.0, Kind::GaugeDelta));
+        assert_eq!(one("a:320.5|ms"), ("a".into(), 320.5, Kind::Timer));
+        assert_eq!(one("a:3|h"), ("a".into(), 3.0, Kind::Timer));
+        assert_eq!(one("a:4|d"), ("a".into(), 4.0, Kind::Timer));
+        let (key, value, kind) = one("users:alice|s");
+        assert_eq!((key.as_str(), kind), ("users", Kind::Set));
+        assert_eq!(value, xxhash_rust::xxh3::xxh3_64(b"alice") as f64);
+        assert_ne!(value, one("users:bob|s").1);
+    }
+
+    #[test]
+    fn counters_honour_the_sample_rate_and_timers_do_not() {
+        assert_eq!(one("a:1|c|@0.1").1, 10.0);
+        assert_eq!(one("a:320|ms|@0.1").1, 320.0);
+        assert_eq!(one("a:2|c|@1").1, 2.0);
+        for bad in [
+            "a:1|c|@0",
+            "a:1|c|@1.5",
+            "a:1|c|@-0.5",
+            "a:1|c|@",
+            "a:1|c|@x",
+        ] {
+            assert_eq!(parse(bad.as_bytes()), Err(Reject::BadNumber), "{bad}");
+        }
+        assert_eq!(parse(b"a:1e308|c|@1e-10"), Err(Reject::BadNumber));
+    }
+
+    #[test]
+    fn tags_are_sorted_into_the_key() {
+        assert_eq!(one("a:1|c|#z:1,b,env:prod").0, "a;b;env=prod;z=1");
+        assert_eq!(one("a:1|c|#b,z:1").0, one("a:1|c|#z:1,b").0);
+        assert_eq!(one("a:1|c|@0.5|#k:v:w").0, "a;k=v:w");
+        assert_eq!(one("a:1|c|#").0, "a");
+        assert_eq!(one("a:1|c|#,,x,").0, "a;x");
+        let many: Vec<String> = (0..=TAGS_PER_METRIC_MAX).map(|i| format!("t{i}")).collect();
+        let line = format!("a:1|c|#{}", many.join(","));
+        assert_eq!(parse(line.as_bytes()), Err(Reject::BadSyntax));
+    }
+
+    #[test]
+    fn dogstatsd_fields() {
+        let v = parse(b"a:1|c|T1700000000|c:abcdef|#x:1").unwrap();
+        assert_eq!(
+            v,
+            vec![("a;x=1".into(), 1.0, 1_700_000_000_000, Kind::Counter)]
+        );
+        assert_eq!(parse(b"a:1|c|Tx"), Err(Reject::BadTimestamp));
+        assert_eq!(parse(b"a:1|c|T999999999999"), Err(Reject::BadTimestamp));
+        assert_eq!(parse(b"a:1|c|T9999999999999"), Err(Reject::BadTimestamp));
+        assert_eq!(parse(b"a:1|c|x"), Err(Reject::BadSyntax));
+        assert_eq!(parse(b"a:1|c|"), Err(Reject::BadSyntax));
+    }
+
+    #[test]
+    fn several_values_on_one_line() {
+        let v = parse(b"gorets:1|c:2|c|@0.5:320|ms|#h:a").unwrap();
+        let kinds: Vec<_> = v.iter().map(|e| (e.0.as_str(), e.1, e.3)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("gorets", 1.0, Kind::Counter),
+                ("gorets", 4.0, Kind::Counter),
+                ("gorets;h=a", 320.0, Kind::Timer),
+            ]
+        );
+        // A bad value rejects the whole line, before anything is emitted.
+        assert_eq!(parse(b"a:1|c:x|c"), Err(Reject::BadNumber));
+        let line = "a".to_string() + &":1|c".repeat(VALUES_PER_LINE_MAX + 1);
+        assert_eq!(parse(line.as_bytes()), Err(Reject::BadSyntax));
+    }
+
+    #[test]
+    fn bad_lines_are_rejected_with_a_reason() {
+        assert_eq!(parse(b""), Err(Reject::NoKey));
+        assert_eq!(parse(b"  "), Err(Reject::NoKey));
+        assert_eq!(parse(b"a"), Err(Reject::NoValue));
+        assert_eq!(parse(b":1|c"), Err(Reject::NoKey));
+        assert_eq!(parse(b"a:|c"), Err(Reject::NoValue));
+        assert_eq!(parse(b"a:1"), Err(Reject::BadSyntax));
+        assert_eq!(parse(b"a:1|"), Err(Reject::UnknownType));
+        assert_eq!(parse(b"a:1|x"), Err(Reject::UnknownType));
+        assert_eq!(parse(b"a:1|cc"), Err(Reject::UnknownType));
+        assert_eq!(parse(b"a:NaN|g"), Err(Reject::BadNumber));
+        assert_eq!(parse(b"a:inf|ms"), Err(Reject::BadNumber));
+        assert_eq!(parse(b"a:-inf|g"), Err(Reject::BadNumber));
+        assert_eq!(parse(b"a:x|c"), Err(Reject::BadNumber));
+        assert_eq!(parse(b"\xff\xfe:1|c"), Err(Reject::BadUtf8));
+        assert_eq!(parse(b"a:1|c|#\xff"), Err(Reject::BadUtf8));
+        let long = "k".repeat(crate::limits::KEY_BYTES_MAX + 1) + ":1|c";
+        assert_eq!(parse(long.as_bytes()), Err(Reject::KeyTooLong));
+        assert_eq!(one(" a:1|c \t").0, "a");
+    }
+
+    #[test]
+    fn captured_python_statsd_lines_parse() {
+        let dir = format!("{}/../shared/corpus/captures", env!("CARGO_MANIFEST_DIR"));
+        let Ok(udp) = std::fs::read(format!("{dir}/statsd-graphite.udp.jsonl")) else {
+            eprintln!("skipping: {dir} not found");
+            return;
+        };
+        let tcp = std::fs::read(format!("{dir}/statsd-graphite-influx.tcp.raw")).unwrap();
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        for record in udp.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(record).unwrap();
+            let d = v["datagram"].as_str().unwrap().as_bytes();
+            crate::framing::split_datagram(
+                d,
+                1024,
+                &mut |l| lines.push(l.to_vec()),
+                &mut |r, _| panic!("{r:?}"),
+            );
+        }
+        lines.extend(tcp.split(|b| *b == b'\n').map(<[u8]>::to_vec));
+        let statsd: Vec<_> = lines.iter().filter(|l| l.contains(&b'|')).collect();
+        assert_eq!(statsd.len(), 13);
+        let mut p = StatsdParser::default();
+        let mut kinds = Vec::new();
+        for l in statsd {
+            p.parse(l, 0, &mut |e| kinds.push(e.kind)).unwrap();
+        }
+        for k in [
+            Kind::Counter,
+            Kind::Gauge,
+            Kind::GaugeDelta,
+            Kind::Timer,
+            Kind::Set,
+        ] {
+            assert!(kinds.contains(&k), "{k:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            line in prop::collection::vec(
+                prop_oneof![
+                    Just(b':'), Just(b'|'), Just(b'#'), Just(b'@'), Just(b','), Just(b'1'),
+                    Just(b'c'), any::<u8>()
+                ],
+                0..80,
+            ),
+        ) {
+            let mut p = StatsdParser::default();
+            let mut keys_ok = true;
+            let r = p.parse(&line, 0, &mut |e| {
+                keys_ok &= check_key(e.key).is_ok() && e.value.is_finite();
+            });
+            prop_assert!(keys_ok);
+            if let Ok(n) = r {
+                prop_assert!(n >= 1 && n as usize <= VALUES_PER_LINE_MAX);
+            }
+        }
+
+        #[test]
+        fn generated_metrics_round_trip(
+            name in "[a-z][a-z0-9._-]{0,20}",
+            value in -1e9f64..1e9,
+            ty in prop::sample::select(vec!["c", "g", "ms", "h", "d"]),
+            rate in prop::option::of(0.001f64..=1.0),
+            tags in prop::collection::vec("[a-z]{1,5}(:[a-z0-9]{0,5})?", 0..5),
+        ) {
+            let mut line = format!("{name}:{value}|{ty}");
+            if let Some(rate) = rate {
+                line += &format!("|@{rate}");
+            }
+            if !tags.is_empty() {
+                line += &format!("|#{}", tags.join(","));
+            }
+            let got = parse(line.as_bytes()).unwrap();
+            prop_assert_eq!(got.len(), 1);
+            let (key, v, _, kind) = &got[0];
+            let mut want_tags: Vec<String> = tags.iter().map(|t| t.replacen(':', "=", 1)).collect();
+            want_tags.sort();
+            let want_key = std::iter::once(name.clone()).chain(want_tags).collect::<Vec<_>>();
+            prop_assert_eq!(key, &want_key.join(";"));
+            let want = if ty == "c" { value / rate.unwrap_or(1.0) } else { value };
+            prop_assert_eq!(*v, want);
+            let want_kind = match ty {
+                "c" => Kind::Counter,
+                "g" if value.is_sign_negative() => Kind::GaugeDelta,
+                "g" => Kind::Gauge,
+                _ => Kind::Timer,
+            };
+            prop_assert_eq!(*kind, want_kind);
+        }
     }
 }
