@@ -536,14 +536,15 @@ impl Coordinator {
                 }
             }
 
-            if let Some(f) = &self.in_flight {
-                if f.partition_reports == self.cores && f.shards.len() == self.cores {
-                    let final_one = f.final_one;
-                    self.commit()?;
-                    if final_one {
-                        tracing::info!(epoch = self.epoch, "final checkpoint written; exiting");
-                        return Ok(());
-                    }
+            if let Some(f) = &self.in_flight
+                && f.partition_reports == self.cores
+                && f.shards.len() == self.cores
+            {
+                let final_one = f.final_one;
+                self.commit()?;
+                if final_one {
+                    tracing::info!(epoch = self.epoch, "final checkpoint written; exiting");
+                    return Ok(());
                 }
             }
 

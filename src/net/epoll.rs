@@ -180,11 +180,11 @@ impl EpollBackend {
                     .and_then(Option::as_mut)
                     .map(|l| &mut l.queued)
             };
-            if let Some(q) = queued {
-                if !*q {
-                    *q = true;
-                    self.ready.push_back(token);
-                }
+            if let Some(q) = queued
+                && !*q
+            {
+                *q = true;
+                self.ready.push_back(token);
             }
         }
         Ok(())

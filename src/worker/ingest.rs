@@ -162,10 +162,10 @@ impl Ingest {
         let mut error = None;
         feed(
             &mut |line| {
-                if error.is_none() {
-                    if let Err(e) = writer.push(line) {
-                        error = Some(e);
-                    }
+                if error.is_none()
+                    && let Err(e) = writer.push(line)
+                {
+                    error = Some(e);
                 }
             },
             &mut |reason, raw| {
@@ -206,14 +206,13 @@ impl Ingest {
             let Some(batch) = batch else {
                 tracing::info!(core = self.id, partition = task.partition, "replay done");
                 let done = self.replay.pop().expect("a task is being replayed");
-                if done.partition != self.id {
-                    if let Some(p) = self
+                if done.partition != self.id
+                    && let Some(p) = self
                         .other_partitions
                         .iter_mut()
                         .find(|p| p.partition == done.partition)
-                    {
-                        p.next_offset = done.from.0;
-                    }
+                {
+                    p.next_offset = done.from.0;
                 }
                 continue;
             };

@@ -158,10 +158,10 @@ pub struct WorkerSetup {
 pub fn run(setup: WorkerSetup) {
     let core = setup.id;
     let reports = setup.reports.clone();
-    if let Some(pin) = setup.pin {
-        if !core_affinity::set_for_current(pin) {
-            tracing::debug!(core, "could not pin the thread to its CPU");
-        }
+    if let Some(pin) = setup.pin
+        && !core_affinity::set_for_current(pin)
+    {
+        tracing::debug!(core, "could not pin the thread to its CPU");
     }
     let (mut backend, sockets, mut ingest) = Ingest::new(setup);
     if let Err(error) = ingest.run(&mut backend, sockets) {

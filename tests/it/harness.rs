@@ -63,14 +63,13 @@ impl Sluice {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("sluice exited early with {status}:\n{}", self.stderr());
             }
-            if let Ok(bytes) = std::fs::read(self.data_dir.join("endpoints.json")) {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                    if v["pid"] == self.child.id() {
-                        self.endpoints = v;
-                        if self.http_get("/readyz").0 == 200 {
-                            return;
-                        }
-                    }
+            if let Ok(bytes) = std::fs::read(self.data_dir.join("endpoints.json"))
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                && v["pid"] == self.child.id()
+            {
+                self.endpoints = v;
+                if self.http_get("/readyz").0 == 200 {
+                    return;
                 }
             }
             assert!(
@@ -117,15 +116,8 @@ impl Sluice {
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(mut self) -> ExitStatus {
         signal(self.child.id(), "TERM");
-        let status = wait_timeout(&mut self.child, Duration::from_secs(60))
-            .unwrap_or_else(|| panic!("sluice did not stop:\n{}", self.stderr()));
-        status
-    }
-
-    /// Sends SIGKILL and reaps the child.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        wait_timeout(&mut self.child, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("sluice did not stop:\n{}", self.stderr()))
     }
 }
 
