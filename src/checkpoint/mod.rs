@@ -131,8 +131,13 @@ mod tests {
                 windows: vec![WindowRecord {
                     key: "a.b".into(),
                     size_ms: 1000,
+                    hop_ms: 500,
                     start_ms: 0,
-                    agg: Agg::one(2.5, 3),
+                    agg: {
+                        let mut a = Agg::one(2.5, 3);
+                        a.add(7.0, 4, true);
+                        a
+                    },
                 }],
             }],
         };
