@@ -2,6 +2,7 @@
 
 mod cli;
 mod defaults;
+mod crash;
 mod e2e;
 mod harness;
 mod hostile;
