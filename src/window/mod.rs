@@ -90,6 +90,9 @@ pub struct Agg {
     /// samples, timers or gauges.
     #[serde(default)]
     pub sketch: Option<Box<DDSketch>>,
+    /// The one value so far (`min`) is a sketched value not yet in a sketch.
+    #[serde(default)]
+    pub single_pending: bool,
 }
 
 impl std::fmt::Debug for Agg {
@@ -126,7 +129,8 @@ impl PartialEq for Agg {
             other.max,
             other.last,
             other.last_time_ms,
-        ) && sketch_bytes(self) == sketch_bytes(other)
+        ) && self.single_pending == other.single_pending
+            && sketch_bytes(self) == sketch_bytes(other)
     }
 }
 
@@ -141,6 +145,7 @@ impl Agg {
             last: 0.0,
             last_time_ms: i64::MIN,
             sketch: None,
+            single_pending: false,
         }
     }
 
@@ -152,8 +157,28 @@ impl Agg {
     }
 
     /// Folds one event in; `sketch` says whether its value feeds the quantile sketch.
+    ///
+    /// The sketch is created at the second sketched value: a window holding one value (common
+    /// with many keys) needs no sketch, since every quantile of it is that value.
     #[inline]
     pub fn add(&mut self, value: f64, time_ms: i64, sketch: bool) {
+        if sketch {
+            match &mut self.sketch {
+                Some(s) => s.add(value),
+                None if self.count == 0 => self.single_pending = true,
+                None => {
+                    let mut s = new_sketch();
+                    if std::mem::take(&mut self.single_pending) {
+                        s.add(self.min);
+                    }
+                    s.add(value);
+                    self.sketch = Some(s);
+                }
+            }
+        } else if self.sketch.is_none() && std::mem::take(&mut self.single_pending) {
+            self.sketch = Some(new_sketch());
+            self.sketch.as_mut().expect("just set").add(self.min);
+        }
         self.count += 1;
         self.sum += value;
         self.min = self.min.min(value);
@@ -162,13 +187,27 @@ impl Agg {
             self.last = value;
             self.last_time_ms = time_ms;
         }
-        if sketch {
-            self.sketch.get_or_insert_with(new_sketch).add(value);
-        }
     }
 
     /// Merges another aggregate of the same (key, window) into this one.
     pub fn merge(&mut self, other: &Agg) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = other.clone();
+            return;
+        }
+        let mine = self.take_sketch();
+        let theirs = other.clone().take_sketch();
+        self.sketch = match (mine, theirs) {
+            // Both sketches share one configuration, so a merge cannot fail.
+            (Some(mut a), Some(b)) => {
+                a.merge(&b).expect("sketches of one configuration merge");
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
         self.count += other.count;
         self.sum += other.sum;
         self.min = self.min.min(other.min);
@@ -177,13 +216,16 @@ impl Agg {
             self.last = other.last;
             self.last_time_ms = other.last_time_ms;
         }
-        if let Some(o) = &other.sketch {
-            match &mut self.sketch {
-                // Both sketches share one configuration, so a merge cannot fail.
-                Some(s) => s.merge(o).expect("sketches of one configuration merge"),
-                None => self.sketch = Some(o.clone()),
-            }
+    }
+
+    /// The sketch, materialising a pending single value.
+    fn take_sketch(&mut self) -> Option<Box<DDSketch>> {
+        if std::mem::take(&mut self.single_pending) {
+            let mut s = new_sketch();
+            s.add(self.min);
+            return Some(s);
         }
+        self.sketch.take()
     }
 
     /// Mean value.
@@ -197,6 +239,9 @@ impl Agg {
 
     /// The `q` quantile (0..=1) of the values, when a sketch was kept.
     pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.single_pending {
+            return Some(self.min);
+        }
         self.sketch
             .as_ref()
             .and_then(|s| s.quantile(q).ok().flatten())

@@ -301,3 +301,24 @@ mod props {
         }
     }
 }
+
+#[test]
+fn a_window_with_one_value_keeps_no_sketch_until_a_second_arrives() {
+    let mut a = Agg::empty();
+    a.add(4.0, 1, true);
+    assert!(a.sketch.is_none());
+    assert_eq!(a.quantile(0.99), Some(4.0));
+    let mut b = Agg::empty();
+    b.add(8.0, 2, true);
+    a.merge(&b);
+    assert_eq!(a.count, 2);
+    let s = a.sketch.as_ref().expect("two values make a sketch");
+    assert_eq!(s.count(), 2);
+    a.add(6.0, 3, true);
+    assert_eq!(a.sketch.as_ref().unwrap().count(), 3);
+    let median = a.quantile(0.5).unwrap();
+    assert!((median - 6.0).abs() / 6.0 < 0.02, "{median}");
+    let mut c = Agg::empty();
+    c.add(1.0, 1, false);
+    assert_eq!(c.quantile(0.5), None, "counters keep no quantiles");
+}

@@ -30,7 +30,13 @@ fn seed() -> u64 {
     let seed = std::env::var("SLUICE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     eprintln!("crash test seed: SLUICE_CRASH_SEED={seed}");
     seed
 }
@@ -67,7 +73,11 @@ impl Load {
                         let mut batch = String::new();
                         for _ in 0..50 {
                             // Quarters: every sum is exact in any order.
-                            batch.push_str(&format!("crash.{t}.{} {} {now}\n", i % 20, (i % 97) as f64 / 4.0));
+                            batch.push_str(&format!(
+                                "crash.{t}.{} {} {now}\n",
+                                i % 20,
+                                (i % 97) as f64 / 4.0
+                            ));
                             i += 1;
                         }
                         if stream.write_all(batch.as_bytes()).is_err() {
@@ -80,7 +90,11 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, sent, threads: handles }
+        Load {
+            stop,
+            sent,
+            threads: handles,
+        }
     }
 
     fn finish(self) -> u64 {
@@ -95,7 +109,11 @@ impl Load {
 /// Recomputes every 1 s window from the log, with its own parsing and arithmetic.
 fn oracle(data: &std::path::Path) -> (BTreeMap<(String, String, i64), Row>, u64) {
     let dump = run(&["log", "dump", "--data-dir", data.to_str().unwrap()]);
-    assert!(dump.status.success(), "dump failed: {}", String::from_utf8_lossy(&dump.stderr));
+    assert!(
+        dump.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     let mut rows = BTreeMap::new();
     let mut lines = 0;
     for line in String::from_utf8(dump.stdout).unwrap().lines() {
@@ -105,7 +123,12 @@ fn oracle(data: &std::path::Path) -> (BTreeMap<(String, String, i64), Row>, u64)
         let ts: i64 = ts.parse().unwrap();
         let row = rows
             .entry((key.to_string(), "1s".to_string(), ts * 1000))
-            .or_insert(Row { count: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY });
+            .or_insert(Row {
+                count: 0,
+                sum: 0.0,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+            });
         row.count += 1;
         row.sum += value;
         row.min = row.min.min(value);
@@ -148,8 +171,16 @@ fn assert_exactly_once(data: &std::path::Path, sluice: &Sluice) {
     });
     let got = read_aggregates(data);
     if !closed || got != expected {
-        let missing: Vec<_> = expected.iter().filter(|(k, v)| got.get(*k) != Some(*v)).take(5).collect();
-        let extra: Vec<_> = got.iter().filter(|(k, _)| !expected.contains_key(*k)).take(5).collect();
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = got
+            .iter()
+            .filter(|(k, _)| !expected.contains_key(*k))
+            .take(5)
+            .collect();
         panic!(
             "aggregates differ from the log: {} rows vs {} expected, {} events vs {lines} lines; late={}\nfirst differences: {missing:?}\nextra: {extra:?}",
             got.len(),
@@ -184,7 +215,11 @@ fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     let sent = load.finish();
     assert_exactly_once(&data, &sluice);
     let verify = run(&["log", "verify", "--data-dir", data.to_str().unwrap()]);
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     let (_, logged) = oracle(&data);
     eprintln!("sent {sent} lines, {logged} logged, {KILLS} kills");
     assert!(logged > 0 && logged <= sent);
@@ -211,7 +246,10 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
         .filter(|p| p.extension().is_some_and(|e| e == "bin"))
         .collect();
     checkpoints.sort();
-    assert!(checkpoints.len() >= 2, "want an older checkpoint to fall back to: {checkpoints:?}");
+    assert!(
+        checkpoints.len() >= 2,
+        "want an older checkpoint to fall back to: {checkpoints:?}"
+    );
     let newest = checkpoints.last().unwrap();
     let mut bytes = std::fs::read(newest).unwrap();
     let mid = bytes.len() / 2;
@@ -224,6 +262,9 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
     assert_exactly_once(&data, &sluice);
     let name = newest.file_name().unwrap().to_str().unwrap().to_string();
     let stderr = sluice.stderr();
-    assert!(stderr.contains(&name) && stderr.to_lowercase().contains("warn"), "no warning naming {name}:\n{stderr}");
+    assert!(
+        stderr.contains(&name) && stderr.to_lowercase().contains("warn"),
+        "no warning naming {name}:\n{stderr}"
+    );
     assert!(sluice.stop().success());
 }

@@ -1,8 +1,8 @@
 //! Integration tests: the real `sluice` binary on loopback, in a temp data dir.
 
 mod cli;
-mod defaults;
 mod crash;
+mod defaults;
 mod e2e;
 mod harness;
 mod hostile;
