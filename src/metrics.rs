@@ -41,6 +41,10 @@ impl Gauge {
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Raises the value to `v` if `v` is larger.
+    pub fn raise(&self, v: i64) {
+        self.0.fetch_max(v, Ordering::Relaxed);
+    }
 }
 
 /// Static description of a listener, for labels.
@@ -110,6 +114,8 @@ pub struct CoreMetrics {
     pub log_flush_us_total: Counter,
     /// Log records replayed at start.
     pub replayed_lines_total: Counter,
+    /// Longest time, in µs, this core spent on its share of a checkpoint.
+    pub checkpoint_stall_us_max: Gauge,
 }
 
 impl CoreMetrics {
@@ -134,6 +140,7 @@ impl CoreMetrics {
             log_flushes_total: Counter::default(),
             log_flush_us_total: Counter::default(),
             replayed_lines_total: Counter::default(),
+            checkpoint_stall_us_max: Gauge::default(),
         }
     }
 }

@@ -456,9 +456,10 @@ fn open_shards(config: &Config, cores: usize, body: Option<&Body>) -> Result<Vec
         shards.push(Shard::new(&params, cores, frontier, output));
     }
     for state in states {
-        for record in &state.windows {
+        for record in state.windows() {
+            let record = record?;
             let core = owner(record.key.as_bytes(), cores) as usize;
-            shards[core].restore(record).map_err(io_err(
+            shards[core].restore(&record).map_err(io_err(
                 "cannot write",
                 &aggregates_path(data_dir, core as u16),
             ))?;

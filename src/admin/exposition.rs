@@ -220,6 +220,12 @@ fn register_cores(registry: &mut Registry, metrics: &Metrics) {
     let help = "Log records replayed at start";
     let replayed = per_core(&rows, |c| c.replayed_lines_total.get());
     counter(registry, "replayed_lines", help, replayed);
+    let help =
+        "Longest time the core spent on its share of a checkpoint (flush, barrier, snapshot)";
+    let stall = per_core(&rows, |c| {
+        us_to_seconds(c.checkpoint_stall_us_max.get().max(0) as u64)
+    });
+    gauge_f64(registry, "checkpoint_stall_max", help, Unit::Seconds, stall);
 }
 
 fn per_core<T>(

@@ -87,8 +87,8 @@ pub struct Agg {
     /// Event time of `last`.
     pub last_time_ms: i64,
     /// Quantile sketch of the values, when quantiles are configured and the values are
-    /// samples, timers or gauges.
-    #[serde(default)]
+    /// samples, timers or gauges. Encoded in DDSketch's sparse standard binary format.
+    #[serde(default, with = "sketch_bytes")]
     pub sketch: Option<Box<DDSketch>>,
     /// The one value so far (`min`) is a sketched value not yet in a sketch.
     #[serde(default)]
@@ -245,6 +245,31 @@ impl Agg {
         self.sketch
             .as_ref()
             .and_then(|s| s.quantile(q).ok().flatten())
+    }
+}
+
+/// Serde for sketches: DDSketch's standard binary encoding (sparse bins, varints), a tenth of
+/// the size of its derived serde form.
+mod sketch_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+    use sketches_ddsketch::DDSketch;
+
+    pub fn serialize<S: Serializer>(v: &Option<Box<DDSketch>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(sketch) => s.serialize_some(serde_bytes::Bytes::new(&sketch.to_java_bytes())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<DDSketch>>, D::Error> {
+        let bytes: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
+        bytes
+            .map(|b| {
+                DDSketch::from_java_bytes(&b)
+                    .map(Box::new)
+                    .map_err(|e| de::Error::custom(format!("sketch: {e}")))
+            })
+            .transpose()
     }
 }
 
@@ -556,22 +581,46 @@ impl Shard {
         }
     }
 
-    /// Every open window, for a checkpoint (sorted, so equal states encode equally).
-    pub fn snapshot(&self) -> Vec<WindowRecord> {
-        let mut out = Vec::with_capacity(self.open_windows);
+    /// Appends every open window to `out`, encoded as a sequence of [`WindowRecord`]s (postcard),
+    /// without copying the state first: this is the core's whole share of a checkpoint's
+    /// snapshot. Returns the number of records.
+    pub fn snapshot_into(&self, out: &mut Vec<u8>) -> u64 {
+        #[derive(Serialize)]
+        struct RecordRef<'a> {
+            key: &'a str,
+            size_ms: i64,
+            hop_ms: i64,
+            start_ms: i64,
+            agg: &'a Agg,
+        }
+        let mut n = 0;
         for &slot in self.index.values() {
             let s = &self.slots[slot as usize];
             for w in &s.windows {
                 let spec = self.windows[w.spec_idx as usize];
-                out.push(WindowRecord {
-                    key: s.key.to_string(),
+                let r = RecordRef {
+                    key: &s.key,
                     size_ms: spec.size_ms,
                     hop_ms: spec.hop_ms,
                     start_ms: w.start_ms,
-                    agg: w.agg.clone(),
-                });
+                    agg: &w.agg,
+                };
+                // Encoding plain data into a Vec cannot fail.
+                *out = postcard::to_extend(&r, std::mem::take(out)).expect("records encode");
+                n += 1;
             }
         }
+        debug_assert_eq!(n as usize, self.open_windows);
+        n
+    }
+
+    /// Every open window, decoded (for tests and tools).
+    pub fn snapshot(&self) -> Vec<WindowRecord> {
+        let mut bytes = Vec::new();
+        self.snapshot_into(&mut bytes);
+        let mut out: Vec<WindowRecord> = decode_records(&bytes)
+            .collect::<Result<_, _>>()
+            .expect("own encoding decodes");
         out.sort_by(|a, b| (&a.key, a.size_ms, a.start_ms).cmp(&(&b.key, b.size_ms, b.start_ms)));
         out
     }
@@ -595,6 +644,27 @@ impl Shard {
     pub fn output(&mut self) -> &mut AggregatesWriter {
         &mut self.output
     }
+}
+
+/// Decodes the records written by [`Shard::snapshot_into`].
+pub fn decode_records(
+    mut bytes: &[u8],
+) -> impl Iterator<Item = Result<WindowRecord, postcard::Error>> + '_ {
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        match postcard::take_from_bytes::<WindowRecord>(bytes) {
+            Ok((record, rest)) => {
+                bytes = rest;
+                Some(Ok(record))
+            }
+            Err(e) => {
+                bytes = &[];
+                Some(Err(e))
+            }
+        }
+    })
 }
 
 /// Path of shard `shard`'s aggregates file.

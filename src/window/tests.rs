@@ -322,3 +322,52 @@ fn a_window_with_one_value_keeps_no_sketch_until_a_second_arrives() {
     c.add(1.0, 1, false);
     assert_eq!(c.quantile(0.5), None, "counters keep no quantiles");
 }
+
+mod watermark_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The frontier never falls, never passes the slowest active source, and with every
+        /// source idle follows the most advanced one.
+        #[test]
+        fn the_frontier_follows_the_slowest_active_source(
+            steps in proptest::collection::vec((0usize..3, -1000i64..1000, any::<bool>()), 1..60),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = shard(dir.path(), &[10], 10, 3);
+            let mut marks: [Option<(i64, bool)>; 3] = [None; 3];
+            let mut frontier = i64::MIN;
+            for (src, wm, idle) in steps {
+                let ms = marks[src].map_or(wm, |(old, _)| old.max(wm));
+                marks[src] = Some((ms, idle));
+                s.advance(src, wm, idle).unwrap();
+                let known = marks.iter().flatten();
+                let active = known.clone().filter(|m| !m.1).map(|m| m.0).min();
+                let combined = active.or_else(|| known.map(|m| m.0).max()).unwrap();
+                frontier = frontier.max(combined);
+                prop_assert_eq!(s.closed_through_ms(), frontier);
+            }
+        }
+
+        /// Any state survives a snapshot and a restore unchanged.
+        #[test]
+        fn snapshots_round_trip(events in proptest::collection::vec((0u8..20, 0i64..5000, -1e6f64..1e6, any::<bool>()), 0..300)) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut a = shard(dir.path(), &[1000, 3000], 100, 1);
+            for (k, t, v, timer) in &events {
+                let kind = if *timer { Kind::Timer } else { Kind::Counter };
+                a.fold(format!("key.{k}").as_bytes(), *v, *t, kind);
+            }
+            let snap = a.snapshot();
+            let dir2 = tempfile::tempdir().unwrap();
+            let mut b = shard(dir2.path(), &[1000, 3000], 100, 1);
+            for r in &snap {
+                b.restore(r).unwrap();
+            }
+            prop_assert_eq!(b.snapshot(), snap);
+        }
+    }
+}
