@@ -369,7 +369,9 @@ pub struct Shard {
     windows: Vec<WindowSpec>,
     quantiles: Vec<(f64, String)>,
     max_keys: usize,
-    index: HashMap<Box<[u8]>, u32>,
+    /// Key → slot. foldhash: fast, and seeded per process, so peers cannot choose colliding
+    /// keys ahead of time.
+    index: HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// Window end → the (slot, spec index, start) of windows ending then.
@@ -404,7 +406,7 @@ impl Shard {
                 .map(|q| (*q, quantile_name(*q)))
                 .collect(),
             max_keys: params.max_keys,
-            index: HashMap::new(),
+            index: HashMap::with_hasher(foldhash::fast::RandomState::default()),
             slots: Vec::new(),
             free: Vec::new(),
             calendar: BTreeMap::new(),
