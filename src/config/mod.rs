@@ -221,6 +221,12 @@ pub struct LogConfig {
     pub flush: FlushPolicy,
     /// Flush interval under `flush = "interval"`.
     pub flush_interval_ms: u64,
+    /// Segment bytes kept per partition; older sealed segments are deleted (0: keep all).
+    #[serde(deserialize_with = "values::byte_size")]
+    pub retention_bytes: u64,
+    /// Hours of ingest time kept per partition; older sealed segments are deleted (0: keep
+    /// all).
+    pub retention_hours: u64,
 }
 
 impl Default for LogConfig {
@@ -229,6 +235,8 @@ impl Default for LogConfig {
             segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
             flush: FlushPolicy::Interval,
             flush_interval_ms: limits::FLUSH_INTERVAL_MS_DEFAULT,
+            retention_bytes: 0,
+            retention_hours: 0,
         }
     }
 }

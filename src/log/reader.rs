@@ -1,6 +1,7 @@
-//! Reading a partition by offset with plain file reads (no mappings, so a reader can never
-//! fault on a file another process changes), and the per-segment scanner that recovery and
-//! verify share.
+//! Reading a partition by offset or by ingest time with plain file reads (no mappings, so a
+//! reader can never fault on a file another process changes), seeking with the segments'
+//! sparse indexes; and the per-segment scanner that recovery, verify and index rebuilds
+//! share.
 
 #![forbid(unsafe_code)]
 
@@ -10,6 +11,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::index::{self, SegmentIndex};
 use super::record::{self, BatchHeader, Defect, HEADER_BYTES};
 use super::segment::{self, SegmentFile};
 use super::{BatchInfo, Error, Lines, Offset};
@@ -78,6 +80,43 @@ impl SegmentScanner {
     /// Offset after the last valid batch stepped over.
     pub(crate) fn expected(&self) -> Offset {
         self.expected
+    }
+
+    /// Moves to the batch at `pos`, which must start at offset `expected` (from an index).
+    pub(crate) fn seek(&mut self, pos: u64, expected: Offset) {
+        self.pos = pos;
+        self.expected = expected;
+    }
+
+    /// Whether a valid batch starting at the expected offset is at the current position.
+    pub(crate) fn at_batch(&mut self) -> Result<bool, Error> {
+        Ok(matches!(self.check(self.pos)?, ScanStep::Batch { .. }))
+    }
+
+    /// Seeks to the index entry chosen by `pick`, when the index has one and the segment
+    /// holds the batch it names; otherwise stays at the start (a scan). Returns whether it
+    /// moved.
+    pub(crate) fn seek_with(
+        &mut self,
+        index: Option<&SegmentIndex>,
+        pick: impl Fn(&SegmentIndex) -> Option<&index::IndexEntry>,
+    ) -> Result<bool, Error> {
+        let Some(entry) = index.and_then(pick).filter(|e| e.file_pos > 0) else {
+            return Ok(false);
+        };
+        let (pos, base) = (self.pos, self.expected);
+        self.seek(entry.file_pos, entry.offset());
+        if self.at_batch()? {
+            return Ok(true);
+        }
+        tracing::warn!(
+            segment = %self.path.display(),
+            file_pos = entry.file_pos,
+            offset = entry.first_offset,
+            "log index entry does not match its segment; scanning instead"
+        );
+        self.seek(pos, base);
+        Ok(false)
     }
 
     /// The bytes of a payload range returned by [`step`](Self::step).
@@ -237,12 +276,48 @@ impl Reader {
         Ok(reader)
     }
 
+    /// Opens partition directory `dir` at the first batch whose ingest time is at least
+    /// `time_ms` (at the end of the data when there is none yet: it then follows new data).
+    pub fn open_at_time(dir: &Path, time_ms: i64) -> Result<Reader, Error> {
+        let segments = segment::list_segments(dir)?;
+        let mut end = segments.first().map_or(Offset(0), |s| s.base);
+        for s in &segments {
+            let index = load_index(dir, s.base);
+            if let Some(seal) = index.as_ref().and_then(|i| i.seal)
+                && seal.max_time_ms < time_ms
+            {
+                end = seal.offset();
+                continue;
+            }
+            let mut scanner = SegmentScanner::open(&s.path, s.base)?;
+            scanner.seek_with(index.as_ref(), |i| i.seek_time(time_ms))?;
+            loop {
+                match scanner.step()? {
+                    ScanStep::Batch { header, .. } if header.ingest_time_ms >= time_ms => {
+                        return Reader::open(dir, Offset(header.first_offset));
+                    }
+                    ScanStep::Batch { .. } => {}
+                    ScanStep::End { .. } | ScanStep::Defect { .. } => break,
+                }
+            }
+            end = scanner.expected();
+        }
+        Reader::open(dir, end)
+    }
+
+    /// Opens partition directory `dir` at the end of its data: it returns only batches
+    /// committed from now on.
+    pub fn open_at_end(dir: &Path) -> Result<Reader, Error> {
+        Reader::open(dir, end_offset(dir)?)
+    }
+
     /// Offset after the last batch returned (`from` before the first).
     pub fn position(&self) -> Offset {
         self.position
     }
 
-    /// Opens the segment holding `from` (the newest with base ≤ `from`, or the oldest).
+    /// Opens the segment holding `from` (the newest with base ≤ `from`, or the oldest) and
+    /// seeks with its index to the last indexed batch at or before `from`.
     fn find_start(&mut self) -> Result<(), Error> {
         let segments = segment::list_segments(&self.dir)?;
         let start = segments
@@ -251,7 +326,12 @@ impl Reader {
             .find(|s| s.base <= self.from)
             .or(segments.first());
         if let Some(s) = start {
-            self.scanner = Some(SegmentScanner::open(&s.path, s.base)?);
+            let mut scanner = SegmentScanner::open(&s.path, s.base)?;
+            if s.base < self.from {
+                let index = load_index(&self.dir, s.base);
+                scanner.seek_with(index.as_ref(), |i| i.seek_offset(self.from))?;
+            }
+            self.scanner = Some(scanner);
             self.sealed = false;
         }
         Ok(())
@@ -330,6 +410,24 @@ impl Reader {
             _ => {}
         }
     }
+}
+
+/// The usable index of a segment, if any (an unreadable one is as good as none: scan).
+fn load_index(dir: &Path, base: Offset) -> Option<SegmentIndex> {
+    index::load(dir, base).ok().and_then(index::Loaded::index)
+}
+
+/// Offset after the last valid batch of partition directory `dir`.
+pub(crate) fn end_offset(dir: &Path) -> Result<Offset, Error> {
+    let segments = segment::list_segments(dir)?;
+    let Some(newest) = segments.last() else {
+        return Ok(Offset(0));
+    };
+    let mut scanner = SegmentScanner::open(&newest.path, newest.base)?;
+    let index = load_index(dir, newest.base);
+    scanner.seek_with(index.as_ref(), |i| i.entries.last())?;
+    while let ScanStep::Batch { .. } = scanner.step()? {}
+    Ok(scanner.expected())
 }
 
 #[cfg(test)]
