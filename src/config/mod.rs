@@ -525,6 +525,8 @@ key = "first_token"
 [log]
 segment_bytes = "8MiB"
 flush = "always"
+retention_bytes = "10GiB"
+retention_hours = 48
 
 [window]
 sizes = ["1s", "1m"]
@@ -545,6 +547,9 @@ keep = 2
         );
         assert_eq!(c.log.segment_bytes, 8 * 1024 * 1024);
         assert_eq!(c.log.flush, FlushPolicy::Always);
+        assert_eq!(c.log.retention_bytes, 10 << 30);
+        assert_eq!(c.log.retention_hours, 48);
+        assert_eq!(Config::default().log.retention_bytes, 0);
         assert_eq!(c.window.sizes, vec![Millis(1_000), Millis(60_000)]);
         assert_eq!(c.window.allowed_lateness, Millis(2_000));
     }

@@ -826,4 +826,144 @@ mod tests {
         let mut reader = Reader::open(dir.path(), Offset(0)).unwrap();
         while reader.next_batch().unwrap().is_some() {}
     }
+
+    fn sealed(bases: &[u64], times: &[i64]) -> Vec<SealedSegment> {
+        bases
+            .iter()
+            .zip(times)
+            .map(|(&b, &t)| SealedSegment {
+                base: Offset(b),
+                path: PathBuf::from(format!("{b}.seg")),
+                file_bytes: 100,
+                max_time_ms: t,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_segments_over_the_byte_bound_down_to_the_floor() {
+        let segs = sealed(&[0, 10, 20, 30], &[0; 4]);
+        let by_bytes = |bytes_max, floor| {
+            Retention {
+                bytes_max,
+                hours: 0,
+                floor: Offset(floor),
+            }
+            .expired(&segs, Offset(40), 100, 0)
+        };
+        // 500 bytes in all, the active segment included.
+        assert_eq!(by_bytes(0, u64::MAX), 0, "no bound");
+        assert_eq!(by_bytes(500, u64::MAX), 0);
+        assert_eq!(by_bytes(499, u64::MAX), 1);
+        assert_eq!(by_bytes(250, u64::MAX), 3);
+        assert_eq!(by_bytes(1, u64::MAX), 4, "never the active segment");
+        // The floor: a segment holding it or later offsets stays.
+        assert_eq!(by_bytes(1, 0), 0, "no floor set: nothing");
+        assert_eq!(by_bytes(1, 19), 1);
+        assert_eq!(by_bytes(1, 20), 2);
+        assert_eq!(by_bytes(1, 39), 3);
+    }
+
+    #[test]
+    fn retention_deletes_segments_older_than_the_hours_bound_oldest_first() {
+        const HOUR_MS: i64 = 3_600_000;
+        let now = 100 * HOUR_MS;
+        let times = [
+            now - 50 * HOUR_MS,
+            now - 3 * HOUR_MS / 2,
+            now - 30 * HOUR_MS,
+            now,
+        ];
+        let segs = sealed(&[0, 10, 20, 30], &times);
+        let by_age = |hours, floor| {
+            Retention {
+                bytes_max: 0,
+                hours,
+                floor: Offset(floor),
+            }
+            .expired(&segs, Offset(40), 100, now)
+        };
+        assert_eq!(by_age(0, u64::MAX), 0, "no bound");
+        assert_eq!(by_age(60, u64::MAX), 0);
+        assert_eq!(by_age(40, u64::MAX), 1);
+        // The second is young: deletion stops there, whatever follows (no holes).
+        assert_eq!(by_age(2, u64::MAX), 1);
+        assert_eq!(by_age(1, u64::MAX), 3);
+        assert_eq!(by_age(1, 5), 0, "the floor wins");
+        let both = Retention {
+            bytes_max: 350,
+            hours: 40,
+            floor: Offset(u64::MAX),
+        };
+        assert_eq!(both.expired(&segs, Offset(40), 100, now), 2);
+    }
+
+    #[test]
+    fn retention_deletes_files_only_below_the_floor_and_a_reader_starts_at_the_oldest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = small_options(FlushPolicy::Never);
+        options.retention_bytes = 2 * SEGMENT_BYTES_MIN;
+        let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
+        let written = write_batches(&mut appender, &many_batches(150));
+        let before = list_segments(dir.path()).unwrap();
+        assert!(before.len() >= 5, "{} segments", before.len());
+        // No floor: inert, however far over the bound.
+        assert_eq!(appender.apply_retention().unwrap(), 0);
+        assert_eq!(list_segments(dir.path()).unwrap(), before);
+
+        // A floor inside the third segment: the first two go, with their indexes.
+        appender.set_retention_floor(Offset(before[2].base.0 + 1));
+        appender.set_retention_floor(Offset(1));
+        assert_eq!(appender.retention_floor(), Offset(before[2].base.0 + 1));
+        assert_eq!(appender.apply_retention().unwrap(), 2);
+        let after = list_segments(dir.path()).unwrap();
+        assert_eq!(after, before[2..]);
+        for s in &before[..2] {
+            assert!(!segment::index_path(dir.path(), s.base).exists());
+        }
+        let kept: Vec<_> = written
+            .iter()
+            .filter(|(i, _)| i.first_offset >= before[2].base)
+            .cloned()
+            .collect();
+        assert_eq!(read_all(dir.path(), Offset(0)), kept);
+
+        // A floor at the active segment: everything over the bound goes, never the active.
+        appender.set_retention_floor(appender.next_offset());
+        appender.apply_retention().unwrap();
+        let last = list_segments(dir.path()).unwrap();
+        assert_eq!(last.len(), 2);
+        assert_eq!(last[1], *before.last().unwrap());
+        let next = appender.next_offset();
+        drop(appender);
+        let (mut appender, report) = Appender::open(dir.path(), options).unwrap();
+        assert_eq!(report.next_offset, next);
+        assert_eq!(
+            appender.apply_retention().unwrap(),
+            0,
+            "floor forgotten: inert"
+        );
+    }
+
+    #[test]
+    fn retention_by_age_uses_the_newest_ingest_time_of_each_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = small_options(FlushPolicy::Never);
+        options.retention_hours = 1;
+        let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
+        // write_batches stamps batch i with ingest time 1000 + i ms.
+        write_batches(&mut appender, &many_batches(150));
+        let before = list_segments(dir.path()).unwrap();
+        appender.set_retention_floor(appender.next_offset());
+        let hour_ms = 3_600_000;
+        assert_eq!(appender.apply_retention_at(1_000 + hour_ms).unwrap(), 0);
+        assert_eq!(
+            appender.apply_retention_at(1_000 + 150 + hour_ms).unwrap(),
+            before.len() - 1
+        );
+        assert_eq!(
+            list_segments(dir.path()).unwrap(),
+            before[before.len() - 1..]
+        );
+    }
 }
