@@ -15,8 +15,8 @@ use super::record::{self, BatchHeader, HEADER_BYTES, LINE_PREFIX_BYTES};
 use super::recovery;
 use super::segment::{self, Segment};
 use super::{
-    BATCH_PAYLOAD_BYTES_MAX, BatchInfo, Error, FlushPolicy, Lines, Offset, Options,
-    RECENT_BATCHES_MAX, RETENTION_CHECK_INTERVAL_MS, RecoveryReport,
+    BATCH_PAYLOAD_BYTES_MAX, BatchInfo, Error, FLUSHER_WAKE_BYTES, FlushPolicy, Lines, Offset,
+    Options, RECENT_BATCHES_MAX, RETENTION_CHECK_INTERVAL_MS, RecoveryReport,
 };
 use crate::limits::{LINE_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 
@@ -65,6 +65,8 @@ pub struct Appender {
     next_offset: Offset,
     /// Written, flushed and durable offsets, shared with the flusher thread.
     tracker: Arc<Tracker>,
+    /// Position of `segment` at which to wake the flusher thread next.
+    wake_pos: u64,
     /// Background flushes already reported by [`maybe_flush`](Self::maybe_flush).
     flushes_seen: u64,
     /// Retention never deletes a segment holding this offset or later ones.
@@ -105,17 +107,17 @@ impl Appender {
         // Sealed segments were made durable before their successor was created; the
         // recovered batches of the newest one may still sit in the page cache only (after
         // kill -9), so the first flush syncs them, the file and the directory.
+        let interval = (options.flush == FlushPolicy::Interval)
+            .then(|| Duration::from_millis(options.flush_interval_ms));
         let tracker = Arc::new(Tracker::new(
             dir.to_path_buf(),
-            Duration::from_millis(options.flush_interval_ms),
+            interval,
             segment.sync_handle(),
             recovered.write_pos,
             recovered.next_offset,
             segment.base(),
         ));
-        if options.flush == FlushPolicy::Interval {
-            flusher::register(&tracker);
-        }
+        flusher::register(&tracker);
         let appender = Appender {
             dir: dir.to_path_buf(),
             options,
@@ -125,6 +127,7 @@ impl Appender {
             index,
             write_pos: recovered.write_pos,
             next_offset: recovered.next_offset,
+            wake_pos: recovered.write_pos + FLUSHER_WAKE_BYTES,
             tracker,
             flushes_seen: 0,
             retention_floor: Offset(0),
@@ -329,6 +332,10 @@ impl Appender {
         assert!(next > self.next_offset, "offsets only rise");
         self.next_offset = next;
         self.tracker.publish_written(self.write_pos, next);
+        if self.write_pos >= self.wake_pos {
+            self.wake_pos = self.write_pos + FLUSHER_WAKE_BYTES;
+            flusher::wake(&self.tracker);
+        }
     }
 
     /// Seals the current segment and starts the next one, named by the next offset. The
@@ -359,6 +366,8 @@ impl Appender {
         }
         self.sealed.push_back(sealed);
         self.write_pos = 0;
+        self.wake_pos = FLUSHER_WAKE_BYTES;
+        flusher::wake(&self.tracker);
         if let Err(e) = self.apply_retention() {
             tracing::warn!(dir = %self.dir.display(), error = %e, "log retention failed");
         }
@@ -965,5 +974,24 @@ mod tests {
             list_segments(dir.path()).unwrap(),
             before[before.len() - 1..]
         );
+    }
+
+    #[test]
+    fn the_flusher_prefaults_a_new_segment_under_every_policy() {
+        for flush in [
+            FlushPolicy::Never,
+            FlushPolicy::Always,
+            FlushPolicy::Interval,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut appender, _) = Appender::open(dir.path(), small_options(flush)).unwrap();
+            write_batches(&mut appender, &many_batches(60));
+            assert!(list_segments(dir.path()).unwrap().len() >= 2);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while appender.tracker.prefaulted_pos() < SEGMENT_BYTES_MIN {
+                assert!(Instant::now() < deadline, "{flush:?}: never prefaulted");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }

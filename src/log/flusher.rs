@@ -1,6 +1,7 @@
 //! Flushing: the offset tracker of a partition (`durable ≤ flushed ≤ written`) and the one
-//! background thread that flushes every partition under `flush = interval`, so the cores
-//! never msync on their hot path.
+//! background thread that flushes every partition under `flush = interval` and prefaults
+//! every partition's segment ahead of its writer, so the cores never msync and rarely fault
+//! on their hot path.
 //!
 //! - written: committed into the mapping (readers can see it).
 //! - flushed: its bytes were written back (msync returned).
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::segment::{self, SegmentSync};
-use super::{Error, Offset};
+use super::{Error, Offset, PREFAULT_AHEAD_BYTES};
 
 /// What the flushers know about the segment being written.
 #[derive(Debug)]
@@ -37,13 +38,17 @@ struct Target {
     flushed_pos: u64,
     /// The segment file's size or directory entry is not yet durable.
     metadata_dirty: bool,
+    /// Bytes of the segment before it were prefaulted.
+    prefaulted_pos: u64,
 }
 
 /// The shared offset tracker of one partition.
 #[derive(Debug)]
 pub(crate) struct Tracker {
     dir: PathBuf,
-    interval: Duration,
+    /// Flush period of the flusher thread; `None`: it only prefaults (policies other than
+    /// `interval`).
+    interval: Option<Duration>,
     written_pos: AtomicU64,
     written: AtomicU64,
     flushed: AtomicU64,
@@ -72,7 +77,7 @@ impl Tracker {
     /// segment), with everything before `flushed` (the segment's base) already durable.
     pub(crate) fn new(
         dir: PathBuf,
-        interval: Duration,
+        interval: Option<Duration>,
         sync: SegmentSync,
         written_pos: u64,
         written: Offset,
@@ -91,6 +96,7 @@ impl Tracker {
                 generation: 0,
                 flushed_pos: 0,
                 metadata_dirty: true,
+                prefaulted_pos: 0,
             }),
             error: Mutex::new(None),
             flushes_total: AtomicU64::new(0),
@@ -136,6 +142,7 @@ impl Tracker {
         target.generation += 1;
         target.flushed_pos = 0;
         target.metadata_dirty = true;
+        target.prefaulted_pos = 0;
         self.written_pos.store(0, Ordering::Release);
     }
 
@@ -200,6 +207,36 @@ impl Tracker {
         }
     }
 
+    /// Prefaults the current segment from the write position to `PREFAULT_AHEAD_BYTES`
+    /// past it (the flusher thread, when the appender wakes it).
+    fn prefault_ahead(&self) {
+        let (sync, generation, from) = {
+            let target = self.target();
+            (
+                target.sync.clone(),
+                target.generation,
+                target.prefaulted_pos,
+            )
+        };
+        let written_pos = self.written_pos.load(Ordering::Acquire);
+        let from = from.max(written_pos);
+        let to = (written_pos + PREFAULT_AHEAD_BYTES).min(sync.len());
+        if to <= from {
+            return;
+        }
+        sync.prefault(from, to - from);
+        let mut target = self.target();
+        if target.generation == generation {
+            target.prefaulted_pos = target.prefaulted_pos.max(to);
+        }
+    }
+
+    /// Bytes of the current segment prefaulted so far.
+    #[cfg(test)]
+    pub(crate) fn prefaulted_pos(&self) -> u64 {
+        self.target().prefaulted_pos
+    }
+
     /// The error the flusher thread met since the last call, if any.
     pub(crate) fn take_error(&self) -> Option<Error> {
         self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
@@ -214,55 +251,95 @@ impl Tracker {
     }
 }
 
+/// What the flusher thread is told.
+enum Msg {
+    /// Flush (under `interval`) and prefault this partition from now on.
+    Register(Weak<Tracker>),
+    /// The partition's appender wrote `FLUSHER_WAKE_BYTES` more, or rolled.
+    Wake(Weak<Tracker>),
+}
+
 /// The process's flusher thread, started on first use.
 struct Flusher {
-    register: Sender<Weak<Tracker>>,
+    tx: Sender<Msg>,
 }
 
 static FLUSHER: OnceLock<Flusher> = OnceLock::new();
 
-/// Has the flusher thread flush `tracker` every `tracker.interval` until it is dropped.
-pub(crate) fn register(tracker: &Arc<Tracker>) {
+fn send(msg: Msg) {
     let flusher = FLUSHER.get_or_init(|| {
-        let (register, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::unbounded();
         std::thread::Builder::new()
             .name("sluice-log-flush".into())
             .spawn(move || run(&rx))
             .expect("cannot start the log flusher thread");
-        Flusher { register }
+        Flusher { tx }
     });
     // The thread never exits, so the channel is never closed.
-    let _ = flusher.register.send(Arc::downgrade(tracker));
+    let _ = flusher.tx.send(msg);
 }
 
-fn run(rx: &Receiver<Weak<Tracker>>) {
-    let mut trackers: Vec<(Weak<Tracker>, Instant)> = Vec::new();
+/// Has the flusher thread look after `tracker` until it is dropped: flush it every interval
+/// (under `interval`), and flush and prefault it whenever its appender calls [`wake`].
+pub(crate) fn register(tracker: &Arc<Tracker>) {
+    send(Msg::Register(Arc::downgrade(tracker)));
+}
+
+/// Asks the flusher thread to prefault ahead of `tracker`'s writer (and, under `interval`,
+/// to flush what it wrote). Cheap: one channel send.
+pub(crate) fn wake(tracker: &Arc<Tracker>) {
+    send(Msg::Wake(Arc::downgrade(tracker)));
+}
+
+/// Flushes (under `interval`) and prefaults one partition.
+fn service(tracker: &Tracker) {
+    if tracker.interval.is_some() {
+        tracker.flush_written();
+    }
+    tracker.prefault_ahead();
+}
+
+fn run(rx: &Receiver<Msg>) {
+    // Every registered partition, with when its interval flush is next due (`None`: never).
+    let mut trackers: Vec<(Weak<Tracker>, Option<Instant>)> = Vec::new();
     loop {
         let now = Instant::now();
         trackers.retain_mut(|(weak, due)| {
             let Some(tracker) = weak.upgrade() else {
                 return false;
             };
-            if *due <= now {
-                tracker.flush_written();
-                *due = Instant::now() + tracker.interval;
+            if due.is_some_and(|d| d <= now) {
+                service(&tracker);
+                *due = tracker.interval.map(|i| Instant::now() + i);
             }
             true
         });
-        let next = trackers.iter().map(|(_, due)| *due).min();
-        let received = match next {
+        let next = trackers.iter().filter_map(|(_, due)| *due).min();
+        let first = match next {
             Some(next) => rx.recv_timeout(next.saturating_duration_since(Instant::now())),
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        match received {
-            Ok(weak) => {
-                let due = weak.upgrade().map(|t| Instant::now() + t.interval);
-                if let Some(due) = due {
-                    trackers.push((weak, due));
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
+        let mut woken: Vec<Arc<Tracker>> = Vec::new();
+        let msgs = match first {
+            Ok(msg) => std::iter::once(msg).chain(rx.try_iter()),
+            Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
+        };
+        for msg in msgs {
+            match msg {
+                Msg::Register(weak) => {
+                    if let Some(t) = weak.upgrade() {
+                        trackers.push((weak, t.interval.map(|i| Instant::now() + i)));
+                        woken.push(t);
+                    }
+                }
+                Msg::Wake(weak) => woken.extend(weak.upgrade()),
+            }
+        }
+        woken.sort_by_key(Arc::as_ptr);
+        woken.dedup_by_key(|t| Arc::as_ptr(t));
+        for tracker in &woken {
+            service(tracker);
         }
     }
 }

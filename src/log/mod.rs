@@ -61,6 +61,8 @@
 //! - `durable <= flushed <= written` (asserted at every publication, see `flusher.rs`).
 //!   Under `flush = interval` one background thread msyncs every partition; the cores only
 //!   publish what they wrote. `flush()` (checkpoints, shutdown, `always`) is synchronous.
+//!   The same thread prefaults segment pages ahead of the writer, so first-touch page faults
+//!   (allocation and zero-filling) stay off the cores.
 //! - An index (`.idx`) is a cache of its segment: entries are CRC-checked one by one, a
 //!   missing, short or bad index is rebuilt from the segment when the appender opens the
 //!   partition (readers fall back to scanning), and a reader checks the batch an entry
@@ -107,6 +109,18 @@ pub const RECENT_BATCHES_MAX: usize = 1024;
 /// Segment bytes between two entries of a segment's sparse index: a seek reads at most about
 /// this much (plus one batch) past the entry it starts from.
 pub const INDEX_INTERVAL_BYTES: u64 = 64 * 1024;
+
+/// The appender wakes the flusher thread each time it has written this many more bytes of a
+/// segment: under `flush = interval` the flusher then flushes what is written (so a flush
+/// happens every `flush_interval_ms` or every this many bytes, whichever comes first, and a
+/// roll never has much left to flush), and under every policy it prefaults the segment
+/// ahead of the writer.
+pub const FLUSHER_WAKE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How far ahead of the write position the flusher thread prefaults a segment's pages.
+pub const PREFAULT_AHEAD_BYTES: u64 = 16 * 1024 * 1024;
+
+const _: () = assert!(PREFAULT_AHEAD_BYTES >= 2 * FLUSHER_WAKE_BYTES);
 
 /// How often the appender's tick checks the retention bounds.
 pub const RETENTION_CHECK_INTERVAL_MS: u64 = 1_000;

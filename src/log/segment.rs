@@ -22,7 +22,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::{MmapOptions, MmapRaw};
+use memmap2::{Advice, MmapOptions, MmapRaw};
 
 use super::{Error, Offset};
 
@@ -296,6 +296,30 @@ impl SegmentSync {
     /// Makes bytes `pos..pos+len` durable (msync).
     pub(crate) fn flush_range(&self, pos: u64, len: u64) -> Result<(), Error> {
         flush_map_range(&self.map, &self.path, pos, len)
+    }
+
+    /// Its size in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Faults in bytes `pos..pos+len` for writing ahead of the appender, so the kernel's
+    /// page allocation and zero-filling (and the file system's write-fault work) happen on
+    /// the calling thread, not on the core's next stores. Contents do not change. Best
+    /// effort: kernels before 5.14 lack `MADV_POPULATE_WRITE` and get a readahead instead.
+    pub(crate) fn prefault(&self, pos: u64, len: u64) {
+        let (Ok(pos), Ok(len)) = (usize::try_from(pos), usize::try_from(len)) else {
+            return;
+        };
+        if len == 0
+            || self
+                .map
+                .advise_range(Advice::PopulateWrite, pos, len)
+                .is_ok()
+        {
+            return;
+        }
+        let _ = self.map.advise_range(Advice::WillNeed, pos, len);
     }
 
     /// Makes the file's metadata (its preallocated size) durable.
