@@ -2,7 +2,7 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use sluice::parse::Kind;
-use sluice::window::{AggregatesWriter, Shard};
+use sluice::window::{AggregatesWriter, Params, Shard, WindowSpec};
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("window");
@@ -19,7 +19,12 @@ fn bench(c: &mut Criterion) {
                 || {
                     let out = AggregatesWriter::open(&dir.path().join(format!("s{keys}.jsonl")), 0)
                         .unwrap();
-                    let mut shard = Shard::new(vec![10_000, 60_000], 2_000_000, 1, i64::MIN, out);
+                    let params = Params {
+                        windows: vec![WindowSpec::tumbling(10_000), WindowSpec::tumbling(60_000)],
+                        quantiles: vec![0.5, 0.9, 0.99, 0.999],
+                        max_keys: 2_000_000,
+                    };
+                    let mut shard = Shard::new(&params, 1, i64::MIN, out);
                     for (i, k) in names.iter().enumerate() {
                         shard.fold(k, i as f64, 0, Kind::Sample);
                     }

@@ -314,7 +314,24 @@ fn inspect(data_dir: &std::path::Path) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::from(1));
     };
     let body = sluice::checkpoint::Body::decode(&loaded.body).context("decode checkpoint")?;
-    let json = serde_json::json!({ "path": loaded.path, "checkpoint": body });
+    let mut json = serde_json::json!({ "path": loaded.path, "checkpoint": body });
+    // Open windows are stored encoded; show them decoded, sketches as their quantiles.
+    for (i, shard) in body.shards.iter().enumerate() {
+        let mut windows = Vec::new();
+        for record in shard.windows() {
+            let r = record.context("decode checkpointed window")?;
+            let a = &r.agg;
+            windows.push(serde_json::json!({
+                "key": r.key, "size_ms": r.size_ms, "hop_ms": r.hop_ms, "start_ms": r.start_ms,
+                "agg": {
+                    "count": a.count, "sum": a.sum, "min": a.min, "max": a.max, "last": a.last,
+                    "last_time_ms": a.last_time_ms,
+                    "p50": a.quantile(0.5), "p99": a.quantile(0.99),
+                },
+            }));
+        }
+        json["checkpoint"]["shards"][i]["windows"] = serde_json::Value::Array(windows);
+    }
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,10 @@ impl Gauge {
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Raises the value to `v` if `v` is larger.
+    pub fn raise(&self, v: i64) {
+        self.0.fetch_max(v, Ordering::Relaxed);
+    }
 }
 
 /// Static description of a listener, for labels.
@@ -112,6 +116,8 @@ pub struct CoreMetrics {
     pub replayed_lines_total: Counter,
     /// Bytes cut from this core's log partition tail by recovery at start.
     pub log_truncated_bytes_total: Counter,
+    /// Longest time, in µs, this core spent on its share of a checkpoint.
+    pub checkpoint_stall_us_max: Gauge,
 }
 
 impl CoreMetrics {
@@ -137,6 +143,7 @@ impl CoreMetrics {
             log_flush_us_total: Counter::default(),
             replayed_lines_total: Counter::default(),
             log_truncated_bytes_total: Counter::default(),
+            checkpoint_stall_us_max: Gauge::default(),
         }
     }
 }

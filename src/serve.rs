@@ -33,7 +33,7 @@ use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, bind};
 use crate::ops::{self, Signals};
 use crate::route::{self, Doorbell, owner};
-use crate::window::{AggregatesWriter, Shard, aggregates_path, now_ms};
+use crate::window::{AggregatesWriter, Params, Shard, aggregates_path, now_ms};
 use crate::worker::{self, Control, ReplayTask, Report, WorkerSetup};
 
 /// Why `serve` stopped with a failure.
@@ -437,7 +437,11 @@ fn open_shards(config: &Config, cores: usize, body: Option<&Body>) -> Result<Vec
         .map(|s| s.closed_through_ms)
         .max()
         .unwrap_or(i64::MIN);
-    let sizes: Vec<i64> = config.window.sizes.iter().map(|s| s.as_i64()).collect();
+    let params = Params {
+        windows: config.window.specs(),
+        quantiles: config.window.quantiles.clone(),
+        max_keys: config.window.max_keys_per_shard as usize,
+    };
     let mut shards = Vec::new();
     for core in 0..cores as u16 {
         let path = aggregates_path(data_dir, core);
@@ -449,18 +453,13 @@ fn open_shards(config: &Config, cores: usize, body: Option<&Body>) -> Result<Vec
         } else {
             global_frontier
         };
-        shards.push(Shard::new(
-            sizes.clone(),
-            config.window.max_keys_per_shard as usize,
-            cores,
-            frontier,
-            output,
-        ));
+        shards.push(Shard::new(&params, cores, frontier, output));
     }
     for state in states {
-        for record in &state.windows {
+        for record in state.windows() {
+            let record = record?;
             let core = owner(record.key.as_bytes(), cores) as usize;
-            shards[core].restore(record).map_err(io_err(
+            shards[core].restore(&record).map_err(io_err(
                 "cannot write",
                 &aggregates_path(data_dir, core as u16),
             ))?;

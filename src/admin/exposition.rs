@@ -223,6 +223,12 @@ fn register_cores(registry: &mut Registry, metrics: &Metrics) {
     let help = "Bytes cut from the log partition's torn tail by recovery at start";
     let truncated = per_core(&rows, |c| c.log_truncated_bytes_total.get());
     counter(registry, "log_truncated_bytes", help, truncated);
+    let help =
+        "Longest time the core spent on its share of a checkpoint (flush, barrier, snapshot)";
+    let stall = per_core(&rows, |c| {
+        us_to_seconds(c.checkpoint_stall_us_max.get().max(0) as u64)
+    });
+    gauge_f64(registry, "checkpoint_stall_max", help, Unit::Seconds, stall);
 }
 
 fn per_core<T>(

@@ -56,8 +56,20 @@ pub struct ShardState {
     pub aggregates_len: u64,
     /// Every window ending at or before this is closed and written.
     pub closed_through_ms: i64,
-    /// Open windows.
-    pub windows: Vec<WindowRecord>,
+    /// Open windows: [`WindowRecord`]s encoded back to back by
+    /// [`crate::window::Shard::snapshot_into`]; see [`ShardState::windows`].
+    #[serde(with = "serde_bytes")]
+    pub windows: Vec<u8>,
+    /// Number of records in `windows`.
+    pub window_count: u64,
+}
+
+impl ShardState {
+    /// The open windows, decoded.
+    pub fn windows(&self) -> impl Iterator<Item = Result<WindowRecord, Error>> + '_ {
+        crate::window::decode_records(&self.windows)
+            .map(|r| r.map_err(|e| Error::Decode(format!("window record: {e}"))))
+    }
 }
 
 /// The body of a checkpoint file.
@@ -113,6 +125,19 @@ mod tests {
 
     #[test]
     fn body_round_trips() {
+        let record = WindowRecord {
+            key: "a.b".into(),
+            size_ms: 1000,
+            hop_ms: 500,
+            start_ms: 0,
+            agg: {
+                let mut a = Agg::one(2.5, 3);
+                a.add(7.0, 4, true);
+                a.add(-1.0, 5, true);
+                a
+            },
+        };
+        let windows = postcard::to_stdvec(&record).unwrap();
         let body = Body {
             version: BODY_VERSION,
             epoch: 9,
@@ -128,16 +153,18 @@ mod tests {
                 shard: 1,
                 aggregates_len: 77,
                 closed_through_ms: i64::MIN,
-                windows: vec![WindowRecord {
-                    key: "a.b".into(),
-                    size_ms: 1000,
-                    start_ms: 0,
-                    agg: Agg::one(2.5, 3),
-                }],
+                windows,
+                window_count: 1,
             }],
         };
         let bytes = body.encode().unwrap();
-        assert_eq!(Body::decode(&bytes).unwrap(), body);
+        let decoded = Body::decode(&bytes).unwrap();
+        assert_eq!(decoded, body);
+        let records: Vec<WindowRecord> = decoded.shards[0]
+            .windows()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(records, vec![record]);
         assert_eq!(body.offset_of(0), 42);
         assert_eq!(body.offset_of(3), 0);
         assert!(Body::decode(&bytes[..bytes.len() / 2]).is_err());

@@ -245,11 +245,17 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WindowConfig {
-    /// Tumbling window sizes.
+    /// Window sizes.
     #[serde(deserialize_with = "values::window_sizes")]
     pub sizes: Vec<Millis>,
+    /// Distance between the starts of consecutive windows (hopping windows); it must divide
+    /// every size. Absent: tumbling windows.
+    pub hop: Option<Millis>,
     /// How late (in event time) an event may be and still count.
     pub allowed_lateness: Millis,
+    /// Quantiles reported for each window (0..=1); empty: none (no sketches kept).
+    #[serde(deserialize_with = "values::quantiles")]
+    pub quantiles: Vec<f64>,
     /// Live keys per shard before the overflow key takes the rest.
     pub max_keys_per_shard: u32,
 }
@@ -258,9 +264,24 @@ impl Default for WindowConfig {
     fn default() -> Self {
         WindowConfig {
             sizes: vec![Millis(10_000), Millis(60_000)],
+            hop: None,
             allowed_lateness: Millis(5_000),
+            quantiles: vec![0.5, 0.9, 0.99, 0.999],
             max_keys_per_shard: limits::KEYS_PER_SHARD_DEFAULT,
         }
+    }
+}
+
+impl WindowConfig {
+    /// The window specs (size and hop) of every size.
+    pub fn specs(&self) -> Vec<crate::window::WindowSpec> {
+        self.sizes
+            .iter()
+            .map(|s| crate::window::WindowSpec {
+                size_ms: s.as_i64(),
+                hop_ms: self.hop.map_or(s.as_i64(), |h| h.as_i64()),
+            })
+            .collect()
     }
 }
 

@@ -217,6 +217,16 @@ pub(super) fn window_sizes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Millis
     Ok(sizes)
 }
 
+pub(super) fn quantiles<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let qs = Vec::<f64>::deserialize(d)?;
+    if let Some(q) = qs.iter().find(|q| !(0.0..=1.0).contains(*q)) {
+        return Err(de::Error::custom(format!(
+            "quantile {q} must be between 0 and 1"
+        )));
+    }
+    Ok(qs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,33 @@
 //! Windows: each core's shard of the key space, folded into tumbling event-time windows.
 //!
-//! Owns, per shard: the live keys, their open windows (one [`Agg`] per key, window size and
+//! Owns, per shard: the live keys, their open windows (one [`Agg`] per key, window spec and
 //! window start), the calendar of window ends, the per-source watermarks, the closed frontier
 //! and the aggregates output file `aggregates/s{NNN}.jsonl`.
+//!
+//! Windows are tumbling (`hop == size`) or hopping (`hop` divides `size`: an event belongs to
+//! `size / hop` overlapping windows).
+//!
+//! Quantiles come from a DDSketch (`sketches-ddsketch`): mergeable, bounded, with a relative
+//! error guarantee on the value (1% here: the reported p99 is within 1% of a value whose rank
+//! is the 99th percentile). Chosen over t-digest and HDR histograms by measurement
+//! (`cargo bench --bench sketch`, 100,000 log-normal latencies, μ=3, σ=1):
+//!
+//! ```text
+//!  sketch              p50 err  p90 err  p99 err  p99.9 err  encoded bytes  ns/add
+//!  DDSketch α=1%        0.80%    0.65%    0.57%    0.83%       785 (335 at 100 samples)  25
+//!  DDSketch α=2%        1.77%    1.69%    0.47%    0.21%       449 (207 at 100 samples)  24
+//!  t-digest c=100       0.22%    0.37%    0.16%    5.29%      1600                        46
+//!  t-digest c=200       0.57%    0.24%    0.15%    1.29%      3200                        98
+//! ```
+//!
+//! In memory a DDSketch holds its bins in chunks of 128 `u64` (1 KiB for a typical window,
+//! at most 2048 bins = 16 KiB per sign, which bounds it whatever the input).
+//!
+//! DDSketch keeps its error bound whatever the distribution and merges exactly (bin counts
+//! add), which the cross-node merge tier needs; t-digest's error depends on the data and its
+//! merge is approximate; HDR histograms take integers only and tens of KiB each. A sketch
+//! exists only in windows that received a sample, timer or gauge (counters and sets do not
+//! need quantiles), and only when `window.quantiles` is not empty.
 //!
 //! Invariants:
 //! - A window is `[start, start + size)` with `start = floor(t / size) * size` (floored
@@ -26,14 +51,28 @@ use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 pub use output::{AggregatesWriter, now_ms, rfc3339};
 
 use crate::limits::OVERFLOW_KEY;
 use crate::parse::Kind;
 
+/// Relative accuracy of the quantile sketches.
+pub const SKETCH_ALPHA: f64 = 0.01;
+/// Most bins per sketch store; bounds a sketch's memory (16 KiB per sign).
+pub const SKETCH_BINS_MAX: u32 = 2048;
+
+fn new_sketch() -> Box<DDSketch> {
+    Box::new(DDSketch::new(SketchConfig::new(
+        SKETCH_ALPHA,
+        SKETCH_BINS_MAX,
+        1e-9,
+    )))
+}
+
 /// The mergeable aggregate of one (key, window).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Agg {
     /// Events folded.
     pub count: u64,
@@ -47,24 +86,99 @@ pub struct Agg {
     pub last: f64,
     /// Event time of `last`.
     pub last_time_ms: i64,
+    /// Quantile sketch of the values, when quantiles are configured and the values are
+    /// samples, timers or gauges. Encoded in DDSketch's sparse standard binary format.
+    #[serde(default, with = "sketch_bytes")]
+    pub sketch: Option<Box<DDSketch>>,
+    /// The one value so far (`min`) is a sketched value not yet in a sketch.
+    #[serde(default)]
+    pub single_pending: bool,
+}
+
+impl std::fmt::Debug for Agg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agg")
+            .field("count", &self.count)
+            .field("sum", &self.sum)
+            .field("min", &self.min)
+            .field("max", &self.max)
+            .field("last", &self.last)
+            .field("sketch_bins", &self.sketch.as_ref().map(|s| s.length()))
+            .finish()
+    }
+}
+
+impl PartialEq for Agg {
+    fn eq(&self, other: &Agg) -> bool {
+        let sketch_bytes = |a: &Agg| {
+            a.sketch
+                .as_ref()
+                .map(|s| postcard::to_stdvec(s).unwrap_or_default())
+        };
+        (
+            self.count,
+            self.sum,
+            self.min,
+            self.max,
+            self.last,
+            self.last_time_ms,
+        ) == (
+            other.count,
+            other.sum,
+            other.min,
+            other.max,
+            other.last,
+            other.last_time_ms,
+        ) && self.single_pending == other.single_pending
+            && sketch_bytes(self) == sketch_bytes(other)
+    }
 }
 
 impl Agg {
-    /// The aggregate of one event.
-    pub fn one(value: f64, time_ms: i64) -> Agg {
+    /// An aggregate of nothing yet.
+    pub fn empty() -> Agg {
         Agg {
-            count: 1,
-            sum: value,
-            min: value,
-            max: value,
-            last: value,
-            last_time_ms: time_ms,
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            last: 0.0,
+            last_time_ms: i64::MIN,
+            sketch: None,
+            single_pending: false,
         }
     }
 
-    /// Folds one event in.
+    /// The aggregate of one event.
+    pub fn one(value: f64, time_ms: i64) -> Agg {
+        let mut agg = Agg::empty();
+        agg.add(value, time_ms, false);
+        agg
+    }
+
+    /// Folds one event in; `sketch` says whether its value feeds the quantile sketch.
+    ///
+    /// The sketch is created at the second sketched value: a window holding one value (common
+    /// with many keys) needs no sketch, since every quantile of it is that value.
     #[inline]
-    pub fn add(&mut self, value: f64, time_ms: i64) {
+    pub fn add(&mut self, value: f64, time_ms: i64, sketch: bool) {
+        if sketch {
+            match &mut self.sketch {
+                Some(s) => s.add(value),
+                None if self.count == 0 => self.single_pending = true,
+                None => {
+                    let mut s = new_sketch();
+                    if std::mem::take(&mut self.single_pending) {
+                        s.add(self.min);
+                    }
+                    s.add(value);
+                    self.sketch = Some(s);
+                }
+            }
+        } else if self.sketch.is_none() && std::mem::take(&mut self.single_pending) {
+            self.sketch = Some(new_sketch());
+            self.sketch.as_mut().expect("just set").add(self.min);
+        }
         self.count += 1;
         self.sum += value;
         self.min = self.min.min(value);
@@ -77,6 +191,23 @@ impl Agg {
 
     /// Merges another aggregate of the same (key, window) into this one.
     pub fn merge(&mut self, other: &Agg) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = other.clone();
+            return;
+        }
+        let mine = self.take_sketch();
+        let theirs = other.clone().take_sketch();
+        self.sketch = match (mine, theirs) {
+            // Both sketches share one configuration, so a merge cannot fail.
+            (Some(mut a), Some(b)) => {
+                a.merge(&b).expect("sketches of one configuration merge");
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
         self.count += other.count;
         self.sum += other.sum;
         self.min = self.min.min(other.min);
@@ -87,6 +218,16 @@ impl Agg {
         }
     }
 
+    /// The sketch, materialising a pending single value.
+    fn take_sketch(&mut self) -> Option<Box<DDSketch>> {
+        if std::mem::take(&mut self.single_pending) {
+            let mut s = new_sketch();
+            s.add(self.min);
+            return Some(s);
+        }
+        self.sketch.take()
+    }
+
     /// Mean value.
     pub fn mean(&self) -> f64 {
         if self.count == 0 {
@@ -95,6 +236,80 @@ impl Agg {
             self.sum / self.count as f64
         }
     }
+
+    /// The `q` quantile (0..=1) of the values, when a sketch was kept.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.single_pending {
+            return Some(self.min);
+        }
+        self.sketch
+            .as_ref()
+            .and_then(|s| s.quantile(q).ok().flatten())
+    }
+}
+
+/// Serde for sketches: DDSketch's standard binary encoding (sparse bins, varints), a tenth of
+/// the size of its derived serde form.
+mod sketch_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+    use sketches_ddsketch::DDSketch;
+
+    pub fn serialize<S: Serializer>(v: &Option<Box<DDSketch>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(sketch) => s.serialize_some(serde_bytes::Bytes::new(&sketch.to_java_bytes())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<DDSketch>>, D::Error> {
+        let bytes: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
+        bytes
+            .map(|b| {
+                DDSketch::from_java_bytes(&b)
+                    .map(Box::new)
+                    .map_err(|e| de::Error::custom(format!("sketch: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// One window configuration: its size and how far apart consecutive windows start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// Window length in ms.
+    pub size_ms: i64,
+    /// Distance between window starts in ms (`== size_ms`: tumbling). Divides `size_ms`.
+    pub hop_ms: i64,
+}
+
+impl WindowSpec {
+    /// A tumbling window.
+    pub fn tumbling(size_ms: i64) -> WindowSpec {
+        WindowSpec {
+            size_ms,
+            hop_ms: size_ms,
+        }
+    }
+
+    /// Starts of every window holding `time_ms`, oldest first.
+    #[inline]
+    pub fn starts(&self, time_ms: i64) -> impl Iterator<Item = i64> + use<> {
+        let last = window_start(time_ms, self.hop_ms);
+        let n = self.size_ms / self.hop_ms;
+        let hop = self.hop_ms;
+        (0..n).rev().map(move |k| last - k * hop)
+    }
+}
+
+/// What a shard aggregates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    /// Window configurations.
+    pub windows: Vec<WindowSpec>,
+    /// Quantiles to report (0..=1); empty: no sketches.
+    pub quantiles: Vec<f64>,
+    /// Live keys before the overflow key takes the rest.
+    pub max_keys: usize,
 }
 
 /// Start of the window of size `size_ms` holding `time_ms`.
@@ -111,6 +326,8 @@ pub struct WindowRecord {
     pub key: String,
     /// Window size in ms.
     pub size_ms: i64,
+    /// Hop in ms (`== size_ms` for tumbling windows).
+    pub hop_ms: i64,
     /// Window start in ms since the epoch.
     pub start_ms: i64,
     /// The aggregate so far.
@@ -119,7 +336,7 @@ pub struct WindowRecord {
 
 #[derive(Debug)]
 struct OpenWindow {
-    size_idx: u8,
+    spec_idx: u8,
     start_ms: i64,
     agg: Agg,
 }
@@ -133,21 +350,29 @@ struct Slot {
 /// What folding one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Folded {
-    /// Window sizes for which the event was late.
+    /// Windows for which the event was late.
     pub late: u32,
     /// True when the event went to the overflow key.
     pub overflow: bool,
 }
 
+/// Quantile `q` as an output field name: 0.5 → `p50`, 0.999 → `p99.9`.
+pub fn quantile_name(q: f64) -> String {
+    let pct = format!("{:.4}", q * 100.0);
+    let pct = pct.trim_end_matches('0').trim_end_matches('.');
+    format!("p{pct}")
+}
+
 /// One core's shard of windows.
 #[derive(Debug)]
 pub struct Shard {
-    sizes_ms: Vec<i64>,
+    windows: Vec<WindowSpec>,
+    quantiles: Vec<(f64, String)>,
     max_keys: usize,
     index: HashMap<Box<[u8]>, u32>,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    /// Window end → the (slot, size index) of windows ending then.
+    /// Window end → the (slot, spec index, start) of windows ending then.
     calendar: BTreeMap<i64, Vec<(u32, u8)>>,
     open_windows: usize,
     source_watermarks: Vec<Option<(i64, bool)>>,
@@ -156,20 +381,29 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// A shard with the given window sizes, key bound and output, fed by `sources` cores,
-    /// whose windows up to `closed_through_ms` are already closed.
+    /// A shard aggregating as `params` says into `output`, fed by `sources` cores, whose
+    /// windows ending at or before `closed_through_ms` are already closed.
     pub fn new(
-        sizes_ms: Vec<i64>,
-        max_keys: usize,
+        params: &Params,
         sources: usize,
         closed_through_ms: i64,
         output: AggregatesWriter,
     ) -> Shard {
-        assert!(!sizes_ms.is_empty() && sizes_ms.len() <= u8::MAX as usize);
-        assert!(sizes_ms.iter().all(|s| *s > 0));
+        assert!(!params.windows.is_empty() && params.windows.len() <= u8::MAX as usize);
+        for w in &params.windows {
+            assert!(
+                w.size_ms > 0 && w.hop_ms > 0 && w.size_ms % w.hop_ms == 0,
+                "bad window {w:?}"
+            );
+        }
         Shard {
-            sizes_ms,
-            max_keys,
+            windows: params.windows.clone(),
+            quantiles: params
+                .quantiles
+                .iter()
+                .map(|q| (*q, quantile_name(*q)))
+                .collect(),
+            max_keys: params.max_keys,
             index: HashMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -185,52 +419,64 @@ impl Shard {
     /// (possible when the number of cores changed and keys moved between shards) was never
     /// written by its old shard, so it is written now.
     pub fn restore(&mut self, record: &WindowRecord) -> io::Result<()> {
-        let Some(size_idx) = self.sizes_ms.iter().position(|s| *s == record.size_ms) else {
-            tracing::warn!(key = %record.key, size_ms = record.size_ms, "checkpointed window of a size no longer configured is dropped");
+        let spec = WindowSpec {
+            size_ms: record.size_ms,
+            hop_ms: record.hop_ms,
+        };
+        let Some(spec_idx) = self.windows.iter().position(|w| *w == spec) else {
+            tracing::warn!(key = %record.key, ?spec, "checkpointed window of a size no longer configured is dropped");
             return Ok(());
         };
         if record.start_ms + record.size_ms <= self.closed_through_ms {
             return self.output.write_window(
                 &record.key,
-                record.size_ms,
+                &spec,
                 record.start_ms,
                 &record.agg,
+                &self.quantiles,
             );
         }
         let slot = self.slot_for(record.key.as_bytes(), true).0;
         let windows = &mut self.slots[slot as usize].windows;
         match windows
             .iter_mut()
-            .find(|w| w.size_idx == size_idx as u8 && w.start_ms == record.start_ms)
+            .find(|w| w.spec_idx == spec_idx as u8 && w.start_ms == record.start_ms)
         {
             Some(w) => w.agg.merge(&record.agg),
-            None => *self.open(slot, size_idx as u8, record.start_ms) = record.agg,
+            None => *self.open(slot, spec_idx as u8, record.start_ms) = record.agg.clone(),
         }
         Ok(())
     }
 
-    /// Folds one event into every window size.
+    /// Folds one event into every window that holds it.
     #[inline]
-    pub fn fold(&mut self, key: &[u8], value: f64, time_ms: i64, _kind: Kind) -> Folded {
+    pub fn fold(&mut self, key: &[u8], value: f64, time_ms: i64, kind: Kind) -> Folded {
         let (slot, overflow) = self.slot_for(key, false);
         let mut folded = Folded { late: 0, overflow };
-        for size_idx in 0..self.sizes_ms.len() {
-            let size = self.sizes_ms[size_idx];
-            let start = window_start(time_ms, size);
-            if start.saturating_add(size) <= self.closed_through_ms {
-                folded.late += 1;
-                continue;
-            }
-            let windows = &mut self.slots[slot as usize].windows;
-            match windows
-                .iter_mut()
-                .find(|w| w.size_idx == size_idx as u8 && w.start_ms == start)
-            {
-                Some(w) => w.agg.add(value, time_ms),
-                None => *self.open(slot, size_idx as u8, start) = Agg::one(value, time_ms),
+        let sketch =
+            !self.quantiles.is_empty() && matches!(kind, Kind::Sample | Kind::Timer | Kind::Gauge);
+        let mut placed = false;
+        for spec_idx in 0..self.windows.len() {
+            let spec = self.windows[spec_idx];
+            for start in spec.starts(time_ms) {
+                if start.saturating_add(spec.size_ms) <= self.closed_through_ms {
+                    folded.late += 1;
+                    continue;
+                }
+                placed = true;
+                let windows = &mut self.slots[slot as usize].windows;
+                match windows
+                    .iter_mut()
+                    .find(|w| w.spec_idx == spec_idx as u8 && w.start_ms == start)
+                {
+                    Some(w) => w.agg.add(value, time_ms, sketch),
+                    None => self
+                        .open(slot, spec_idx as u8, start)
+                        .add(value, time_ms, sketch),
+                }
             }
         }
-        if folded.late == self.sizes_ms.len() as u32 {
+        if !placed {
             self.release_if_empty(slot);
         }
         folded
@@ -267,16 +513,17 @@ impl Shard {
                 break;
             }
             let end = *entry.key();
-            for (slot, size_idx) in entry.remove() {
-                let size = self.sizes_ms[size_idx as usize];
+            for (slot, spec_idx) in entry.remove() {
+                let spec = self.windows[spec_idx as usize];
                 let s = &mut self.slots[slot as usize];
                 let pos = s
                     .windows
                     .iter()
-                    .position(|w| w.size_idx == size_idx && w.start_ms + size == end)
+                    .position(|w| w.spec_idx == spec_idx && w.start_ms + spec.size_ms == end)
                     .expect("every calendar entry has its open window");
                 let w = s.windows.swap_remove(pos);
-                self.output.write_window(&s.key, size, w.start_ms, &w.agg)?;
+                self.output
+                    .write_window(&s.key, &spec, w.start_ms, &w.agg, &self.quantiles)?;
                 self.open_windows -= 1;
                 closed += 1;
                 self.release_if_empty(slot);
@@ -286,23 +533,20 @@ impl Shard {
         Ok(closed)
     }
 
-    fn open(&mut self, slot: u32, size_idx: u8, start_ms: i64) -> &mut Agg {
-        let end = start_ms + self.sizes_ms[size_idx as usize];
+    fn open(&mut self, slot: u32, spec_idx: u8, start_ms: i64) -> &mut Agg {
+        let end = start_ms + self.windows[spec_idx as usize].size_ms;
         debug_assert!(start_ms < end);
-        self.calendar.entry(end).or_default().push((slot, size_idx));
+        debug_assert!(
+            end > self.closed_through_ms,
+            "a closed window is never reopened"
+        );
+        self.calendar.entry(end).or_default().push((slot, spec_idx));
         self.open_windows += 1;
         let windows = &mut self.slots[slot as usize].windows;
         windows.push(OpenWindow {
-            size_idx,
+            spec_idx,
             start_ms,
-            agg: Agg {
-                count: 0,
-                sum: 0.0,
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-                last: 0.0,
-                last_time_ms: i64::MIN,
-            },
+            agg: Agg::empty(),
         });
         &mut windows.last_mut().expect("just pushed").agg
     }
@@ -337,20 +581,46 @@ impl Shard {
         }
     }
 
-    /// Every open window, for a checkpoint (sorted, so equal states encode equally).
-    pub fn snapshot(&self) -> Vec<WindowRecord> {
-        let mut out = Vec::with_capacity(self.open_windows);
+    /// Appends every open window to `out`, encoded as a sequence of [`WindowRecord`]s (postcard),
+    /// without copying the state first: this is the core's whole share of a checkpoint's
+    /// snapshot. Returns the number of records.
+    pub fn snapshot_into(&self, out: &mut Vec<u8>) -> u64 {
+        #[derive(Serialize)]
+        struct RecordRef<'a> {
+            key: &'a str,
+            size_ms: i64,
+            hop_ms: i64,
+            start_ms: i64,
+            agg: &'a Agg,
+        }
+        let mut n = 0;
         for &slot in self.index.values() {
             let s = &self.slots[slot as usize];
             for w in &s.windows {
-                out.push(WindowRecord {
-                    key: s.key.to_string(),
-                    size_ms: self.sizes_ms[w.size_idx as usize],
+                let spec = self.windows[w.spec_idx as usize];
+                let r = RecordRef {
+                    key: &s.key,
+                    size_ms: spec.size_ms,
+                    hop_ms: spec.hop_ms,
                     start_ms: w.start_ms,
-                    agg: w.agg,
-                });
+                    agg: &w.agg,
+                };
+                // Encoding plain data into a Vec cannot fail.
+                *out = postcard::to_extend(&r, std::mem::take(out)).expect("records encode");
+                n += 1;
             }
         }
+        debug_assert_eq!(n as usize, self.open_windows);
+        n
+    }
+
+    /// Every open window, decoded (for tests and tools).
+    pub fn snapshot(&self) -> Vec<WindowRecord> {
+        let mut bytes = Vec::new();
+        self.snapshot_into(&mut bytes);
+        let mut out: Vec<WindowRecord> = decode_records(&bytes)
+            .collect::<Result<_, _>>()
+            .expect("own encoding decodes");
         out.sort_by(|a, b| (&a.key, a.size_ms, a.start_ms).cmp(&(&b.key, b.size_ms, b.start_ms)));
         out
     }
@@ -374,6 +644,27 @@ impl Shard {
     pub fn output(&mut self) -> &mut AggregatesWriter {
         &mut self.output
     }
+}
+
+/// Decodes the records written by [`Shard::snapshot_into`].
+pub fn decode_records(
+    mut bytes: &[u8],
+) -> impl Iterator<Item = Result<WindowRecord, postcard::Error>> + '_ {
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        match postcard::take_from_bytes::<WindowRecord>(bytes) {
+            Ok((record, rest)) => {
+                bytes = rest;
+                Some(Ok(record))
+            }
+            Err(e) => {
+                bytes = &[];
+                Some(Err(e))
+            }
+        }
+    })
 }
 
 /// Path of shard `shard`'s aggregates file.

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use serde::ser::SerializeMap;
 
-use super::Agg;
+use super::{Agg, WindowSpec};
 use crate::config::Millis;
 
 /// Appends closed windows to one shard's aggregates file.
@@ -19,22 +20,45 @@ pub struct AggregatesWriter {
     out: BufWriter<File>,
     len: u64,
     dirty: bool,
+    scratch: Vec<u8>,
 }
 
-#[derive(Serialize)]
+/// One output line; fields in the documented order, quantiles as configured.
 struct Line<'a> {
     key: &'a str,
-    window: &'a str,
-    start: &'a str,
+    spec: &'a WindowSpec,
     start_ms: i64,
-    end: &'a str,
-    end_ms: i64,
-    count: u64,
-    sum: f64,
-    min: f64,
-    max: f64,
-    mean: f64,
-    last: f64,
+    agg: &'a Agg,
+    quantiles: &'a [(f64, String)],
+}
+
+impl Serialize for Line<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let end_ms = self.start_ms + self.spec.size_ms;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("key", self.key)?;
+        m.serialize_entry("window", &Millis(self.spec.size_ms as u64).to_string())?;
+        if self.spec.hop_ms != self.spec.size_ms {
+            m.serialize_entry("hop", &Millis(self.spec.hop_ms as u64).to_string())?;
+        }
+        m.serialize_entry("start", &rfc3339(self.start_ms))?;
+        m.serialize_entry("start_ms", &self.start_ms)?;
+        m.serialize_entry("end", &rfc3339(end_ms))?;
+        m.serialize_entry("end_ms", &end_ms)?;
+        let a = self.agg;
+        m.serialize_entry("count", &a.count)?;
+        m.serialize_entry("sum", &a.sum)?;
+        m.serialize_entry("min", &a.min)?;
+        m.serialize_entry("max", &a.max)?;
+        m.serialize_entry("mean", &a.mean())?;
+        m.serialize_entry("last", &a.last)?;
+        for (q, name) in self.quantiles {
+            if let Some(v) = a.quantile(*q) {
+                m.serialize_entry(name, &v)?;
+            }
+        }
+        m.end()
+    }
 }
 
 /// RFC 3339 UTC time of `ms` (seconds precision when whole, else milliseconds).
@@ -86,37 +110,31 @@ impl AggregatesWriter {
             out: BufWriter::with_capacity(64 * 1024, file),
             len,
             dirty: false,
+            scratch: Vec::with_capacity(512),
         })
     }
 
-    /// Writes one closed window.
+    /// Writes one closed window, with the given quantiles (value and field name).
     pub fn write_window(
         &mut self,
         key: &str,
-        size_ms: i64,
+        spec: &WindowSpec,
         start_ms: i64,
         agg: &Agg,
+        quantiles: &[(f64, String)],
     ) -> io::Result<()> {
-        let end_ms = start_ms + size_ms;
-        let window = Millis(size_ms as u64).to_string();
+        self.scratch.clear();
         let line = Line {
             key,
-            window: &window,
-            start: &rfc3339(start_ms),
+            spec,
             start_ms,
-            end: &rfc3339(end_ms),
-            end_ms,
-            count: agg.count,
-            sum: agg.sum,
-            min: agg.min,
-            max: agg.max,
-            mean: agg.mean(),
-            last: agg.last,
+            agg,
+            quantiles,
         };
-        let mut buf = serde_json::to_vec(&line).map_err(io::Error::other)?;
-        buf.push(b'\n');
-        self.out.write_all(&buf)?;
-        self.len += buf.len() as u64;
+        serde_json::to_writer(&mut self.scratch, &line).map_err(io::Error::other)?;
+        self.scratch.push(b'\n');
+        self.out.write_all(&self.scratch)?;
+        self.len += self.scratch.len() as u64;
         self.dirty = true;
         Ok(())
     }

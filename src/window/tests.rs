@@ -1,8 +1,13 @@
 use super::*;
 
 fn shard(dir: &Path, sizes: &[i64], max_keys: usize, sources: usize) -> Shard {
+    let params = Params {
+        windows: sizes.iter().map(|s| WindowSpec::tumbling(*s)).collect(),
+        quantiles: vec![0.5, 0.99],
+        max_keys,
+    };
     let out = AggregatesWriter::open(&dir.join("s000.jsonl"), 0).unwrap();
-    Shard::new(sizes.to_vec(), max_keys, sources, i64::MIN, out)
+    Shard::new(&params, sources, i64::MIN, out)
 }
 
 fn lines(dir: &Path) -> Vec<serde_json::Value> {
@@ -147,4 +152,222 @@ fn output_cut_back_to_checkpointed_length() {
 fn rfc3339_formats_whole_and_fractional_seconds() {
     assert_eq!(output::rfc3339(1_764_360_000_000), "2025-11-28T20:00:00Z");
     assert_eq!(output::rfc3339(1_500), "1970-01-01T00:00:01.500Z");
+}
+
+fn hopping(dir: &Path, size: i64, hop: i64) -> Shard {
+    let params = Params {
+        windows: vec![WindowSpec {
+            size_ms: size,
+            hop_ms: hop,
+        }],
+        quantiles: vec![],
+        max_keys: 100,
+    };
+    Shard::new(
+        &params,
+        1,
+        i64::MIN,
+        AggregatesWriter::open(&dir.join("s000.jsonl"), 0).unwrap(),
+    )
+}
+
+#[test]
+fn hopping_windows_count_each_event_size_over_hop_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = hopping(dir.path(), 3000, 1000);
+    s.fold(b"k", 1.0, 2500, Kind::Sample);
+    assert_eq!(
+        s.open_windows(),
+        3,
+        "windows starting at 0, 1000 and 2000 hold 2500"
+    );
+    s.advance(0, 10_000, false).unwrap();
+    s.output().flush().unwrap();
+    let out = lines(dir.path());
+    let starts: Vec<i64> = out
+        .iter()
+        .map(|l| l["start_ms"].as_i64().unwrap())
+        .collect();
+    assert_eq!(starts, vec![0, 1000, 2000]);
+    assert!(
+        out.iter()
+            .all(|l| l["window"] == "3s" && l["hop"] == "1s" && l["count"] == 1)
+    );
+}
+
+#[test]
+fn window_starts_at_the_boundaries() {
+    let tumbling = WindowSpec::tumbling(1000);
+    assert_eq!(tumbling.starts(999).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(tumbling.starts(1000).collect::<Vec<_>>(), vec![1000]);
+    assert_eq!(tumbling.starts(-1).collect::<Vec<_>>(), vec![-1000]);
+    let hop = WindowSpec {
+        size_ms: 60_000,
+        hop_ms: 10_000,
+    };
+    assert_eq!(
+        hop.starts(60_000).collect::<Vec<_>>(),
+        vec![10_000, 20_000, 30_000, 40_000, 50_000, 60_000]
+    );
+    let huge = crate::parse::TIME_MS_MAX;
+    assert!(hop.starts(huge).all(|s| s <= huge && huge < s + 60_000));
+}
+
+#[test]
+fn quantiles_are_reported_within_the_sketch_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000], 100, 1);
+    for v in 1..=1000 {
+        s.fold(b"lat", v as f64, 10, Kind::Timer);
+    }
+    s.fold(b"hits", 1.0, 10, Kind::Counter);
+    s.advance(0, 1000, false).unwrap();
+    s.output().flush().unwrap();
+    let out = lines(dir.path());
+    let lat = out.iter().find(|l| l["key"] == "lat").unwrap();
+    for (name, exact) in [("p50", 500.0), ("p99", 990.0)] {
+        let v = lat[name].as_f64().unwrap();
+        assert!(
+            (v - exact).abs() / exact <= 0.02,
+            "{name} = {v}, exact {exact}"
+        );
+    }
+    let hits = out.iter().find(|l| l["key"] == "hits").unwrap();
+    assert!(hits.get("p50").is_none(), "counters keep no sketch");
+}
+
+#[test]
+fn quantile_names() {
+    assert_eq!(quantile_name(0.5), "p50");
+    assert_eq!(quantile_name(0.99), "p99");
+    assert_eq!(quantile_name(0.999), "p99.9");
+    assert_eq!(quantile_name(0.9999), "p99.99");
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Every event lands in exactly the windows a naive oracle computes, each counted
+        /// once, whatever the sizes, hops, times and watermark steps.
+        #[test]
+        fn windows_match_a_naive_oracle(
+            hop in 1i64..50,
+            mult in 1i64..5,
+            events in proptest::collection::vec((0u8..4, -500i64..500, -100i32..100), 1..200),
+            step in 1i64..300,
+        ) {
+            let size = hop * mult;
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = hopping(dir.path(), size, hop);
+            let mut oracle: BTreeMap<(String, i64), (u64, f64)> = BTreeMap::new();
+            let mut wm = -1000i64;
+            for (i, (k, t, v)) in events.iter().enumerate() {
+                let key = format!("k{k}");
+                let folded = s.fold(key.as_bytes(), f64::from(*v), *t, Kind::Sample);
+                let mut late = 0;
+                // Naive: every start that is a multiple of hop with start <= t < start + size.
+                let mut start = (t - size + 1).div_euclid(hop) * hop;
+                while start <= *t {
+                    if start + size > *t && start <= *t {
+                        if start + size <= s.closed_through_ms() {
+                            late += 1;
+                        } else {
+                            let e = oracle.entry((key.clone(), start)).or_insert((0, 0.0));
+                            e.0 += 1;
+                            e.1 += f64::from(*v);
+                        }
+                    }
+                    start += hop;
+                }
+                prop_assert_eq!(folded.late, late);
+                if i % 7 == 6 {
+                    wm += step;
+                    s.advance(0, wm, false).unwrap();
+                }
+            }
+            s.advance(0, 10_000, false).unwrap();
+            s.output().flush().unwrap();
+            let mut got: BTreeMap<(String, i64), (u64, f64)> = BTreeMap::new();
+            for l in lines(dir.path()) {
+                let k = (l["key"].as_str().unwrap().to_string(), l["start_ms"].as_i64().unwrap());
+                prop_assert!(got.insert(k, (l["count"].as_u64().unwrap(), l["sum"].as_f64().unwrap())).is_none());
+            }
+            prop_assert_eq!(got, oracle);
+        }
+    }
+}
+
+#[test]
+fn a_window_with_one_value_keeps_no_sketch_until_a_second_arrives() {
+    let mut a = Agg::empty();
+    a.add(4.0, 1, true);
+    assert!(a.sketch.is_none());
+    assert_eq!(a.quantile(0.99), Some(4.0));
+    let mut b = Agg::empty();
+    b.add(8.0, 2, true);
+    a.merge(&b);
+    assert_eq!(a.count, 2);
+    let s = a.sketch.as_ref().expect("two values make a sketch");
+    assert_eq!(s.count(), 2);
+    a.add(6.0, 3, true);
+    assert_eq!(a.sketch.as_ref().unwrap().count(), 3);
+    let median = a.quantile(0.5).unwrap();
+    assert!((median - 6.0).abs() / 6.0 < 0.02, "{median}");
+    let mut c = Agg::empty();
+    c.add(1.0, 1, false);
+    assert_eq!(c.quantile(0.5), None, "counters keep no quantiles");
+}
+
+mod watermark_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The frontier never falls, never passes the slowest active source, and with every
+        /// source idle follows the most advanced one.
+        #[test]
+        fn the_frontier_follows_the_slowest_active_source(
+            steps in proptest::collection::vec((0usize..3, -1000i64..1000, any::<bool>()), 1..60),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = shard(dir.path(), &[10], 10, 3);
+            let mut marks: [Option<(i64, bool)>; 3] = [None; 3];
+            let mut frontier = i64::MIN;
+            for (src, wm, idle) in steps {
+                let ms = marks[src].map_or(wm, |(old, _)| old.max(wm));
+                marks[src] = Some((ms, idle));
+                s.advance(src, wm, idle).unwrap();
+                let known = marks.iter().flatten();
+                let active = known.clone().filter(|m| !m.1).map(|m| m.0).min();
+                let combined = active.or_else(|| known.map(|m| m.0).max()).unwrap();
+                frontier = frontier.max(combined);
+                prop_assert_eq!(s.closed_through_ms(), frontier);
+            }
+        }
+
+        /// Any state survives a snapshot and a restore unchanged.
+        #[test]
+        fn snapshots_round_trip(events in proptest::collection::vec((0u8..20, 0i64..5000, -1e6f64..1e6, any::<bool>()), 0..300)) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut a = shard(dir.path(), &[1000, 3000], 100, 1);
+            for (k, t, v, timer) in &events {
+                let kind = if *timer { Kind::Timer } else { Kind::Counter };
+                a.fold(format!("key.{k}").as_bytes(), *v, *t, kind);
+            }
+            let snap = a.snapshot();
+            let dir2 = tempfile::tempdir().unwrap();
+            let mut b = shard(dir2.path(), &[1000, 3000], 100, 1);
+            for r in &snap {
+                b.restore(r).unwrap();
+            }
+            prop_assert_eq!(b.snapshot(), snap);
+        }
+    }
 }

@@ -46,6 +46,8 @@ pub struct Ingest {
     pub(super) inbound: Vec<Inbound>,
     pub(super) aligned: Vec<bool>,
     pub(super) aligned_count: usize,
+    /// Size of the last snapshot, to size the next one's buffer.
+    pub(super) snapshot_bytes_hint: usize,
     pub(super) shard: Shard,
     pub(super) appender: Appender,
     pub(super) replay: Vec<ReplayTask>,
@@ -89,6 +91,7 @@ impl Ingest {
             inbound: setup.inbound,
             aligned: vec![false; cores],
             aligned_count: 0,
+            snapshot_bytes_hint: 0,
             shard: setup.shard,
             appender: setup.appender,
             replay: setup.replay,
@@ -267,6 +270,7 @@ impl Ingest {
             return Ok(());
         }
         self.injected_epoch = requested;
+        let started = Instant::now();
         self.router.flush();
         self.appender
             .flush()
@@ -299,6 +303,9 @@ impl Ingest {
         });
         self.router.broadcast(|| Msg::Barrier(requested));
         self.note_blocked();
+        self.metrics.cores[self.id as usize]
+            .checkpoint_stall_us_max
+            .raise(started.elapsed().as_micros() as i64);
         Ok(())
     }
 

@@ -100,17 +100,26 @@ impl Ingest {
     }
 
     fn snapshot(&mut self, epoch: u64) -> Result<(), String> {
+        let started = std::time::Instant::now();
         let output = self.shard.output();
         output
             .sync()
             .map_err(|e| format!("aggregates fsync: {e}"))?;
+        let aggregates_len = output.len();
+        let mut windows = Vec::with_capacity(self.snapshot_bytes_hint);
+        let window_count = self.shard.snapshot_into(&mut windows);
+        self.snapshot_bytes_hint = windows.len() + windows.len() / 8;
         let state = ShardState {
             shard: self.id,
-            aggregates_len: output.len(),
+            aggregates_len,
             closed_through_ms: self.shard.closed_through_ms(),
-            windows: self.shard.snapshot(),
+            windows,
+            window_count,
         };
         let _ = self.reports.send(Report::Shard { epoch, state });
+        self.metrics.cores[self.id as usize]
+            .checkpoint_stall_us_max
+            .raise(started.elapsed().as_micros() as i64);
         Ok(())
     }
 }
