@@ -36,6 +36,8 @@ fn main() {
         segment_bytes: 64 << 20,
         flush: FlushPolicy::Never,
         flush_interval_ms: 1000,
+        retention_bytes: 0,
+        retention_hours: 0,
     };
     let (mut appender, _) = Appender::open(&partition_dir(&data, 0), options).unwrap();
     let t0 = 1_764_360_000u64;

@@ -87,6 +87,17 @@ enum LogCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Follow new lines as they are stored (until SIGINT or a closed pipe).
+    Tail {
+        #[command(flatten)]
+        args: LogArgs,
+        /// Start at this offset (default: only lines stored from now on).
+        #[arg(long)]
+        from: Option<u64>,
+        /// One JSON object per line with partition, offset, ingest time and listener.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -268,6 +279,26 @@ fn log_command(cmd: LogCommand) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        LogCommand::Tail { args, from, json } => tail(args, from, json),
+    }
+}
+
+/// `sluice log tail`: follows until SIGINT/SIGTERM (exit 0) or a closed stdout (exit 0).
+fn tail(args: LogArgs, from: Option<u64>, json: bool) -> Result<ExitCode, Failure> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handler")?;
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let from = from.map(sluice::log::Offset);
+    match sluice::log::tail(&args.data_dir, args.partition, from, json, &mut out, &stop) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) if is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(anyhow::Error::from(e).context("tail").into()),
     }
 }
 

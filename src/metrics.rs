@@ -114,6 +114,8 @@ pub struct CoreMetrics {
     pub log_flush_us_total: Counter,
     /// Log records replayed at start.
     pub replayed_lines_total: Counter,
+    /// Bytes cut from this core's log partition tail by recovery at start.
+    pub log_truncated_bytes_total: Counter,
     /// Longest time, in µs, this core spent on its share of a checkpoint.
     pub checkpoint_stall_us_max: Gauge,
 }
@@ -140,6 +142,7 @@ impl CoreMetrics {
             log_flushes_total: Counter::default(),
             log_flush_us_total: Counter::default(),
             replayed_lines_total: Counter::default(),
+            log_truncated_bytes_total: Counter::default(),
             checkpoint_stall_us_max: Gauge::default(),
         }
     }

@@ -228,7 +228,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         .collect();
     let metrics = Arc::new(Metrics::new(cores, listener_infos));
     let mut shards = open_shards(&config, cores, body.as_ref())?;
-    let mut partition_plan = plan_partitions(&config, cores, body.as_ref())?;
+    let mut partition_plan = plan_partitions(&config, cores, body.as_ref(), &metrics)?;
 
     let backends: Vec<EpollBackend> = (0..cores)
         .map(|_| EpollBackend::new())
@@ -352,16 +352,16 @@ fn plan_partitions(
     config: &Config,
     cores: usize,
     body: Option<&Body>,
+    metrics: &Metrics,
 ) -> Result<Vec<PartitionPlan>, Error> {
-    let options = log::Options {
-        segment_bytes: config.log.segment_bytes,
-        flush: config.log.flush,
-        flush_interval_ms: config.log.flush_interval_ms,
-    };
+    let options = log::Options::from(&config.log);
     let mut plans = Vec::new();
     for core in 0..cores as u16 {
         let dir = log::partition_dir(&config.data_dir, core);
         let (appender, report) = Appender::open(&dir, options)?;
+        metrics.cores[core as usize]
+            .log_truncated_bytes_total
+            .add(report.truncated_bytes);
         if report.truncated_bytes > 0 {
             tracing::warn!(
                 partition = core,

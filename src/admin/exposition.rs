@@ -220,6 +220,9 @@ fn register_cores(registry: &mut Registry, metrics: &Metrics) {
     let help = "Log records replayed at start";
     let replayed = per_core(&rows, |c| c.replayed_lines_total.get());
     counter(registry, "replayed_lines", help, replayed);
+    let help = "Bytes cut from the log partition's torn tail by recovery at start";
+    let truncated = per_core(&rows, |c| c.log_truncated_bytes_total.get());
+    counter(registry, "log_truncated_bytes", help, truncated);
     let help =
         "Longest time the core spent on its share of a checkpoint (flush, barrier, snapshot)";
     let stall = per_core(&rows, |c| {
@@ -449,6 +452,7 @@ mod tests {
         c.log_next_offset.set(1000);
         c.log_flushed_offset.set(900);
         c.windows_closed_total.add(4);
+        c.log_truncated_bytes_total.add(123);
         let text = encode(&m).unwrap();
         let l = lines(&text);
         for want in [
@@ -460,6 +464,7 @@ mod tests {
             r#"sluice_log_flushed_offset{core="1"} 900"#,
             r#"sluice_windows_closed_total{core="1"} 4"#,
             r#"sluice_windows_closed_total{core="0"} 0"#,
+            r#"sluice_log_truncated_bytes_total{core="1"} 123"#,
             "# UNIT sluice_backpressure_seconds seconds",
         ] {
             assert!(l.contains(&want), "missing `{want}` in\n{text}");

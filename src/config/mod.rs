@@ -221,6 +221,12 @@ pub struct LogConfig {
     pub flush: FlushPolicy,
     /// Flush interval under `flush = "interval"`.
     pub flush_interval_ms: u64,
+    /// Segment bytes kept per partition; older sealed segments are deleted (0: keep all).
+    #[serde(deserialize_with = "values::byte_size")]
+    pub retention_bytes: u64,
+    /// Hours of ingest time kept per partition; older sealed segments are deleted (0: keep
+    /// all).
+    pub retention_hours: u64,
 }
 
 impl Default for LogConfig {
@@ -229,6 +235,8 @@ impl Default for LogConfig {
             segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
             flush: FlushPolicy::Interval,
             flush_interval_ms: limits::FLUSH_INTERVAL_MS_DEFAULT,
+            retention_bytes: 0,
+            retention_hours: 0,
         }
     }
 }
@@ -538,6 +546,8 @@ key = "first_token"
 [log]
 segment_bytes = "8MiB"
 flush = "always"
+retention_bytes = "10GiB"
+retention_hours = 48
 
 [window]
 sizes = ["1s", "1m"]
@@ -558,6 +568,9 @@ keep = 2
         );
         assert_eq!(c.log.segment_bytes, 8 * 1024 * 1024);
         assert_eq!(c.log.flush, FlushPolicy::Always);
+        assert_eq!(c.log.retention_bytes, 10 << 30);
+        assert_eq!(c.log.retention_hours, 48);
+        assert_eq!(Config::default().log.retention_bytes, 0);
         assert_eq!(c.window.sizes, vec![Millis(1_000), Millis(60_000)]);
         assert_eq!(c.window.allowed_lateness, Millis(2_000));
     }

@@ -179,6 +179,10 @@ pub(super) fn line_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Erro
     Ok(n as u32)
 }
 
+pub(super) fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(ByteSize::deserialize(d)?.0)
+}
+
 pub(super) fn segment_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let n = ByteSize::deserialize(d)?.0;
     if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&n)

@@ -1,18 +1,22 @@
 //! The appender: the one writer of a partition. Lines go straight into the mapped segment;
-//! the header (with its CRC) is written at commit; segments roll when full.
+//! the header (with its CRC) is written at commit; segments roll when full; the segment's
+//! sparse index grows as batches are committed; retention deletes whole old segments.
 
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::flusher::{self, Offsets, Tracker};
+use super::index::{self, IndexBuilder, IndexWriter, SegmentIndex};
 use super::record::{self, BatchHeader, HEADER_BYTES, LINE_PREFIX_BYTES};
 use super::recovery;
 use super::segment::{self, Segment};
 use super::{
-    BATCH_PAYLOAD_BYTES_MAX, BatchInfo, Error, FlushPolicy, Lines, Offset, Options,
-    RECENT_BATCHES_MAX, RecoveryReport,
+    BATCH_PAYLOAD_BYTES_MAX, BatchInfo, Error, FLUSHER_WAKE_BYTES, FlushPolicy, Lines, Offset,
+    Options, RECENT_BATCHES_MAX, RETENTION_CHECK_INTERVAL_MS, RecoveryReport,
 };
 use crate::limits::{LINE_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 
@@ -29,6 +33,19 @@ struct RecentBatch {
     payload_bytes: u32,
 }
 
+/// A sealed segment on disk, as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SealedSegment {
+    /// Its base offset.
+    pub(crate) base: Offset,
+    /// Its file.
+    pub(crate) path: PathBuf,
+    /// Its file size.
+    pub(crate) file_bytes: u64,
+    /// The largest ingest time in it (`i64::MIN` when it holds no valid batch).
+    pub(crate) max_time_ms: i64,
+}
+
 /// The writer of one partition. Owned by one core.
 #[derive(Debug)]
 pub struct Appender {
@@ -38,25 +55,32 @@ pub struct Appender {
     segment: Segment,
     /// Recently sealed segments, oldest first, still mapped for `lines`.
     sealed: VecDeque<Segment>,
+    /// Every sealed segment on disk, oldest first (retention's view).
+    history: VecDeque<SealedSegment>,
+    /// Index of `segment`.
+    index: IndexWriter,
     /// End of the committed batches in `segment`: where the next batch header goes.
     write_pos: u64,
     /// Offset of the next line (everything before it is committed: "written").
     next_offset: Offset,
-    /// Everything before it is durable.
-    flushed_offset: Offset,
-    /// Bytes of `segment` before it are durable.
-    flushed_pos: u64,
-    /// A segment was created since the directory was last fsynced.
-    dir_dirty: bool,
-    last_flush: Instant,
+    /// Written, flushed and durable offsets, shared with the flusher thread.
+    tracker: Arc<Tracker>,
+    /// Position of `segment` at which to wake the flusher thread next.
+    wake_pos: u64,
+    /// Background flushes already reported by [`maybe_flush`](Self::maybe_flush).
+    flushes_seen: u64,
+    /// Retention never deletes a segment holding this offset or later ones.
+    retention_floor: Offset,
+    last_retention_check: Instant,
     recent: VecDeque<RecentBatch>,
     /// Batches committed but not yet handed out by [`BatchWriter::finish`].
     pending: Vec<BatchInfo>,
 }
 
 impl Appender {
-    /// Opens (creating if needed) the partition directory `dir`, recovers its tail and
-    /// positions the appender after the intact prefix.
+    /// Opens (creating if needed) the partition directory `dir`, recovers its tail,
+    /// rebuilds segment indexes that are missing, short or bad, and positions the appender
+    /// after the intact prefix.
     pub fn open(dir: &Path, options: Options) -> Result<(Appender, RecoveryReport), Error> {
         assert!(
             (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&options.segment_bytes)
@@ -70,25 +94,44 @@ impl Appender {
             path: dir.to_path_buf(),
             source,
         })?;
+        remove_orphan_indexes(dir)?;
         let recovered = recovery::recover(dir, options.segment_bytes)?;
         let report = RecoveryReport {
             next_offset: recovered.next_offset,
             truncated_bytes: recovered.truncated_bytes,
         };
+        let history = open_sealed(dir, recovered.segment.base())?;
+        let segment = recovered.segment;
+        let (prefix, builder) = index::build_from_bytes(segment.bytes(), segment.base());
+        let index = IndexWriter::start(dir, &prefix, builder);
+        // Sealed segments were made durable before their successor was created; the
+        // recovered batches of the newest one may still sit in the page cache only (after
+        // kill -9), so the first flush syncs them, the file and the directory.
+        let interval = (options.flush == FlushPolicy::Interval)
+            .then(|| Duration::from_millis(options.flush_interval_ms));
+        let tracker = Arc::new(Tracker::new(
+            dir.to_path_buf(),
+            interval,
+            segment.sync_handle(),
+            recovered.write_pos,
+            recovered.next_offset,
+            segment.base(),
+        ));
+        flusher::register(&tracker);
         let appender = Appender {
             dir: dir.to_path_buf(),
-            // Sealed segments were made durable before their successor was created; the
-            // recovered batches of the newest one may still sit in the page cache only (after
-            // kill -9), so the first flush syncs them, the file and the directory.
-            flushed_offset: recovered.segment.base(),
-            flushed_pos: 0,
-            dir_dirty: true,
             options,
-            segment: recovered.segment,
+            segment,
             sealed: VecDeque::new(),
+            history,
+            index,
             write_pos: recovered.write_pos,
             next_offset: recovered.next_offset,
-            last_flush: Instant::now(),
+            wake_pos: recovered.write_pos + FLUSHER_WAKE_BYTES,
+            tracker,
+            flushes_seen: 0,
+            retention_floor: Offset(0),
+            last_retention_check: Instant::now(),
             recent: VecDeque::with_capacity(RECENT_BATCHES_MAX),
             pending: Vec::new(),
         };
@@ -100,9 +143,14 @@ impl Appender {
         self.next_offset
     }
 
-    /// Offset up to which everything is flushed (durable).
+    /// Offset up to which everything is durable (flushed, with the segment's metadata).
     pub fn flushed_offset(&self) -> Offset {
-        self.flushed_offset
+        self.tracker.offsets().durable
+    }
+
+    /// The partition's offset tracker now: durable ≤ flushed ≤ written.
+    pub fn offsets(&self) -> Offsets {
+        self.tracker.offsets()
     }
 
     /// The partition directory.
@@ -121,42 +169,101 @@ impl Appender {
         }
     }
 
-    /// Makes every committed batch durable.
+    /// Makes every committed batch durable, now, on this thread (checkpoints, shutdown,
+    /// `flush = always`).
     pub fn flush(&mut self) -> Result<(), Error> {
-        assert!(self.flushed_pos <= self.write_pos);
-        self.segment
-            .flush_range(self.flushed_pos, self.write_pos - self.flushed_pos)?;
-        if self.dir_dirty {
-            self.segment.sync_file()?;
-            segment::sync_dir(&self.dir)?;
-            self.dir_dirty = false;
-        }
-        self.flushed_pos = self.write_pos;
-        assert!(
-            self.flushed_offset <= self.next_offset,
-            "flushed offset passed written"
+        self.index.write_pending();
+        self.tracker.flush_to(self.write_pos, self.next_offset)?;
+        assert_eq!(
+            self.tracker.offsets().durable,
+            self.next_offset,
+            "a synchronous flush makes everything written durable"
         );
-        self.flushed_offset = self.next_offset;
-        self.last_flush = Instant::now();
         Ok(())
     }
 
-    /// Flushes if the policy is `interval` and the interval has passed since the last flush.
-    /// Returns whether it flushed.
+    /// The periodic work of the core's tick: writes pending index entries, applies retention
+    /// (at most every `RETENTION_CHECK_INTERVAL_MS`), and reports the background flusher's
+    /// progress. Under `flush = interval` the flusher thread msyncs, not this call; it returns
+    /// whether that thread completed a flush since the last call, and the error it met, if
+    /// any.
     pub fn maybe_flush(&mut self, now: Instant) -> Result<bool, Error> {
+        self.index.write_pending();
+        let check = Duration::from_millis(RETENTION_CHECK_INTERVAL_MS);
+        if now.saturating_duration_since(self.last_retention_check) >= check {
+            self.last_retention_check = now;
+            if let Err(e) = self.apply_retention() {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "log retention failed");
+            }
+        }
         if self.options.flush != FlushPolicy::Interval {
             return Ok(false);
         }
-        let interval = Duration::from_millis(self.options.flush_interval_ms);
-        if now.saturating_duration_since(self.last_flush) < interval {
-            return Ok(false);
+        if let Some(e) = self.tracker.take_error() {
+            return Err(e);
         }
-        if self.flushed_offset == self.next_offset && !self.dir_dirty {
-            self.last_flush = now;
-            return Ok(false);
+        let (flushes, _) = self.tracker.background_flushes();
+        let flushed = flushes != self.flushes_seen;
+        self.flushes_seen = flushes;
+        Ok(flushed)
+    }
+
+    /// Flushes completed by the background flusher for this partition, and the microseconds
+    /// they took.
+    pub fn background_flushes(&self) -> (u64, u64) {
+        self.tracker.background_flushes()
+    }
+
+    /// Sets the retention floor: retention never deletes a segment holding offset `floor` or
+    /// a later one (the newest checkpoint's offset for this partition, from which a restart
+    /// replays). It only rises. Until it is set, retention deletes nothing. Takes effect at
+    /// the next tick ([`maybe_flush`](Self::maybe_flush)) or roll.
+    pub fn set_retention_floor(&mut self, floor: Offset) {
+        self.retention_floor = self.retention_floor.max(floor);
+    }
+
+    /// The retention floor (see [`set_retention_floor`](Self::set_retention_floor)).
+    pub fn retention_floor(&self) -> Offset {
+        self.retention_floor
+    }
+
+    /// Deletes the old sealed segments that `retention_bytes` and `retention_hours` no
+    /// longer keep, never one at or above the retention floor, never the active one; returns
+    /// how many it deleted.
+    pub fn apply_retention(&mut self) -> Result<usize, Error> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.apply_retention_at(now_ms)
+    }
+
+    /// [`apply_retention`](Self::apply_retention) at wall-clock time `now_ms`.
+    pub(crate) fn apply_retention_at(&mut self, now_ms: i64) -> Result<usize, Error> {
+        let policy = Retention {
+            bytes_max: self.options.retention_bytes,
+            hours: self.options.retention_hours,
+            floor: self.retention_floor,
+        };
+        let n = policy.expired(
+            self.history.make_contiguous(),
+            self.segment.base(),
+            self.segment.len(),
+            now_ms,
+        );
+        for _ in 0..n {
+            let Some(old) = self.history.front().cloned() else {
+                break;
+            };
+            remove_if_exists(&old.path)?;
+            remove_if_exists(&segment::index_path(&self.dir, old.base))?;
+            self.history.pop_front();
+            tracing::info!(
+                segment = %old.path.display(),
+                bytes = old.file_bytes,
+                "log segment deleted by retention"
+            );
         }
-        self.flush()?;
-        Ok(true)
+        Ok(n)
     }
 
     /// The lines of a batch this appender committed (still mapped).
@@ -218,11 +325,17 @@ impl Appender {
             file_pos: self.write_pos,
             payload_bytes,
         });
+        self.index.on_batch(self.write_pos, &header);
         self.pending.push(info);
         self.write_pos += header.batch_bytes();
         let next = info.end_offset();
         assert!(next > self.next_offset, "offsets only rise");
         self.next_offset = next;
+        self.tracker.publish_written(self.write_pos, next);
+        if self.write_pos >= self.wake_pos {
+            self.wake_pos = self.write_pos + FLUSHER_WAKE_BYTES;
+            flusher::wake(&self.tracker);
+        }
     }
 
     /// Seals the current segment and starts the next one, named by the next offset. The
@@ -232,15 +345,173 @@ impl Appender {
         self.flush()?;
         let next = Segment::create(&self.dir, self.next_offset, self.options.segment_bytes)?;
         tracing::debug!(segment = %next.path().display(), "log segment rolled");
+        let empty = SegmentIndex {
+            base: next.base(),
+            entries: Vec::new(),
+            seal: None,
+        };
+        let next_index = IndexWriter::start(&self.dir, &empty, IndexBuilder::new());
+        let sealed_index = std::mem::replace(&mut self.index, next_index);
+        let max_time_ms = sealed_index.seal(self.write_pos, self.next_offset);
+        self.tracker.roll(next.sync_handle(), self.next_offset);
         let sealed = std::mem::replace(&mut self.segment, next);
+        self.history.push_back(SealedSegment {
+            base: sealed.base(),
+            path: sealed.path().to_path_buf(),
+            file_bytes: sealed.len(),
+            max_time_ms,
+        });
         if self.sealed.len() == SEALED_MAPPED_MAX {
             self.sealed.pop_front();
         }
         self.sealed.push_back(sealed);
         self.write_pos = 0;
-        self.flushed_pos = 0;
-        self.dir_dirty = true;
+        self.wake_pos = FLUSHER_WAKE_BYTES;
+        flusher::wake(&self.tracker);
+        if let Err(e) = self.apply_retention() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "log retention failed");
+        }
         Ok(())
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        self.index.write_pending();
+    }
+}
+
+/// The retention bounds of a partition.
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    /// Total segment bytes kept (0: no bound).
+    bytes_max: u64,
+    /// Hours of ingest time kept (0: no bound).
+    hours: u64,
+    /// No segment holding this offset or a later one is deleted.
+    floor: Offset,
+}
+
+impl Retention {
+    /// How many of the oldest `sealed` segments (oldest first, followed by the active
+    /// segment at `active_base` of `active_bytes`) to delete at `now_ms`.
+    fn expired(
+        &self,
+        sealed: &[SealedSegment],
+        active_base: Offset,
+        active_bytes: u64,
+        now_ms: i64,
+    ) -> usize {
+        let mut total_bytes: u64 = sealed.iter().map(|s| s.file_bytes).sum::<u64>() + active_bytes;
+        let cutoff_ms = (self.hours > 0).then(|| {
+            let hours_ms = i64::try_from(self.hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
+            now_ms.saturating_sub(hours_ms)
+        });
+        let mut n = 0;
+        for (i, s) in sealed.iter().enumerate() {
+            let end = sealed.get(i + 1).map_or(active_base, |next| next.base);
+            if end > self.floor {
+                break;
+            }
+            let over_bytes = self.bytes_max > 0 && total_bytes > self.bytes_max;
+            let too_old = cutoff_ms.is_some_and(|cutoff| s.max_time_ms < cutoff);
+            if !(over_bytes || too_old) {
+                break;
+            }
+            total_bytes -= s.file_bytes;
+            n += 1;
+        }
+        n
+    }
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Removes index files whose segment is gone (retention stopped between the two unlinks)
+/// and temporary index files.
+fn remove_orphan_indexes(dir: &Path) -> Result<(), Error> {
+    let io_error = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io_error)? {
+        let entry = entry.map_err(io_error)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let orphan = segment::parse_index_name(name)
+            .is_some_and(|base| !segment::segment_path(dir, base).exists());
+        if orphan || name.ends_with(".idx.tmp") {
+            remove_if_exists(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The sealed segments of `dir` (every segment before `newest`), their indexes checked and
+/// rebuilt where missing, short or bad.
+fn open_sealed(dir: &Path, newest: Offset) -> Result<VecDeque<SealedSegment>, Error> {
+    let mut out = VecDeque::new();
+    for s in segment::list_segments(dir)?
+        .into_iter()
+        .filter(|s| s.base < newest)
+    {
+        let loaded = index::load(dir, s.base)?;
+        let index = match loaded {
+            l if l.is_complete() => l.index().expect("complete"),
+            l => {
+                tracing::info!(segment = %s.path.display(), found = ?IndexState::of(&l),
+                    "rebuilding log segment index");
+                let rebuilt = index::build_from_file(&s.path, s.base)?;
+                if let Err(e) = index::write(dir, &rebuilt) {
+                    tracing::warn!(error = %e, "cannot write rebuilt log index; readers scan");
+                }
+                rebuilt
+            }
+        };
+        let file_bytes = std::fs::metadata(&s.path)
+            .map_err(|source| Error::Io {
+                path: s.path.clone(),
+                source,
+            })?
+            .len();
+        out.push_back(SealedSegment {
+            base: s.base,
+            path: s.path,
+            file_bytes,
+            max_time_ms: index.sealed_max_time_ms().unwrap_or(i64::MIN),
+        });
+    }
+    Ok(out)
+}
+
+/// Why an index is rebuilt, for the log line.
+#[derive(Debug)]
+enum IndexState {
+    Missing,
+    Bad,
+    Damaged,
+    Unsealed,
+}
+
+impl IndexState {
+    fn of(loaded: &index::Loaded) -> IndexState {
+        match loaded {
+            index::Loaded::Missing => IndexState::Missing,
+            index::Loaded::Bad => IndexState::Bad,
+            index::Loaded::Index { damaged: true, .. } => IndexState::Damaged,
+            index::Loaded::Index { .. } => IndexState::Unsealed,
+        }
     }
 }
 
@@ -476,22 +747,57 @@ mod tests {
     }
 
     #[test]
-    fn flush_interval_flushes_only_once_the_interval_passed() {
+    fn flush_interval_flushes_in_the_background_and_maybe_flush_reports_it() {
         let dir = tempfile::tempdir().unwrap();
         let (mut appender, _) =
             Appender::open(dir.path(), small_options(FlushPolicy::Interval)).unwrap();
         write_batches(&mut appender, &[vec![b"a".to_vec(), b"b".to_vec()]]);
-        assert_eq!(appender.flushed_offset(), Offset(0));
-        let now = Instant::now();
-        assert!(!appender.maybe_flush(now).unwrap());
-        assert_eq!(appender.flushed_offset(), Offset(0));
-        assert!(
-            appender
-                .maybe_flush(now + Duration::from_millis(60))
-                .unwrap()
-        );
-        assert_eq!(appender.flushed_offset(), Offset(2));
-        assert!(!appender.maybe_flush(now + Duration::from_secs(10)).unwrap());
+        let o = appender.offsets();
+        assert_eq!(o.written, Offset(2));
+        assert!(o.durable <= o.flushed && o.flushed <= o.written);
+        // No msync on this thread: the flusher thread catches up within a few intervals.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while appender.flushed_offset() < Offset(2) {
+            assert!(Instant::now() < deadline, "flusher never flushed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(appender.maybe_flush(Instant::now()).unwrap());
+        assert!(!appender.maybe_flush(Instant::now()).unwrap());
+        let (flushes, _) = appender.background_flushes();
+        assert!(flushes >= 1);
+        // Nothing new written: the flusher does nothing more.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(appender.background_flushes().0, flushes);
+        write_batches(&mut appender, &[vec![b"c".to_vec()]]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while appender.flushed_offset() < Offset(3) {
+            assert!(Instant::now() < deadline, "flusher never flushed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(appender.offsets().flushed, Offset(3));
+    }
+
+    #[test]
+    fn a_synchronous_flush_and_the_flusher_keep_the_tracker_in_order_across_rolls() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = small_options(FlushPolicy::Interval);
+        options.flush_interval_ms = 1;
+        let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
+        for (i, batch) in many_batches(150).into_iter().enumerate() {
+            write_batches(&mut appender, &[batch]);
+            let o = appender.offsets();
+            assert!(o.durable <= o.flushed && o.flushed <= o.written, "{o:?}");
+            if i % 17 == 0 {
+                appender.flush().unwrap();
+                assert_eq!(appender.flushed_offset(), appender.next_offset());
+            }
+        }
+        assert!(list_segments(dir.path()).unwrap().len() >= 3);
+        appender.flush().unwrap();
+        let next = appender.next_offset();
+        drop(appender);
+        let (_, report) = Appender::open(dir.path(), options).unwrap();
+        assert_eq!((report.next_offset, report.truncated_bytes), (next, 0));
     }
 
     #[test]
@@ -528,5 +834,164 @@ mod tests {
         // The reader still reads what is there.
         let mut reader = Reader::open(dir.path(), Offset(0)).unwrap();
         while reader.next_batch().unwrap().is_some() {}
+    }
+
+    fn sealed(bases: &[u64], times: &[i64]) -> Vec<SealedSegment> {
+        bases
+            .iter()
+            .zip(times)
+            .map(|(&b, &t)| SealedSegment {
+                base: Offset(b),
+                path: PathBuf::from(format!("{b}.seg")),
+                file_bytes: 100,
+                max_time_ms: t,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_segments_over_the_byte_bound_down_to_the_floor() {
+        let segs = sealed(&[0, 10, 20, 30], &[0; 4]);
+        let by_bytes = |bytes_max, floor| {
+            Retention {
+                bytes_max,
+                hours: 0,
+                floor: Offset(floor),
+            }
+            .expired(&segs, Offset(40), 100, 0)
+        };
+        // 500 bytes in all, the active segment included.
+        assert_eq!(by_bytes(0, u64::MAX), 0, "no bound");
+        assert_eq!(by_bytes(500, u64::MAX), 0);
+        assert_eq!(by_bytes(499, u64::MAX), 1);
+        assert_eq!(by_bytes(250, u64::MAX), 3);
+        assert_eq!(by_bytes(1, u64::MAX), 4, "never the active segment");
+        // The floor: a segment holding it or later offsets stays.
+        assert_eq!(by_bytes(1, 0), 0, "no floor set: nothing");
+        assert_eq!(by_bytes(1, 19), 1);
+        assert_eq!(by_bytes(1, 20), 2);
+        assert_eq!(by_bytes(1, 39), 3);
+    }
+
+    #[test]
+    fn retention_deletes_segments_older_than_the_hours_bound_oldest_first() {
+        const HOUR_MS: i64 = 3_600_000;
+        let now = 100 * HOUR_MS;
+        let times = [
+            now - 50 * HOUR_MS,
+            now - 3 * HOUR_MS / 2,
+            now - 30 * HOUR_MS,
+            now,
+        ];
+        let segs = sealed(&[0, 10, 20, 30], &times);
+        let by_age = |hours, floor| {
+            Retention {
+                bytes_max: 0,
+                hours,
+                floor: Offset(floor),
+            }
+            .expired(&segs, Offset(40), 100, now)
+        };
+        assert_eq!(by_age(0, u64::MAX), 0, "no bound");
+        assert_eq!(by_age(60, u64::MAX), 0);
+        assert_eq!(by_age(40, u64::MAX), 1);
+        // The second is young: deletion stops there, whatever follows (no holes).
+        assert_eq!(by_age(2, u64::MAX), 1);
+        assert_eq!(by_age(1, u64::MAX), 3);
+        assert_eq!(by_age(1, 5), 0, "the floor wins");
+        let both = Retention {
+            bytes_max: 350,
+            hours: 40,
+            floor: Offset(u64::MAX),
+        };
+        assert_eq!(both.expired(&segs, Offset(40), 100, now), 2);
+    }
+
+    #[test]
+    fn retention_deletes_files_only_below_the_floor_and_a_reader_starts_at_the_oldest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = small_options(FlushPolicy::Never);
+        options.retention_bytes = 2 * SEGMENT_BYTES_MIN;
+        let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
+        let written = write_batches(&mut appender, &many_batches(150));
+        let before = list_segments(dir.path()).unwrap();
+        assert!(before.len() >= 5, "{} segments", before.len());
+        // No floor: inert, however far over the bound.
+        assert_eq!(appender.apply_retention().unwrap(), 0);
+        assert_eq!(list_segments(dir.path()).unwrap(), before);
+
+        // A floor inside the third segment: the first two go, with their indexes.
+        appender.set_retention_floor(Offset(before[2].base.0 + 1));
+        appender.set_retention_floor(Offset(1));
+        assert_eq!(appender.retention_floor(), Offset(before[2].base.0 + 1));
+        assert_eq!(appender.apply_retention().unwrap(), 2);
+        let after = list_segments(dir.path()).unwrap();
+        assert_eq!(after, before[2..]);
+        for s in &before[..2] {
+            assert!(!segment::index_path(dir.path(), s.base).exists());
+        }
+        let kept: Vec<_> = written
+            .iter()
+            .filter(|(i, _)| i.first_offset >= before[2].base)
+            .cloned()
+            .collect();
+        assert_eq!(read_all(dir.path(), Offset(0)), kept);
+
+        // A floor at the active segment: everything over the bound goes, never the active.
+        appender.set_retention_floor(appender.next_offset());
+        appender.apply_retention().unwrap();
+        let last = list_segments(dir.path()).unwrap();
+        assert_eq!(last.len(), 2);
+        assert_eq!(last[1], *before.last().unwrap());
+        let next = appender.next_offset();
+        drop(appender);
+        let (mut appender, report) = Appender::open(dir.path(), options).unwrap();
+        assert_eq!(report.next_offset, next);
+        assert_eq!(
+            appender.apply_retention().unwrap(),
+            0,
+            "floor forgotten: inert"
+        );
+    }
+
+    #[test]
+    fn retention_by_age_uses_the_newest_ingest_time_of_each_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = small_options(FlushPolicy::Never);
+        options.retention_hours = 1;
+        let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
+        // write_batches stamps batch i with ingest time 1000 + i ms.
+        write_batches(&mut appender, &many_batches(150));
+        let before = list_segments(dir.path()).unwrap();
+        appender.set_retention_floor(appender.next_offset());
+        let hour_ms = 3_600_000;
+        assert_eq!(appender.apply_retention_at(1_000 + hour_ms).unwrap(), 0);
+        assert_eq!(
+            appender.apply_retention_at(1_000 + 150 + hour_ms).unwrap(),
+            before.len() - 1
+        );
+        assert_eq!(
+            list_segments(dir.path()).unwrap(),
+            before[before.len() - 1..]
+        );
+    }
+
+    #[test]
+    fn the_flusher_prefaults_a_new_segment_under_every_policy() {
+        for flush in [
+            FlushPolicy::Never,
+            FlushPolicy::Always,
+            FlushPolicy::Interval,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut appender, _) = Appender::open(dir.path(), small_options(flush)).unwrap();
+            write_batches(&mut appender, &many_batches(60));
+            assert!(list_segments(dir.path()).unwrap().len() >= 2);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while appender.tracker.prefaulted_pos() < SEGMENT_BYTES_MIN {
+                assert!(Instant::now() < deadline, "{flush:?}: never prefaulted");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }

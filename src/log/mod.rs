@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! data_dir/log/p{NNN}/{base_offset:020}.seg     base_offset = first offset stored in it
+//! data_dir/log/p{NNN}/{base_offset:020}.idx     its sparse index (format in `index.rs`)
 //! ```
 //!
 //! Offsets count lines (records): a batch holding `n` lines with first offset `o` covers
@@ -57,16 +58,31 @@
 //! - `flushed_offset <= next_offset` (written); both only rise. After a restart the flushed
 //!   offset starts at the newest segment's base: its recovered batches are synced again.
 //! - Segment files are never shrunk while the process runs (a shrunk mapping is SIGBUS).
+//! - `durable <= flushed <= written` (asserted at every publication, see `flusher.rs`).
+//!   Under `flush = interval` one background thread msyncs every partition; the cores only
+//!   publish what they wrote. `flush()` (checkpoints, shutdown, `always`) is synchronous.
+//!   The same thread prefaults segment pages ahead of the writer, so first-touch page faults
+//!   (allocation and zero-filling) stay off the cores.
+//! - An index (`.idx`) is a cache of its segment: entries are CRC-checked one by one, a
+//!   missing, short or bad index is rebuilt from the segment when the appender opens the
+//!   partition (readers fall back to scanning), and a reader checks the batch an entry
+//!   points at before it trusts it.
+//! - Retention deletes whole sealed segments, oldest first, never the active one and never
+//!   one holding the retention floor (the newest checkpoint's offset) or a later offset;
+//!   with no floor set it deletes nothing.
 
 // `forbid` here would reach `segment.rs`, the one file that needs `unsafe`; every other
 // file of the module forbids it.
 #![deny(unsafe_code)]
 
 mod appender;
+mod flusher;
+mod index;
 mod reader;
 mod record;
 mod recovery;
 mod segment;
+mod tail;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -75,8 +91,10 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::config::FlushPolicy;
 pub use appender::{Appender, BatchWriter};
+pub use flusher::Offsets;
 pub use reader::{Batch, Reader};
 pub use record::Lines;
+pub use tail::{TAIL_POLL_MS, tail};
 pub use verify::{
     DumpStats, PartitionReport, Problem, ProblemKind, VerifyReport, dump, verify, write_batch,
 };
@@ -87,6 +105,27 @@ pub const BATCH_PAYLOAD_BYTES_MAX: u32 = 1024 * 1024;
 
 /// Batches [`Appender::lines`] can still find after they were committed.
 pub const RECENT_BATCHES_MAX: usize = 1024;
+
+/// Segment bytes between two entries of a segment's sparse index: a seek reads at most about
+/// this much (plus one batch) past the entry it starts from.
+pub const INDEX_INTERVAL_BYTES: u64 = 64 * 1024;
+
+/// The appender wakes the flusher thread each time it has written this many more bytes of a
+/// segment: under `flush = interval` the flusher then flushes what is written (so a flush
+/// happens every `flush_interval_ms` or every this many bytes, whichever comes first, and a
+/// roll never has much left to flush), and under every policy it prefaults the segment
+/// ahead of the writer.
+pub const FLUSHER_WAKE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How far ahead of the write position the flusher thread prefaults a segment's pages.
+pub const PREFAULT_AHEAD_BYTES: u64 = 16 * 1024 * 1024;
+
+const _: () = assert!(PREFAULT_AHEAD_BYTES >= 2 * FLUSHER_WAKE_BYTES);
+
+/// How often the appender's tick checks the retention bounds.
+pub const RETENTION_CHECK_INTERVAL_MS: u64 = 1_000;
+
+const _: () = assert!(INDEX_INTERVAL_BYTES.is_multiple_of(record::BATCH_ALIGN_BYTES));
 
 const _: () = assert!(crate::limits::LINE_BYTES_MAX + 4 <= BATCH_PAYLOAD_BYTES_MAX);
 // A line, its length prefix and a batch header always fit in a fresh segment.
@@ -164,6 +203,22 @@ pub struct Options {
     pub flush: FlushPolicy,
     /// Flush interval under [`FlushPolicy::Interval`].
     pub flush_interval_ms: u64,
+    /// Segment bytes kept per partition before retention deletes the oldest (0: no bound).
+    pub retention_bytes: u64,
+    /// Hours of ingest time kept per partition (0: no bound).
+    pub retention_hours: u64,
+}
+
+impl From<&crate::config::LogConfig> for Options {
+    fn from(c: &crate::config::LogConfig) -> Options {
+        Options {
+            segment_bytes: c.segment_bytes,
+            flush: c.flush,
+            flush_interval_ms: c.flush_interval_ms,
+            retention_bytes: c.retention_bytes,
+            retention_hours: c.retention_hours,
+        }
+    }
 }
 
 /// What opening a partition found and repaired.
@@ -238,6 +293,8 @@ pub(crate) mod test_support {
             segment_bytes: crate::limits::SEGMENT_BYTES_MIN,
             flush,
             flush_interval_ms: 50,
+            retention_bytes: 0,
+            retention_hours: 0,
         }
     }
 

@@ -1,30 +1,55 @@
 //! Segment files: naming, listing, preallocation and the appender's read-write mapping.
-//! The only file of the log module with `unsafe` (mapping a file, and `fallocate`).
+//! The only file of the log module with `unsafe` (mapping a file, slicing the mapping, and
+//! `fallocate`).
 //!
 //! The mapping is sound only while the file is at least as long as the mapping: a shorter
 //! file turns the next access past its end into SIGBUS. The log never shrinks a segment file
-//! (recovery zeroes a torn tail instead of truncating), and segment files are preallocated
-//! with `fallocate` so a full disk is an error at roll time, not SIGBUS on a later store.
-//! Readers use plain file reads, never mappings.
+//! (recovery zeroes a torn tail instead of truncating; retention unlinks whole files, which
+//! leaves existing mappings intact), and segment files are preallocated with `fallocate` so a
+//! full disk is an error at roll time, not SIGBUS on a later store. Readers use plain file
+//! reads, never mappings.
+//!
+//! Ownership of a mapping: it is an `Arc<MmapRaw>`. The [`Segment`] (owned by the one
+//! appender of the partition) is the only holder that ever makes Rust references into it;
+//! [`SegmentSync`] handles (held by the background flusher) only pass its address range to
+//! `msync`. The mapping is unmapped when the last holder drops, so a flusher that is still
+//! syncing a segment the appender has let go of keeps it mapped until it is done.
 
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::{Advice, MmapOptions, MmapRaw};
 
 use super::{Error, Offset};
 
 /// File name extension of segments.
 const SEGMENT_EXTENSION: &str = "seg";
+/// File name extension of segment indexes.
+const INDEX_EXTENSION: &str = "idx";
 /// Digits of the base offset in a segment file name.
 const SEGMENT_NAME_DIGITS: usize = 20;
 
 /// Path of the segment of `dir` whose first offset is `base`.
 pub(crate) fn segment_path(dir: &Path, base: Offset) -> PathBuf {
     dir.join(format!("{:020}.{SEGMENT_EXTENSION}", base.0))
+}
+
+/// Path of the sparse index of the segment of `dir` whose first offset is `base`.
+pub(crate) fn index_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{:020}.{INDEX_EXTENSION}", base.0))
+}
+
+/// The base offset named by an index file name, `None` for any other file.
+pub(crate) fn parse_index_name(name: &str) -> Option<Offset> {
+    let digits = name.strip_suffix(INDEX_EXTENSION)?.strip_suffix('.')?;
+    if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(Offset)
 }
 
 /// The base offset named by a segment file name, `None` for any other file.
@@ -129,8 +154,8 @@ fn fallocate(_file: &File, _len: libc::off_t) -> io::Result<()> {
 pub(crate) struct Segment {
     path: PathBuf,
     base: Offset,
-    file: File,
-    map: MmapMut,
+    file: Arc<File>,
+    map: Arc<MmapRaw>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -184,17 +209,15 @@ impl Segment {
         preallocate(&file, &path, len)?;
         let len_usize = usize::try_from(len)
             .map_err(|_| io_error(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        // SAFETY: the file is at least `len` bytes long (preallocated just above) and stays so
-        // for the life of the mapping: this module never shrinks a segment file, and the
-        // data directory belongs to this process (another process truncating it would be
-        // SIGBUS, as with any mapped file). Concurrent writers do not exist: only the owning
-        // appender maps a segment read-write, and readers use file reads.
-        let map = unsafe { MmapOptions::new().len(len_usize).map_mut(&file) }.map_err(io_error)?;
+        let map = MmapOptions::new()
+            .len(len_usize)
+            .map_raw(&file)
+            .map_err(io_error)?;
         Ok(Segment {
             path,
             base,
-            file,
-            map,
+            file: Arc::new(file),
+            map: Arc::new(map),
         })
     }
 
@@ -215,26 +238,88 @@ impl Segment {
 
     /// Its contents.
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.map
+        // SAFETY: the mapping is `map.len()` bytes, readable, and stays mapped while `self`
+        // holds its `Arc`. The file is at least that long (preallocated in `map`) and the log
+        // never shrinks it (retention unlinks, which keeps the pages), so no access faults;
+        // a truncation by another process would be SIGBUS, as with any mapped file (the data
+        // directory belongs to this process). Aliasing: `Segment` is not `Clone` and is the
+        // only holder that makes references into the mapping (`SegmentSync` only hands the
+        // address range to msync), so this shared borrow of `self` cannot coexist with the
+        // `&mut` that `bytes_mut` hands out.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
     }
 
     /// Its contents, to write.
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.map
+        // SAFETY: as in `bytes`: valid, writable (`map_raw` maps read-write, shared) and
+        // mapped for as long as `self` lives; `&mut self` makes this the only reference into
+        // the mapping in the process. The flusher's concurrent msync of the same pages reads
+        // them in the kernel, outside Rust's memory model: at worst it writes back a page
+        // holding bytes of a batch not yet committed, which is not data until its header is
+        // written (and is flushed again once it is).
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr(), self.map.len()) }
+    }
+
+    /// A handle that can make ranges of this segment durable from another thread.
+    pub(crate) fn sync_handle(&self) -> SegmentSync {
+        SegmentSync {
+            path: self.path.clone(),
+            file: self.file.clone(),
+            map: self.map.clone(),
+        }
     }
 
     /// Makes bytes `pos..pos+len` durable (msync).
     pub(crate) fn flush_range(&self, pos: u64, len: u64) -> Result<(), Error> {
-        if len == 0 {
-            return Ok(());
-        }
-        let io_error = |source| Error::Io {
-            path: self.path.clone(),
-            source,
+        flush_map_range(&self.map, &self.path, pos, len)
+    }
+}
+
+/// Makes a segment's bytes durable without access to its contents: what the background
+/// flusher holds. Keeps the mapping (and the file) alive while it exists.
+#[derive(Clone)]
+pub(crate) struct SegmentSync {
+    path: PathBuf,
+    file: Arc<File>,
+    map: Arc<MmapRaw>,
+}
+
+impl std::fmt::Debug for SegmentSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentSync")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl SegmentSync {
+    /// Makes bytes `pos..pos+len` durable (msync).
+    pub(crate) fn flush_range(&self, pos: u64, len: u64) -> Result<(), Error> {
+        flush_map_range(&self.map, &self.path, pos, len)
+    }
+
+    /// Its size in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Faults in bytes `pos..pos+len` for writing ahead of the appender, so the kernel's
+    /// page allocation and zero-filling (and the file system's write-fault work) happen on
+    /// the calling thread, not on the core's next stores. Contents do not change. Best
+    /// effort: kernels before 5.14 lack `MADV_POPULATE_WRITE` and get a readahead instead.
+    pub(crate) fn prefault(&self, pos: u64, len: u64) {
+        let (Ok(pos), Ok(len)) = (usize::try_from(pos), usize::try_from(len)) else {
+            return;
         };
-        let pos = usize::try_from(pos).map_err(|_| io_error(io::ErrorKind::InvalidInput.into()))?;
-        let len = usize::try_from(len).map_err(|_| io_error(io::ErrorKind::InvalidInput.into()))?;
-        self.map.flush_range(pos, len).map_err(io_error)
+        if len == 0
+            || self
+                .map
+                .advise_range(Advice::PopulateWrite, pos, len)
+                .is_ok()
+        {
+            return;
+        }
+        let _ = self.map.advise_range(Advice::WillNeed, pos, len);
     }
 
     /// Makes the file's metadata (its preallocated size) durable.
@@ -244,6 +329,19 @@ impl Segment {
             source,
         })
     }
+}
+
+fn flush_map_range(map: &MmapRaw, path: &Path, pos: u64, len: u64) -> Result<(), Error> {
+    if len == 0 {
+        return Ok(());
+    }
+    let io_error = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let pos = usize::try_from(pos).map_err(|_| io_error(io::ErrorKind::InvalidInput.into()))?;
+    let len = usize::try_from(len).map_err(|_| io_error(io::ErrorKind::InvalidInput.into()))?;
+    map.flush_range(pos, len).map_err(io_error)
 }
 
 #[cfg(test)]

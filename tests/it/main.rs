@@ -6,3 +6,4 @@ mod defaults;
 mod e2e;
 mod harness;
 mod hostile;
+mod log;
