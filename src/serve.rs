@@ -248,6 +248,9 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         stop: AtomicBool::new(false),
         exit: AtomicBool::new(false),
         doorbells,
+        retention_floors: (0..cores)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
     });
     let (report_tx, report_rx) = unbounded();
     let listeners = Arc::new(config.listeners.clone());
@@ -326,6 +329,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         window_sizes_ms: config.window.sizes.iter().map(|s| s.as_i64()).collect(),
         epoch: first_epoch,
         in_flight: None,
+        kept: std::collections::VecDeque::new(),
         metrics: metrics.clone(),
         control: control.clone(),
     };
@@ -485,6 +489,8 @@ struct Coordinator {
     window_sizes_ms: Vec<i64>,
     epoch: u64,
     in_flight: Option<InFlight>,
+    /// Partition offsets of the checkpoints kept on disk, oldest first.
+    kept: std::collections::VecDeque<Vec<PartitionState>>,
     metrics: Arc<Metrics>,
     control: Arc<Control>,
 }
@@ -591,6 +597,32 @@ impl Coordinator {
         self.control.wake_all();
     }
 
+    /// Lets retention delete log only below what every kept checkpoint replays from, so a
+    /// restart can fall back to the oldest kept checkpoint. Until this run has committed `keep`
+    /// checkpoints (the older ones on disk came from an earlier run), it deletes nothing.
+    fn raise_retention_floors(&mut self, partitions: Vec<PartitionState>) {
+        self.kept.push_back(partitions);
+        while self.kept.len() > self.keep {
+            self.kept.pop_front();
+        }
+        if self.kept.len() < self.keep {
+            return;
+        }
+        for (core, floor) in self.control.retention_floors.iter().enumerate() {
+            let oldest = self
+                .kept
+                .iter()
+                .map(|ps| {
+                    ps.iter()
+                        .find(|p| p.partition as usize == core)
+                        .map_or(0, |p| p.next_offset)
+                })
+                .min()
+                .unwrap_or(0);
+            floor.fetch_max(oldest, Ordering::AcqRel);
+        }
+    }
+
     fn commit(&mut self) -> Result<(), Error> {
         let f = self.in_flight.take().expect("a checkpoint is in flight");
         let mut partitions = f.partitions;
@@ -619,6 +651,7 @@ impl Coordinator {
                 if let Err(e) = checkpoint::file::prune(&self.checkpoint_dir, self.keep) {
                     tracing::warn!(error = %e, "cannot prune old checkpoints");
                 }
+                self.raise_retention_floors(body.partitions);
                 Ok(())
             }
             Err(e) => {

@@ -65,6 +65,8 @@ pub struct Ingest {
     allowed_lateness_ms: i64,
     injected_epoch: u64,
     blocked_since: Option<Instant>,
+    /// Background flushes (count, µs) already added to the metrics.
+    flushes_seen: (u64, u64),
     append_errors: u64,
     pub(super) metrics: Arc<Metrics>,
     pub(super) control: Arc<Control>,
@@ -105,6 +107,7 @@ impl Ingest {
             allowed_lateness_ms: setup.allowed_lateness_ms,
             injected_epoch: setup.control.checkpoint_epoch.load(Ordering::Acquire),
             blocked_since: None,
+            flushes_seen: (0, 0),
             append_errors: 0,
             metrics: setup.metrics,
             control: setup.control,
@@ -331,17 +334,16 @@ impl Ingest {
                 self.note_blocked();
             }
         }
-        let started = Instant::now();
-        match self.appender.maybe_flush(now) {
-            Ok(true) => {
-                let m = &self.metrics.cores[self.id as usize];
-                m.log_flushes_total.add(1);
-                m.log_flush_us_total
-                    .add(started.elapsed().as_micros() as u64);
-            }
-            Ok(false) => {}
-            Err(e) => tracing::error!(core = self.id, error = %e, "log flush failed"),
+        let floor = self.control.retention_floors[self.id as usize].load(Ordering::Acquire);
+        self.appender.set_retention_floor(crate::log::Offset(floor));
+        if let Err(e) = self.appender.maybe_flush(now) {
+            tracing::error!(core = self.id, error = %e, "log flush failed");
         }
+        let (flushes, flush_us) = self.appender.background_flushes();
+        let m = &self.metrics.cores[self.id as usize];
+        m.log_flushes_total.add(flushes - self.flushes_seen.0);
+        m.log_flush_us_total.add(flush_us - self.flushes_seen.1);
+        self.flushes_seen = (flushes, flush_us);
         self.shard
             .output()
             .flush()

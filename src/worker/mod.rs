@@ -52,6 +52,9 @@ pub struct Control {
     pub exit: AtomicBool,
     /// One per core, to wake it.
     pub doorbells: Vec<Doorbell>,
+    /// Per partition of a core: retention never deletes log at or after this offset (the
+    /// oldest offset any kept checkpoint replays from).
+    pub retention_floors: Vec<AtomicU64>,
 }
 
 impl Control {

@@ -367,3 +367,63 @@ fn log_tail_follows_a_live_instance_until_interrupted() {
     reader.join().unwrap();
     assert!(sluice.stop().success());
 }
+
+#[test]
+fn retention_deletes_old_segments_only_behind_every_kept_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[log]\nsegment_bytes = \"1MiB\"\nretention_bytes = \"3MiB\"\n[checkpoint]\ninterval_ms = 200\nkeep = 2\n",
+    )
+    .unwrap();
+    let sluice = start(&data, &config, &[]);
+    const LINES: u64 = 100_000; // ~10 MB per connection
+    send_all(sluice.addr("raw"), 2, LINES);
+    assert!(wait_for(Duration::from_secs(60), || lines_total(&sluice)
+        >= 2 * LINES));
+    // Retention runs on the cores' ticks once `keep` checkpoints have passed the old segments:
+    // the first segment (base offset 0) of a busy partition goes, and at most ~3 MiB remain.
+    let first_bases = || -> Vec<(u64, usize)> {
+        (0..2)
+            .map(|p| data.join(format!("log/p{p:03}")))
+            .filter(|d| d.exists())
+            .map(|d| segments(&d))
+            .filter(|s| !s.is_empty())
+            .map(|s| (s[0].0, s.len()))
+            .collect()
+    };
+    let trimmed = wait_for(Duration::from_secs(30), || {
+        first_bases().iter().any(|(base, n)| *base > 0 && *n <= 5)
+    });
+    assert!(
+        trimmed,
+        "old segments were not deleted: {:?}",
+        first_bases()
+    );
+    let (code, text) = verify(&data);
+    assert_eq!(code, 0, "{text}");
+    // What is left is, per connection, the newest lines, contiguous up to the last one sent.
+    let mut by_conn: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    for (c, i) in dump(&data) {
+        by_conn.entry(c).or_default().push(i);
+    }
+    for (c, mut idx) in by_conn {
+        idx.sort_unstable();
+        let first = idx[0];
+        assert!(
+            idx.iter().enumerate().all(|(k, i)| *i == first + k as u64),
+            "connection {c} has a gap"
+        );
+        assert_eq!(
+            *idx.last().unwrap(),
+            LINES - 1,
+            "connection {c} lost its newest lines"
+        );
+    }
+    assert!(sluice.stop().success());
+    // A restart replays from the checkpoint, which retention never passed.
+    let sluice = start(&data, &config, &[]);
+    assert!(sluice.stop().success());
+}
