@@ -74,7 +74,7 @@ fn main() {
             .unwrap();
         let mut restored = Shard::new(&params, 1, i64::MIN, out);
         for w in decoded.shards[0].windows() {
-            restored.restore(&w.unwrap()).unwrap();
+            restored.restore(w.unwrap()).unwrap();
         }
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
         assert_eq!(restored.open_windows(), n);

@@ -463,7 +463,7 @@ fn open_shards(config: &Config, cores: usize, body: Option<&Body>) -> Result<Vec
         for record in state.windows() {
             let record = record?;
             let core = owner(record.key.as_bytes(), cores) as usize;
-            shards[core].restore(&record).map_err(io_err(
+            shards[core].restore(record).map_err(io_err(
                 "cannot write",
                 &aggregates_path(data_dir, core as u16),
             ))?;

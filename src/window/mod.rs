@@ -420,7 +420,7 @@ impl Shard {
     /// Restores an open window from a checkpoint. A window the frontier has already passed
     /// (possible when the number of cores changed and keys moved between shards) was never
     /// written by its old shard, so it is written now.
-    pub fn restore(&mut self, record: &WindowRecord) -> io::Result<()> {
+    pub fn restore(&mut self, record: WindowRecord) -> io::Result<()> {
         let spec = WindowSpec {
             size_ms: record.size_ms,
             hop_ms: record.hop_ms,
@@ -445,7 +445,7 @@ impl Shard {
             .find(|w| w.spec_idx == spec_idx as u8 && w.start_ms == record.start_ms)
         {
             Some(w) => w.agg.merge(&record.agg),
-            None => *self.open(slot, spec_idx as u8, record.start_ms) = record.agg.clone(),
+            None => *self.open(slot, spec_idx as u8, record.start_ms) = record.agg,
         }
         Ok(())
     }

@@ -131,7 +131,7 @@ fn snapshot_and_restore_round_trip() {
     let dir2 = tempfile::tempdir().unwrap();
     let mut b = shard(dir2.path(), &[1000, 60_000], 100, 1);
     for r in &snap {
-        b.restore(r).unwrap();
+        b.restore(r.clone()).unwrap();
     }
     assert_eq!(b.snapshot(), snap);
     assert_eq!(b.open_windows(), a.open_windows());
@@ -365,7 +365,7 @@ mod watermark_props {
             let dir2 = tempfile::tempdir().unwrap();
             let mut b = shard(dir2.path(), &[1000, 3000], 100, 1);
             for r in &snap {
-                b.restore(r).unwrap();
+                b.restore(r.clone()).unwrap();
             }
             prop_assert_eq!(b.snapshot(), snap);
         }
