@@ -3,14 +3,13 @@
 //! recomputes every (key, window) from `sluice log dump` and must equal the aggregates output
 //! exactly. Set `SLUICE_CRASH_SEED` to replay a failing run.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Row, Sluice, now_secs, read_aggregates, run, wait_for};
+use crate::harness::{Rows, Sluice, expect_1s, now_secs, read_aggregates, run, wait_for};
 
 struct Rng(u64);
 
@@ -107,32 +106,21 @@ impl Load {
 }
 
 /// Recomputes every 1 s window from the log, with its own parsing and arithmetic.
-fn oracle(data: &std::path::Path) -> (BTreeMap<(String, String, i64), Row>, u64) {
+fn oracle(data: &std::path::Path) -> (Rows, u64) {
     let dump = run(&["log", "dump", "--data-dir", data.to_str().unwrap()]);
     assert!(
         dump.status.success(),
         "dump failed: {}",
         String::from_utf8_lossy(&dump.stderr)
     );
-    let mut rows = BTreeMap::new();
+    let mut rows = Rows::new();
     let mut lines = 0;
     for line in String::from_utf8(dump.stdout).unwrap().lines() {
         let mut f = line.split(' ');
         let (key, value, ts) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
         let value: f64 = value.parse().unwrap();
         let ts: i64 = ts.parse().unwrap();
-        let row = rows
-            .entry((key.to_string(), "1s".to_string(), ts * 1000))
-            .or_insert(Row {
-                count: 0,
-                sum: 0.0,
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-            });
-        row.count += 1;
-        row.sum += value;
-        row.min = row.min.min(value);
-        row.max = row.max.max(value);
+        expect_1s(&mut rows, key, ts, value);
         lines += 1;
     }
     (rows, lines)

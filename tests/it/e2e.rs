@@ -1,29 +1,13 @@
 //! The appliance end to end: TCP and UDP Graphite input → log → shards → windows → output,
 //! across a clean stop and restart.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
-use crate::harness::{Row, Sluice, now_secs, read_aggregates, run, wait_for};
+use crate::harness::{Rows, Sluice, expect_1s, now_secs, read_aggregates, run, wait_for};
 
-type Expected = BTreeMap<(String, String, i64), Row>;
-
-fn expect(expected: &mut Expected, key: &str, t_secs: i64, value: f64) {
-    let row = expected
-        .entry((key.to_string(), "1s".to_string(), t_secs * 1000))
-        .or_insert(Row {
-            count: 0,
-            sum: 0.0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-        });
-    row.count += 1;
-    row.sum += value;
-    row.min = row.min.min(value);
-    row.max = row.max.max(value);
-}
+type Expected = Rows;
 
 fn subset(all: &Expected, prefix: &str) -> Expected {
     all.iter()
@@ -75,7 +59,7 @@ fn graphite_over_tcp_and_udp_is_counted_exactly_across_a_restart() {
         let value = ((i * 7) % 1000) as f64 / 4.0;
         let t = t0 + (i * SPAN_SECS / TCP_LINES) as i64;
         let line = graphite_line(&key, value, t);
-        expect(&mut expected, &key, t, value);
+        expect_1s(&mut expected, &key, t, value);
         sent_lines.push(line.trim_end().to_string());
         bufs[i % 4].push_str(&line);
         if (i + 1) % 1000 == 0 {
@@ -92,7 +76,7 @@ fn graphite_over_tcp_and_udp_is_counted_exactly_across_a_restart() {
                     let value = (j % 40) as f64 / 2.0;
                     let t = t0 + (j * SPAN_SECS / UDP_LINES) as i64;
                     let line = graphite_line(&key, value, t);
-                    expect(&mut expected, &key, t, value);
+                    expect_1s(&mut expected, &key, t, value);
                     sent_lines.push(line.trim_end().to_string());
                     datagram.push_str(&line);
                 }
@@ -148,7 +132,7 @@ fn graphite_over_tcp_and_udp_is_counted_exactly_across_a_restart() {
             // stay open across the stop (the watermark needs 4 s of idle time to pass them).
             let t = t1 + (i % 2) as i64;
             let line = graphite_line(&key, value, t);
-            expect(expected, &key, t, value);
+            expect_1s(expected, &key, t, value);
             sent.push(line.trim_end().to_string());
             buf.push_str(&line);
         }

@@ -198,6 +198,26 @@ pub struct Row {
     pub max: f64,
 }
 
+/// Every aggregates row by (key, window, start_ms).
+pub type Rows = BTreeMap<(String, String, i64), Row>;
+
+/// Folds `value` into the expected 1 s window row of `key` at `t_secs`: the tests' own
+/// arithmetic, sharing no code with the window module.
+pub fn expect_1s(rows: &mut Rows, key: &str, t_secs: i64, value: f64) {
+    let row = rows
+        .entry((key.to_string(), "1s".to_string(), t_secs * 1000))
+        .or_insert(Row {
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        });
+    row.count += 1;
+    row.sum += value;
+    row.min = row.min.min(value);
+    row.max = row.max.max(value);
+}
+
 /// Every aggregates row, keyed by (key, window, start_ms); panics on a duplicate.
 pub fn read_aggregates(data_dir: &Path) -> BTreeMap<(String, String, i64), Row> {
     let mut out = BTreeMap::new();
