@@ -11,7 +11,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fields;
 pub mod graphite;
+pub mod influx;
+pub mod json;
+pub mod logfmt;
 pub mod raw;
 pub mod statsd;
 pub mod syslog;
@@ -105,6 +109,12 @@ pub enum Parser {
     Statsd(statsd::StatsdParser),
     /// `syslog` format (RFC 5424 and RFC 3164).
     Syslog(syslog::SyslogParser),
+    /// `influx` line protocol.
+    Influx(influx::InfluxParser),
+    /// `json` lines.
+    Json(json::JsonParser),
+    /// `logfmt` lines.
+    Logfmt(logfmt::LogfmtParser),
 }
 
 impl Parser {
@@ -115,6 +125,9 @@ impl Parser {
             Format::Graphite => Parser::Graphite(graphite::GraphiteParser::new(options)),
             Format::Statsd => Parser::Statsd(statsd::StatsdParser::new(options)),
             Format::Syslog => Parser::Syslog(syslog::SyslogParser::new(options)),
+            Format::Influx => Parser::Influx(influx::InfluxParser::new(options)),
+            Format::Json => Parser::Json(json::JsonParser::new(options, listener_name)),
+            Format::Logfmt => Parser::Logfmt(logfmt::LogfmtParser::new(options, listener_name)),
         }
     }
 
@@ -132,6 +145,9 @@ impl Parser {
             Parser::Graphite(p) => p.parse(line, ingest_ms, sink),
             Parser::Statsd(p) => p.parse(line, ingest_ms, sink),
             Parser::Syslog(p) => p.parse(line, ingest_ms, sink),
+            Parser::Influx(p) => p.parse(line, ingest_ms, sink),
+            Parser::Json(p) => p.parse(line, ingest_ms, sink),
+            Parser::Logfmt(p) => p.parse(line, ingest_ms, sink),
         }
     }
 }
@@ -187,11 +203,14 @@ mod tests {
         assert_eq!(parse_finite(b""), Err(Reject::BadNumber));
     }
 
-    const FORMATS: [Format; 4] = [
+    const FORMATS: [Format; 7] = [
         Format::Raw,
         Format::Graphite,
         Format::Statsd,
         Format::Syslog,
+        Format::Influx,
+        Format::Json,
+        Format::Logfmt,
     ];
 
     proptest! {
