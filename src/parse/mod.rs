@@ -152,6 +152,47 @@ impl Parser {
     }
 }
 
+/// Parses `line` and checks the contract every parser keeps, panicking if it is broken: each
+/// event has a valid key, a finite value and a time in range; the count returned is the
+/// number of events emitted, and a reject emits none. The property tests and the fuzz targets
+/// (`tools/fuzz`) both call this.
+pub fn parse_checked(parser: &mut Parser, line: &[u8], ingest_ms: i64) -> Result<u32, Reject> {
+    let mut events = 0u32;
+    let result = parser.parse(line, ingest_ms, &mut |e| {
+        events += 1;
+        assert!(check_key(e.key).is_ok(), "bad key {:?}", e.key);
+        assert!(e.value.is_finite(), "value {}", e.value);
+        assert!((0..=TIME_MS_MAX).contains(&e.time_ms), "time {}", e.time_ms);
+    });
+    match result {
+        Ok(n) => assert_eq!(n, events, "count returned != events emitted"),
+        Err(_) => assert_eq!(events, 0, "events emitted before a reject"),
+    }
+    result
+}
+
+/// Options that reach every code path of `json` and `logfmt` (and `raw` by first token), for
+/// property tests, fuzz targets and benchmarks.
+pub fn test_options(format: Format) -> FormatOptions {
+    match format {
+        Format::Json => FormatOptions {
+            key: Some(vec!["service".into(), "http.status".into()]),
+            value: Some("latency_ms".into()),
+            time: Some("ts".into()),
+        },
+        Format::Logfmt => FormatOptions {
+            key: Some(vec!["service".into(), "status".into()]),
+            value: Some("latency_ms".into()),
+            time: Some("ts".into()),
+        },
+        Format::Raw => FormatOptions {
+            key: Some(vec!["first_token".into()]),
+            ..FormatOptions::default()
+        },
+        _ => FormatOptions::default(),
+    }
+}
+
 /// Parses a finite decimal number (as `str::parse::<f64>` does), rejecting NaN and ±inf.
 #[inline]
 pub fn parse_finite(bytes: &[u8]) -> Result<f64, Reject> {
@@ -219,24 +260,17 @@ mod tests {
             line in prop::collection::vec(
                 prop_oneof![
                     Just(b' '), Just(b':'), Just(b'|'), Just(b';'), Just(b'<'), Just(b'>'),
-                    Just(b'1'), Just(b'.'), any::<u8>()
+                    Just(b'1'), Just(b'.'), Just(b'='), Just(b','), Just(b'"'), Just(b'{'),
+                    Just(b'}'), Just(b'\\'), any::<u8>()
                 ],
                 0..100,
             ),
             ingest_ms in 0..=TIME_MS_MAX,
         ) {
             for format in FORMATS {
-                let mut parser = Parser::new(format, &FormatOptions::default(), "listener");
-                let mut events = 0;
-                let result = parser.parse(&line, ingest_ms, &mut |e| {
-                    events += 1;
-                    assert!(check_key(e.key).is_ok(), "{format:?}");
-                    assert!(e.value.is_finite(), "{format:?}");
-                    assert!((0..=TIME_MS_MAX).contains(&e.time_ms), "{format:?}");
-                });
-                match result {
-                    Ok(n) => prop_assert_eq!(n, events),
-                    Err(_) => prop_assert_eq!(events, 0),
+                for options in [FormatOptions::default(), test_options(format)] {
+                    let mut parser = Parser::new(format, &options, "listener");
+                    parse_checked(&mut parser, &line, ingest_ms).ok();
                 }
             }
         }
