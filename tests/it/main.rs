@@ -3,5 +3,6 @@
 mod cli;
 mod defaults;
 mod e2e;
+mod formats;
 mod harness;
 mod hostile;
