@@ -56,7 +56,11 @@ fn bench(c: &mut Criterion) {
         // Throughput in events (an Influx line gives one per numeric field).
         let mut events = 0u64;
         for line in &input {
-            events += u64::from(parser.parse(line, 0, &mut |_| {}).expect("bench lines are valid"));
+            events += u64::from(
+                parser
+                    .parse(line, 0, &mut |_| {})
+                    .expect("bench lines are valid"),
+            );
         }
         group.throughput(Throughput::Elements(events));
         group.bench_function(format!("{}_events", format.as_str()), |b| {

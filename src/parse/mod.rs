@@ -196,6 +196,9 @@ pub fn test_options(format: Format) -> FormatOptions {
 /// Parses a finite decimal number (as `str::parse::<f64>` does), rejecting NaN and ±inf.
 #[inline]
 pub fn parse_finite(bytes: &[u8]) -> Result<f64, Reject> {
+    if let Some(v) = parse_simple_decimal(bytes) {
+        return Ok(v);
+    }
     let s = std::str::from_utf8(bytes).map_err(|_| Reject::BadNumber)?;
     let v: f64 = s.parse().map_err(|_| Reject::BadNumber)?;
     if v.is_finite() {
@@ -203,6 +206,48 @@ pub fn parse_finite(bytes: &[u8]) -> Result<f64, Reject> {
     } else {
         Err(Reject::BadNumber)
     }
+}
+
+/// Most significant digits the fast path takes: their integer is exact in an `f64`.
+const SIMPLE_DIGITS_MAX: usize = 15;
+/// Powers of ten exact in an `f64`, for the fast path's fraction.
+const POW10: [f64; SIMPLE_DIGITS_MAX + 1] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// The common case, `[-]digits[.digits]` with at most 15 digits, without the general parser:
+/// the digits as an integer and the power of ten are both exact, so one division rounds
+/// correctly (Clinger's fast path) and gives what `str::parse::<f64>` gives. `None` for
+/// anything else, which goes the general way.
+#[inline]
+fn parse_simple_decimal(bytes: &[u8]) -> Option<f64> {
+    let (negative, digits) = match bytes {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > SIMPLE_DIGITS_MAX + 1 {
+        return None;
+    }
+    let mut mantissa = 0u64;
+    let mut count = 0usize;
+    let mut fraction_digits = None;
+    for (i, b) in digits.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                count += 1;
+            }
+            b'.' if fraction_digits.is_none() && i > 0 && i + 1 < digits.len() => {
+                fraction_digits = Some(digits.len() - i - 1);
+            }
+            _ => return None,
+        }
+    }
+    if count > SIMPLE_DIGITS_MAX {
+        return None;
+    }
+    let value = mantissa as f64 / POW10[fraction_digits.unwrap_or(0)];
+    Some(if negative { -value } else { value })
 }
 
 /// Checks a key: non-empty, within the length limit, valid UTF-8.
@@ -232,6 +277,16 @@ mod tests {
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), Reject::COUNT);
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_path_agrees_with_the_general_parser(
+            text in "-?[0-9]{1,17}(\\.[0-9]{0,17})?|-?\\.[0-9]{1,5}|[0-9]{1,3}e[0-9]",
+        ) {
+            let general = text.parse::<f64>().ok().filter(|v| v.is_finite());
+            prop_assert_eq!(parse_finite(text.as_bytes()).ok().map(f64::to_bits), general.map(f64::to_bits));
+        }
     }
 
     #[test]
