@@ -57,7 +57,7 @@ fn port(addr: SocketAddr) -> String {
     addr.port().to_string()
 }
 
-/// Runs `cmd args` with `input` on stdin; panics on failure.
+/// Runs `cmd args` with `input` on stdin; panics on failure, with the command's stderr.
 fn pipe(cmd: &str, args: &[&str], input: &[u8]) {
     let mut child = Command::new(cmd)
         .args(args)
@@ -67,11 +67,16 @@ fn pipe(cmd: &str, args: &[&str], input: &[u8]) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    child.stdin.take().unwrap().write_all(input).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // A command that fails (say, cannot connect) closes its stdin early: report its stderr
+    // rather than the broken pipe.
+    let written = stdin.write_all(input);
+    drop(stdin);
     let out = child.wait_with_output().unwrap();
     assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
+        out.status.success() && written.is_ok(),
+        "{cmd} {args:?}: {} {written:?}: {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -243,7 +248,8 @@ fn influx_json_and_logfmt_through_nc_are_counted_exactly() {
     nc(sluice.addr("lf"), &logfmt);
     pipe(
         "nc",
-        &["-u", "-w0", "127.0.0.1", &port(sluice.addr("iu"))],
+        // -w0 may quit before reading stdin on a busy machine; -q0 quits at its end.
+        &["-u", "-q0", "-w1", "127.0.0.1", &port(sluice.addr("iu"))],
         format!(
             "mem,host=c used=3,free=4u {}\nmem,host=c used=5",
             t * 1_000_000_000
