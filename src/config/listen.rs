@@ -1,7 +1,8 @@
 //! `--listen` specs: `FORMAT+PROTO://HOST:PORT[?option=value&...]`, for example
 //! `graphite+tcp://0.0.0.0:2003` or `raw+tcp://127.0.0.1:7070?key=first_token&name=app`.
 //!
-//! Options: `name`, `key`, `value`, `time`, `max_line_bytes`, `max_connections`.
+//! Options: `name`, `key`, `value`, `time`, `max_line_bytes`, `max_connections`; which of
+//! `key`, `value` and `time` a format takes is checked with the rest of the configuration.
 
 use super::values::{ByteSize, resolve_addr};
 use super::{Error, Format, ListenerConfig, Proto};
@@ -23,7 +24,7 @@ pub fn parse_listen_spec(spec: &str) -> Result<ListenerConfig, Error> {
     })?;
     let format = Format::from_name(format).ok_or_else(|| {
         bad(format!(
-            "unknown format `{format}` (raw, graphite, statsd, syslog)"
+            "unknown format `{format}` (raw, graphite, statsd, syslog, influx, json, logfmt)"
         ))
     })?;
     let proto = match proto {
@@ -88,6 +89,18 @@ mod tests {
             (l.format, l.proto, l.addr.port()),
             (Format::Graphite, Proto::Tcp, 2003)
         );
+        let l = parse_listen_spec(
+            "json+tcp://127.0.0.1:7070?key=service,status&value=latency_ms&time=ts",
+        )
+        .unwrap();
+        assert_eq!(l.format, Format::Json);
+        assert_eq!(l.options.key, Some(vec!["service".into(), "status".into()]));
+        assert_eq!(l.options.value.as_deref(), Some("latency_ms"));
+        assert_eq!(l.options.time.as_deref(), Some("ts"));
+        for (name, format) in [("influx", Format::Influx), ("logfmt", Format::Logfmt)] {
+            let l = parse_listen_spec(&format!("{name}+udp://127.0.0.1:0")).unwrap();
+            assert_eq!(l.format, format);
+        }
         let l = parse_listen_spec("statsd+udp://localhost:8125").unwrap();
         assert_eq!(l.addr, "127.0.0.1:8125".parse().unwrap());
         let l =

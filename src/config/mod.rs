@@ -107,6 +107,12 @@ pub enum Format {
     Statsd,
     /// Syslog (RFC 5424 / RFC 3164).
     Syslog,
+    /// InfluxDB line protocol.
+    Influx,
+    /// JSON lines.
+    Json,
+    /// logfmt lines.
+    Logfmt,
 }
 
 impl Format {
@@ -117,6 +123,9 @@ impl Format {
             Format::Graphite => "graphite",
             Format::Statsd => "statsd",
             Format::Syslog => "syslog",
+            Format::Influx => "influx",
+            Format::Json => "json",
+            Format::Logfmt => "logfmt",
         }
     }
 
@@ -127,6 +136,9 @@ impl Format {
             "graphite" => Format::Graphite,
             "statsd" => Format::Statsd,
             "syslog" => Format::Syslog,
+            "influx" => Format::Influx,
+            "json" => Format::Json,
+            "logfmt" => Format::Logfmt,
             _ => return None,
         })
     }
@@ -136,13 +148,14 @@ impl Format {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FormatOptions {
-    /// Key fields (`raw`: `first_token`; `syslog`: host, app, severity, facility, msgid).
+    /// Key fields (`raw`: `first_token`; `syslog`: host, app, severity, facility, msgid;
+    /// `json`: dotted paths; `logfmt`: names). `json` and `logfmt` without it: the listener name.
     #[serde(default, deserialize_with = "values::comma_list")]
     pub key: Option<Vec<String>>,
-    /// Value field.
+    /// Value field (`json`, `logfmt`).
     #[serde(default)]
     pub value: Option<String>,
-    /// Time field.
+    /// Time field (`json`, `logfmt`).
     #[serde(default)]
     pub time: Option<String>,
 }
@@ -458,6 +471,7 @@ impl Config {
             if l.max_connections == 0 {
                 return Err((i, "max_connections must be > 0".into()));
             }
+            check_format_options(l.format, &l.options).map_err(|m| (i, m))?;
         }
         Ok(())
     }
@@ -469,6 +483,28 @@ impl Config {
                 l.name = auto_name(l);
             }
         }
+    }
+}
+
+/// Checks that a listener's `key`, `value` and `time` options make sense for its format.
+fn check_format_options(format: Format, options: &FormatOptions) -> Result<(), String> {
+    let name = format.as_str();
+    let takes_value_and_time = matches!(format, Format::Json | Format::Logfmt);
+    if !takes_value_and_time && (options.value.is_some() || options.time.is_some()) {
+        return Err(format!(
+            "format {name} takes no `value` or `time` option (json and logfmt do)"
+        ));
+    }
+    match (format, &options.key) {
+        (Format::Json, _) => crate::parse::fields::check_options(options, true),
+        (Format::Logfmt, _) => crate::parse::fields::check_options(options, false),
+        (_, None) => Ok(()),
+        (Format::Raw, Some(key)) if key.len() == 1 && key[0] == "first_token" => Ok(()),
+        (Format::Raw, Some(_)) => Err("format raw takes `key=first_token` only".into()),
+        (Format::Syslog, Some(key)) => crate::parse::syslog::check_key_fields(key),
+        (Format::Graphite | Format::Statsd | Format::Influx, Some(_)) => Err(format!(
+            "format {name} takes no `key` option (its key comes from the line)"
+        )),
     }
 }
 
@@ -600,6 +636,39 @@ keep = 2
             err.contains("line 2") && err.contains("segment_bytes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn format_options_are_checked_per_format() {
+        let listener = |format: &str, options: &str| {
+            format!(
+                "[[listener]]\nproto = \"tcp\"\naddr = \"127.0.0.1:1\"\nformat = \"{format}\"\n{options}\n"
+            )
+        };
+        for (format, options) in [
+            (
+                "json",
+                "key = \"service,http.status\"\nvalue = \"ms\"\ntime = \"ts\"",
+            ),
+            ("logfmt", "key = \"service\"\nvalue = \"ms\""),
+            ("json", ""),
+            ("influx", ""),
+            ("syslog", "key = \"host,app\""),
+            ("raw", "key = \"first_token\""),
+        ] {
+            Config::from_toml(&listener(format, options)).unwrap();
+        }
+        for (format, options, needle) in [
+            ("syslog", "key = \"hostname\"", "unknown syslog key field"),
+            ("json", "key = \"a..b\"", "bad field name"),
+            ("logfmt", "value = \"a b\"", "bad field name"),
+            ("influx", "key = \"a\"", "takes no `key`"),
+            ("graphite", "value = \"a\"", "takes no `value`"),
+            ("raw", "key = \"host\"", "first_token"),
+        ] {
+            let err = Config::from_toml(&listener(format, options)).unwrap_err();
+            assert!(err.contains(needle) && err.contains("line 1"), "{err}");
+        }
     }
 
     #[test]

@@ -22,8 +22,9 @@
 //!   stream whose first line starts with a digit, like `2015-07-29 17:41:44,747 ...`): the
 //!   connection switches to newline framing with nothing rejected, the bytes read so far
 //!   starting its first line.
-//! - A UDP datagram holds one or more lines; the last may lack its `\n`. An empty datagram
-//!   gives nothing.
+//! - A UDP datagram holds one or more lines; the last may lack its `\n`. An empty (zero-byte)
+//!   datagram is rejected as `bad_frame`, so a peer sending them shows in the counters; a
+//!   datagram of only line terminators gives nothing.
 //! - A line longer than `max_line_bytes` after stripping (or longer than `max_line_bytes` +
 //!   [`TRAILER_SLACK_BYTES`] before it, which bounds the carry) is rejected as `too_long` once,
 //!   with its first bytes (at most [`crate::limits::DEADLETTER_LINE_BYTES_MAX`]); the rest of it
@@ -357,6 +358,10 @@ pub fn split_datagram(
     on_line: &mut impl FnMut(&[u8]),
     on_reject: &mut impl FnMut(Reject, &[u8]),
 ) {
+    if datagram.is_empty() {
+        on_reject(Reject::BadFrame, datagram);
+        return;
+    }
     let max_line_bytes = max_line_bytes as usize;
     let mut start = 0;
     for end in memchr::memchr_iter(b'\n', datagram) {
@@ -678,7 +683,10 @@ mod tests {
             vec![line(b"a:1|c"), line(b"b:2|c")]
         );
         assert_eq!(datagram(64, b"<156>msg\0"), vec![line(b"<156>msg")]);
-        assert_eq!(datagram(64, b""), vec![]);
+        assert_eq!(
+            datagram(64, b""),
+            vec![Out::Rejected(Reject::BadFrame, vec![])]
+        );
         assert_eq!(datagram(64, b"\n\r\n\0"), vec![]);
         assert_eq!(
             datagram(3, b"abcd\nabc\r\n"),

@@ -11,7 +11,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fields;
 pub mod graphite;
+pub mod influx;
+pub mod json;
+pub mod logfmt;
 pub mod raw;
 pub mod statsd;
 pub mod syslog;
@@ -105,6 +109,12 @@ pub enum Parser {
     Statsd(statsd::StatsdParser),
     /// `syslog` format (RFC 5424 and RFC 3164).
     Syslog(syslog::SyslogParser),
+    /// `influx` line protocol.
+    Influx(influx::InfluxParser),
+    /// `json` lines.
+    Json(json::JsonParser),
+    /// `logfmt` lines.
+    Logfmt(logfmt::LogfmtParser),
 }
 
 impl Parser {
@@ -115,6 +125,9 @@ impl Parser {
             Format::Graphite => Parser::Graphite(graphite::GraphiteParser::new(options)),
             Format::Statsd => Parser::Statsd(statsd::StatsdParser::new(options)),
             Format::Syslog => Parser::Syslog(syslog::SyslogParser::new(options)),
+            Format::Influx => Parser::Influx(influx::InfluxParser::new(options)),
+            Format::Json => Parser::Json(json::JsonParser::new(options, listener_name)),
+            Format::Logfmt => Parser::Logfmt(logfmt::LogfmtParser::new(options, listener_name)),
         }
     }
 
@@ -132,13 +145,60 @@ impl Parser {
             Parser::Graphite(p) => p.parse(line, ingest_ms, sink),
             Parser::Statsd(p) => p.parse(line, ingest_ms, sink),
             Parser::Syslog(p) => p.parse(line, ingest_ms, sink),
+            Parser::Influx(p) => p.parse(line, ingest_ms, sink),
+            Parser::Json(p) => p.parse(line, ingest_ms, sink),
+            Parser::Logfmt(p) => p.parse(line, ingest_ms, sink),
         }
+    }
+}
+
+/// Parses `line` and checks the contract every parser keeps, panicking if it is broken: each
+/// event has a valid key, a finite value and a time in range; the count returned is the
+/// number of events emitted, and a reject emits none. The property tests and the fuzz targets
+/// (`tools/fuzz`) both call this.
+pub fn parse_checked(parser: &mut Parser, line: &[u8], ingest_ms: i64) -> Result<u32, Reject> {
+    let mut events = 0u32;
+    let result = parser.parse(line, ingest_ms, &mut |e| {
+        events += 1;
+        assert!(check_key(e.key).is_ok(), "bad key {:?}", e.key);
+        assert!(e.value.is_finite(), "value {}", e.value);
+        assert!((0..=TIME_MS_MAX).contains(&e.time_ms), "time {}", e.time_ms);
+    });
+    match result {
+        Ok(n) => assert_eq!(n, events, "count returned != events emitted"),
+        Err(_) => assert_eq!(events, 0, "events emitted before a reject"),
+    }
+    result
+}
+
+/// Options that reach every code path of `json` and `logfmt` (and `raw` by first token), for
+/// property tests, fuzz targets and benchmarks.
+pub fn test_options(format: Format) -> FormatOptions {
+    match format {
+        Format::Json => FormatOptions {
+            key: Some(vec!["service".into(), "http.status".into()]),
+            value: Some("latency_ms".into()),
+            time: Some("ts".into()),
+        },
+        Format::Logfmt => FormatOptions {
+            key: Some(vec!["service".into(), "status".into()]),
+            value: Some("latency_ms".into()),
+            time: Some("ts".into()),
+        },
+        Format::Raw => FormatOptions {
+            key: Some(vec!["first_token".into()]),
+            ..FormatOptions::default()
+        },
+        _ => FormatOptions::default(),
     }
 }
 
 /// Parses a finite decimal number (as `str::parse::<f64>` does), rejecting NaN and ±inf.
 #[inline]
 pub fn parse_finite(bytes: &[u8]) -> Result<f64, Reject> {
+    if let Some(v) = parse_simple_decimal(bytes) {
+        return Ok(v);
+    }
     let s = std::str::from_utf8(bytes).map_err(|_| Reject::BadNumber)?;
     let v: f64 = s.parse().map_err(|_| Reject::BadNumber)?;
     if v.is_finite() {
@@ -146,6 +206,48 @@ pub fn parse_finite(bytes: &[u8]) -> Result<f64, Reject> {
     } else {
         Err(Reject::BadNumber)
     }
+}
+
+/// Most significant digits the fast path takes: their integer is exact in an `f64`.
+const SIMPLE_DIGITS_MAX: usize = 15;
+/// Powers of ten exact in an `f64`, for the fast path's fraction.
+const POW10: [f64; SIMPLE_DIGITS_MAX + 1] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// The common case, `[-]digits[.digits]` with at most 15 digits, without the general parser:
+/// the digits as an integer and the power of ten are both exact, so one division rounds
+/// correctly (Clinger's fast path) and gives what `str::parse::<f64>` gives. `None` for
+/// anything else, which goes the general way.
+#[inline]
+fn parse_simple_decimal(bytes: &[u8]) -> Option<f64> {
+    let (negative, digits) = match bytes {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > SIMPLE_DIGITS_MAX + 1 {
+        return None;
+    }
+    let mut mantissa = 0u64;
+    let mut count = 0usize;
+    let mut fraction_digits = None;
+    for (i, b) in digits.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                count += 1;
+            }
+            b'.' if fraction_digits.is_none() && i > 0 && i + 1 < digits.len() => {
+                fraction_digits = Some(digits.len() - i - 1);
+            }
+            _ => return None,
+        }
+    }
+    if count > SIMPLE_DIGITS_MAX {
+        return None;
+    }
+    let value = mantissa as f64 / POW10[fraction_digits.unwrap_or(0)];
+    Some(if negative { -value } else { value })
 }
 
 /// Checks a key: non-empty, within the length limit, valid UTF-8.
@@ -177,6 +279,16 @@ mod tests {
         assert_eq!(codes.len(), Reject::COUNT);
     }
 
+    proptest! {
+        #[test]
+        fn the_fast_path_agrees_with_the_general_parser(
+            text in "-?[0-9]{1,17}(\\.[0-9]{0,17})?|-?\\.[0-9]{1,5}|[0-9]{1,3}e[0-9]",
+        ) {
+            let general = text.parse::<f64>().ok().filter(|v| v.is_finite());
+            prop_assert_eq!(parse_finite(text.as_bytes()).ok().map(f64::to_bits), general.map(f64::to_bits));
+        }
+    }
+
     #[test]
     fn parse_finite_rejects_nan_and_inf() {
         assert_eq!(parse_finite(b"1.5"), Ok(1.5));
@@ -187,11 +299,14 @@ mod tests {
         assert_eq!(parse_finite(b""), Err(Reject::BadNumber));
     }
 
-    const FORMATS: [Format; 4] = [
+    const FORMATS: [Format; 7] = [
         Format::Raw,
         Format::Graphite,
         Format::Statsd,
         Format::Syslog,
+        Format::Influx,
+        Format::Json,
+        Format::Logfmt,
     ];
 
     proptest! {
@@ -200,24 +315,17 @@ mod tests {
             line in prop::collection::vec(
                 prop_oneof![
                     Just(b' '), Just(b':'), Just(b'|'), Just(b';'), Just(b'<'), Just(b'>'),
-                    Just(b'1'), Just(b'.'), any::<u8>()
+                    Just(b'1'), Just(b'.'), Just(b'='), Just(b','), Just(b'"'), Just(b'{'),
+                    Just(b'}'), Just(b'\\'), any::<u8>()
                 ],
                 0..100,
             ),
             ingest_ms in 0..=TIME_MS_MAX,
         ) {
             for format in FORMATS {
-                let mut parser = Parser::new(format, &FormatOptions::default(), "listener");
-                let mut events = 0;
-                let result = parser.parse(&line, ingest_ms, &mut |e| {
-                    events += 1;
-                    assert!(check_key(e.key).is_ok(), "{format:?}");
-                    assert!(e.value.is_finite(), "{format:?}");
-                    assert!((0..=TIME_MS_MAX).contains(&e.time_ms), "{format:?}");
-                });
-                match result {
-                    Ok(n) => prop_assert_eq!(n, events),
-                    Err(_) => prop_assert_eq!(events, 0),
+                for options in [FormatOptions::default(), test_options(format)] {
+                    let mut parser = Parser::new(format, &options, "listener");
+                    parse_checked(&mut parser, &line, ingest_ms).ok();
                 }
             }
         }

@@ -50,6 +50,10 @@ pub const TAGS_PER_METRIC_MAX: usize = 64;
 #[derive(Debug, Default)]
 pub struct StatsdParser {
     scratch: Vec<u8>,
+    /// The checked values of the current line (at most [`VALUES_PER_LINE_MAX`]).
+    samples: Vec<Sample>,
+    /// Tag ranges into the current tags field, for sorting (at most [`TAGS_PER_METRIC_MAX`]).
+    tag_ranges: Vec<(u32, u32)>,
 }
 
 /// One value of a line, checked, waiting to be emitted.
@@ -83,35 +87,50 @@ impl StatsdParser {
         let colon = memchr::memchr(b':', line).ok_or(Reject::NoValue)?;
         let name = check_key(&line[..colon])?;
         self.scratch.clear();
-        let mut samples = [Sample::default(); VALUES_PER_LINE_MAX];
-        let mut n = 0;
-        let mut rest = &line[colon + 1..];
+        // Reused buffers, not arrays on the stack: initialising those per line cost a quarter
+        // of the parse time.
+        let mut samples = std::mem::take(&mut self.samples);
+        samples.clear();
+        let result = self.parse_values(name, &line[colon + 1..], ingest_ms, &mut samples);
+        if result.is_ok() {
+            for s in &samples {
+                let key = if s.key_start == s.key_end {
+                    name
+                } else {
+                    &self.scratch[s.key_start..s.key_end]
+                };
+                sink(Event {
+                    key,
+                    value: s.value,
+                    time_ms: s.time_ms,
+                    kind: s.kind,
+                });
+            }
+        }
+        let n = samples.len() as u32;
+        self.samples = samples;
+        result.map(|()| n)
+    }
+
+    /// Checks every value of a line into `samples`.
+    fn parse_values(
+        &mut self,
+        name: &[u8],
+        mut rest: &[u8],
+        ingest_ms: i64,
+        samples: &mut Vec<Sample>,
+    ) -> Result<(), Reject> {
         loop {
-            if n == VALUES_PER_LINE_MAX {
+            if samples.len() == VALUES_PER_LINE_MAX {
                 return Err(Reject::BadSyntax);
             }
             let (sample, next) = self.parse_value(name, rest, ingest_ms)?;
-            samples[n] = sample;
-            n += 1;
+            samples.push(sample);
             match next {
                 Some(next) => rest = next,
-                None => break,
+                None => return Ok(()),
             }
         }
-        for s in &samples[..n] {
-            let key = if s.key_start == s.key_end {
-                name
-            } else {
-                &self.scratch[s.key_start..s.key_end]
-            };
-            sink(Event {
-                key,
-                value: s.value,
-                time_ms: s.time_ms,
-                kind: s.kind,
-            });
-        }
-        Ok(n as u32)
     }
 
     /// Parses `value|type[|field]...` at the start of `s`; returns the sample and what
@@ -122,13 +141,13 @@ impl StatsdParser {
         s: &'l [u8],
         ingest_ms: i64,
     ) -> Result<(Sample, Option<&'l [u8]>), Reject> {
-        let bar = memchr::memchr(b'|', s).ok_or(Reject::BadSyntax)?;
+        let bar = find(s, |b| b == b'|').ok_or(Reject::BadSyntax)?;
         let value = &s[..bar];
         if value.is_empty() {
             return Err(Reject::NoValue);
         }
         let s = &s[bar + 1..];
-        let type_end = memchr::memchr2(b'|', b':', s).unwrap_or(s.len());
+        let type_end = find(s, |b| b == b'|' || b == b':').unwrap_or(s.len());
         let kind = match &s[..type_end] {
             b"c" => Kind::Counter,
             b"g" => Kind::Gauge,
@@ -182,44 +201,72 @@ impl StatsdParser {
     /// Appends `name;k=v;...` (tags sorted) to the scratch buffer and returns its range;
     /// an empty range when there are no tags (the key is the bare name).
     fn tagged_key(&mut self, name: &[u8], tags: &[u8]) -> Result<(usize, usize), Reject> {
-        let mut sorted: [&[u8]; TAGS_PER_METRIC_MAX] = [&[]; TAGS_PER_METRIC_MAX];
-        let mut n = 0;
-        for tag in tags.split(|b| *b == b',').filter(|t| !t.is_empty()) {
-            if n == TAGS_PER_METRIC_MAX {
-                return Err(Reject::BadSyntax);
+        let mut ranges = std::mem::take(&mut self.tag_ranges);
+        ranges.clear();
+        let mut start = 0;
+        for end in tags
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b',')
+            .map(|(i, _)| i)
+            .chain(std::iter::once(tags.len()))
+        {
+            if end > start {
+                if ranges.len() == TAGS_PER_METRIC_MAX {
+                    self.tag_ranges = ranges;
+                    return Err(Reject::BadSyntax);
+                }
+                ranges.push((start as u32, end as u32));
             }
-            sorted[n] = tag;
-            n += 1;
+            start = end + 1;
         }
-        if n == 0 {
+        if ranges.is_empty() {
+            self.tag_ranges = ranges;
             return Ok((0, 0));
         }
-        sorted[..n].sort_unstable_by(|a, b| key_tag(a).cmp(key_tag(b)));
+        let tag = |r: &(u32, u32)| &tags[r.0 as usize..r.1 as usize];
+        ranges.sort_unstable_by(|a, b| key_tag(tag(a)).cmp(key_tag(tag(b))));
         let start = self.scratch.len();
         self.scratch.extend_from_slice(name);
-        for tag in &sorted[..n] {
+        for r in &ranges {
+            let t = tag(r);
             self.scratch.push(b';');
-            self.scratch.extend(key_tag(tag));
+            match find(t, |b| b == b':') {
+                Some(colon) => {
+                    self.scratch.extend_from_slice(&t[..colon]);
+                    self.scratch.push(b'=');
+                    self.scratch.extend_from_slice(&t[colon + 1..]);
+                }
+                None => self.scratch.extend_from_slice(t),
+            }
         }
+        self.tag_ranges = ranges;
         check_key(&self.scratch[start..])?;
         Ok((start, self.scratch.len()))
     }
+}
+
+/// The first byte matching `pred`. The fields of a StatsD line are a few bytes long, where a
+/// plain loop beats `memchr`'s setup (which took a fifth of the parse time).
+#[inline]
+fn find(s: &[u8], pred: impl Fn(u8) -> bool) -> Option<usize> {
+    s.iter().position(|b| pred(*b))
 }
 
 /// Where a field (after its `|`) ends: tags and extension fields contain `:` and run to the
 /// next `|`; `@rate` and `T` also stop at a `:` (the next value).
 fn field_end(field: &[u8]) -> usize {
     let end = if matches!(field.first(), Some(b'@' | b'T')) {
-        memchr::memchr2(b'|', b':', field)
+        find(field, |b| b == b'|' || b == b':')
     } else {
-        memchr::memchr(b'|', field)
+        find(field, |b| b == b'|')
     };
     end.unwrap_or(field.len())
 }
 
 /// A DogStatsD tag as it appears in the key: its first `:` becomes `=`.
 fn key_tag(tag: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    let colon = memchr::memchr(b':', tag);
+    let colon = find(tag, |b| b == b':');
     tag.iter()
         .enumerate()
         .map(move |(i, b)| if Some(i) == colon { b'=' } else { *b })

@@ -39,8 +39,10 @@
 //!
 //! RFC 3164 timestamps have no year and no zone: the time is read as UTC, and the year is the
 //! one (of the ingest year and the years either side) that puts the timestamp closest to the
-//! ingest time without being more than [`FUTURE_MS_MAX`] (31 days) ahead of it. So `Dec 31`
-//! received on January 2 is last year's, `Jan 1` received on December 31 is next year's. A
+//! ingest time without being more than [`FUTURE_MS_MAX`] (one hour, what the worker accepts
+//! ahead) ahead of it. So `Dec 31` received on January 2 is last year's, `Jan 1 00:00`
+//! received half an hour before midnight on December 31 is next year's, and `Dec 10` received
+//! on November 28 is last year's (a log file read back, not a clock 12 days fast). A
 //! date that exists in none of those years (`Feb 29`) is `bad_timestamp`.
 //!
 //! Keys are built in a scratch buffer owned by the parser; a key that is not UTF-8 is
@@ -90,8 +92,10 @@ pub const FACILITY_NAMES: [&str; 24] = [
 /// Longest RFC 3164 TAG read as an app name (RFC 5424's APP-NAME limit).
 pub const TAG_BYTES_MAX: usize = 48;
 
-/// How far ahead of the ingest time a year-less RFC 3164 timestamp may be.
-pub const FUTURE_MS_MAX: i64 = 31 * DAY_MS;
+/// How far ahead of the ingest time a year-less RFC 3164 timestamp may be: as far as the
+/// worker accepts any event time ahead (one hour), so a date a few days ahead reads as last
+/// year's instead of being rejected downstream as a far-future time.
+pub const FUTURE_MS_MAX: i64 = crate::limits::EVENT_TIME_FUTURE_MS_MAX;
 
 /// The PRI assumed for a message without one: facility `user`, severity `notice`.
 const PRI_DEFAULT: u8 = 13;
@@ -784,13 +788,23 @@ mod tests {
                 .1,
             1_767_225_540_000
         );
-        // Jan 1 received on Dec 31: next year.
+        // Jan 1 received on Dec 31 half an hour before midnight: next year.
         assert_eq!(
-            at(b"<13>Jan  1 00:00:05 h a: x", 1_798_718_400_000)
+            at(b"<13>Jan  1 00:00:05 h a: x", 1_798_759_800_000)
                 .unwrap()
                 .1,
             1_798_761_605_000
         );
+        // Jan 1 received on Dec 31 at noon is more than an hour ahead: this year's.
+        assert_eq!(
+            at(b"<13>Jan  1 00:00:05 h a: x", 1_798_718_400_000)
+                .unwrap()
+                .1,
+            1_767_225_605_000
+        );
+        // Dec 10 received on Nov 28 (OpenSSH in loghub): last year's, not 12 days ahead.
+        let (_, ms) = at(b"Dec 10 06:55:46 LabSZ sshd[24200]: x", INGEST_MS).unwrap();
+        assert_eq!(civil_from_days(ms.div_euclid(DAY_MS)), (2025, 12, 10));
         // Jun 14 received in November: this year, not next.
         assert_eq!(
             at(b"Jun 14 15:16:01 combo sshd[1]: x", INGEST_MS)

@@ -4,6 +4,7 @@ mod cli;
 mod crash;
 mod defaults;
 mod e2e;
+mod formats;
 mod harness;
 mod hostile;
 mod log;
