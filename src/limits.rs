@@ -28,8 +28,10 @@ pub const UDP_RCVBUF_BYTES: usize = 8 * 1024 * 1024;
 
 /// Bytes one core reads from sockets before it returns to the rest of its loop.
 pub const READ_BYTES_PER_TICK_MAX: usize = 1024 * 1024;
-/// Reads from one connection before the core moves on to the next one (fairness).
-pub const READS_PER_CONNECTION_MAX: usize = 4;
+/// Reads from one connection before the core moves on to the next one. One: connections
+/// sharing a core advance together, so one fast sender does not push the core's watermark
+/// ahead of the data still waiting in the others' buffers.
+pub const READS_PER_CONNECTION_MAX: usize = 1;
 /// Datagrams read from one UDP socket per loop turn.
 pub const DATAGRAMS_PER_TICK_MAX: usize = 256;
 /// Inbound queue messages a core folds into its windows per loop turn.

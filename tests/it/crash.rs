@@ -135,7 +135,7 @@ fn args(config: &std::path::Path) -> Vec<String> {
         "--window",
         "1s",
         "--allowed-lateness",
-        "3s",
+        "5s",
         "--listen",
         "graphite+tcp://127.0.0.1:0?name=g",
     ]
