@@ -226,7 +226,7 @@ impl Ingest {
 
             let now = Instant::now();
             if now >= next_tick {
-                self.tick(now)?;
+                self.tick(now, backend)?;
                 next_tick = now + Duration::from_millis(TICK_MS);
             }
             if self.control.exit.load(Ordering::Acquire) {
