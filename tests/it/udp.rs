@@ -38,7 +38,10 @@ fn kernel_receive_buffer_drops_of_a_stopped_process_are_counted() {
     let lines = sluice.metric("sluice_lines_total", &["listener=\"u\""]);
     assert!(complete, "lines={lines} dropped={dropped}, sent {SENT}");
     assert!(dropped > 0.0, "nothing dropped: lines={lines}");
-    assert!(lines > 0.0, "the buffered datagrams were read after SIGCONT");
+    assert!(
+        lines > 0.0,
+        "the buffered datagrams were read after SIGCONT"
+    );
     assert_eq!(lines + dropped, SENT as f64);
     assert_eq!(sluice.stop().code(), Some(0));
 }
