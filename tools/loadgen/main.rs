@@ -27,6 +27,9 @@ enum Proto {
     Udp,
 }
 
+/// Most datagrams pre-generated for UDP, over all sockets.
+const UDP_POOL_DATAGRAMS_MAX: u64 = 100_000;
+
 /// Load generator for sluice.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about)]
@@ -138,7 +141,14 @@ fn main() -> anyhow::Result<()> {
     };
     let count = args.count.unwrap_or(1_000_000);
     let conns = args.connections as u64;
-    let per_conn_pool = (args.pool_lines / conns).max(1);
+    // One chunk per datagram costs ~200 bytes of bookkeeping each: a smaller UDP pool.
+    let pool_lines = match args.proto {
+        Proto::Tcp => args.pool_lines,
+        Proto::Udp => args
+            .pool_lines
+            .min(UDP_POOL_DATAGRAMS_MAX * args.lines_per_datagram as u64),
+    };
+    let per_conn_pool = (pool_lines / conns).max(1);
     let pools: Vec<Vec<Chunk>> = (0..conns)
         .map(|c| {
             let quota = count / conns + u64::from(c < count % conns);

@@ -269,10 +269,14 @@ pub fn pool(spec: &Spec, lines: u64, seed: u64) -> Vec<Chunk> {
             chunk.bytes.len() + spec.line_bytes > spec.chunk_bytes
         };
         if full {
-            chunks.push(std::mem::replace(&mut chunk, new_chunk()));
+            let mut done = std::mem::replace(&mut chunk, new_chunk());
+            // A datagram's chunk holds ~100 bytes: give back the rest of its allocation.
+            done.bytes.shrink_to_fit();
+            chunks.push(done);
         }
     }
     if !chunk.bytes.is_empty() {
+        chunk.bytes.shrink_to_fit();
         chunks.push(chunk);
     }
     chunks
