@@ -61,6 +61,9 @@ pub const DEADLETTER_LINE_BYTES_MAX: usize = 1024;
 /// How often a core runs its periodic work (watermarks, flushes, metrics) when idle.
 pub const TICK_MS: u64 = 20;
 
+/// How often a core reads the kernel's drop counts of its UDP sockets (`/proc/self/net/udp`).
+pub const UDP_DROPS_POLL_MS: u64 = 250;
+
 /// Checkpoints kept by default.
 pub const CHECKPOINTS_KEPT_DEFAULT: u32 = 3;
 /// Default checkpoint interval.
@@ -80,3 +83,4 @@ const _: () = assert!(LINE_BYTES_DEFAULT <= LINE_BYTES_MAX);
 const _: () = assert!(READ_CHUNK_BYTES <= READ_BYTES_PER_TICK_MAX);
 const _: () = assert!(CORES_MAX <= u16::MAX as usize);
 const _: () = assert!(QUEUE_BATCHES_MAX >= 2);
+const _: () = assert!(UDP_DROPS_POLL_MS >= TICK_MS);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::udp_drops::UdpDropWatch;
 use super::{BoundSocket, ConnId, Handler};
 use crate::limits::{
     DATAGRAM_BYTES_MAX, DATAGRAMS_PER_TICK_MAX, READ_BYTES_PER_TICK_MAX, READ_CHUNK_BYTES,
@@ -56,6 +57,7 @@ pub struct EpollBackend {
     buf: Box<[u8]>,
     dgram_buf: Box<[u8]>,
     dgram_lens: Vec<u32>,
+    udp_drops: UdpDropWatch,
 }
 
 /// Wakes an [`EpollBackend`] from another thread.
@@ -85,6 +87,7 @@ impl EpollBackend {
             buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             dgram_buf: vec![0; DATAGRAM_BUF_BYTES].into_boxed_slice(),
             dgram_lens: Vec::with_capacity(DATAGRAMS_PER_TICK_MAX),
+            udp_drops: UdpDropWatch::default(),
         })
     }
 
@@ -99,7 +102,13 @@ impl EpollBackend {
         assert!(token.0 < CONN_BASE);
         let mut socket = match socket {
             BoundSocket::Tcp(l) => Socket::Tcp(TcpListener::from_std(l)),
-            BoundSocket::Udp(s) => Socket::Udp(UdpSocket::from_std(s)),
+            BoundSocket::Udp(s) => {
+                if let Err(e) = self.udp_drops.watch(id, &s) {
+                    // Kernel drops of this socket will not show in the metrics.
+                    tracing::warn!(listener = id, error = %e, "cannot watch UDP drops");
+                }
+                Socket::Udp(UdpSocket::from_std(s))
+            }
         };
         match &mut socket {
             Socket::Tcp(l) => self
@@ -121,8 +130,15 @@ impl EpollBackend {
         Ok(())
     }
 
+    /// Calls `dropped(listener, n)` with the datagrams the kernel dropped on each UDP
+    /// socket since the last call (receive buffer full). Reads `/proc`: call it now and then.
+    pub fn udp_drops(&mut self, dropped: impl FnMut(u16, u64)) -> io::Result<()> {
+        self.udp_drops.poll(dropped)
+    }
+
     /// Stops accepting connections and receiving datagrams (shutdown).
     pub fn close_listeners(&mut self) {
+        self.udp_drops.clear();
         for slot in &mut self.listeners {
             if let Some(mut l) = slot.take() {
                 let _ = match &mut l.socket {

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod epoll;
+pub mod udp_drops;
 
 use std::io;
 use std::net::SocketAddr;

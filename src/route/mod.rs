@@ -145,6 +145,11 @@ impl Doorbell {
     /// Rings if the receiver sleeps (one syscall per sleep, not per message).
     #[inline]
     pub fn ring(&self) {
+        // Pairs with the fence in the receiver's sleep: either the receiver sees the message
+        // just queued, or this load sees it asleep. Without both fences the store of one side
+        // may pass the load of the other (store→load reordering, allowed even on x86) and the
+        // wake is lost until the receiver's next tick.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::Acquire) && self.sleeping.swap(false, Ordering::AcqRel) {
             self.waker.wake();
         }

@@ -11,7 +11,7 @@ use crate::checkpoint::PartitionState;
 use crate::config::{Format, ListenerConfig, Proto};
 use crate::deadletter::DeadLetter;
 use crate::framing::{Framing, StreamFramer, split_datagram};
-use crate::limits::EVENT_TIME_FUTURE_MS_MAX;
+use crate::limits::{EVENT_TIME_FUTURE_MS_MAX, UDP_DROPS_POLL_MS};
 use crate::log::{Appender, BatchInfo};
 use crate::metrics::Metrics;
 use crate::net::epoll::EpollBackend;
@@ -68,6 +68,8 @@ pub struct Ingest {
     /// Background flushes (count, µs) already added to the metrics.
     flushes_seen: (u64, u64),
     append_errors: u64,
+    /// When the kernel's UDP drop counts were last read.
+    udp_drops_read_at: Instant,
     pub(super) metrics: Arc<Metrics>,
     pub(super) control: Arc<Control>,
     pub(super) reports: Sender<Report>,
@@ -109,6 +111,7 @@ impl Ingest {
             blocked_since: None,
             flushes_seen: (0, 0),
             append_errors: 0,
+            udp_drops_read_at: Instant::now(),
             metrics: setup.metrics,
             control: setup.control,
             reports: setup.reports,
@@ -313,7 +316,7 @@ impl Ingest {
     }
 
     /// Periodic work: watermark, flush policy, output flushes, metrics.
-    pub(super) fn tick(&mut self, now: Instant) -> Result<(), String> {
+    pub(super) fn tick(&mut self, now: Instant, backend: &mut EpollBackend) -> Result<(), String> {
         if let Some(max) = self.max_event_ms {
             // Event time advances with the data, and with wall-clock time while no data comes.
             let idle_ms = now
@@ -359,6 +362,18 @@ impl Ingest {
         m.windows_open.set(self.shard.open_windows() as i64);
         m.keys.set(self.shard.keys() as i64);
         m.watermark_ms.set(self.shard.closed_through_ms());
+        if now
+            .saturating_duration_since(self.udp_drops_read_at)
+            .as_millis()
+            >= u128::from(UDP_DROPS_POLL_MS)
+        {
+            self.udp_drops_read_at = now;
+            let listeners = &m.listeners;
+            if let Err(e) = backend.udp_drops(|l, n| listeners[l as usize].udp_dropped_total.add(n))
+            {
+                tracing::debug!(core = self.id, error = %e, "reading UDP drops failed");
+            }
+        }
         Ok(())
     }
 

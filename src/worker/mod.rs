@@ -226,7 +226,7 @@ impl Ingest {
 
             let now = Instant::now();
             if now >= next_tick {
-                self.tick(now)?;
+                self.tick(now, backend)?;
                 next_tick = now + Duration::from_millis(TICK_MS);
             }
             if self.control.exit.load(Ordering::Acquire) {
@@ -261,6 +261,8 @@ impl Ingest {
         }
         let doorbell = &self.control.doorbells[self.id as usize];
         doorbell.sleeping.store(true, Ordering::Release);
+        // Pairs with the fence in `Doorbell::ring` (see there).
+        std::sync::atomic::fence(Ordering::SeqCst);
         let timeout = if self.inbound_waiting() {
             Some(Duration::ZERO)
         } else {

@@ -8,3 +8,4 @@ mod formats;
 mod harness;
 mod hostile;
 mod log;
+mod udp;

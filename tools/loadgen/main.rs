@@ -1,27 +1,34 @@
-//! `loadgen`: sends a pre-generated workload to sluice over TCP or UDP and reports sent and
-//! delivered events and throughput. Delivered events are read from sluice's `/metrics`
-//! (`sluice_lines_total`), so the figure is what the appliance accepted, not what was written.
+//! `loadgen`: sends a pre-generated workload to sluice (or any line receiver) over TCP or UDP
+//! and reports what was sent, what was delivered and how long events took to become visible.
+//!
+//! Delivered figures come from sluice's `/metrics` (with `--admin`); latency is explained in
+//! `probe.rs`. The payload is built before sending starts (`payload.rs`), so the sender threads
+//! only stamp event times and call `write`/`send`. The report is `key=value` lines on stdout,
+//! for people and for `tools/bench-compare`.
 
-use std::io::{Read, Write};
+mod payload;
+mod probe;
+
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+use payload::{Chunk, Format, Keys, Spec, StampCache};
+use probe::{Counters, Latency};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Proto {
     Tcp,
     Udp,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
-    Graphite,
-    Statsd,
-    Raw,
-    Syslog,
-}
+/// Most datagrams pre-generated for UDP, over all sockets.
+const UDP_POOL_DATAGRAMS_MAX: u64 = 100_000;
 
 /// Load generator for sluice.
 #[derive(Debug, Parser)]
@@ -39,81 +46,72 @@ struct Args {
     /// TCP connections or UDP sockets, each on its own thread.
     #[arg(long, default_value_t = 1)]
     connections: usize,
-    /// Events to send in all.
-    #[arg(long, default_value_t = 1_000_000)]
-    count: u64,
+    /// Events to send in all (default 1,000,000 unless --duration is given).
+    #[arg(long, conflicts_with = "duration")]
+    count: Option<u64>,
+    /// Send for this long instead of a count (e.g. `30s`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
+    /// Draw keys from a Zipf distribution with this exponent (default: uniform).
+    #[arg(long, value_name = "S")]
+    zipf: Option<f64>,
     /// Offered rate in events/s over all connections (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Event times are this many seconds in the past.
     #[arg(long, default_value_t = 0)]
     skew_secs: u64,
+    /// Fraction of lines (0..1) whose event time lags a further 1..=--ooo-max-secs seconds.
+    #[arg(long, default_value_t = 0.0)]
+    out_of_order: f64,
+    /// Largest extra lag of an out-of-order line.
+    #[arg(long, default_value_t = 5)]
+    ooo_max_secs: u64,
+    /// Approximate line length in bytes, terminator included.
+    #[arg(long, default_value_t = 100)]
+    line_bytes: usize,
     /// Lines per UDP datagram.
     #[arg(long, default_value_t = 1)]
     lines_per_datagram: usize,
-    /// sluice admin address, to read delivered events from /metrics.
+    /// Bytes per TCP write.
+    #[arg(long, default_value_t = 64 * 1024)]
+    chunk_bytes: usize,
+    /// Lines pre-generated in all (cycled when more are sent).
+    #[arg(long, default_value_t = 1_000_000)]
+    pool_lines: u64,
+    /// Seed of the key and value draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// sluice admin address: report delivered events from /metrics.
     #[arg(long)]
     admin: Option<SocketAddr>,
-    /// How long to wait for delivery after sending.
-    #[arg(long, default_value_t = 30)]
+    /// Measure send-to-visible latency (needs --admin).
+    #[arg(long, requires = "admin")]
+    latency: bool,
+    /// Milliseconds between /metrics scrapes while measuring latency.
+    #[arg(long, default_value_t = 1)]
+    probe_ms: u64,
+    /// Longest wait for delivery after sending.
+    #[arg(long, default_value_t = 60)]
     wait_secs: u64,
 }
 
-fn line(format: Format, i: u64, keys: u64, ts: u64) -> String {
-    let k = i % keys;
-    match format {
-        Format::Graphite => format!("load.key{k:06}.value {} {ts}\n", i % 1000),
-        Format::Statsd => format!("load.key{k:06}:{}|ms\n", i % 1000),
-        Format::Raw => format!("key{k:06} request {i} served\n"),
-        Format::Syslog => format!("<134>1 2026-11-28T20:00:00Z host app{k} - - - message {i}\n"),
-    }
+/// What the senders share with the prober.
+#[derive(Debug, Default)]
+struct Shared {
+    sent_events: AtomicU64,
+    samples: Mutex<Vec<(Instant, u64)>>,
+    stop_probe: AtomicBool,
 }
 
-/// Pre-generates one connection's payload as chunks of about 64 KiB.
-fn payload(args: &Args, conn: usize) -> Vec<Vec<u8>> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - args.skew_secs;
-    let per_conn = args.count / args.connections as u64
-        + u64::from((conn as u64) < args.count % args.connections as u64);
-    let mut chunks = Vec::new();
-    let mut chunk = Vec::with_capacity(64 * 1024);
-    let mut in_datagram = 0;
-    for j in 0..per_conn {
-        let i = j * args.connections as u64 + conn as u64;
-        chunk.extend_from_slice(line(args.format, i, args.keys, now).as_bytes());
-        in_datagram += 1;
-        let full = match args.proto {
-            Proto::Tcp => chunk.len() >= 64 * 1024,
-            Proto::Udp => in_datagram >= args.lines_per_datagram,
-        };
-        if full {
-            chunks.push(std::mem::replace(&mut chunk, Vec::with_capacity(64 * 1024)));
-            in_datagram = 0;
-        }
-    }
-    if !chunk.is_empty() {
-        chunks.push(chunk);
-    }
-    chunks
-}
-
-fn lines_total(admin: SocketAddr) -> anyhow::Result<f64> {
-    let mut s =
-        TcpStream::connect_timeout(&admin, Duration::from_secs(5)).context("connect to admin")?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with("sluice_lines_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+/// When a sender stops.
+#[derive(Debug, Clone, Copy)]
+enum Quota {
+    Events(u64),
+    Until(Instant),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -121,57 +119,89 @@ fn main() -> anyhow::Result<()> {
     if args.connections == 0 || args.keys == 0 || args.lines_per_datagram == 0 {
         bail!("--connections, --keys and --lines-per-datagram must be positive");
     }
-    let before = args.admin.map(lines_total).transpose()?.unwrap_or(0.0);
-    let payloads: Vec<Vec<Vec<u8>>> = (0..args.connections).map(|c| payload(&args, c)).collect();
-    let lines_per_chunk = |chunk: &[u8]| bytecount(chunk) as u64;
-    let started = Instant::now();
-    let per_conn_rate = args.rate as f64 / args.connections as f64;
-    let handles: Vec<_> = payloads
-        .into_iter()
-        .map(|chunks| {
-            let addr = args.addr;
-            let proto = args.proto;
-            std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
-                let mut sent_lines = 0u64;
-                let mut sent_bytes = 0u64;
-                let t0 = Instant::now();
-                let pace = |sent: u64| {
-                    if per_conn_rate > 0.0 {
-                        let due = Duration::from_secs_f64(sent as f64 / per_conn_rate);
-                        if let Some(wait) = due.checked_sub(t0.elapsed()) {
-                            std::thread::sleep(wait);
-                        }
-                    }
-                };
-                match proto {
-                    Proto::Tcp => {
-                        let mut s =
-                            TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-                        for c in &chunks {
-                            s.write_all(c)?;
-                            sent_lines += lines_per_chunk(c);
-                            sent_bytes += c.len() as u64;
-                            pace(sent_lines);
-                        }
-                    }
-                    Proto::Udp => {
-                        let s = UdpSocket::bind("127.0.0.1:0")?;
-                        s.connect(addr)?;
-                        for c in &chunks {
-                            // A full socket buffer is loss we measure, not an error.
-                            let _ = s.send(c);
-                            sent_lines += lines_per_chunk(c);
-                            sent_bytes += c.len() as u64;
-                            pace(sent_lines);
-                        }
-                    }
-                }
-                Ok((sent_lines, sent_bytes))
-            })
+    if !(0.0..=1.0).contains(&args.out_of_order) {
+        bail!("--out-of-order is a fraction in 0..=1");
+    }
+    if args.keys > 50_000_000 {
+        bail!("--keys: at most 50,000,000");
+    }
+    let spec = Spec {
+        format: args.format,
+        keys: Keys::new(args.keys, args.zipf),
+        line_bytes: args.line_bytes,
+        skew_secs: args.skew_secs,
+        out_of_order: args.out_of_order,
+        ooo_max_secs: args.ooo_max_secs,
+        chunk_bytes: args.chunk_bytes.max(1024),
+        lines_per_datagram: if args.proto == Proto::Udp {
+            args.lines_per_datagram
+        } else {
+            0
+        },
+    };
+    let count = args.count.unwrap_or(1_000_000);
+    let conns = args.connections as u64;
+    // One chunk per datagram costs ~200 bytes of bookkeeping each: a smaller UDP pool.
+    let pool_lines = match args.proto {
+        Proto::Tcp => args.pool_lines,
+        Proto::Udp => args
+            .pool_lines
+            .min(UDP_POOL_DATAGRAMS_MAX * args.lines_per_datagram as u64),
+    };
+    let per_conn_pool = (pool_lines / conns).max(1);
+    let pools: Vec<Vec<Chunk>> = (0..conns)
+        .map(|c| {
+            let quota = count / conns + u64::from(c < count % conns);
+            let lines = match args.duration {
+                Some(_) => per_conn_pool,
+                None => per_conn_pool.min(quota.max(1)),
+            };
+            payload::pool(&spec, lines, args.seed.wrapping_mul(1000).wrapping_add(c))
         })
         .collect();
-    let mut sent = 0u64;
-    let mut bytes = 0u64;
+    println!(
+        "workload proto={:?} format={:?} connections={} keys={} dist={} rate={} line=\"{}\"",
+        args.proto,
+        args.format,
+        args.connections,
+        args.keys,
+        args.zipf
+            .map_or("uniform".to_string(), |s| format!("zipf({s})")),
+        args.rate,
+        payload::sample(&spec),
+    );
+
+    let before = args.admin.map(probe::scrape).transpose()?;
+    let shared = Arc::new(Shared::default());
+    let prober = match (args.latency, args.admin, before) {
+        (true, Some(admin), Some(before)) => {
+            Some(spawn_prober(admin, before, args.probe_ms, &shared))
+        }
+        _ => None,
+    };
+
+    let start_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+    let started = Instant::now();
+    let handles: Vec<_> = pools
+        .into_iter()
+        .enumerate()
+        .map(|(c, chunks)| {
+            let quota = match args.duration {
+                Some(d) => Quota::Until(started + d),
+                None => Quota::Events(count / conns + u64::from((c as u64) < count % conns)),
+            };
+            let sender = Sender {
+                addr: args.addr,
+                proto: args.proto,
+                format: args.format,
+                rate: args.rate as f64 / conns as f64,
+                latency: args.latency,
+                shared: shared.clone(),
+            };
+            std::thread::spawn(move || sender.run(chunks, quota))
+        })
+        .collect();
+    let (mut sent, mut bytes) = (0u64, 0u64);
     for h in handles {
         let (l, b) = h.join().expect("sender thread")?;
         sent += l;
@@ -179,31 +209,186 @@ fn main() -> anyhow::Result<()> {
     }
     let send_secs = started.elapsed().as_secs_f64();
     println!(
-        "sent_events={sent} sent_bytes={bytes} send_secs={send_secs:.3} send_events_per_sec={:.0}",
-        sent as f64 / send_secs
+        "sent_events={sent} sent_bytes={bytes} send_start_unix_ns={start_unix_ns} \
+         send_secs={send_secs:.3} send_events_per_sec={:.0} send_mb_per_sec={:.1}",
+        sent as f64 / send_secs,
+        bytes as f64 / send_secs / 1e6
     );
-    if let Some(admin) = args.admin {
-        let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
-        let mut delivered;
-        loop {
-            delivered = lines_total(admin)? - before;
-            if delivered >= sent as f64 || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "delivered_events={delivered:.0} delivered_secs={secs:.3} delivered_events_per_sec={:.0} loss_ratio={:.6}",
-            delivered / secs,
-            1.0 - delivered / sent.max(1) as f64
-        );
+    let (Some(admin), Some(before)) = (args.admin, before) else {
+        return Ok(());
+    };
+    let (got, at) = await_delivery(admin, before, sent, Duration::from_secs(args.wait_secs))?;
+    report_delivery(got, sent, bytes, (at - started).as_secs_f64());
+    if let Some(p) = prober {
+        shared.stop_probe.store(true, Ordering::Release);
+        let latency = p.join().expect("prober thread")?;
+        report_latency(&latency, args.probe_ms);
     }
     Ok(())
 }
 
-fn bytecount(chunk: &[u8]) -> usize {
-    let n = chunk.iter().filter(|b| **b == b'\n').count();
-    // A UDP datagram may end without its LF.
-    n + usize::from(chunk.last().is_some_and(|b| *b != b'\n'))
+/// Waits until every sent event is visible, or nothing has changed for 2 s, or `limit`.
+/// Returns the last counters and when they last changed.
+fn await_delivery(
+    admin: SocketAddr,
+    before: Counters,
+    sent: u64,
+    limit: Duration,
+) -> anyhow::Result<(Counters, Instant)> {
+    let deadline = Instant::now() + limit;
+    let mut last = probe::scrape(admin)? - before;
+    let mut changed_at = Instant::now();
+    while last.visible < sent as f64
+        && changed_at.elapsed() < Duration::from_secs(2)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = probe::scrape(admin)? - before;
+        if now.visible != last.visible || now.lines != last.lines {
+            changed_at = Instant::now();
+        }
+        last = now;
+    }
+    Ok((last, changed_at))
+}
+
+fn report_delivery(got: Counters, sent: u64, bytes: u64, secs: f64) {
+    let bytes_per_event = bytes as f64 / sent.max(1) as f64;
+    println!(
+        "delivered_events={:.0} lines={:.0} rejected={:.0} udp_dropped={:.0} delivered_secs={secs:.3} \
+         delivered_events_per_sec={:.0} delivered_mb_per_sec={:.1} loss_ratio={:.6}",
+        got.visible,
+        got.lines,
+        got.rejected,
+        got.udp_dropped,
+        got.visible / secs,
+        got.visible * bytes_per_event / secs / 1e6,
+        1.0 - got.lines / sent.max(1) as f64
+    );
+}
+
+fn report_latency(l: &Latency, probe_ms: u64) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let h = &l.visible_us;
+    println!(
+        "latency_samples={} unresolved={} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} \
+         max_ms={:.3} probe_ms={probe_ms} scrape_p50_ms={:.3} scrape_p99_ms={:.3}",
+        h.len(),
+        l.unresolved,
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.9)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+        ms(l.scrape_us.value_at_quantile(0.5)),
+        ms(l.scrape_us.value_at_quantile(0.99)),
+    );
+}
+
+/// Scrapes every `probe_ms` and resolves the senders' samples, until told to stop.
+fn spawn_prober(
+    admin: SocketAddr,
+    before: Counters,
+    probe_ms: u64,
+    shared: &Arc<Shared>,
+) -> std::thread::JoinHandle<anyhow::Result<Latency>> {
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        let mut latency = Latency::new();
+        while !shared.stop_probe.load(Ordering::Acquire) {
+            latency.note(std::mem::take(
+                &mut *shared.samples.lock().expect("samples"),
+            ));
+            let asked = Instant::now();
+            let visible = (probe::scrape(admin)? - before).visible;
+            latency.resolve(asked, Instant::now(), visible as u64);
+            std::thread::sleep(Duration::from_millis(probe_ms));
+        }
+        latency.finish();
+        Ok(latency)
+    })
+}
+
+/// One sender thread's connection and pacing.
+struct Sender {
+    addr: SocketAddr,
+    proto: Proto,
+    format: Format,
+    /// Events/s for this sender (0: flat out).
+    rate: f64,
+    latency: bool,
+    shared: Arc<Shared>,
+}
+
+enum Sock {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+}
+
+impl Sender {
+    /// Sends chunks, cycling, until the quota is met. Returns (events, bytes) sent.
+    fn run(self, mut chunks: Vec<Chunk>, quota: Quota) -> anyhow::Result<(u64, u64)> {
+        let mut sock = match self.proto {
+            Proto::Tcp => {
+                let s = TcpStream::connect(self.addr)
+                    .with_context(|| format!("connect {}", self.addr))?;
+                s.set_nodelay(true)?;
+                Sock::Tcp(s)
+            }
+            Proto::Udp => {
+                let s = UdpSocket::bind(if self.addr.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                })?;
+                s.connect(self.addr)?;
+                Sock::Udp(s)
+            }
+        };
+        let (mut events, mut bytes) = (0u64, 0u64);
+        let mut cache = StampCache::default();
+        let mut last_sample: Option<Instant> = None;
+        let t0 = Instant::now();
+        'outer: loop {
+            for chunk in &mut chunks {
+                let mut n = chunk.lines();
+                let mut len = chunk.bytes.len();
+                match quota {
+                    Quota::Events(q) if events >= q => break 'outer,
+                    Quota::Events(q) if q - events < n => {
+                        n = q - events;
+                        len = chunk.line_ends[n as usize - 1] as usize;
+                    }
+                    Quota::Until(t) if Instant::now() >= t => break 'outer,
+                    _ => {}
+                }
+                let now_secs = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+                chunk.stamp(self.format, now_secs, &mut cache);
+                let began = Instant::now();
+                match &mut sock {
+                    Sock::Tcp(s) => s.write_all(&chunk.bytes[..len]).context("write")?,
+                    // A full receive buffer is loss we measure, not an error.
+                    Sock::Udp(s) => drop(s.send(&chunk.bytes[..len])),
+                }
+                events += n;
+                bytes += len as u64;
+                let total = self.shared.sent_events.fetch_add(n, Ordering::AcqRel) + n;
+                if self.latency && last_sample.is_none_or(|l| began - l >= probe::SAMPLE_EVERY) {
+                    last_sample = Some(began);
+                    self.shared
+                        .samples
+                        .lock()
+                        .expect("samples")
+                        .push((began, total));
+                }
+                if self.rate > 0.0 {
+                    let due = Duration::from_secs_f64(events as f64 / self.rate);
+                    if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+        }
+        Ok((events, bytes))
+    }
 }

@@ -1,0 +1,168 @@
+//! Reads sluice's counters from its admin `/metrics`, and turns them into send-to-visible
+//! latency samples.
+//!
+//! What a latency sample is: senders note `(t, S)` — `t` the moment a write began, `S` the
+//! cumulative number of events handed to the kernel once it returned — at most once per
+//! `SAMPLE_EVERY` per sender. The prober scrapes `/metrics` every `--probe-ms` and reads
+//! `V = Σ sluice_window_events_total + Σ sluice_late_events_total` (events the owning shard has
+//! folded into its windows or, for late ones, dead-lettered), less its value before the run.
+//! The sample resolves at the end `r` of the first scrape with `V ≥ S`; its latency is `r - t`.
+//! That is the time for the shards to catch up with everything sent up to `t`, not the time of
+//! one particular event: events on different connections or shards may be folded out of order,
+//! so one event can be seen earlier or later than the count suggests. It over-estimates by up
+//! to one probe interval plus one scrape; the scrape time is reported beside it. Events that
+//! are never counted (UDP loss, rejected lines) leave samples unresolved; they are reported as
+//! such, not as latencies.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+
+/// A sender notes a sample at most this often.
+pub const SAMPLE_EVERY: Duration = Duration::from_micros(200);
+
+/// Counters of one scrape, summed over cores and listeners.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    /// `sluice_lines_total`: lines accepted into the log.
+    pub lines: f64,
+    /// `sluice_window_events_total + sluice_late_events_total`: events through to a shard.
+    pub visible: f64,
+    /// `sluice_rejected_total`.
+    pub rejected: f64,
+    /// `sluice_udp_dropped_total`.
+    pub udp_dropped: f64,
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Counters;
+    fn sub(self, o: Counters) -> Counters {
+        Counters {
+            lines: self.lines - o.lines,
+            visible: self.visible - o.visible,
+            rejected: self.rejected - o.rejected,
+            udp_dropped: self.udp_dropped - o.udp_dropped,
+        }
+    }
+}
+
+/// Scrapes `/metrics` once.
+pub fn scrape(admin: SocketAddr) -> anyhow::Result<Counters> {
+    let mut s =
+        TcpStream::connect_timeout(&admin, Duration::from_secs(5)).context("connect to admin")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_nodelay(true)?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).context("read /metrics")?;
+    Ok(parse(&body))
+}
+
+/// Sums the counters of a Prometheus text body.
+pub fn parse(body: &str) -> Counters {
+    let mut c = Counters::default();
+    for line in body.lines().filter(|l| l.starts_with("sluice_")) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or(series);
+        match name {
+            "sluice_lines_total" => c.lines += value,
+            "sluice_window_events_total" | "sluice_late_events_total" => c.visible += value,
+            "sluice_rejected_total" => c.rejected += value,
+            "sluice_udp_dropped_total" => c.udp_dropped += value,
+            _ => {}
+        }
+    }
+    c
+}
+
+/// Latency and scrape-time histograms, in µs.
+#[derive(Debug)]
+pub struct Latency {
+    /// Send-to-visible, per resolved sample.
+    pub visible_us: Histogram<u64>,
+    /// Duration of each scrape.
+    pub scrape_us: Histogram<u64>,
+    /// Samples still waiting when probing stopped.
+    pub unresolved: usize,
+    pending: Vec<(Instant, u64)>,
+}
+
+impl Latency {
+    /// Empty histograms (1 µs to 10 minutes, 3 significant digits).
+    pub fn new() -> Latency {
+        let h = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+        Latency {
+            visible_us: h(),
+            scrape_us: h(),
+            unresolved: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Adds the samples noted by senders since the last call.
+    pub fn note(&mut self, samples: impl IntoIterator<Item = (Instant, u64)>) {
+        self.pending.extend(samples);
+    }
+
+    /// A scrape that began at `asked` ended at `answered` with `visible` events counted.
+    pub fn resolve(&mut self, asked: Instant, answered: Instant, visible: u64) {
+        let us = |d: Duration| (d.as_micros() as u64).max(1);
+        self.scrape_us.saturating_record(us(answered - asked));
+        let hist = &mut self.visible_us;
+        self.pending.retain(|(sent_at, count)| {
+            if *count <= visible {
+                hist.saturating_record(us(answered.saturating_duration_since(*sent_at)));
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Ends probing: what is left is unresolved.
+    pub fn finish(&mut self) {
+        self.unresolved = self.pending.len();
+        self.pending.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_sums_series_over_labels() {
+        let body = "# HELP sluice_lines_total x\n\
+sluice_lines_total{core=\"0\",listener=\"g\"} 10\n\
+sluice_lines_total{core=\"1\",listener=\"g\"} 5\n\
+sluice_window_events_total{core=\"0\"} 7\n\
+sluice_late_events_total{core=\"1\"} 1\n\
+sluice_udp_dropped_total{core=\"0\",listener=\"u\"} 2\n\
+sluice_lines_total_other 99\n";
+        let c = parse(body);
+        assert_eq!(c.lines, 15.0);
+        assert_eq!(c.visible, 8.0);
+        assert_eq!(c.udp_dropped, 2.0);
+        assert_eq!(c.rejected, 0.0);
+    }
+
+    #[test]
+    fn a_sample_resolves_when_the_count_reaches_it() {
+        let mut l = Latency::new();
+        let t0 = Instant::now();
+        l.note([(t0, 100), (t0, 200)]);
+        l.resolve(t0, t0 + Duration::from_millis(3), 150);
+        assert_eq!(l.visible_us.len(), 1);
+        assert!(l.visible_us.max() >= 2_990);
+        l.finish();
+        assert_eq!(l.unresolved, 1);
+    }
+}
