@@ -420,6 +420,7 @@ fn emit_octet_message(message: &[u8], on_line: &mut impl FnMut(&[u8])) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse::testdata::{LOGHUB, corpus};
     use proptest::prelude::*;
 
     #[derive(Debug, Clone, PartialEq)]
@@ -697,22 +698,6 @@ mod tests {
         );
     }
 
-    fn corpus(path: &str) -> Option<Vec<u8>> {
-        let full = format!("{}/../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"));
-        let full = if std::path::Path::new(&full).exists() {
-            full
-        } else {
-            format!("/work/shared/corpus/{path}")
-        };
-        match std::fs::read(&full) {
-            Ok(bytes) => Some(bytes),
-            Err(e) => {
-                eprintln!("skipping: {full}: {e}");
-                None
-            }
-        }
-    }
-
     #[test]
     fn captured_tcp_octet_counting_from_logger() {
         let Some(raw) = corpus("captures/syslog-logger-python.tcp.raw") else {
@@ -759,16 +744,7 @@ mod tests {
 
     #[test]
     fn loghub_files_frame_into_2000_lines() {
-        for name in [
-            "Apache",
-            "BGL",
-            "HDFS",
-            "Linux",
-            "OpenSSH",
-            "Spark",
-            "Thunderbird",
-            "Zookeeper",
-        ] {
+        for name in LOGHUB {
             let Some(raw) = corpus(&format!("loghub/{name}_2k.log")) else {
                 return;
             };

@@ -398,12 +398,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn parser(key: &str, value: Option<&str>, time: Option<&str>) -> JsonParser {
-        let options = FormatOptions {
-            key: (!key.is_empty()).then(|| key.split(',').map(str::to_string).collect()),
-            value: value.map(str::to_string),
-            time: time.map(str::to_string),
-        };
-        JsonParser::new(&options, "json-in")
+        JsonParser::new(
+            &crate::parse::testdata::options(key, value, time),
+            "json-in",
+        )
     }
 
     fn run(p: &mut JsonParser, line: &[u8]) -> Result<(String, f64, i64), Reject> {

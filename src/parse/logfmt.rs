@@ -259,12 +259,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn parser(key: &str, value: Option<&str>, time: Option<&str>) -> LogfmtParser {
-        let options = FormatOptions {
-            key: (!key.is_empty()).then(|| key.split(',').map(str::to_string).collect()),
-            value: value.map(str::to_string),
-            time: time.map(str::to_string),
-        };
-        LogfmtParser::new(&options, "logfmt-in")
+        LogfmtParser::new(
+            &crate::parse::testdata::options(key, value, time),
+            "logfmt-in",
+        )
     }
 
     fn run(p: &mut LogfmtParser, line: &[u8]) -> Result<(String, f64, i64), Reject> {

@@ -263,6 +263,45 @@ pub fn check_key(key: &[u8]) -> Result<&[u8], Reject> {
     Ok(key)
 }
 
+/// Test inputs shared by the parser and framing tests.
+#[cfg(test)]
+pub(crate) mod testdata {
+    use crate::config::FormatOptions;
+
+    /// The loghub samples in `../shared/corpus/loghub` (`{name}_2k.log`).
+    pub(crate) const LOGHUB: [&str; 8] = [
+        "Apache",
+        "BGL",
+        "HDFS",
+        "Linux",
+        "OpenSSH",
+        "Spark",
+        "Thunderbird",
+        "Zookeeper",
+    ];
+
+    /// A file of `../shared/corpus`, or `None` (with a message) when the corpus is absent.
+    pub(crate) fn corpus(path: &str) -> Option<Vec<u8>> {
+        let full = format!("{}/../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"));
+        match std::fs::read(&full) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                eprintln!("skipping: {full}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Format options from a comma-separated key list (empty: none), a value and a time field.
+    pub(crate) fn options(key: &str, value: Option<&str>, time: Option<&str>) -> FormatOptions {
+        FormatOptions {
+            key: (!key.is_empty()).then(|| key.split(',').map(str::to_string).collect()),
+            value: value.map(str::to_string),
+            time: time.map(str::to_string),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -594,6 +594,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse::testdata::{LOGHUB, corpus};
     use proptest::prelude::*;
 
     /// 2026-11-28T21:00:00Z, an hour after the captures were made.
@@ -891,17 +892,6 @@ mod tests {
         }
     }
 
-    fn corpus(path: &str) -> Option<Vec<u8>> {
-        let full = format!("{}/../shared/corpus/{path}", env!("CARGO_MANIFEST_DIR"));
-        match std::fs::read(&full) {
-            Ok(bytes) => Some(bytes),
-            Err(e) => {
-                eprintln!("skipping: {full}: {e}");
-                None
-            }
-        }
-    }
-
     #[test]
     fn captured_logger_and_python_messages() {
         let (Some(udp), Some(tcp)) = (
@@ -962,16 +952,7 @@ mod tests {
 
     #[test]
     fn loghub_files_parse_without_rejects() {
-        for name in [
-            "Apache",
-            "BGL",
-            "HDFS",
-            "Linux",
-            "OpenSSH",
-            "Spark",
-            "Thunderbird",
-            "Zookeeper",
-        ] {
+        for name in LOGHUB {
             let Some(raw) = corpus(&format!("loghub/{name}_2k.log")) else {
                 return;
             };
