@@ -1,7 +1,7 @@
 //! Log append throughput: ~100-byte lines in 64 KiB batches through the `Appender` with
-//! `flush = interval` and `flush = always`, beside a baseline that `write()`s the same bytes
-//! (the lines, newline-terminated) to a plain file in 64 KiB writes. Throughput is in
-//! events (lines) per second; bytes per second = events per second x `LINE_BYTES`.
+//! `flush = interval`, `never` and `always`, beside a baseline that `write()`s the same bytes
+//! (the lines, newline-terminated) to a plain file in 64 KiB writes. Throughput is in events (lines) per second; bytes
+//! per second = events per second x `LINE_BYTES`.
 //!
 //! Each partition or file is reset (outside the timed region) once it holds
 //! `RESET_BYTES`, so the benchmark's disk use stays bounded; rolls inside that span are
@@ -122,6 +122,9 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("appender_interval", |b| {
         b.iter_custom(|iters| append(root.path(), FlushPolicy::Interval, &lines, iters));
+    });
+    group.bench_function("appender_never", |b| {
+        b.iter_custom(|iters| append(root.path(), FlushPolicy::Never, &lines, iters));
     });
     group.bench_function("appender_always", |b| {
         b.iter_custom(|iters| append(root.path(), FlushPolicy::Always, &lines, iters));

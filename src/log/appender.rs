@@ -1,6 +1,7 @@
-//! The appender: the one writer of a partition. Lines go straight into the mapped segment;
-//! the header (with its CRC) is written at commit; segments roll when full; the segment's
-//! sparse index grows as batches are committed; retention deletes whole old segments.
+//! The appender: the one writer of a partition. Lines are staged in one reused buffer; at
+//! commit the header (with its CRC) is put before them and the batch goes into the segment
+//! with one `pwrite`; segments roll when full; the segment's sparse index grows as batches
+//! are committed; retention deletes whole old segments.
 
 #![forbid(unsafe_code)]
 
@@ -16,13 +17,17 @@ use super::recovery;
 use super::segment::{self, Segment};
 use super::{
     BATCH_PAYLOAD_BYTES_MAX, BatchInfo, Error, FLUSHER_WAKE_BYTES, FlushPolicy, Lines, Offset,
-    Options, RECENT_BATCHES_MAX, RETENTION_CHECK_INTERVAL_MS, RecoveryReport,
+    Options, RECENT_BATCHES_MAX, RETENTION_CHECK_INTERVAL_MS, RecoveryReport, SEALS_IN_FLIGHT_MAX,
 };
 use crate::limits::{LINE_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 
 /// Sealed segments kept mapped so [`Appender::lines`] can read batches committed just before
 /// a roll.
 const SEALED_MAPPED_MAX: usize = 4;
+
+/// The staging buffer is emptied when a batch starts and it holds more than this (the
+/// batches already in it are read back through the mapping).
+const STAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Where a recently committed batch lies, for [`Appender::lines`].
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +36,8 @@ struct RecentBatch {
     segment_base: Offset,
     file_pos: u64,
     payload_bytes: u32,
+    /// The stage generation and position of its header while it is still staged.
+    staged: (u64, usize),
 }
 
 /// A sealed segment on disk, as retention sees it.
@@ -75,6 +82,12 @@ pub struct Appender {
     recent: VecDeque<RecentBatch>,
     /// Batches committed but not yet handed out by [`BatchWriter::finish`].
     pending: Vec<BatchInfo>,
+    /// The batches of the current [`BatchWriter`] (headers, payloads, padding), the open
+    /// one last; reused, so appending allocates nothing once it has grown.
+    stage: Vec<u8>,
+    /// Bumped each time `stage` is emptied: a `RecentBatch` of another generation is read
+    /// from the mapping.
+    stage_generation: u64,
 }
 
 impl Appender {
@@ -134,6 +147,8 @@ impl Appender {
             last_retention_check: Instant::now(),
             recent: VecDeque::with_capacity(RECENT_BATCHES_MAX),
             pending: Vec::new(),
+            stage: Vec::new(),
+            stage_generation: 0,
         };
         Ok((appender, report))
     }
@@ -160,20 +175,27 @@ impl Appender {
 
     /// Starts a batch of lines from one listener.
     pub fn begin(&mut self, listener_id: u16, ingest_time_ms: i64) -> BatchWriter<'_> {
+        self.clear_stage();
         BatchWriter {
             appender: self,
             listener_id,
             ingest_time_ms,
+            open_start: 0,
             payload_bytes: 0,
             count: 0,
         }
+    }
+
+    fn clear_stage(&mut self) {
+        self.stage.clear();
+        self.stage_generation += 1;
     }
 
     /// Makes every committed batch durable, now, on this thread (checkpoints, shutdown,
     /// `flush = always`).
     pub fn flush(&mut self) -> Result<(), Error> {
         self.index.write_pending();
-        self.tracker.flush_to(self.write_pos, self.next_offset)?;
+        self.tracker.flush_all(self.write_pos, self.next_offset)?;
         assert_eq!(
             self.tracker.offsets().durable,
             self.next_offset,
@@ -284,8 +306,13 @@ impl Appender {
             .chain(self.sealed.iter().rev())
             .find(|s| s.base() == recent.segment_base)
             .unwrap_or_else(|| panic!("segment of batch at {} unmapped", batch.first_offset));
-        let start = recent.file_pos as usize + HEADER_BYTES;
-        Lines::new(&segment.bytes()[start..start + recent.payload_bytes as usize])
+        let (generation, stage_pos) = recent.staged;
+        let (bytes, start) = if generation == self.stage_generation {
+            (&self.stage[..], stage_pos + HEADER_BYTES)
+        } else {
+            (segment.bytes(), recent.file_pos as usize + HEADER_BYTES)
+        };
+        Lines::new(&bytes[start..start + recent.payload_bytes as usize])
     }
 
     /// Whether the open batch at `write_pos` can grow to `payload_bytes` in this segment.
@@ -293,11 +320,20 @@ impl Appender {
         self.write_pos + record::batch_bytes(payload_bytes) <= self.segment.len()
     }
 
-    /// Commits the open batch of `count` lines (`payload_bytes` written after the header
-    /// position): writes the header with its CRC and advances the written offset.
-    fn commit(&mut self, listener_id: u16, ingest_time_ms: i64, count: u32, payload_bytes: u32) {
+    /// Commits the open batch of `count` lines (`payload_bytes` staged after its header
+    /// space at `open_start`): writes the header with its CRC before them, pads the batch,
+    /// writes it into the segment and advances the written offset. A failed write commits
+    /// nothing.
+    fn commit(
+        &mut self,
+        listener_id: u16,
+        ingest_time_ms: i64,
+        count: u32,
+        open_start: usize,
+        payload_bytes: u32,
+    ) -> Result<(), Error> {
         if count == 0 {
-            return;
+            return Ok(());
         }
         let info = BatchInfo {
             first_offset: self.next_offset,
@@ -305,13 +341,14 @@ impl Appender {
             listener_id,
             ingest_time_ms,
         };
-        let pos = self.write_pos as usize;
-        let payload_start = pos + HEADER_BYTES;
-        let header = BatchHeader::new(
-            &info,
-            &self.segment.bytes()[payload_start..payload_start + payload_bytes as usize],
-        );
-        self.segment.bytes_mut()[pos..payload_start].copy_from_slice(bytemuck::bytes_of(&header));
+        let payload_start = open_start + HEADER_BYTES;
+        debug_assert_eq!(self.stage.len(), payload_start + payload_bytes as usize);
+        let header = BatchHeader::new(&info, &self.stage[payload_start..]);
+        self.stage[open_start..payload_start].copy_from_slice(bytemuck::bytes_of(&header));
+        self.stage
+            .resize(open_start + header.batch_bytes() as usize, 0);
+        self.segment
+            .write_at(self.write_pos, &self.stage[open_start..])?;
         debug_assert_eq!(
             record::check_at(self.segment.bytes(), self.write_pos, self.next_offset),
             record::Step::Batch(header)
@@ -324,6 +361,7 @@ impl Appender {
             segment_base: self.segment.base(),
             file_pos: self.write_pos,
             payload_bytes,
+            staged: (self.stage_generation, open_start),
         });
         self.index.on_batch(self.write_pos, &header);
         self.pending.push(info);
@@ -334,15 +372,21 @@ impl Appender {
         self.tracker.publish_written(self.write_pos, next);
         if self.write_pos >= self.wake_pos {
             self.wake_pos = self.write_pos + FLUSHER_WAKE_BYTES;
-            flusher::wake(&self.tracker);
+            if self.options.flush == FlushPolicy::Interval {
+                flusher::wake(&self.tracker);
+            }
         }
+        Ok(())
     }
 
     /// Seals the current segment and starts the next one, named by the next offset. The
-    /// sealed segment is made durable first (whatever the policy), so a segment never
-    /// exists on disk without everything before it.
+    /// sealed segment is made durable in the background (see `flusher.rs`); only when
+    /// `SEALS_IN_FLIGHT_MAX` segments already wait for the disk does the roll wait for them.
     fn roll(&mut self) -> Result<(), Error> {
-        self.flush()?;
+        if self.tracker.sealing_len() >= SEALS_IN_FLIGHT_MAX {
+            self.tracker.drain_sealing()?;
+        }
+        self.index.write_pending();
         let next = Segment::create(&self.dir, self.next_offset, self.options.segment_bytes)?;
         tracing::debug!(segment = %next.path().display(), "log segment rolled");
         let empty = SegmentIndex {
@@ -352,8 +396,13 @@ impl Appender {
         };
         let next_index = IndexWriter::start(&self.dir, &empty, IndexBuilder::new());
         let sealed_index = std::mem::replace(&mut self.index, next_index);
-        let max_time_ms = sealed_index.seal(self.write_pos, self.next_offset);
-        self.tracker.roll(next.sync_handle(), self.next_offset);
+        let max_time_ms = sealed_index.max_time_ms();
+        self.tracker.roll(
+            next.sync_handle(),
+            self.write_pos,
+            self.next_offset,
+            sealed_index,
+        );
         let sealed = std::mem::replace(&mut self.segment, next);
         self.history.push_back(SealedSegment {
             base: sealed.base(),
@@ -378,6 +427,11 @@ impl Appender {
 impl Drop for Appender {
     fn drop(&mut self) {
         self.index.write_pending();
+        // Sealed segments waiting for the disk get there (and their index seals) now rather
+        // than being rescanned at the next open.
+        if let Err(e) = self.tracker.drain_sealing() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot make sealed log segments durable");
+        }
     }
 }
 
@@ -473,6 +527,14 @@ fn open_sealed(dir: &Path, newest: Offset) -> Result<VecDeque<SealedSegment>, Er
                 tracing::info!(segment = %s.path.display(), found = ?IndexState::of(&l),
                     "rebuilding log segment index");
                 let rebuilt = index::build_from_file(&s.path, s.base)?;
+                // A seal claims its segment is durable (see `recovery.rs`): make it so first
+                // (after kill -9 its pages may still be dirty in the page cache).
+                std::fs::File::open(&s.path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|source| Error::Io {
+                        path: s.path.clone(),
+                        source,
+                    })?;
                 if let Err(e) = index::write(dir, &rebuilt) {
                     tracing::warn!(error = %e, "cannot write rebuilt log index; readers scan");
                 }
@@ -515,17 +577,20 @@ impl IndexState {
     }
 }
 
-/// Writes lines straight into the mapped segment. Rolls to a new segment when the current one
-/// is full (committing what it holds first).
+/// Stages lines and commits them as record batches. Rolls to a new segment when the current
+/// one is full (committing what it holds first).
 ///
-/// Dropped without [`finish`](Self::finish), it discards the lines of its open batch
-/// (zeroed); batches it already committed (at a roll) are reported by the next `finish`.
+/// Dropped without [`finish`](Self::finish), it discards the lines of its open batch (they
+/// never reach the segment); batches it already committed (at a roll) are reported by the
+/// next `finish`.
 #[derive(Debug)]
 pub struct BatchWriter<'a> {
     appender: &'a mut Appender,
     listener_id: u16,
     ingest_time_ms: i64,
-    /// Payload bytes of the open batch, written after the header position `write_pos`.
+    /// Where the open batch's header space starts in the stage.
+    open_start: usize,
+    /// Payload bytes of the open batch, staged after its header space.
     payload_bytes: u32,
     /// Lines of the open batch.
     count: u32,
@@ -545,20 +610,28 @@ impl BatchWriter<'_> {
         };
         let framed_bytes = LINE_PREFIX_BYTES as u32 + line_bytes;
         if self.payload_bytes + framed_bytes > BATCH_PAYLOAD_BYTES_MAX {
-            self.commit();
+            self.commit()?;
         }
         if !self.appender.fits(self.payload_bytes + framed_bytes) {
-            self.commit();
+            self.commit()?;
             self.appender.roll()?;
             debug_assert!(
                 self.appender.fits(framed_bytes),
                 "a line fits a fresh segment"
             );
         }
-        let start = (self.appender.write_pos as usize) + HEADER_BYTES + self.payload_bytes as usize;
-        let bytes = self.appender.segment.bytes_mut();
-        bytes[start..start + LINE_PREFIX_BYTES].copy_from_slice(&line_bytes.to_le_bytes());
-        bytes[start + LINE_PREFIX_BYTES..start + framed_bytes as usize].copy_from_slice(line);
+        if self.count == 0 {
+            if self.appender.stage.len() > STAGE_BYTES_MAX {
+                self.appender.clear_stage();
+            }
+            let stage = &mut self.appender.stage;
+            self.open_start = stage.len();
+            stage.resize(self.open_start + HEADER_BYTES, 0);
+        }
+        let stage = &mut self.appender.stage;
+        stage.reserve(framed_bytes as usize);
+        stage.extend_from_slice(&line_bytes.to_le_bytes());
+        stage.extend_from_slice(line);
         self.payload_bytes += framed_bytes;
         self.count += 1;
         Ok(())
@@ -567,35 +640,29 @@ impl BatchWriter<'_> {
     /// Commits the batch (CRC, header) and pushes every batch it committed to `out` (none when
     /// no line was pushed). Flushes first under [`FlushPolicy::Always`].
     pub fn finish(mut self, out: &mut Vec<BatchInfo>) -> Result<(), Error> {
-        self.commit();
-        if self.appender.options.flush == FlushPolicy::Always {
+        let committed = self.commit();
+        if committed.is_ok() && self.appender.options.flush == FlushPolicy::Always {
             self.appender.flush()?;
         }
         out.append(&mut self.appender.pending);
-        Ok(())
+        committed
     }
 
-    fn commit(&mut self) {
-        self.appender.commit(
+    /// Commits the open batch; on error its lines are dropped (and the error returned).
+    fn commit(&mut self) -> Result<(), Error> {
+        let result = self.appender.commit(
             self.listener_id,
             self.ingest_time_ms,
             self.count,
+            self.open_start,
             self.payload_bytes,
         );
+        if result.is_err() {
+            self.appender.stage.truncate(self.open_start);
+        }
         self.count = 0;
         self.payload_bytes = 0;
-    }
-}
-
-impl Drop for BatchWriter<'_> {
-    fn drop(&mut self) {
-        if self.payload_bytes > 0 {
-            // Stale payload past the committed end is not data (its header is zero), but
-            // zeroing it keeps "everything after the end of data is zero" true while running.
-            let start = self.appender.write_pos as usize;
-            let end = start + HEADER_BYTES + self.payload_bytes as usize;
-            self.appender.segment.bytes_mut()[start..end].fill(0);
-        }
+        result
     }
 }
 
@@ -974,24 +1041,5 @@ mod tests {
             list_segments(dir.path()).unwrap(),
             before[before.len() - 1..]
         );
-    }
-
-    #[test]
-    fn the_flusher_prefaults_a_new_segment_under_every_policy() {
-        for flush in [
-            FlushPolicy::Never,
-            FlushPolicy::Always,
-            FlushPolicy::Interval,
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            let (mut appender, _) = Appender::open(dir.path(), small_options(flush)).unwrap();
-            write_batches(&mut appender, &many_batches(60));
-            assert!(list_segments(dir.path()).unwrap().len() >= 2);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while appender.tracker.prefaulted_pos() < SEGMENT_BYTES_MIN {
-                assert!(Instant::now() < deadline, "{flush:?}: never prefaulted");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
     }
 }

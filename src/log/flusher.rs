@@ -1,7 +1,16 @@
 //! Flushing: the offset tracker of a partition (`durable ≤ flushed ≤ written`) and the one
-//! background thread that flushes every partition under `flush = interval` and prefaults
-//! every partition's segment ahead of its writer, so the cores never msync and rarely fault
-//! on their hot path.
+//! background thread that makes sealed segments durable (under every policy) and flushes
+//! every partition under `flush = interval`, so the cores never msync on their hot path.
+//!
+//! A roll does not wait for the sealed segment to reach the disk: the segment joins the
+//! tracker's sealing queue and the next one is created at once. The queue is drained
+//! oldest first, by the flusher thread or by whoever flushes synchronously, before anything
+//! of the current segment; a segment's index gets its seal entry only once the segment is
+//! durable. So the durable offset never passes the end of a segment that is not on disk,
+//! and an index seal found after a crash proves its segment was durable (recovery relies on
+//! it to tell a segment torn by an OS crash from a sealed one). At most
+//! [`SEALS_IN_FLIGHT_MAX`](super::SEALS_IN_FLIGHT_MAX) segments wait; a roll beyond that
+//! waits for the oldest (the disk is slower than the input).
 //!
 //! - written: committed into the mapping (readers can see it).
 //! - flushed: its bytes were written back (msync returned).
@@ -24,8 +33,28 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::index::IndexWriter;
 use super::segment::{self, SegmentSync};
-use super::{Error, Offset, PREFAULT_AHEAD_BYTES};
+use super::{Error, Offset};
+
+/// A sealed segment on its way to the disk.
+#[derive(Debug)]
+struct Sealing {
+    /// Identifies it in the queue (its base offset is not unique once a partition restarts
+    /// empty; this is).
+    id: u64,
+    sync: SegmentSync,
+    /// Bytes before it are flushed.
+    flushed_pos: u64,
+    /// End of its data.
+    end_pos: u64,
+    /// Offset after its last batch.
+    end_offset: Offset,
+    /// Its file's size or directory entry is not yet durable.
+    metadata_dirty: bool,
+    /// Its index, sealed once the segment is durable (`None` once taken).
+    index: Option<IndexWriter>,
+}
 
 /// What the flushers know about the segment being written.
 #[derive(Debug)]
@@ -38,22 +67,24 @@ struct Target {
     flushed_pos: u64,
     /// The segment file's size or directory entry is not yet durable.
     metadata_dirty: bool,
-    /// Bytes of the segment before it were prefaulted.
-    prefaulted_pos: u64,
 }
 
 /// The shared offset tracker of one partition.
 #[derive(Debug)]
 pub(crate) struct Tracker {
     dir: PathBuf,
-    /// Flush period of the flusher thread; `None`: it only prefaults (policies other than
-    /// `interval`).
+    /// Flush period of the flusher thread; `None`: it does not flush this partition
+    /// (policies other than `interval`).
     interval: Option<Duration>,
     written_pos: AtomicU64,
     written: AtomicU64,
     flushed: AtomicU64,
     durable: AtomicU64,
     target: Mutex<Target>,
+    /// Sealed segments not yet durable, oldest first.
+    sealing: Mutex<std::collections::VecDeque<Sealing>>,
+    /// Ids of `sealing` entries.
+    next_seal_id: AtomicU64,
     /// The first error the flusher thread met since the appender last looked.
     error: Mutex<Option<Error>>,
     /// Flushes the flusher thread completed, and the microseconds they took.
@@ -96,8 +127,9 @@ impl Tracker {
                 generation: 0,
                 flushed_pos: 0,
                 metadata_dirty: true,
-                prefaulted_pos: 0,
             }),
+            sealing: Mutex::new(std::collections::VecDeque::new()),
+            next_seal_id: AtomicU64::new(0),
             error: Mutex::new(None),
             flushes_total: AtomicU64::new(0),
             flush_us_total: AtomicU64::new(0),
@@ -129,31 +161,98 @@ impl Tracker {
         }
     }
 
-    /// Switches to a new segment that starts at `written` (after the old one was made
-    /// durable through its end).
-    pub(crate) fn roll(&self, sync: SegmentSync, written: Offset) {
+    fn sealing(&self) -> MutexGuard<'_, std::collections::VecDeque<Sealing>> {
+        self.sealing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sealed segments not yet durable.
+    pub(crate) fn sealing_len(&self) -> usize {
+        self.sealing().len()
+    }
+
+    /// Switches to a new segment `sync`: the current one, whose data ends at `end_pos` with
+    /// offset `written` (the written offset now), joins the sealing queue with its `index`.
+    pub(crate) fn roll(
+        &self,
+        sync: SegmentSync,
+        end_pos: u64,
+        written: Offset,
+        index: IndexWriter,
+    ) {
+        assert_eq!(self.written.load(Ordering::Acquire), written.0);
         let mut target = self.target();
-        assert_eq!(
-            self.durable.load(Ordering::Acquire),
-            written.0,
-            "a segment is sealed only once durable"
-        );
-        target.sync = sync;
+        let old = std::mem::replace(&mut target.sync, sync);
+        let sealing = Sealing {
+            id: self.next_seal_id.fetch_add(1, Ordering::Relaxed),
+            sync: old,
+            flushed_pos: target.flushed_pos,
+            end_pos,
+            end_offset: written,
+            metadata_dirty: target.metadata_dirty,
+            index: Some(index),
+        };
+        self.sealing().push_back(sealing);
         target.generation += 1;
         target.flushed_pos = 0;
         target.metadata_dirty = true;
-        target.prefaulted_pos = 0;
         self.written_pos.store(0, Ordering::Release);
     }
 
-    /// Makes everything up to `offset` (position `pos` of the current segment) durable.
-    /// Called by the core (synchronous flushes) and by the flusher thread.
-    pub(crate) fn flush_to(&self, pos: u64, offset: Offset) -> Result<(), Error> {
-        let (sync, generation, from, metadata_dirty) = {
+    /// Makes every sealed segment in the queue durable, oldest first, and seals its index.
+    pub(crate) fn drain_sealing(&self) -> Result<(), Error> {
+        loop {
+            let (id, sync, from, end_pos, end_offset, metadata_dirty) = {
+                let queue = self.sealing();
+                let Some(front) = queue.front() else {
+                    return Ok(());
+                };
+                (
+                    front.id,
+                    front.sync.clone(),
+                    front.flushed_pos,
+                    front.end_pos,
+                    front.end_offset,
+                    front.metadata_dirty,
+                )
+            };
+            if end_pos > from {
+                sync.flush_range(from, end_pos - from)?;
+            }
+            if metadata_dirty {
+                sync.sync_file()?;
+                segment::sync_dir(&self.dir)?;
+            }
+            let done = {
+                let mut queue = self.sealing();
+                match queue.front() {
+                    Some(front) if front.id == id => queue.pop_front(),
+                    // Another thread drained it meanwhile.
+                    _ => None,
+                }
+            };
+            self.publish(&self.flushed, end_offset);
+            self.publish(&self.durable, end_offset);
+            if let Some(mut sealed) = done
+                && let Some(index) = sealed.index.take()
+            {
+                index.seal(end_pos, end_offset);
+            }
+        }
+    }
+
+    /// Makes everything up to `offset` (position `pos` of the current segment, whose
+    /// generation is `generation`) durable, after every sealed segment. Called by the core
+    /// (synchronous flushes) and by the flusher thread; a flush of a generation that has
+    /// rolled away since stops after the sealing queue (the queue holds that segment now).
+    fn flush_to(&self, generation: u64, pos: u64, offset: Offset) -> Result<(), Error> {
+        self.drain_sealing()?;
+        let (sync, from, metadata_dirty) = {
             let target = self.target();
+            if target.generation != generation {
+                return Ok(());
+            }
             (
                 target.sync.clone(),
-                target.generation,
                 target.flushed_pos,
                 target.metadata_dirty,
             )
@@ -175,6 +274,13 @@ impl Tracker {
         Ok(())
     }
 
+    /// Makes everything written durable: the sealing queue, then the current segment up to
+    /// `pos` and `offset` (what the appender, the one thread that rolls, last published).
+    pub(crate) fn flush_all(&self, pos: u64, offset: Offset) -> Result<(), Error> {
+        let generation = self.target().generation;
+        self.flush_to(generation, pos, offset)
+    }
+
     fn publish(&self, which: &AtomicU64, offset: Offset) {
         which.fetch_max(offset.0, Ordering::AcqRel);
         let o = self.offsets();
@@ -186,14 +292,19 @@ impl Tracker {
 
     /// One cycle of the flusher thread: flushes what was written since the last flush.
     fn flush_written(&self) {
-        // The offset first, then the position: the position is at least as far.
+        // The generation first (a roll changes it and resets the position under the same
+        // lock), then the offset, then the position: the position is at least as far.
+        let (generation, metadata_dirty) = {
+            let target = self.target();
+            (target.generation, target.metadata_dirty)
+        };
         let offset = Offset(self.written.load(Ordering::Acquire));
         let pos = self.written_pos.load(Ordering::Acquire);
-        if offset.0 == self.durable.load(Ordering::Acquire) && !self.target().metadata_dirty {
+        if offset.0 == self.durable.load(Ordering::Acquire) && !metadata_dirty {
             return;
         }
         let started = Instant::now();
-        match self.flush_to(pos, offset) {
+        match self.flush_to(generation, pos, offset) {
             Ok(()) => {
                 self.flushes_total.fetch_add(1, Ordering::Relaxed);
                 let us = started.elapsed().as_micros() as u64;
@@ -205,36 +316,6 @@ impl Tracker {
                 slot.get_or_insert(e);
             }
         }
-    }
-
-    /// Prefaults the current segment from the write position to `PREFAULT_AHEAD_BYTES`
-    /// past it (the flusher thread, when the appender wakes it).
-    fn prefault_ahead(&self) {
-        let (sync, generation, from) = {
-            let target = self.target();
-            (
-                target.sync.clone(),
-                target.generation,
-                target.prefaulted_pos,
-            )
-        };
-        let written_pos = self.written_pos.load(Ordering::Acquire);
-        let from = from.max(written_pos);
-        let to = (written_pos + PREFAULT_AHEAD_BYTES).min(sync.len());
-        if to <= from {
-            return;
-        }
-        sync.prefault(from, to - from);
-        let mut target = self.target();
-        if target.generation == generation {
-            target.prefaulted_pos = target.prefaulted_pos.max(to);
-        }
-    }
-
-    /// Bytes of the current segment prefaulted so far.
-    #[cfg(test)]
-    pub(crate) fn prefaulted_pos(&self) -> u64 {
-        self.target().prefaulted_pos
     }
 
     /// The error the flusher thread met since the last call, if any.
@@ -253,7 +334,7 @@ impl Tracker {
 
 /// What the flusher thread is told.
 enum Msg {
-    /// Flush (under `interval`) and prefault this partition from now on.
+    /// Look after this partition from now on.
     Register(Weak<Tracker>),
     /// The partition's appender wrote `FLUSHER_WAKE_BYTES` more, or rolled.
     Wake(Weak<Tracker>),
@@ -279,24 +360,28 @@ fn send(msg: Msg) {
     let _ = flusher.tx.send(msg);
 }
 
-/// Has the flusher thread look after `tracker` until it is dropped: flush it every interval
-/// (under `interval`), and flush and prefault it whenever its appender calls [`wake`].
+/// Has the flusher thread look after `tracker` until it is dropped: drain its sealing queue
+/// whenever its appender calls [`wake`], and flush it every interval and at every wake under
+/// `interval`.
 pub(crate) fn register(tracker: &Arc<Tracker>) {
     send(Msg::Register(Arc::downgrade(tracker)));
 }
 
-/// Asks the flusher thread to prefault ahead of `tracker`'s writer (and, under `interval`,
-/// to flush what it wrote). Cheap: one channel send.
+/// Asks the flusher thread to drain `tracker`'s sealing queue and (under `interval`) to
+/// flush what its writer wrote. Cheap: one channel send.
 pub(crate) fn wake(tracker: &Arc<Tracker>) {
     send(Msg::Wake(Arc::downgrade(tracker)));
 }
 
-/// Flushes (under `interval`) and prefaults one partition.
+/// Drains the sealing queue of one partition and flushes it (under `interval`).
 fn service(tracker: &Tracker) {
     if tracker.interval.is_some() {
         tracker.flush_written();
+    } else if let Err(e) = tracker.drain_sealing() {
+        tracing::error!(error = %e, "background log flush failed");
+        let mut slot = tracker.error.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
     }
-    tracker.prefault_ahead();
 }
 
 fn run(rx: &Receiver<Msg>) {

@@ -409,6 +409,11 @@ impl IndexWriter {
         self.pending.clear();
     }
 
+    /// The largest ingest time of the batches noted so far.
+    pub(crate) fn max_time_ms(&self) -> i64 {
+        self.builder.max_time_ms
+    }
+
     /// Writes the seal entry (data ending at `end_pos`, offset `end_offset`) after the
     /// pending ones; returns the segment's largest ingest time.
     pub(crate) fn seal(mut self, end_pos: u64, end_offset: Offset) -> i64 {

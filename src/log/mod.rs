@@ -61,8 +61,8 @@
 //! - `durable <= flushed <= written` (asserted at every publication, see `flusher.rs`).
 //!   Under `flush = interval` one background thread msyncs every partition; the cores only
 //!   publish what they wrote. `flush()` (checkpoints, shutdown, `always`) is synchronous.
-//!   The same thread prefaults segment pages ahead of the writer, so first-touch page faults
-//!   (allocation and zero-filling) stay off the cores.
+//! - Batches are written with one `pwrite` each into the page cache; the segment's mapping
+//!   is read-only (the appender reads recent batches back through it), see `segment.rs`.
 //! - An index (`.idx`) is a cache of its segment: entries are CRC-checked one by one, a
 //!   missing, short or bad index is rebuilt from the segment when the appender opens the
 //!   partition (readers fall back to scanning), and a reader checks the batch an entry
@@ -113,14 +113,13 @@ pub const INDEX_INTERVAL_BYTES: u64 = 64 * 1024;
 /// The appender wakes the flusher thread each time it has written this many more bytes of a
 /// segment: under `flush = interval` the flusher then flushes what is written (so a flush
 /// happens every `flush_interval_ms` or every this many bytes, whichever comes first, and a
-/// roll never has much left to flush), and under every policy it prefaults the segment
-/// ahead of the writer.
+/// roll never has much left to flush).
 pub const FLUSHER_WAKE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// How far ahead of the write position the flusher thread prefaults a segment's pages.
-pub const PREFAULT_AHEAD_BYTES: u64 = 16 * 1024 * 1024;
-
-const _: () = assert!(PREFAULT_AHEAD_BYTES >= 2 * FLUSHER_WAKE_BYTES);
+/// Sealed segments that may wait for the disk at once: a roll beyond it first makes the
+/// oldest durable. Bounds the page cache a partition can dirty ahead of the disk to about
+/// this many segments, and what recovery scans for a segment torn by an OS crash.
+pub const SEALS_IN_FLIGHT_MAX: usize = 4;
 
 /// How often the appender's tick checks the retention bounds.
 pub const RETENTION_CHECK_INTERVAL_MS: u64 = 1_000;

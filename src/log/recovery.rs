@@ -1,15 +1,25 @@
 //! Recovery: finds the valid prefix of a partition when an appender opens it, cuts (zeroes)
 //! everything after it in the newest segment, and checks that the newest segment follows the
 //! one before it.
+//!
+//! Sealed segments reach the disk in the background (`flusher.rs`), so after an OS crash
+//! or power loss one of the last [`SEALS_IN_FLIGHT_MAX`] sealed segments may end short (a
+//! torn tail) while segments created after it survive. None of those later segments held
+//! durable data (the durable offset never passes the end of a segment not yet on disk), so
+//! the log is cut at the first such gap: they are deleted, newest first, and the torn
+//! segment becomes the newest again. A sealed segment whose index carries a seal entry at
+//! the next segment's base was durable (the seal is written only after its segment reached
+//! the disk), and so was everything before it: the walk stops there.
 
 #![forbid(unsafe_code)]
 
 use std::path::Path;
 
+use super::index;
 use super::reader::{ScanStep, SegmentScanner};
 use super::record::{self, Defect, Step};
 use super::segment::{self, Segment, SegmentFile};
-use super::{Error, Offset};
+use super::{Error, Offset, SEALS_IN_FLIGHT_MAX};
 
 /// How far a scan of one segment got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +89,8 @@ pub(crate) struct Recovered {
 /// Recovers partition directory `dir` (which exists): the newest segment's valid prefix, its
 /// tail zeroed. Creates the first segment of an empty partition.
 pub(crate) fn recover(dir: &Path, segment_bytes: u64) -> Result<Recovered, Error> {
-    let segments = segment::list_segments(dir)?;
+    let mut segments = segment::list_segments(dir)?;
+    let removed_bytes = cut_after_gap(dir, &mut segments)?;
     let Some(newest) = segments.last() else {
         let segment = Segment::create(dir, Offset(0), segment_bytes)?;
         return Ok(Recovered {
@@ -92,22 +103,23 @@ pub(crate) fn recover(dir: &Path, segment_bytes: u64) -> Result<Recovered, Error
     if let [.., previous, _] = segments.as_slice() {
         check_follows(previous, newest)?;
     }
-    let mut segment = Segment::open(&newest.path, newest.base, segment_bytes)?;
+    let segment = Segment::open(&newest.path, newest.base, segment_bytes)?;
     let scan = scan(segment.bytes(), newest.base);
     let end_pos = scan.end_pos as usize;
     let cut_end = end_pos + nonzero_end(&segment.bytes()[end_pos..]);
-    let truncated_bytes = (cut_end - end_pos) as u64;
-    if truncated_bytes > 0 {
+    let tail_bytes = (cut_end - end_pos) as u64;
+    let truncated_bytes = tail_bytes + removed_bytes;
+    if tail_bytes > 0 {
         tracing::warn!(
             segment = %newest.path.display(),
             file_pos = scan.end_pos,
             offset = scan.next_offset.0,
-            truncated_bytes,
+            truncated_bytes = tail_bytes,
             reason = %scan.defect.as_ref().map_or("bytes after the end of data".into(), |d| d.to_string()),
             "log tail cut at the first invalid batch"
         );
-        segment.bytes_mut()[end_pos..cut_end].fill(0);
-        segment.flush_range(scan.end_pos, truncated_bytes)?;
+        segment.zero(scan.end_pos, tail_bytes)?;
+        segment.flush_range(scan.end_pos, tail_bytes)?;
     }
     Ok(Recovered {
         segment,
@@ -115,6 +127,67 @@ pub(crate) fn recover(dir: &Path, segment_bytes: u64) -> Result<Recovered, Error
         next_offset: scan.next_offset,
         truncated_bytes,
     })
+}
+
+/// Finds the first gap among the last `SEALS_IN_FLIGHT_MAX` sealed segments of `segments`
+/// (a sealed segment whose valid batches end, cleanly or at a defect, before the next
+/// segment's base, with no index seal to prove it was durable) and deletes every segment
+/// after it;
+/// returns the bytes deleted. See the module doc.
+fn cut_after_gap(dir: &Path, segments: &mut Vec<SegmentFile>) -> Result<u64, Error> {
+    let mut cut_at = None;
+    let sealed = segments.len().saturating_sub(1);
+    for j in (sealed.saturating_sub(SEALS_IN_FLIGHT_MAX)..sealed).rev() {
+        let (segment, next) = (&segments[j], &segments[j + 1]);
+        // A seal (even one that disagrees with `next`: a discontinuity `check_follows`
+        // reports) proves the segment and everything before it reached the disk.
+        if index::load(dir, segment.base)?
+            .index()
+            .is_some_and(|i| i.seal.is_some())
+        {
+            break;
+        }
+        let mut scanner = SegmentScanner::open(&segment.path, segment.base)?;
+        let end = loop {
+            match scanner.step()? {
+                ScanStep::Batch { .. } => {}
+                ScanStep::End { .. } | ScanStep::Defect { .. } => break scanner.expected(),
+            }
+        };
+        if end < next.base {
+            tracing::warn!(
+                segment = %segment.path.display(),
+                end_offset = end.0,
+                next_base = next.base.0,
+                "sealed log segment ends short of the next one (torn by an OS crash before it \
+                 was durable); the segments after it held nothing durable and are removed"
+            );
+            cut_at = Some(j + 1);
+        }
+    }
+    let Some(cut_at) = cut_at else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for s in segments.drain(cut_at..).rev() {
+        removed += std::fs::metadata(&s.path).map_or(0, |m| m.len());
+        let index = segment::index_path(dir, s.base);
+        for path in [&s.path, &index] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        tracing::warn!(segment = %s.path.display(), "log segment after a gap removed");
+    }
+    segment::sync_dir(dir)?;
+    Ok(removed)
 }
 
 /// Checks that `newest` starts where `previous` (a sealed segment) ends. Corruption inside
@@ -219,6 +292,77 @@ mod tests {
         assert_eq!(report.next_offset, Offset(0));
         assert_eq!(appender.next_offset(), Offset(0));
         assert_eq!(layout(&dir.path().join("p000")).len(), 1);
+    }
+
+    /// An OS crash while sealed segments were still on their way to the disk: the
+    /// second-newest segment lost the end of its last batch (`keep` bytes of it survive) and
+    /// its index seal, while the newest segment survived. The log is cut at the tear.
+    fn torn_sealed_segment_case(keep: impl Fn(u64) -> u64) {
+        let data = tempfile::tempdir().unwrap();
+        let dir = partition_dir(data.path(), 0);
+        let dir = dir.as_path();
+        let batches: Vec<Vec<Vec<u8>>> = (0..40)
+            .map(|b| (0..3).map(|l| line(b * 3 + l, 60_000 + l * 7)).collect())
+            .collect();
+        let written = write(dir, &batches);
+        let layout = layout(dir);
+        assert!(layout.len() >= 3, "{} segments", layout.len());
+        let (torn, in_torn) = &layout[layout.len() - 2];
+        let (newest, _) = layout.last().unwrap();
+        let (last_pos, last) = *in_torn.last().unwrap();
+        let kept = keep(last.batch_bytes());
+        let before = std::fs::read(&torn.path).unwrap();
+        let zeros = vec![0u8; (last.batch_bytes() - kept) as usize];
+        write_at(&torn.path, last_pos + kept, &zeros);
+        std::fs::remove_file(segment::index_path(dir, torn.base)).unwrap();
+        let newest_bytes = std::fs::metadata(&newest.path).unwrap().len();
+        let cut_tail = nonzero_end(&before[last_pos as usize..(last_pos + kept) as usize]);
+
+        let expected: Vec<Written> = written
+            .into_iter()
+            .filter(|(i, _)| i.end_offset().0 <= last.first_offset)
+            .collect();
+        reopen_and_check(dir, &expected, newest_bytes + cut_tail as u64);
+        assert!(
+            !newest.path.exists(),
+            "the segment after the gap is removed"
+        );
+        assert!(verify(data.path(), Some(0)).unwrap().is_clean());
+    }
+
+    #[test]
+    fn a_sealed_segment_torn_by_an_os_crash_cuts_the_segments_after_it() {
+        torn_sealed_segment_case(|_| 0);
+        torn_sealed_segment_case(|bytes| bytes / 2);
+    }
+
+    #[test]
+    fn a_sealed_segment_with_an_index_seal_is_never_cut() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = partition_dir(data.path(), 0);
+        let dir = dir.as_path();
+        let batches: Vec<Vec<Vec<u8>>> = (0..40)
+            .map(|b| (0..3).map(|l| line(b * 3 + l, 60_000 + l * 7)).collect())
+            .collect();
+        let written = write(dir, &batches);
+        let layout = layout(dir);
+        let (old, in_old) = &layout[layout.len() - 2];
+        // Bit rot in the last batch of a segment the seal proves was durable: reported by
+        // verify, skipped by readers, and nothing after it is cut.
+        let (last_pos, last) = *in_old.last().unwrap();
+        write_at(&old.path, last_pos + HEADER_BYTES as u64 + 10, b"X");
+        let (_, report) = Appender::open(dir, small_options(FlushPolicy::Never)).unwrap();
+        assert_eq!(report.truncated_bytes, 0);
+        assert_eq!(report.next_offset, written.last().unwrap().0.end_offset());
+        assert_eq!(layout.len(), segment::list_segments(dir).unwrap().len());
+        let report = verify(data.path(), Some(0)).unwrap();
+        let problems = &report.partitions[0].problems;
+        assert!(
+            problems.iter().any(|p| p.kind == ProblemKind::Corrupt
+                && p.segment == old.path
+                && p.offset == Offset(last.first_offset)),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -1,16 +1,23 @@
-//! Segment files: naming, listing, preallocation and the appender's read-write mapping.
-//! The only file of the log module with `unsafe` (mapping a file, slicing the mapping, and
-//! `fallocate`).
+//! Segment files: naming, listing, preallocation, the appender's writes and its read-only
+//! mapping. The only file of the log module with `unsafe` (mapping a file, slicing the
+//! mapping, and `fallocate`).
+//!
+//! Writes go through `pwrite` into the page cache, one call per record batch; the mapping
+//! is read-only (`PROT_READ`, `MAP_SHARED`, so it sees those writes at once: same page
+//! cache). Storing through a shared file mapping costs a page fault per fresh page and a
+//! file-system write fault (`page_mkwrite`) each time writeback cleans a page, which made
+//! appends several times slower than `write()` (`benches/log_append.rs`); `pwrite` also
+//! turns an I/O error into an error value instead of SIGBUS.
 //!
 //! The mapping is sound only while the file is at least as long as the mapping: a shorter
 //! file turns the next access past its end into SIGBUS. The log never shrinks a segment file
 //! (recovery zeroes a torn tail instead of truncating; retention unlinks whole files, which
 //! leaves existing mappings intact), and segment files are preallocated with `fallocate` so a
-//! full disk is an error at roll time, not SIGBUS on a later store. Readers use plain file
-//! reads, never mappings.
+//! full disk is an error at roll time. Readers of other processes (and of sealed segments)
+//! use plain file reads, never mappings.
 //!
 //! Ownership of a mapping: it is an `Arc<MmapRaw>`. The [`Segment`] (owned by the one
-//! appender of the partition) is the only holder that ever makes Rust references into it;
+//! appender of the partition) is the only holder that makes Rust references into it;
 //! [`SegmentSync`] handles (held by the background flusher) only pass its address range to
 //! `msync`. The mapping is unmapped when the last holder drops, so a flusher that is still
 //! syncing a segment the appender has let go of keeps it mapped until it is done.
@@ -22,7 +29,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::{Advice, MmapOptions, MmapRaw};
+use std::os::unix::fs::FileExt;
+
+use memmap2::{MmapOptions, MmapRaw};
 
 use super::{Error, Offset};
 
@@ -150,7 +159,8 @@ fn fallocate(_file: &File, _len: libc::off_t) -> io::Result<()> {
     Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
 }
 
-/// A segment mapped read-write: the appender's current (or recently sealed) segment.
+/// A segment written with `pwrite` and mapped read-only: the appender's current (or
+/// recently sealed) segment.
 pub(crate) struct Segment {
     path: PathBuf,
     base: Offset,
@@ -211,7 +221,7 @@ impl Segment {
             .map_err(|_| io_error(io::Error::from(io::ErrorKind::InvalidInput)))?;
         let map = MmapOptions::new()
             .len(len_usize)
-            .map_raw(&file)
+            .map_raw_read_only(&file)
             .map_err(io_error)?;
         Ok(Segment {
             path,
@@ -242,22 +252,39 @@ impl Segment {
         // holds its `Arc`. The file is at least that long (preallocated in `map`) and the log
         // never shrinks it (retention unlinks, which keeps the pages), so no access faults;
         // a truncation by another process would be SIGBUS, as with any mapped file (the data
-        // directory belongs to this process). Aliasing: `Segment` is not `Clone` and is the
-        // only holder that makes references into the mapping (`SegmentSync` only hands the
-        // address range to msync), so this shared borrow of `self` cannot coexist with the
-        // `&mut` that `bytes_mut` hands out.
+        // directory belongs to this process). Aliasing: the mapping is read-only and nothing
+        // in this process makes a `&mut` into it; `pwrite`s change the bytes under this
+        // shared borrow from the kernel, outside Rust's memory model, and only past the
+        // committed end (or, in recovery, in the torn tail being zeroed), which no reader of
+        // the slice interprets as data until the write has returned.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
     }
 
-    /// Its contents, to write.
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`: valid, writable (`map_raw` maps read-write, shared) and
-        // mapped for as long as `self` lives; `&mut self` makes this the only reference into
-        // the mapping in the process. The flusher's concurrent msync of the same pages reads
-        // them in the kernel, outside Rust's memory model: at worst it writes back a page
-        // holding bytes of a batch not yet committed, which is not data until its header is
-        // written (and is flushed again once it is).
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr(), self.map.len()) }
+    /// Writes `bytes` at position `pos` (which must lie inside the segment), in the page
+    /// cache; readers of the mapping see them when it returns.
+    pub(crate) fn write_at(&self, pos: u64, bytes: &[u8]) -> Result<(), Error> {
+        debug_assert!(
+            pos + bytes.len() as u64 <= self.len(),
+            "write past the segment"
+        );
+        self.file
+            .write_all_at(bytes, pos)
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Overwrites bytes `pos..pos+len` with zeros.
+    pub(crate) fn zero(&self, pos: u64, len: u64) -> Result<(), Error> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut at = pos;
+        while at < pos + len {
+            let n = (pos + len - at).min(ZEROS.len() as u64);
+            self.write_at(at, &ZEROS[..n as usize])?;
+            at += n;
+        }
+        Ok(())
     }
 
     /// A handle that can make ranges of this segment durable from another thread.
@@ -296,30 +323,6 @@ impl SegmentSync {
     /// Makes bytes `pos..pos+len` durable (msync).
     pub(crate) fn flush_range(&self, pos: u64, len: u64) -> Result<(), Error> {
         flush_map_range(&self.map, &self.path, pos, len)
-    }
-
-    /// Its size in bytes.
-    pub(crate) fn len(&self) -> u64 {
-        self.map.len() as u64
-    }
-
-    /// Faults in bytes `pos..pos+len` for writing ahead of the appender, so the kernel's
-    /// page allocation and zero-filling (and the file system's write-fault work) happen on
-    /// the calling thread, not on the core's next stores. Contents do not change. Best
-    /// effort: kernels before 5.14 lack `MADV_POPULATE_WRITE` and get a readahead instead.
-    pub(crate) fn prefault(&self, pos: u64, len: u64) {
-        let (Ok(pos), Ok(len)) = (usize::try_from(pos), usize::try_from(len)) else {
-            return;
-        };
-        if len == 0
-            || self
-                .map
-                .advise_range(Advice::PopulateWrite, pos, len)
-                .is_ok()
-        {
-            return;
-        }
-        let _ = self.map.advise_range(Advice::WillNeed, pos, len);
     }
 
     /// Makes the file's metadata (its preallocated size) durable.
