@@ -246,7 +246,10 @@ fn parse_simple_decimal(bytes: &[u8]) -> Option<f64> {
     if count > SIMPLE_DIGITS_MAX {
         return None;
     }
-    let value = mantissa as f64 / POW10[fraction_digits.unwrap_or(0)];
+    let value = match fraction_digits {
+        None => mantissa as f64,
+        Some(n) => mantissa as f64 / POW10[n],
+    };
     Some(if negative { -value } else { value })
 }
 
