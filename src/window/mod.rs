@@ -7,6 +7,15 @@
 //! Windows are tumbling (`hop == size`) or hopping (`hop` divides `size`: an event belongs to
 //! `size / hop` overlapping windows).
 //!
+//! Composed windows: when a configured tumbling window divides a larger window's size and
+//! hop (10s under 1m, the defaults), events are folded into the smaller one only, and each
+//! of its windows is merged into the larger windows holding it when it closes (panes, as in
+//! "No pane, no gain", Li et al. 2005). Per event that is one aggregate update and one
+//! sketch insertion instead of one per window size; merging is exact (DDSketch bin counts
+//! add), so the output is what folding each event into every window gives. An event whose
+//! small window has already closed while the larger one is still open is folded into the
+//! larger one directly, as before; the small window counts it late.
+//!
 //! Quantiles come from a DDSketch (`sketches-ddsketch`): mergeable, bounded, with a relative
 //! error guarantee on the value (1% here: the reported p99 is within 1% of a value whose rank
 //! is the 99th percentile). Chosen over t-digest and HDR histograms by measurement
@@ -189,6 +198,41 @@ impl Agg {
         }
     }
 
+    /// Merges `other` (an aggregate of a window inside this one's) into this one, taking its
+    /// sketch rather than copying it.
+    pub fn absorb(&mut self, mut other: Agg) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = other;
+            return;
+        }
+        if other.count == 1 {
+            // One event: folding it is cheaper than materialising a sketch to merge.
+            let sketched = other.single_pending || other.sketch.is_some();
+            self.add(other.sum, other.last_time_ms, sketched);
+            return;
+        }
+        let theirs = other.take_sketch();
+        let mine = self.take_sketch();
+        self.sketch = match (mine, theirs) {
+            (Some(mut a), Some(b)) => {
+                a.merge(&b).expect("sketches of one configuration merge");
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        if other.last_time_ms >= self.last_time_ms {
+            self.last = other.last;
+            self.last_time_ms = other.last_time_ms;
+        }
+    }
+
     /// Merges another aggregate of the same (key, window) into this one.
     pub fn merge(&mut self, other: &Agg) {
         if other.count == 0 {
@@ -312,6 +356,38 @@ pub struct Params {
     pub max_keys: usize,
 }
 
+/// For each window spec, the tumbling spec that feeds it (see the module doc) and, for each,
+/// the specs it feeds. A spec is fed by the largest tumbling spec, itself fed by none, whose
+/// size divides both its size and its hop.
+fn feeders(windows: &[WindowSpec]) -> (Vec<Option<u8>>, Vec<Vec<u8>>) {
+    let mut order: Vec<usize> = (0..windows.len()).collect();
+    order.sort_by_key(|&i| (windows[i].size_ms, windows[i].hop_ms));
+    let mut feeder: Vec<Option<u8>> = vec![None; windows.len()];
+    for (n, &j) in order.iter().enumerate() {
+        let w = windows[j];
+        feeder[j] = order[..n]
+            .iter()
+            .rev()
+            .copied()
+            .find(|&i| {
+                let f = windows[i];
+                feeder[i].is_none()
+                    && f.hop_ms == f.size_ms
+                    && f.size_ms < w.size_ms
+                    && w.size_ms % f.size_ms == 0
+                    && w.hop_ms % f.size_ms == 0
+            })
+            .map(|i| i as u8);
+    }
+    let mut fed = vec![Vec::new(); windows.len()];
+    for (j, f) in feeder.iter().enumerate() {
+        if let Some(f) = f {
+            fed[*f as usize].push(j as u8);
+        }
+    }
+    (feeder, fed)
+}
+
 /// Start of the window of size `size_ms` holding `time_ms`.
 #[inline]
 pub fn window_start(time_ms: i64, size_ms: i64) -> i64 {
@@ -367,6 +443,11 @@ pub fn quantile_name(q: f64) -> String {
 #[derive(Debug)]
 pub struct Shard {
     windows: Vec<WindowSpec>,
+    /// Per window spec: the tumbling spec whose closed windows are merged into it (its
+    /// events are not folded into it directly), if any.
+    feeder: Vec<Option<u8>>,
+    /// Per window spec: the specs it feeds.
+    fed: Vec<Vec<u8>>,
     quantiles: Vec<(f64, String)>,
     max_keys: usize,
     /// Key → slot. foldhash: fast, and seeded per process, so peers cannot choose colliding
@@ -398,8 +479,11 @@ impl Shard {
                 "bad window {w:?}"
             );
         }
+        let (feeder, fed) = feeders(&params.windows);
         Shard {
             windows: params.windows.clone(),
+            feeder,
+            fed,
             quantiles: params
                 .quantiles
                 .iter()
@@ -460,12 +544,21 @@ impl Shard {
         let mut placed = false;
         for spec_idx in 0..self.windows.len() {
             let spec = self.windows[spec_idx];
+            // A composed window gets the event when its feeder's window closes, unless that
+            // has closed already.
+            let via_feeder = self.feeder[spec_idx].is_some_and(|f| {
+                let size = self.windows[f as usize].size_ms;
+                window_start(time_ms, size).saturating_add(size) > self.closed_through_ms
+            });
             for start in spec.starts(time_ms) {
                 if start.saturating_add(spec.size_ms) <= self.closed_through_ms {
                     folded.late += 1;
                     continue;
                 }
                 placed = true;
+                if via_feeder {
+                    continue;
+                }
                 let windows = &mut self.slots[slot as usize].windows;
                 match windows
                     .iter_mut()
@@ -515,7 +608,11 @@ impl Shard {
                 break;
             }
             let end = *entry.key();
-            for (slot, spec_idx) in entry.remove() {
+            let mut ending = entry.remove();
+            // Feeders first: their windows merge into composed windows that may end now too
+            // (merging may open one, which lands in a fresh calendar entry for `end`).
+            ending.sort_by_key(|(_, spec_idx)| self.feeder[*spec_idx as usize].is_some());
+            for (slot, spec_idx) in ending {
                 let spec = self.windows[spec_idx as usize];
                 let s = &mut self.slots[slot as usize];
                 let pos = s
@@ -528,11 +625,48 @@ impl Shard {
                     .write_window(&s.key, &spec, w.start_ms, &w.agg, &self.quantiles)?;
                 self.open_windows -= 1;
                 closed += 1;
+                if !self.fed[spec_idx as usize].is_empty() {
+                    self.feed(slot, spec_idx, w);
+                }
                 self.release_if_empty(slot);
             }
         }
         self.closed_through_ms = through_ms;
         Ok(closed)
+    }
+
+    /// Merges the closed window `w` of spec `spec_idx` into every window of the specs it
+    /// feeds that holds it.
+    fn feed(&mut self, slot: u32, spec_idx: u8, w: OpenWindow) {
+        let fed = std::mem::take(&mut self.fed[spec_idx as usize]);
+        let targets: usize = fed
+            .iter()
+            .map(|&j| {
+                let spec = self.windows[j as usize];
+                (spec.size_ms / spec.hop_ms) as usize
+            })
+            .sum();
+        let mut agg = Some(w.agg);
+        let mut n = 0;
+        for &j in &fed {
+            for start in self.windows[j as usize].starts(w.start_ms) {
+                n += 1;
+                let part = if n == targets {
+                    agg.take().expect("moved once, at the last target")
+                } else {
+                    agg.clone().expect("still here")
+                };
+                let windows = &mut self.slots[slot as usize].windows;
+                match windows
+                    .iter_mut()
+                    .find(|x| x.spec_idx == j && x.start_ms == start)
+                {
+                    Some(x) => x.agg.absorb(part),
+                    None => self.open(slot, j, start).absorb(part),
+                }
+            }
+        }
+        self.fed[spec_idx as usize] = fed;
     }
 
     fn open(&mut self, slot: u32, spec_idx: u8, start_ms: i64) -> &mut Agg {

@@ -371,3 +371,115 @@ mod watermark_props {
         }
     }
 }
+
+mod composed {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn shard_of(dir: &Path, name: &str, windows: Vec<WindowSpec>) -> Shard {
+        let params = Params {
+            windows,
+            quantiles: vec![0.5, 0.99],
+            max_keys: 1000,
+        };
+        let out = AggregatesWriter::open(&dir.join(name), 0).unwrap();
+        Shard::new(&params, 1, i64::MIN, out)
+    }
+
+    /// Every output line of `file`, by (key, window, hop, start), without the wall-clock
+    /// fields.
+    fn rows(dir: &Path, file: &str) -> BTreeMap<(String, String, String, i64), serde_json::Value> {
+        let mut out = BTreeMap::new();
+        for l in std::fs::read_to_string(dir.join(file)).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let k = (
+                v["key"].as_str().unwrap().to_string(),
+                v["window"].as_str().unwrap().to_string(),
+                v["hop"].as_str().unwrap_or("").to_string(),
+                v["start_ms"].as_i64().unwrap(),
+            );
+            assert!(out.insert(k, v).is_none(), "a window written twice");
+        }
+        out
+    }
+
+    #[test]
+    fn feeders_are_the_largest_dividing_tumbling_spec() {
+        let w = |size, hop| WindowSpec { size_ms: size, hop_ms: hop };
+        let (feeder, fed) = feeders(&[w(60, 60), w(10, 10), w(30, 10), w(25, 25), w(120, 30)]);
+        assert_eq!(feeder, vec![Some(1), None, Some(1), None, Some(1)]);
+        assert_eq!(fed[1], vec![0, 2, 4]);
+        let (feeder, _) = feeders(&[w(10, 10), w(20, 20), w(40, 40)]);
+        assert_eq!(feeder, vec![None, Some(0), Some(0)], "fed by specs fed by none");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// A shard with composed windows writes exactly what one shard per window spec
+        /// (every event folded directly) writes, late events included, across a
+        /// snapshot and restore in the middle.
+        #[test]
+        fn composed_windows_equal_direct_folding(
+            events in proptest::collection::vec((0u8..3, 0i64..600, -50i32..50, any::<bool>()), 1..250),
+            step in 1i64..120,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let specs = vec![
+                WindowSpec::tumbling(20),
+                WindowSpec::tumbling(60),
+                WindowSpec { size_ms: 120, hop_ms: 40 },
+                WindowSpec::tumbling(35),
+            ];
+            let dir = tempfile::tempdir().unwrap();
+            let mut composed = shard_of(dir.path(), "c.jsonl", specs.clone());
+            let mut direct: Vec<Shard> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| shard_of(dir.path(), &format!("d{i}.jsonl"), vec![*s]))
+                .collect();
+            let cut = cut.index(events.len());
+            let mut wm = 0i64;
+            for (i, (k, t, v, timer)) in events.iter().enumerate() {
+                if i == cut {
+                    let mut bytes = Vec::new();
+                    composed.snapshot_into(&mut bytes);
+                    composed.output().flush().unwrap();
+                    let len = std::fs::metadata(dir.path().join("c.jsonl")).unwrap().len();
+                    let out = AggregatesWriter::open(&dir.path().join("c.jsonl"), len).unwrap();
+                    let params = Params { windows: specs.clone(), quantiles: vec![0.5, 0.99], max_keys: 1000 };
+                    let mut restored = Shard::new(&params, 1, composed.closed_through_ms(), out);
+                    for r in decode_records(&bytes) {
+                        restored.restore(r.unwrap()).unwrap();
+                    }
+                    composed = restored;
+                }
+                let key = format!("k{k}");
+                let kind = if *timer { Kind::Timer } else { Kind::Counter };
+                let late = composed.fold(key.as_bytes(), f64::from(*v), *t, kind).late;
+                let direct_late: u32 = direct
+                    .iter_mut()
+                    .map(|d| d.fold(key.as_bytes(), f64::from(*v), *t, kind).late)
+                    .sum();
+                prop_assert_eq!(late, direct_late);
+                if i % 5 == 4 {
+                    wm += step;
+                    composed.advance(0, wm, false).unwrap();
+                    for d in &mut direct {
+                        d.advance(0, wm, false).unwrap();
+                    }
+                }
+            }
+            composed.advance(0, 100_000, false).unwrap();
+            composed.output().flush().unwrap();
+            let mut want = BTreeMap::new();
+            for (i, d) in direct.iter_mut().enumerate() {
+                d.advance(0, 100_000, false).unwrap();
+                d.output().flush().unwrap();
+                want.extend(rows(dir.path(), &format!("d{i}.jsonl")));
+            }
+            prop_assert_eq!(rows(dir.path(), "c.jsonl"), want);
+        }
+    }
+}
