@@ -406,12 +406,19 @@ mod composed {
 
     #[test]
     fn feeders_are_the_largest_dividing_tumbling_spec() {
-        let w = |size, hop| WindowSpec { size_ms: size, hop_ms: hop };
+        let w = |size, hop| WindowSpec {
+            size_ms: size,
+            hop_ms: hop,
+        };
         let (feeder, fed) = feeders(&[w(60, 60), w(10, 10), w(30, 10), w(25, 25), w(120, 30)]);
         assert_eq!(feeder, vec![Some(1), None, Some(1), None, Some(1)]);
         assert_eq!(fed[1], vec![0, 2, 4]);
         let (feeder, _) = feeders(&[w(10, 10), w(20, 20), w(40, 40)]);
-        assert_eq!(feeder, vec![None, Some(0), Some(0)], "fed by specs fed by none");
+        assert_eq!(
+            feeder,
+            vec![None, Some(0), Some(0)],
+            "fed by specs fed by none"
+        );
     }
 
     proptest! {
