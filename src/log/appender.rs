@@ -383,9 +383,7 @@ impl Appender {
     /// sealed segment is made durable in the background (see `flusher.rs`); only when
     /// `SEALS_IN_FLIGHT_MAX` segments already wait for the disk does the roll wait for them.
     fn roll(&mut self) -> Result<(), Error> {
-        if self.tracker.sealing_len() >= SEALS_IN_FLIGHT_MAX {
-            self.tracker.drain_sealing()?;
-        }
+        self.tracker.drain_sealing_to(SEALS_IN_FLIGHT_MAX - 1)?;
         self.index.write_pending();
         let next = Segment::create(&self.dir, self.next_offset, self.options.segment_bytes)?;
         tracing::debug!(segment = %next.path().display(), "log segment rolled");
@@ -1041,5 +1039,36 @@ mod tests {
             list_segments(dir.path()).unwrap(),
             before[before.len() - 1..]
         );
+    }
+
+    #[test]
+    fn sealed_segments_become_durable_in_the_background_and_then_get_their_seal() {
+        for flush in [FlushPolicy::Never, FlushPolicy::Interval] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut appender, _) = Appender::open(dir.path(), small_options(flush)).unwrap();
+            for batch in many_batches(150) {
+                write_batches(&mut appender, &[batch]);
+                assert!(appender.tracker.sealing_len() <= SEALS_IN_FLIGHT_MAX);
+            }
+            let segments = list_segments(dir.path()).unwrap();
+            assert!(segments.len() >= 4, "{} segments", segments.len());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while appender.tracker.sealing_len() > 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{flush:?}: sealed segments never drained"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let last_sealed_end = segments.last().unwrap().base;
+            assert!(appender.offsets().durable >= last_sealed_end);
+            for s in &segments[..segments.len() - 1] {
+                assert!(
+                    index::load(dir.path(), s.base).unwrap().is_complete(),
+                    "{flush:?}: {} has no seal",
+                    s.path.display()
+                );
+            }
+        }
     }
 }

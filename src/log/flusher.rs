@@ -166,6 +166,7 @@ impl Tracker {
     }
 
     /// Sealed segments not yet durable.
+    #[cfg(test)]
     pub(crate) fn sealing_len(&self) -> usize {
         self.sealing().len()
     }
@@ -200,9 +201,18 @@ impl Tracker {
 
     /// Makes every sealed segment in the queue durable, oldest first, and seals its index.
     pub(crate) fn drain_sealing(&self) -> Result<(), Error> {
+        self.drain_sealing_to(0)
+    }
+
+    /// Makes the oldest sealed segments durable (sealing their indexes) until at most `keep`
+    /// wait.
+    pub(crate) fn drain_sealing_to(&self, keep: usize) -> Result<(), Error> {
         loop {
             let (id, sync, from, end_pos, end_offset, metadata_dirty) = {
                 let queue = self.sealing();
+                if queue.len() <= keep {
+                    return Ok(());
+                }
                 let Some(front) = queue.front() else {
                     return Ok(());
                 };
