@@ -1071,4 +1071,35 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn lines_of_a_long_session_are_read_back_from_the_stage_and_the_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            segment_bytes: 16 * 1024 * 1024,
+            ..small_options(FlushPolicy::Never)
+        };
+        let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
+        // Longer than the stage keeps (and than one batch): the first batches are read back
+        // through the mapping, the last from the stage.
+        let lines: Vec<Vec<u8>> = (0..700).map(|i| line(i, 9_000 + i % 13)).collect();
+        let mut out = Vec::new();
+        let mut writer = appender.begin(3, 1234);
+        for l in &lines {
+            writer.push(l).unwrap();
+        }
+        writer.finish(&mut out).unwrap();
+        assert!(out.len() >= 6, "{} batches", out.len());
+        let mut read = Vec::new();
+        for batch in &out {
+            read.extend(appender.lines(batch).map(<[u8]>::to_vec));
+        }
+        assert_eq!(read, lines);
+        drop(appender);
+        let all: Vec<Vec<u8>> = read_all(dir.path(), Offset(0))
+            .into_iter()
+            .flat_map(|(_, l)| l)
+            .collect();
+        assert_eq!(all, lines);
+    }
 }
