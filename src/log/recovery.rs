@@ -229,8 +229,11 @@ mod tests {
     use proptest::prelude::*;
     use std::path::PathBuf;
 
+    /// Per segment, its file and the (position, header) of its batches.
+    type Layout = Vec<(SegmentFile, Vec<(u64, BatchHeader)>)>;
+
     /// Where every batch lies: per segment, its path and (position, header) of its batches.
-    fn layout(dir: &Path) -> Vec<(SegmentFile, Vec<(u64, BatchHeader)>)> {
+    fn layout(dir: &Path) -> Layout {
         segment::list_segments(dir)
             .unwrap()
             .into_iter()
@@ -294,6 +297,21 @@ mod tests {
         assert_eq!(layout(&dir.path().join("p000")).len(), 1);
     }
 
+    /// Writes 40 batches of three ~60 KiB lines (about 7 MiB: several 1 MiB segments);
+    /// returns what was written and where it lies.
+    #[allow(clippy::type_complexity)]
+    fn write_a_few_segments(
+        dir: &Path,
+    ) -> (Vec<Written>, Vec<(SegmentFile, Vec<(u64, BatchHeader)>)>) {
+        let batches: Vec<Vec<Vec<u8>>> = (0..40)
+            .map(|b| (0..3).map(|l| line(b * 3 + l, 60_000 + l * 7)).collect())
+            .collect();
+        let written = write(dir, &batches);
+        let layout = layout(dir);
+        assert!(layout.len() >= 3, "{} segments", layout.len());
+        (written, layout)
+    }
+
     /// An OS crash while sealed segments were still on their way to the disk: the
     /// second-newest segment lost the end of its last batch (`keep` bytes of it survive) and
     /// its index seal, while the newest segment survived. The log is cut at the tear.
@@ -301,12 +319,7 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let dir = partition_dir(data.path(), 0);
         let dir = dir.as_path();
-        let batches: Vec<Vec<Vec<u8>>> = (0..40)
-            .map(|b| (0..3).map(|l| line(b * 3 + l, 60_000 + l * 7)).collect())
-            .collect();
-        let written = write(dir, &batches);
-        let layout = layout(dir);
-        assert!(layout.len() >= 3, "{} segments", layout.len());
+        let (written, layout) = write_a_few_segments(dir);
         let (torn, in_torn) = &layout[layout.len() - 2];
         let (newest, _) = layout.last().unwrap();
         let (last_pos, last) = *in_torn.last().unwrap();
@@ -341,11 +354,7 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let dir = partition_dir(data.path(), 0);
         let dir = dir.as_path();
-        let batches: Vec<Vec<Vec<u8>>> = (0..40)
-            .map(|b| (0..3).map(|l| line(b * 3 + l, 60_000 + l * 7)).collect())
-            .collect();
-        let written = write(dir, &batches);
-        let layout = layout(dir);
+        let (written, layout) = write_a_few_segments(dir);
         let (old, in_old) = &layout[layout.len() - 2];
         // Bit rot in the last batch of a segment the seal proves was durable: reported by
         // verify, skipped by readers, and nothing after it is cut.

@@ -217,6 +217,7 @@ impl Agg {
         let theirs = other.take_sketch();
         let mine = self.take_sketch();
         self.sketch = match (mine, theirs) {
+            // Both sketches share one configuration, so a merge cannot fail.
             (Some(mut a), Some(b)) => {
                 a.merge(&b).expect("sketches of one configuration merge");
                 Some(a)
@@ -235,31 +236,7 @@ impl Agg {
 
     /// Merges another aggregate of the same (key, window) into this one.
     pub fn merge(&mut self, other: &Agg) {
-        if other.count == 0 {
-            return;
-        }
-        if self.count == 0 {
-            *self = other.clone();
-            return;
-        }
-        let mine = self.take_sketch();
-        let theirs = other.clone().take_sketch();
-        self.sketch = match (mine, theirs) {
-            // Both sketches share one configuration, so a merge cannot fail.
-            (Some(mut a), Some(b)) => {
-                a.merge(&b).expect("sketches of one configuration merge");
-                Some(a)
-            }
-            (a, b) => a.or(b),
-        };
-        self.count += other.count;
-        self.sum += other.sum;
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
-        if other.last_time_ms >= self.last_time_ms {
-            self.last = other.last;
-            self.last_time_ms = other.last_time_ms;
-        }
+        self.absorb(other.clone());
     }
 
     /// The sketch, materialising a pending single value.
