@@ -194,11 +194,19 @@ pub fn test_options(format: Format) -> FormatOptions {
 }
 
 /// Parses a finite decimal number (as `str::parse::<f64>` does), rejecting NaN and ±inf.
-#[inline]
+/// The common short decimals take an inlined fast path; the rest the general parser.
+#[inline(always)]
 pub fn parse_finite(bytes: &[u8]) -> Result<f64, Reject> {
-    if let Some(v) = parse_simple_decimal(bytes) {
-        return Ok(v);
+    match parse_simple_decimal(bytes) {
+        Some(v) => Ok(v),
+        None => parse_finite_general(bytes),
     }
+}
+
+/// [`parse_finite`] for what its fast path does not take.
+#[cold]
+#[inline(never)]
+fn parse_finite_general(bytes: &[u8]) -> Result<f64, Reject> {
     let s = std::str::from_utf8(bytes).map_err(|_| Reject::BadNumber)?;
     let v: f64 = s.parse().map_err(|_| Reject::BadNumber)?;
     if v.is_finite() {
@@ -262,7 +270,10 @@ pub fn check_key(key: &[u8]) -> Result<&[u8], Reject> {
     if key.len() > crate::limits::KEY_BYTES_MAX {
         return Err(Reject::KeyTooLong);
     }
-    std::str::from_utf8(key).map_err(|_| Reject::BadUtf8)?;
+    // Keys are nearly always ASCII: a word-at-a-time check, inlined, before the full one.
+    if !key.is_ascii() {
+        std::str::from_utf8(key).map_err(|_| Reject::BadUtf8)?;
+    }
     Ok(key)
 }
 

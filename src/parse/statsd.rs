@@ -211,7 +211,9 @@ impl StatsdParser {
         if tags.is_empty() {
             return Ok((0, 0));
         }
-        std::str::from_utf8(tags).map_err(|_| Reject::BadUtf8)?;
+        if !tags.is_ascii() {
+            std::str::from_utf8(tags).map_err(|_| Reject::BadUtf8)?;
+        }
         let mut ranges = std::mem::take(&mut self.tag_ranges);
         ranges.clear();
         let start = self.scratch.len();
