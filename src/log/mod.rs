@@ -48,13 +48,15 @@
 //!   framing check out and its `first_offset` is the offset expected after the batch before
 //!   it. The first invalid batch ends the valid data of a segment: nothing after it is ever
 //!   returned. A zero magic is the clean end of data.
-//! - Payload is written straight into the mapping; the header is written last, at commit.
-//!   An uncommitted batch has a zero magic, so it is not data.
+//! - A batch (header, payload, padding) reaches the segment in one `pwrite` at commit; what is
+//!   not committed never reaches it. Past the committed end a segment is zero.
 //! - Recovery ([`Appender::open`]) checks the newest segment batch by batch and zeroes
 //!   everything after its valid prefix (a torn tail is cut, never read); it checks that the
 //!   newest segment's base offset follows the segment before it.
-//! - A segment is created only after the one before it is durable (msync + directory fsync),
-//!   whatever the flush policy, so a crash cannot leave a gap between segments.
+//! - Sealed segments become durable in the background, oldest first, at most
+//!   `SEALS_IN_FLIGHT_MAX` waiting; the durable offset never passes the end of one that is not.
+//!   An OS crash can leave a sealed segment short of its successor: recovery cuts the log at
+//!   that gap (see `recovery.rs`), so the log is always one contiguous prefix.
 //! - `flushed_offset <= next_offset` (written); both only rise. After a restart the flushed
 //!   offset starts at the newest segment's base: its recovered batches are synced again.
 //! - Segment files are never shrunk while the process runs (a shrunk mapping is SIGBUS).
