@@ -104,18 +104,11 @@ fn parse_unix_seconds(ts: &[u8], ingest_ms: i64) -> Result<i64, Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse::testdata::samples;
 
     fn parse(line: &str) -> Result<Vec<(String, f64, i64)>, Reject> {
         let mut p = GraphiteParser::default();
-        let mut out = Vec::new();
-        p.parse(line.as_bytes(), 42_000, &mut |e| {
-            out.push((
-                String::from_utf8(e.key.to_vec()).unwrap(),
-                e.value,
-                e.time_ms,
-            ))
-        })?;
-        Ok(out)
+        samples(|sink| p.parse(line.as_bytes(), 42_000, &mut |e| sink(e)))
     }
 
     #[test]

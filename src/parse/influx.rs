@@ -404,23 +404,14 @@ fn parse_time_ns(bytes: &[u8]) -> Result<i64, Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse::testdata::samples;
     use proptest::prelude::*;
 
     type Out = Vec<(String, f64, i64)>;
 
     fn parse(line: &[u8]) -> Result<Out, Reject> {
         let mut p = InfluxParser::default();
-        let mut out = Vec::new();
-        let n = p.parse(line, 42_000, &mut |e| {
-            assert_eq!(e.kind, Kind::Sample);
-            out.push((
-                String::from_utf8(e.key.to_vec()).unwrap(),
-                e.value,
-                e.time_ms,
-            ))
-        })?;
-        assert_eq!(n as usize, out.len());
-        Ok(out)
+        samples(|sink| p.parse(line, 42_000, &mut |e| sink(e)))
     }
 
     fn keys(line: &str) -> Vec<String> {

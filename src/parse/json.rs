@@ -395,6 +395,7 @@ impl<'de> Visitor<'de> for Capture<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse::testdata::samples;
     use proptest::prelude::*;
 
     fn parser(key: &str, value: Option<&str>, time: Option<&str>) -> JsonParser {
@@ -405,16 +406,8 @@ mod tests {
     }
 
     fn run(p: &mut JsonParser, line: &[u8]) -> Result<(String, f64, i64), Reject> {
-        let mut out = Vec::new();
-        let n = p.parse(line, 42_000, &mut |e| {
-            assert_eq!(e.kind, Kind::Sample);
-            out.push((
-                String::from_utf8(e.key.to_vec()).unwrap(),
-                e.value,
-                e.time_ms,
-            ))
-        })?;
-        assert_eq!((n, out.len()), (1, 1));
+        let mut out = samples(|sink| p.parse(line, 42_000, &mut |e| sink(e)))?;
+        assert_eq!(out.len(), 1);
         Ok(out.remove(0))
     }
 

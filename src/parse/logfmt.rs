@@ -256,6 +256,7 @@ impl LogfmtParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse::testdata::samples;
     use proptest::prelude::*;
 
     fn parser(key: &str, value: Option<&str>, time: Option<&str>) -> LogfmtParser {
@@ -266,15 +267,8 @@ mod tests {
     }
 
     fn run(p: &mut LogfmtParser, line: &[u8]) -> Result<(String, f64, i64), Reject> {
-        let mut out = Vec::new();
-        let n = p.parse(line, 42_000, &mut |e| {
-            out.push((
-                String::from_utf8(e.key.to_vec()).unwrap(),
-                e.value,
-                e.time_ms,
-            ))
-        })?;
-        assert_eq!((n, out.len()), (1, 1));
+        let mut out = samples(|sink| p.parse(line, 42_000, &mut |e| sink(e)))?;
+        assert_eq!(out.len(), 1);
         Ok(out.remove(0))
     }
 

@@ -280,7 +280,43 @@ pub fn check_key(key: &[u8]) -> Result<&[u8], Reject> {
 /// Test inputs shared by the parser and framing tests.
 #[cfg(test)]
 pub(crate) mod testdata {
+    use super::{Event, Kind, Reject};
     use crate::config::FormatOptions;
+
+    /// The events a parse emits, as (key, value, time, kind); checks the count it returns.
+    /// `parse` is called with the sink: `events(|sink| p.parse(line, 42_000, &mut |e| sink(e)))`.
+    pub(crate) fn events(
+        parse: impl FnOnce(&mut dyn FnMut(Event<'_>)) -> Result<u32, Reject>,
+    ) -> Result<Vec<(String, f64, i64, Kind)>, Reject> {
+        let mut out = Vec::new();
+        let n = parse(&mut |e| {
+            out.push((
+                String::from_utf8(e.key.to_vec()).expect("keys are UTF-8"),
+                e.value,
+                e.time_ms,
+                e.kind,
+            ))
+        })?;
+        assert_eq!(
+            n as usize,
+            out.len(),
+            "the count returned is the events emitted"
+        );
+        Ok(out)
+    }
+
+    /// [`events`] of a parser that emits samples only, as (key, value, time).
+    pub(crate) fn samples(
+        parse: impl FnOnce(&mut dyn FnMut(Event<'_>)) -> Result<u32, Reject>,
+    ) -> Result<Vec<(String, f64, i64)>, Reject> {
+        Ok(events(parse)?
+            .into_iter()
+            .map(|(k, v, t, kind)| {
+                assert_eq!(kind, Kind::Sample);
+                (k, v, t)
+            })
+            .collect())
+    }
 
     /// The loghub samples in `../shared/corpus/loghub` (`{name}_2k.log`).
     pub(crate) const LOGHUB: [&str; 8] = [

@@ -369,21 +369,12 @@ fn parse_unix_seconds(bytes: &[u8]) -> Result<i64, Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse::testdata::events;
     use proptest::prelude::*;
 
     fn parse(line: &[u8]) -> Result<Vec<(String, f64, i64, Kind)>, Reject> {
         let mut p = StatsdParser::default();
-        let mut out = Vec::new();
-        let n = p.parse(line, 42_000, &mut |e| {
-            out.push((
-                String::from_utf8(e.key.to_vec()).unwrap(),
-                e.value,
-                e.time_ms,
-                e.kind,
-            ))
-        })?;
-        assert_eq!(n as usize, out.len());
-        Ok(out)
+        events(|sink| p.parse(line, 42_000, &mut |e| sink(e)))
     }
 
     fn one(line: &str) -> (String, f64, Kind) {
