@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{Sluice, have, now_secs, read_aggregates, wait_for};
+use crate::harness::{Sluice, have, noise, now_secs, read_aggregates, wait_for};
 
 /// Windows of 1 s that close 5 s after their end: tests send events with the ingest time or
 /// a minute in the past, in bursts well under 5 s apart.
@@ -227,7 +227,7 @@ fn influx_json_and_logfmt_through_nc_are_counted_exactly() {
         let ts = if i % 2 == 0 {
             format!("{}", t * 1000 + i as i64)
         } else {
-            format!("\"{}\"", rfc3339(t))
+            format!("\"{}\"", sluice::window::rfc3339(t * 1000))
         };
         json += &format!(
             r#"{{"ts":{ts},"level":"info","service":"{service}","http":{{"method":"GET","status":{status}}},"latency_ms":{},"msg":"served"}}"#,
@@ -289,28 +289,6 @@ fn influx_json_and_logfmt_through_nc_are_counted_exactly() {
     assert!(sluice.stop().success());
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds.
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[test]
 fn loghub_samples_through_raw_and_syslog_listeners_are_counted_without_a_reject() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/loghub");
@@ -367,18 +345,6 @@ fn loghub_samples_through_raw_and_syslog_listeners_are_counted_without_a_reject(
         );
     }
     assert!(sluice.stop().success());
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so a failure can be replayed.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
 }
 
 /// One format's lines for the hostile test.

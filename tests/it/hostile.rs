@@ -5,19 +5,7 @@ use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
-use crate::harness::{Sluice, now_secs, read_aggregates, wait_for};
-
-/// Deterministic pseudo-random bytes (xorshift), so a failure can be replayed.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
-}
+use crate::harness::{Sluice, noise, now_secs, read_aggregates, wait_for};
 
 #[test]
 fn garbage_long_lines_and_bad_utf8_are_counted_and_do_not_stop_the_listener() {
