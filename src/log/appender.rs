@@ -124,6 +124,7 @@ impl Appender {
             .then(|| Duration::from_millis(options.flush_interval_ms));
         let tracker = Arc::new(Tracker::new(
             dir.to_path_buf(),
+            options.segment_bytes,
             interval,
             segment.sync_handle(),
             recovered.write_pos,
@@ -182,6 +183,7 @@ impl Appender {
             ingest_time_ms,
             open_start: 0,
             payload_bytes: 0,
+            room: 0,
             count: 0,
         }
     }
@@ -320,6 +322,20 @@ impl Appender {
         self.write_pos + record::batch_bytes(payload_bytes) <= self.segment.len()
     }
 
+    /// The most payload bytes a batch opened at `write_pos` can take: the batch cap, or
+    /// what the segment has room for.
+    fn batch_room(&self) -> u32 {
+        // Both ends are multiples of the batch alignment, so a batch fits exactly when its
+        // header and payload do.
+        let segment_room = self.segment.len() - self.write_pos;
+        let room = segment_room.saturating_sub(HEADER_BYTES as u64);
+        let room = u32::try_from(room)
+            .unwrap_or(u32::MAX)
+            .min(BATCH_PAYLOAD_BYTES_MAX);
+        debug_assert!(room == 0 || self.fits(room));
+        room
+    }
+
     /// Commits the open batch of `count` lines (`payload_bytes` staged after its header
     /// space at `open_start`): writes the header with its CRC before them, pads the batch,
     /// writes it into the segment and advances the written offset. A failed write commits
@@ -385,7 +401,14 @@ impl Appender {
     fn roll(&mut self) -> Result<(), Error> {
         self.tracker.drain_sealing_to(SEALS_IN_FLIGHT_MAX - 1)?;
         self.index.write_pending();
-        let next = Segment::create(&self.dir, self.next_offset, self.options.segment_bytes)?;
+        let (dir, base, bytes) = (&self.dir, self.next_offset, self.options.segment_bytes);
+        let next = match self
+            .tracker
+            .take_spare(|spare| Segment::from_spare(dir, base, spare))
+        {
+            Some(next) => next?,
+            None => Segment::create(dir, base, bytes)?,
+        };
         tracing::debug!(segment = %next.path().display(), "log segment rolled");
         let empty = SegmentIndex {
             base: next.base(),
@@ -424,6 +447,7 @@ impl Appender {
 
 impl Drop for Appender {
     fn drop(&mut self) {
+        self.tracker.close_spare();
         self.index.write_pending();
         // Sealed segments waiting for the disk get there (and their index seals) now rather
         // than being rescanned at the next open.
@@ -488,8 +512,8 @@ fn remove_if_exists(path: &Path) -> Result<(), Error> {
     }
 }
 
-/// Removes index files whose segment is gone (retention stopped between the two unlinks)
-/// and temporary index files.
+/// Removes index files whose segment is gone (retention stopped between the two unlinks),
+/// temporary index files and a spare segment left by a crash.
 fn remove_orphan_indexes(dir: &Path) -> Result<(), Error> {
     let io_error = |source| Error::Io {
         path: dir.to_path_buf(),
@@ -503,7 +527,7 @@ fn remove_orphan_indexes(dir: &Path) -> Result<(), Error> {
         };
         let orphan = segment::parse_index_name(name)
             .is_some_and(|base| !segment::segment_path(dir, base).exists());
-        if orphan || name.ends_with(".idx.tmp") {
+        if orphan || name.ends_with(".idx.tmp") || name == segment::SPARE_NAME {
             remove_if_exists(&entry.path())?;
         }
     }
@@ -590,48 +614,66 @@ pub struct BatchWriter<'a> {
     open_start: usize,
     /// Payload bytes of the open batch, staged after its header space.
     payload_bytes: u32,
+    /// Payload bytes the open batch can still take (0 when none is open).
+    room: u32,
     /// Lines of the open batch.
     count: u32,
 }
 
 impl BatchWriter<'_> {
     /// Appends one line (at most `LINE_BYTES_MAX` bytes).
+    #[inline]
     pub fn push(&mut self, line: &[u8]) -> Result<(), Error> {
-        let line_bytes = match u32::try_from(line.len()) {
+        // Lines longer than `LINE_BYTES_MAX` and batches that must commit or open first
+        // take the slow path; the usual line costs two compares and the copy.
+        if line.len() + LINE_PREFIX_BYTES > self.room as usize
+            || line.len() > LINE_BYTES_MAX as usize
+        {
+            self.make_room(line.len())?;
+        }
+        let framed_bytes = (LINE_PREFIX_BYTES + line.len()) as u32;
+        let stage = &mut self.appender.stage;
+        stage.extend_from_slice(&(line.len() as u32).to_le_bytes());
+        stage.extend_from_slice(line);
+        self.room -= framed_bytes;
+        self.payload_bytes += framed_bytes;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Opens a batch with room for a line of `line_bytes`: commits the open one first when
+    /// the line does not fit it, and rolls when the line does not fit the segment.
+    #[cold]
+    #[inline(never)]
+    fn make_room(&mut self, line_bytes: usize) -> Result<(), Error> {
+        let line_bytes = match u32::try_from(line_bytes) {
             Ok(n) if n <= LINE_BYTES_MAX => n,
             _ => {
                 return Err(Error::LineTooLong {
-                    line_bytes: line.len(),
+                    line_bytes,
                     line_bytes_max: LINE_BYTES_MAX,
                 });
             }
         };
         let framed_bytes = LINE_PREFIX_BYTES as u32 + line_bytes;
-        if self.payload_bytes + framed_bytes > BATCH_PAYLOAD_BYTES_MAX {
+        if self.count > 0 {
             self.commit()?;
         }
-        if !self.appender.fits(self.payload_bytes + framed_bytes) {
-            self.commit()?;
+        if !self.appender.fits(framed_bytes) {
             self.appender.roll()?;
             debug_assert!(
                 self.appender.fits(framed_bytes),
                 "a line fits a fresh segment"
             );
         }
-        if self.count == 0 {
-            if self.appender.stage.len() > STAGE_BYTES_MAX {
-                self.appender.clear_stage();
-            }
-            let stage = &mut self.appender.stage;
-            self.open_start = stage.len();
-            stage.resize(self.open_start + HEADER_BYTES, 0);
+        if self.appender.stage.len() > STAGE_BYTES_MAX {
+            self.appender.clear_stage();
         }
         let stage = &mut self.appender.stage;
-        stage.reserve(framed_bytes as usize);
-        stage.extend_from_slice(&line_bytes.to_le_bytes());
-        stage.extend_from_slice(line);
-        self.payload_bytes += framed_bytes;
-        self.count += 1;
+        self.open_start = stage.len();
+        stage.resize(self.open_start + HEADER_BYTES, 0);
+        self.room = self.appender.batch_room();
+        debug_assert!(self.room >= framed_bytes);
         Ok(())
     }
 
@@ -660,6 +702,7 @@ impl BatchWriter<'_> {
         }
         self.count = 0;
         self.payload_bytes = 0;
+        self.room = 0;
         result
     }
 }
@@ -784,6 +827,93 @@ mod tests {
             appender.lines(&out[0]).next().unwrap().len(),
             LINE_BYTES_MAX as usize
         );
+    }
+
+    #[test]
+    fn a_long_line_inside_an_open_batch_leaves_the_batch_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        let mut writer = appender.begin(1, 0);
+        writer.push(b"before").unwrap();
+        let long = vec![b'x'; LINE_BYTES_MAX as usize + 1];
+        assert!(matches!(writer.push(&long), Err(Error::LineTooLong { .. })));
+        writer.push(b"after").unwrap();
+        let mut out = Vec::new();
+        writer.finish(&mut out).unwrap();
+        assert_eq!(
+            out.len(),
+            1,
+            "one batch: the rejected line committed nothing"
+        );
+        let lines: Vec<&[u8]> = appender.lines(&out[0]).collect();
+        assert_eq!(lines, [&b"before"[..], &b"after"[..]]);
+        drop(appender);
+        assert_eq!(read_all(dir.path(), Offset(0)).len(), 1);
+    }
+
+    /// Waits until the flusher thread has made the spare segment of `dir`, returning its
+    /// inode.
+    fn spare_inode(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(m) = std::fs::metadata(segment::spare_path(dir))
+                && m.len() == SEGMENT_BYTES_MIN
+            {
+                return m.ino();
+            }
+            assert!(Instant::now() < deadline, "no spare segment was made");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_roll_renames_the_spare_made_in_the_background_into_place() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        let spare = spare_inode(dir.path());
+        let mut written = Vec::new();
+        while list_segments(dir.path()).unwrap().len() < 2 {
+            written.extend(write_batches(&mut appender, &many_batches(5)));
+        }
+        let segments = list_segments(dir.path()).unwrap();
+        let second = std::fs::metadata(&segments[1].path).unwrap();
+        assert_eq!(second.ino(), spare, "the second segment is the spare");
+        assert_eq!(second.len(), SEGMENT_BYTES_MIN);
+        assert_ne!(
+            spare_inode(dir.path()),
+            spare,
+            "a new spare follows the roll"
+        );
+        drop(appender);
+        assert!(!segment::spare_path(dir.path()).exists(), "dropped with it");
+        assert_eq!(read_all(dir.path(), Offset(0)), written);
+    }
+
+    #[test]
+    fn a_spare_left_by_a_crash_is_never_read_and_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = small_options(FlushPolicy::Never);
+        let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
+        let written = write_batches(&mut appender, &many_batches(20));
+        drop(appender);
+        // A crash while a spare was being made: a short file of garbage that happens to
+        // start like a batch.
+        let mut junk = b"SLCB".to_vec();
+        junk.resize(4096, 0xa5);
+        std::fs::write(segment::spare_path(dir.path()), &junk).unwrap();
+        let (mut appender, report) = Appender::open(dir.path(), options).unwrap();
+        assert_eq!(report.truncated_bytes, 0);
+        spare_inode(dir.path());
+        let spare = std::fs::read(segment::spare_path(dir.path())).unwrap();
+        assert!(spare.iter().all(|&b| b == 0), "a fresh spare, all zeros");
+        let more = write_batches(&mut appender, &many_batches(200));
+        drop(appender);
+        let all: Vec<_> = written.into_iter().chain(more).collect();
+        assert_eq!(read_all(dir.path(), Offset(0)), all);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Flushing: the offset tracker of a partition (`durable ≤ flushed ≤ written`) and the one
-//! background thread that makes sealed segments durable (under every policy) and flushes
-//! every partition under `flush = interval`, so the cores never msync on their hot path.
+//! background thread that makes sealed segments durable (under every policy), keeps a
+//! preallocated spare segment ready for the next roll, and flushes every partition under
+//! `flush = interval`, so the cores never msync or preallocate on their hot path.
 //!
 //! A roll does not wait for the sealed segment to reach the disk: the segment joins the
 //! tracker's sealing queue and the next one is created at once. The queue is drained
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::index::IndexWriter;
-use super::segment::{self, SegmentSync};
+use super::segment::{self, SegmentSync, Spare};
 use super::{Error, Offset};
 
 /// A sealed segment on its way to the disk.
@@ -69,10 +70,24 @@ struct Target {
     metadata_dirty: bool,
 }
 
+/// The spare segment of a partition (see [`Spare`]).
+#[derive(Debug)]
+enum SpareSlot {
+    /// None is ready; the flusher thread makes one when next woken.
+    Absent,
+    Ready(Spare),
+    /// The appender is gone: no more spares.
+    Closed,
+}
+
 /// The shared offset tracker of one partition.
 #[derive(Debug)]
 pub(crate) struct Tracker {
     dir: PathBuf,
+    /// Size of the partition's segments (and spares).
+    segment_bytes: u64,
+    /// Held by the flusher thread while it prepares a spare.
+    spare: Mutex<SpareSlot>,
     /// Flush period of the flusher thread; `None`: it does not flush this partition
     /// (policies other than `interval`).
     interval: Option<Duration>,
@@ -108,6 +123,7 @@ impl Tracker {
     /// segment), with everything before `flushed` (the segment's base) already durable.
     pub(crate) fn new(
         dir: PathBuf,
+        segment_bytes: u64,
         interval: Option<Duration>,
         sync: SegmentSync,
         written_pos: u64,
@@ -117,6 +133,8 @@ impl Tracker {
         assert!(flushed <= written);
         Tracker {
             dir,
+            segment_bytes,
+            spare: Mutex::new(SpareSlot::Absent),
             interval,
             written_pos: AtomicU64::new(written_pos),
             written: AtomicU64::new(written.0),
@@ -139,6 +157,53 @@ impl Tracker {
     fn target(&self) -> MutexGuard<'_, Target> {
         // A panic while holding it leaves plain numbers behind: still usable.
         self.target.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spare(&self) -> MutexGuard<'_, SpareSlot> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Prepares the partition's spare segment if none is ready (the flusher thread). A
+    /// failure is only warned about: the next roll then preallocates its segment itself.
+    fn prepare_spare(&self) {
+        let mut slot = self.spare();
+        if !matches!(*slot, SpareSlot::Absent) {
+            return;
+        }
+        match Spare::prepare(&self.dir, self.segment_bytes) {
+            Ok(spare) => *slot = SpareSlot::Ready(spare),
+            Err(e) => tracing::warn!(error = %e, "cannot prepare a spare log segment"),
+        }
+    }
+
+    /// Hands the ready spare segment to `with` (which renames it into place) and returns
+    /// what it returns; `None` when no spare is ready or the flusher thread is busy making
+    /// it. The appender calls it at a roll, then wakes the flusher thread to make the next
+    /// one; the slot stays locked while `with` runs, so no new spare replaces the file
+    /// under it.
+    pub(crate) fn take_spare<T>(&self, with: impl FnOnce(Spare) -> T) -> Option<T> {
+        let mut slot = self.spare.try_lock().ok()?;
+        match std::mem::replace(&mut *slot, SpareSlot::Absent) {
+            SpareSlot::Ready(spare) => Some(with(spare)),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    /// Stops spares for good and deletes the one on disk (the appender, when dropped):
+    /// waits for a spare being made, so no file appears in the directory afterwards.
+    pub(crate) fn close_spare(&self) {
+        let mut slot = self.spare();
+        *slot = SpareSlot::Closed;
+        let path = segment::spare_path(&self.dir);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete the spare log segment");
+            }
+            _ => {}
+        }
     }
 
     /// Publishes a commit: the batch ending at `pos` brings the written offset to `offset`.
@@ -320,12 +385,31 @@ impl Tracker {
                 let us = started.elapsed().as_micros() as u64;
                 self.flush_us_total.fetch_add(us, Ordering::Relaxed);
             }
-            Err(e) => {
-                tracing::error!(error = %e, "background log flush failed");
-                let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
-                slot.get_or_insert(e);
-            }
+            Err(e) => self.record_error(e),
         }
+    }
+
+    /// Starts writeback of the current segment's bytes written since the last flush.
+    fn start_writeback(&self) -> Result<(), Error> {
+        let (sync, from) = {
+            let target = self.target();
+            (target.sync.clone(), target.flushed_pos)
+        };
+        // Read after the target: a roll in between resets it to below `from` (nothing to do);
+        // a roll after both only starts writeback early on the sealed segment's own bytes.
+        let to = self.written_pos.load(Ordering::Acquire);
+        if to > from {
+            sync.start_writeback(from, to - from)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the first error of the flusher thread for the appender, which fails its next
+    /// flush check with it.
+    fn record_error(&self, e: Error) {
+        tracing::error!(error = %e, "background log flush failed");
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
     }
 
     /// The error the flusher thread met since the last call, if any.
@@ -370,28 +454,39 @@ fn send(msg: Msg) {
     let _ = flusher.tx.send(msg);
 }
 
-/// Has the flusher thread look after `tracker` until it is dropped: drain its sealing queue
-/// whenever its appender calls [`wake`], and flush it every interval and at every wake under
-/// `interval`.
+/// Has the flusher thread look after `tracker` until it is dropped: keep a spare segment
+/// ready and drain its sealing queue whenever its appender calls [`wake`], and under
+/// `interval` start writeback at every wake and flush it every interval.
 pub(crate) fn register(tracker: &Arc<Tracker>) {
     send(Msg::Register(Arc::downgrade(tracker)));
 }
 
-/// Asks the flusher thread to drain `tracker`'s sealing queue and (under `interval`) to
-/// flush what its writer wrote. Cheap: one channel send.
+/// Asks the flusher thread to prepare `tracker`'s spare segment, drain its sealing queue
+/// and (under `interval`) start writeback of what its writer wrote. Cheap: one channel
+/// send.
 pub(crate) fn wake(tracker: &Arc<Tracker>) {
     send(Msg::Wake(Arc::downgrade(tracker)));
 }
 
-/// Drains the sealing queue of one partition and flushes it (under `interval`).
-fn service(tracker: &Tracker) {
-    if tracker.interval.is_some() {
-        tracker.flush_written();
-    } else if let Err(e) = tracker.drain_sealing() {
-        tracing::error!(error = %e, "background log flush failed");
-        let mut slot = tracker.error.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert(e);
+/// A woken partition (its appender registered, rolled or wrote `FLUSHER_WAKE_BYTES` more):
+/// prepares its spare segment if it has none (first: the next roll wants it), makes its
+/// sealed segments durable and, under `interval`, starts writeback of what its appender
+/// wrote since the last flush, which the next interval flush then makes durable.
+fn service_woken(tracker: &Tracker) {
+    tracker.prepare_spare();
+    let mut result = tracker.drain_sealing();
+    if result.is_ok() && tracker.interval.is_some() {
+        result = tracker.start_writeback();
     }
+    if let Err(e) = result {
+        tracker.record_error(e);
+    }
+}
+
+/// A partition whose interval flush is due.
+fn service_due(tracker: &Tracker) {
+    tracker.prepare_spare();
+    tracker.flush_written();
 }
 
 fn run(rx: &Receiver<Msg>) {
@@ -404,7 +499,7 @@ fn run(rx: &Receiver<Msg>) {
                 return false;
             };
             if due.is_some_and(|d| d <= now) {
-                service(&tracker);
+                service_due(&tracker);
                 *due = tracker.interval.map(|i| Instant::now() + i);
             }
             true
@@ -434,7 +529,7 @@ fn run(rx: &Receiver<Msg>) {
         woken.sort_by_key(Arc::as_ptr);
         woken.dedup_by_key(|t| Arc::as_ptr(t));
         for tracker in &woken {
-            service(tracker);
+            service_woken(tracker);
         }
     }
 }

@@ -113,9 +113,9 @@ pub const RECENT_BATCHES_MAX: usize = 1024;
 pub const INDEX_INTERVAL_BYTES: u64 = 64 * 1024;
 
 /// The appender wakes the flusher thread each time it has written this many more bytes of a
-/// segment: under `flush = interval` the flusher then flushes what is written (so a flush
-/// happens every `flush_interval_ms` or every this many bytes, whichever comes first, and a
-/// roll never has much left to flush).
+/// segment: under `flush = interval` the flusher then starts writeback of what is written,
+/// without waiting for it, so the disk writes continuously and the flush every
+/// `flush_interval_ms` (one journal commit) finds little left to do.
 pub const FLUSHER_WAKE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Sealed segments that may wait for the disk at once: a roll beyond it first makes the
