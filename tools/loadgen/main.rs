@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use sluice::net::mmsg::{self, DATAGRAMS_PER_CALL};
 
 use payload::{Chunk, Format, Keys, Spec, StampCache};
 use probe::{Counters, Latency};
@@ -349,30 +350,60 @@ impl Sender {
         let mut cache = StampCache::default();
         let mut last_sample: Option<Instant> = None;
         let t0 = Instant::now();
+        // UDP sends a group of chunks (one datagram each) per system call; TCP one chunk
+        // per write.
+        let group_len = match sock {
+            Sock::Tcp(_) => 1,
+            Sock::Udp(_) => DATAGRAMS_PER_CALL,
+        };
         'outer: loop {
-            for chunk in &mut chunks {
-                let mut n = chunk.lines();
-                let mut len = chunk.bytes.len();
-                match quota {
-                    Quota::Events(q) if events >= q => break 'outer,
-                    Quota::Events(q) if q - events < n => {
-                        n = q - events;
-                        len = chunk.line_ends[n as usize - 1] as usize;
-                    }
-                    Quota::Until(t) if Instant::now() >= t => break 'outer,
-                    _ => {}
-                }
+            for group in chunks.chunks_mut(group_len) {
                 let now_secs = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-                chunk.stamp(self.format, now_secs, &mut cache);
+                let mut datagrams: [&[u8]; DATAGRAMS_PER_CALL] = [&[]; DATAGRAMS_PER_CALL];
+                let (mut group_events, mut group_bytes, mut count) = (0u64, 0usize, 0usize);
+                for chunk in group.iter_mut() {
+                    let mut n = chunk.lines();
+                    let mut len = chunk.bytes.len();
+                    let sent = events + group_events;
+                    match quota {
+                        Quota::Events(q) if sent >= q => break,
+                        Quota::Events(q) if q - sent < n => {
+                            n = q - sent;
+                            len = chunk.line_ends[n as usize - 1] as usize;
+                        }
+                        Quota::Until(t) if Instant::now() >= t => break 'outer,
+                        _ => {}
+                    }
+                    chunk.stamp(self.format, now_secs, &mut cache);
+                    datagrams[count] = &chunk.bytes[..len];
+                    count += 1;
+                    group_events += n;
+                    group_bytes += len;
+                }
+                if count == 0 {
+                    break 'outer;
+                }
                 let began = Instant::now();
                 match &mut sock {
-                    Sock::Tcp(s) => s.write_all(&chunk.bytes[..len]).context("write")?,
-                    // A full receive buffer is loss we measure, not an error.
-                    Sock::Udp(s) => drop(s.send(&chunk.bytes[..len])),
+                    Sock::Tcp(s) => s.write_all(datagrams[0]).context("write")?,
+                    Sock::Udp(s) => {
+                        let mut at = 0;
+                        while at < count {
+                            match mmsg::send_batch(s, &datagrams[at..count]) {
+                                Ok(k) if k > 0 => at += k,
+                                // A full receive buffer is loss we measure, not an error.
+                                _ => break,
+                            }
+                        }
+                    }
                 }
-                events += n;
-                bytes += len as u64;
-                let total = self.shared.sent_events.fetch_add(n, Ordering::AcqRel) + n;
+                events += group_events;
+                bytes += group_bytes as u64;
+                let total = self
+                    .shared
+                    .sent_events
+                    .fetch_add(group_events, Ordering::AcqRel)
+                    + group_events;
                 if self.latency && last_sample.is_none_or(|l| began - l >= probe::SAMPLE_EVERY) {
                     last_sample = Some(began);
                     self.shared
