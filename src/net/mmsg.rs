@@ -26,10 +26,7 @@ pub fn recv_batch(
     if n == 0 {
         return Ok(0);
     }
-    let mut iovs = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; DATAGRAMS_PER_CALL];
+    let mut iovs = [NO_IOV; DATAGRAMS_PER_CALL];
     for (i, (iov, slot)) in iovs
         .iter_mut()
         .zip(buf.chunks_exact_mut(stride))
@@ -41,13 +38,7 @@ pub fn recv_batch(
         iov.iov_base = slot.as_mut_ptr().cast();
         iov.iov_len = stride;
     }
-    // SAFETY: `mmsghdr` is a plain C struct of integers and pointers, for which all-zero bytes
-    // are a valid value (null pointers, zero lengths).
-    let mut hdrs: [libc::mmsghdr; DATAGRAMS_PER_CALL] = unsafe { std::mem::zeroed() };
-    for (hdr, iov) in hdrs.iter_mut().zip(iovs.iter_mut()).take(n) {
-        hdr.msg_hdr.msg_iov = iov;
-        hdr.msg_hdr.msg_iovlen = 1;
-    }
+    let mut hdrs = headers(&mut iovs, n);
     let rc = loop {
         // SAFETY: `hdrs[..n]` each point at one `iovec` of `iovs`, which each point at a
         // distinct `stride`-byte slot of `buf`, exclusively borrowed for this call; `iovs`,
@@ -79,6 +70,27 @@ pub fn recv_batch(
     Ok(rc)
 }
 
+/// An empty `iovec`.
+const NO_IOV: libc::iovec = libc::iovec {
+    iov_base: std::ptr::null_mut(),
+    iov_len: 0,
+};
+
+/// Message headers whose first `n` each point at one of `iovs` (the rest empty).
+fn headers(
+    iovs: &mut [libc::iovec; DATAGRAMS_PER_CALL],
+    n: usize,
+) -> [libc::mmsghdr; DATAGRAMS_PER_CALL] {
+    // SAFETY: `mmsghdr` is a plain C struct of integers and pointers, for which all-zero bytes
+    // are a valid value (null pointers, zero lengths).
+    let mut hdrs: [libc::mmsghdr; DATAGRAMS_PER_CALL] = unsafe { std::mem::zeroed() };
+    for (hdr, iov) in hdrs.iter_mut().zip(iovs.iter_mut()).take(n) {
+        hdr.msg_hdr.msg_iov = iov;
+        hdr.msg_hdr.msg_iovlen = 1;
+    }
+    hdrs
+}
+
 /// Sends up to [`DATAGRAMS_PER_CALL`] of `datagrams` on the connected `socket`, one
 /// datagram each, in one system call; returns how many were sent (the first `n`). Blocks
 /// like `send` unless the socket is non-blocking.
@@ -87,21 +99,13 @@ pub fn send_batch(socket: &impl AsRawFd, datagrams: &[&[u8]]) -> io::Result<usiz
     if n == 0 {
         return Ok(0);
     }
-    let mut iovs = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; DATAGRAMS_PER_CALL];
+    let mut iovs = [NO_IOV; DATAGRAMS_PER_CALL];
     for (iov, d) in iovs.iter_mut().zip(&datagrams[..n]) {
         // The kernel only reads through it (`sendmmsg` never writes to the iovecs' memory).
         iov.iov_base = d.as_ptr().cast_mut().cast();
         iov.iov_len = d.len();
     }
-    // SAFETY: as in `recv_batch`: all-zero bytes are a valid `mmsghdr`.
-    let mut hdrs: [libc::mmsghdr; DATAGRAMS_PER_CALL] = unsafe { std::mem::zeroed() };
-    for (hdr, iov) in hdrs.iter_mut().zip(iovs.iter_mut()).take(n) {
-        hdr.msg_hdr.msg_iov = iov;
-        hdr.msg_hdr.msg_iovlen = 1;
-    }
+    let mut hdrs = headers(&mut iovs, n);
     loop {
         // SAFETY: `hdrs[..n]` each point at one `iovec` of `iovs`, which each point at one
         // of `datagrams`, borrowed for this call; the kernel reads `iov_len` bytes from each
