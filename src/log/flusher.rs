@@ -88,6 +88,8 @@ pub(crate) struct Tracker {
     segment_bytes: u64,
     /// Held by the flusher thread while it prepares a spare.
     spare: Mutex<SpareSlot>,
+    /// Spares that could not be made (warned about at powers of two).
+    spare_failures: AtomicU64,
     /// Flush period of the flusher thread; `None`: it does not flush this partition
     /// (policies other than `interval`).
     interval: Option<Duration>,
@@ -135,6 +137,7 @@ impl Tracker {
             dir,
             segment_bytes,
             spare: Mutex::new(SpareSlot::Absent),
+            spare_failures: AtomicU64::new(0),
             interval,
             written_pos: AtomicU64::new(written_pos),
             written: AtomicU64::new(written.0),
@@ -164,7 +167,8 @@ impl Tracker {
     }
 
     /// Prepares the partition's spare segment if none is ready (the flusher thread). A
-    /// failure is only warned about: the next roll then preallocates its segment itself.
+    /// failure (a full disk) is only warned about, and tried again at the next wake: the
+    /// next roll then preallocates its segment itself, and fails as it would have.
     fn prepare_spare(&self) {
         let mut slot = self.spare();
         if !matches!(*slot, SpareSlot::Absent) {
@@ -172,7 +176,12 @@ impl Tracker {
         }
         match Spare::prepare(&self.dir, self.segment_bytes) {
             Ok(spare) => *slot = SpareSlot::Ready(spare),
-            Err(e) => tracing::warn!(error = %e, "cannot prepare a spare log segment"),
+            Err(e) => {
+                let failures = self.spare_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures.is_power_of_two() {
+                    tracing::warn!(error = %e, failures, "cannot prepare a spare log segment");
+                }
+            }
         }
     }
 

@@ -189,10 +189,9 @@ pub(crate) fn spare_path(dir: &Path) -> PathBuf {
 }
 
 /// An empty segment file, preallocated off the appender's thread, that the next roll renames
-/// into place ([`Segment::from_spare`]). Preallocating a segment allocates its blocks in
-/// the file system's journal, which waits for a journal commit in progress (such as the one
-/// that makes the sealed segment durable): tens of milliseconds measured on ext4, which a
-/// roll would otherwise spend holding the core.
+/// into place ([`Segment::from_spare`]). Preallocating a segment allocates its blocks, which
+/// waits for the file system while the sealed segment is being synced: 3–25 ms measured on
+/// ext4, which a roll would otherwise spend holding the core.
 #[derive(Debug)]
 pub(crate) struct Spare {
     file: File,
