@@ -278,8 +278,8 @@ impl Appender {
             let Some(old) = self.history.front().cloned() else {
                 break;
             };
-            remove_if_exists(&old.path)?;
-            remove_if_exists(&segment::index_path(&self.dir, old.base))?;
+            segment::remove_if_exists(&old.path)?;
+            segment::remove_if_exists(&segment::index_path(&self.dir, old.base))?;
             self.history.pop_front();
             tracing::info!(
                 segment = %old.path.display(),
@@ -501,17 +501,6 @@ impl Retention {
     }
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), Error> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
 /// Removes index files whose segment is gone (retention stopped between the two unlinks),
 /// temporary index files and a spare segment left by a crash.
 fn remove_orphan_indexes(dir: &Path) -> Result<(), Error> {
@@ -528,7 +517,7 @@ fn remove_orphan_indexes(dir: &Path) -> Result<(), Error> {
         let orphan = segment::parse_index_name(name)
             .is_some_and(|base| !segment::segment_path(dir, base).exists());
         if orphan || name.ends_with(".idx.tmp") || name == segment::SPARE_NAME {
-            remove_if_exists(&entry.path())?;
+            segment::remove_if_exists(&entry.path())?;
         }
     }
     Ok(())

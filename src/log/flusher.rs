@@ -206,12 +206,8 @@ impl Tracker {
     pub(crate) fn close_spare(&self) {
         let mut slot = self.spare();
         *slot = SpareSlot::Closed;
-        let path = segment::spare_path(&self.dir);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot delete the spare log segment");
-            }
-            _ => {}
+        if let Err(e) = segment::remove_if_exists(&segment::spare_path(&self.dir)) {
+            tracing::warn!(error = %e, "cannot delete the spare log segment");
         }
     }
 

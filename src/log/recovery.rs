@@ -132,8 +132,7 @@ pub(crate) fn recover(dir: &Path, segment_bytes: u64) -> Result<Recovered, Error
 /// Finds the first gap among the last `SEALS_IN_FLIGHT_MAX` sealed segments of `segments`
 /// (a sealed segment whose valid batches end, cleanly or at a defect, before the next
 /// segment's base, with no index seal to prove it was durable) and deletes every segment
-/// after it;
-/// returns the bytes deleted. See the module doc.
+/// after it; returns the bytes deleted. See the module doc.
 fn cut_after_gap(dir: &Path, segments: &mut Vec<SegmentFile>) -> Result<u64, Error> {
     let mut cut_at = None;
     let sealed = segments.len().saturating_sub(1);
@@ -171,19 +170,8 @@ fn cut_after_gap(dir: &Path, segments: &mut Vec<SegmentFile>) -> Result<u64, Err
     let mut removed = 0;
     for s in segments.drain(cut_at..).rev() {
         removed += std::fs::metadata(&s.path).map_or(0, |m| m.len());
-        let index = segment::index_path(dir, s.base);
-        for path in [&s.path, &index] {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(Error::Io {
-                        path: path.clone(),
-                        source,
-                    });
-                }
-            }
-        }
+        segment::remove_if_exists(&s.path)?;
+        segment::remove_if_exists(&segment::index_path(dir, s.base))?;
         tracing::warn!(segment = %s.path.display(), "log segment after a gap removed");
     }
     segment::sync_dir(dir)?;
@@ -299,10 +287,7 @@ mod tests {
 
     /// Writes 40 batches of three ~60 KiB lines (about 7 MiB: several 1 MiB segments);
     /// returns what was written and where it lies.
-    #[allow(clippy::type_complexity)]
-    fn write_a_few_segments(
-        dir: &Path,
-    ) -> (Vec<Written>, Vec<(SegmentFile, Vec<(u64, BatchHeader)>)>) {
+    fn write_a_few_segments(dir: &Path) -> (Vec<Written>, Layout) {
         let batches: Vec<Vec<Vec<u8>>> = (0..40)
             .map(|b| (0..3).map(|l| line(b * 3 + l, 60_000 + l * 7)).collect())
             .collect();

@@ -1,6 +1,6 @@
 //! Segment files: naming, listing, preallocation, the appender's writes and its read-only
 //! mapping. The only file of the log module with `unsafe` (mapping a file, slicing the
-//! mapping, and `fallocate`).
+//! mapping, `fallocate` and `sync_file_range`).
 //!
 //! Writes go through `pwrite` into the page cache, one call per record batch; the mapping
 //! is read-only (`PROT_READ`, `MAP_SHARED`, so it sees those writes at once: same page
@@ -107,6 +107,17 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, Error> {
     Ok(out)
 }
 
+/// Deletes the file at `path`; one that is already gone is no error.
+pub(crate) fn remove_if_exists(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Makes a new directory entry (a rolled segment) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
@@ -156,6 +167,11 @@ fn fallocate(file: &File, len: libc::off_t) -> io::Result<()> {
     }
 }
 
+#[cfg(not(target_os = "linux"))]
+fn fallocate(_file: &File, _len: libc::off_t) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+}
+
 #[cfg(target_os = "linux")]
 fn start_writeback(file: &File, pos: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -176,11 +192,6 @@ fn start_writeback(file: &File, pos: u64, len: u64) -> io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _pos: u64, _len: u64) -> io::Result<()> {
     Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn fallocate(_file: &File, _len: libc::off_t) -> io::Result<()> {
-    Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
 }
 
 /// Path of the spare segment of `dir`.
@@ -207,10 +218,7 @@ impl Spare {
             path: path.clone(),
             source,
         };
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(e)),
-            _ => {}
-        }
+        remove_if_exists(&path)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
