@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
-/// Most datagrams one call reads.
+/// Most datagrams one call reads or sends.
 pub const DATAGRAMS_PER_CALL: usize = 16;
 
 /// Reads up to `lens.len()` (at most [`DATAGRAMS_PER_CALL`]) datagrams waiting on `socket`
@@ -40,9 +40,10 @@ pub fn recv_batch(
     }
     let mut hdrs = headers(&mut iovs, n);
     let rc = loop {
-        // SAFETY: `hdrs[..n]` each point at one `iovec` of `iovs`, which each point at a
-        // distinct `stride`-byte slot of `buf`, exclusively borrowed for this call; `iovs`,
-        // `hdrs` and `buf` outlive the call, and the kernel writes at most `iov_len` bytes to
+        // SAFETY: `hdrs[..n]` each point at one `iovec` of `iovs` (set by `headers`, with
+        // `iovs` neither moved nor touched since), which each point at a distinct
+        // `stride`-byte slot of `buf`, exclusively borrowed for this call; `iovs`, `hdrs` and
+        // `buf` outlive the call, and the kernel writes at most `iov_len` bytes to
         // each slot and fills in only `msg_len` and the header fields of `hdrs[..n]`. No
         // address or control buffer is given (null, length 0). `socket` is borrowed, so its
         // descriptor stays open during the call.
@@ -76,7 +77,9 @@ const NO_IOV: libc::iovec = libc::iovec {
     iov_len: 0,
 };
 
-/// Message headers whose first `n` each point at one of `iovs` (the rest empty).
+/// Message headers whose first `n` each point at one of `iovs` (the rest empty). The
+/// pointers are only valid while `iovs` (and the buffers its entries point at) stay where
+/// they are, untouched: callers make the system call right after, with nothing in between.
 fn headers(
     iovs: &mut [libc::iovec; DATAGRAMS_PER_CALL],
     n: usize,
@@ -107,8 +110,9 @@ pub fn send_batch(socket: &impl AsRawFd, datagrams: &[&[u8]]) -> io::Result<usiz
     }
     let mut hdrs = headers(&mut iovs, n);
     loop {
-        // SAFETY: `hdrs[..n]` each point at one `iovec` of `iovs`, which each point at one
-        // of `datagrams`, borrowed for this call; the kernel reads `iov_len` bytes from each
+        // SAFETY: `hdrs[..n]` each point at one `iovec` of `iovs` (set by `headers`, with
+        // `iovs` neither moved nor touched since), which each point at one of `datagrams`,
+        // borrowed for this call; the kernel reads `iov_len` bytes from each
         // and writes only the `msg_len` fields of `hdrs[..n]`. No address or control buffer
         // is given (the socket is connected). `socket` is borrowed, so its descriptor stays
         // open during the call.

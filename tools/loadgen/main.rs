@@ -3,8 +3,9 @@
 //!
 //! Delivered figures come from sluice's `/metrics` (with `--admin`); latency is explained in
 //! `probe.rs`. The payload is built before sending starts (`payload.rs`), so the sender threads
-//! only stamp event times and call `write`/`send`. The report is `key=value` lines on stdout,
-//! for people and for `tools/bench-compare`.
+//! only stamp event times and call `write` (TCP) or `sendmmsg` (UDP, 16 datagrams a call;
+//! a `--rate` is paced per call). The report is `key=value` lines on stdout, for people and
+//! for `tools/bench-compare`.
 
 mod payload;
 mod probe;
@@ -389,10 +390,12 @@ impl Sender {
                     Sock::Udp(s) => {
                         let mut at = 0;
                         while at < count {
+                            // An error (an ICMP "port unreachable" while the receiver
+                            // restarts) is the loss of the first datagram it stopped at: the
+                            // receiver's count shows it. The rest are sent.
                             match mmsg::send_batch(s, &datagrams[at..count]) {
-                                Ok(k) if k > 0 => at += k,
-                                // A full receive buffer is loss we measure, not an error.
-                                _ => break,
+                                Ok(k) => at += k.max(1),
+                                Err(_) => at += 1,
                             }
                         }
                     }
