@@ -205,12 +205,24 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         .map_err(io_err("cannot read address of", Path::new("admin")))?;
 
     let checkpoint_dir = data_dir.join("checkpoint");
-    let body = match checkpoint::file::load_newest(&checkpoint_dir)? {
-        Some(loaded) => {
-            let body = Body::decode(&loaded.body)?;
-            tracing::info!(epoch = body.epoch, path = %loaded.path.display(), "resuming from checkpoint");
-            Some(body)
-        }
+    let loaded = checkpoint::file::load_newest(&checkpoint_dir)?;
+    // New checkpoints number on from the newest file, whether or not it could be used, so
+    // they are the newest from now on.
+    let first_epoch = loaded.as_ref().map_or(0, |l| l.epoch);
+    let body = match loaded {
+        Some(loaded) => match Body::decode(&loaded.body) {
+            Ok(body) => {
+                tracing::info!(epoch = body.epoch, path = %loaded.path.display(), "resuming from checkpoint");
+                Some(body)
+            }
+            // Another build's window state cannot be restored exactly; the log can.
+            Err(checkpoint::Error::Version { found }) => {
+                tracing::warn!(path = %loaded.path.display(), found, expected = BODY_VERSION,
+                    "checkpoint written by another version of sluice: replaying the whole log");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
         None => {
             tracing::info!("no checkpoint: replaying the whole log");
             None
@@ -242,7 +254,6 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         })
         .collect();
     let mesh = route::mesh(&doorbells);
-    let first_epoch = body.as_ref().map_or(0, |b| b.epoch);
     let control = Arc::new(Control {
         checkpoint_epoch: std::sync::atomic::AtomicU64::new(first_epoch),
         stop: AtomicBool::new(false),
@@ -441,6 +452,11 @@ fn open_shards(config: &Config, cores: usize, body: Option<&Body>) -> Result<Vec
         .map(|s| s.closed_through_ms)
         .max()
         .unwrap_or(i64::MIN);
+    let lowest_frontier = states
+        .iter()
+        .map(|s| s.closed_through_ms)
+        .min()
+        .unwrap_or(i64::MIN);
     let params = Params {
         windows: config.window.specs(),
         quantiles: config.window.quantiles.clone(),
@@ -452,10 +468,12 @@ fn open_shards(config: &Config, cores: usize, body: Option<&Body>) -> Result<Vec
         let state = states.iter().find(|s| s.shard == core);
         let len = state.map_or(0, |s| s.aggregates_len);
         let output = AggregatesWriter::open(&path, len).map_err(io_err("cannot open", &path))?;
+        // Keys move between shards when the core count changed: restore onto the lowest old
+        // frontier and close through the highest once every record is in (`Shard::restore`).
         let frontier = if same_layout {
             state.map_or(i64::MIN, |s| s.closed_through_ms)
         } else {
-            global_frontier
+            lowest_frontier
         };
         shards.push(Shard::new(&params, cores, frontier, output));
     }
@@ -464,6 +482,14 @@ fn open_shards(config: &Config, cores: usize, body: Option<&Body>) -> Result<Vec
             let record = record?;
             let core = owner(record.key.as_bytes(), cores) as usize;
             shards[core].restore(record).map_err(io_err(
+                "cannot write",
+                &aggregates_path(data_dir, core as u16),
+            ))?;
+        }
+    }
+    if !same_layout {
+        for (core, shard) in shards.iter_mut().enumerate() {
+            shard.close_restored(global_frontier).map_err(io_err(
                 "cannot write",
                 &aggregates_path(data_dir, core as u16),
             ))?;

@@ -27,14 +27,22 @@ pub enum Error {
     /// The body could not be decoded.
     #[error("checkpoint body does not decode: {0}")]
     Decode(String),
+    /// The body was written by a build with another body version.
+    #[error("checkpoint body version {found} (this build reads {BODY_VERSION})")]
+    Version {
+        /// The version found.
+        found: u16,
+    },
 }
 
 use serde::{Deserialize, Serialize};
 
 use crate::window::WindowRecord;
 
-/// Version of the body encoding.
-pub const BODY_VERSION: u16 = 1;
+/// Version of the body encoding. 2: larger windows composed from smaller ones hold only the
+/// smaller windows that closed (version 1 folded every event into every window), so a
+/// version-1 body's windows would count the open smaller windows twice.
+pub const BODY_VERSION: u16 = 2;
 
 /// One partition's position in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,10 +109,9 @@ impl Body {
     pub fn decode(bytes: &[u8]) -> Result<Body, Error> {
         let body: Body = postcard::from_bytes(bytes).map_err(|e| Error::Decode(e.to_string()))?;
         if body.version != BODY_VERSION {
-            return Err(Error::Decode(format!(
-                "body version {} (expected {BODY_VERSION})",
-                body.version
-            )));
+            return Err(Error::Version {
+                found: body.version,
+            });
         }
         Ok(body)
     }

@@ -11,10 +11,14 @@
 //! hop (10s under 1m, the defaults), events are folded into the smaller one only, and each
 //! of its windows is merged into the larger windows holding it when it closes (panes, as in
 //! "No pane, no gain", Li et al. 2005). Per event that is one aggregate update and one
-//! sketch insertion instead of one per window size; merging is exact (DDSketch bin counts
-//! add), so the output is what folding each event into every window gives. An event whose
-//! small window has already closed while the larger one is still open is folded into the
-//! larger one directly, as before; the small window counts it late.
+//! sketch insertion instead of one per window size. The output is what folding each event
+//! into every window gives: the same count, min, max, last and sketch bins (DDSketch bin
+//! counts add; only a sketch that reaches its bin limit collapses its lowest bins at other
+//! moments), and the same sum up to floating-point rounding (the additions happen in
+//! another order). An event whose small window has already closed while the larger one is
+//! still open is folded into the larger one directly, as before; the small window counts it
+//! late. Checkpoints before this (body version 1) held larger windows folded directly;
+//! `serve` replays the log instead of restoring them.
 //!
 //! Quantiles come from a DDSketch (`sketches-ddsketch`): mergeable, bounded, with a relative
 //! error guarantee on the value (1% here: the reported p99 is within 1% of a value whose rank
@@ -209,9 +213,10 @@ impl Agg {
             return;
         }
         if other.count == 1 {
-            // One event: folding it is cheaper than materialising a sketch to merge.
+            // One event: folding it is cheaper than materialising a sketch to merge. Its
+            // value is `last` (`sum` would turn -0.0 into 0.0).
             let sketched = other.single_pending || other.sketch.is_some();
-            self.add(other.sum, other.last_time_ms, sketched);
+            self.add(other.last, other.last_time_ms, sketched);
             return;
         }
         let theirs = other.take_sketch();
@@ -232,11 +237,6 @@ impl Agg {
             self.last = other.last;
             self.last_time_ms = other.last_time_ms;
         }
-    }
-
-    /// Merges another aggregate of the same (key, window) into this one.
-    pub fn merge(&mut self, other: &Agg) {
-        self.absorb(other.clone());
     }
 
     /// The sketch, materialising a pending single value.
@@ -478,9 +478,12 @@ impl Shard {
         }
     }
 
-    /// Restores an open window from a checkpoint. A window the frontier has already passed
-    /// (possible when the number of cores changed and keys moved between shards) was never
-    /// written by its old shard, so it is written now.
+    /// Restores an open window from a checkpoint. When the number of cores changed, keys
+    /// move between shards whose frontiers differ: make the shards with the lowest old
+    /// frontier, restore every record, then [`close_restored`](Self::close_restored)
+    /// through the highest, so windows the new frontier has passed close in end order and
+    /// feed the larger windows built from them. A window already behind this shard's
+    /// frontier is written at once (nothing larger can take it then).
     pub fn restore(&mut self, record: WindowRecord) -> io::Result<()> {
         let spec = WindowSpec {
             size_ms: record.size_ms,
@@ -505,13 +508,24 @@ impl Shard {
             .iter_mut()
             .find(|w| w.spec_idx == spec_idx as u8 && w.start_ms == record.start_ms)
         {
-            Some(w) => w.agg.merge(&record.agg),
+            Some(w) => w.agg.absorb(record.agg),
             None => *self.open(slot, spec_idx as u8, record.start_ms) = record.agg,
         }
         Ok(())
     }
 
-    /// Folds one event into every window that holds it.
+    /// Closes, after a restore, every window ending at or before `frontier_ms` (see
+    /// [`restore`](Self::restore)). Returns the windows closed.
+    pub fn close_restored(&mut self, frontier_ms: i64) -> io::Result<usize> {
+        if frontier_ms > self.closed_through_ms {
+            self.close_through(frontier_ms)
+        } else {
+            Ok(0)
+        }
+    }
+
+    /// Folds one event into every window that holds it, or (a composed window whose
+    /// feeder's window is open) into the feeder's window, which passes it on at its close.
     #[inline]
     pub fn fold(&mut self, key: &[u8], value: f64, time_ms: i64, kind: Kind) -> Folded {
         let (slot, overflow) = self.slot_for(key, false);

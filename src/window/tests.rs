@@ -310,7 +310,7 @@ fn a_window_with_one_value_keeps_no_sketch_until_a_second_arrives() {
     assert_eq!(a.quantile(0.99), Some(4.0));
     let mut b = Agg::empty();
     b.add(8.0, 2, true);
-    a.merge(&b);
+    a.absorb(b.clone());
     assert_eq!(a.count, 2);
     let s = a.sketch.as_ref().expect("two values make a sketch");
     assert_eq!(s.count(), 2);
@@ -489,4 +489,52 @@ mod composed {
             prop_assert_eq!(rows(dir.path(), "c.jsonl"), want);
         }
     }
+}
+
+#[test]
+fn a_restore_onto_a_higher_frontier_still_feeds_the_larger_windows() {
+    // A shard that was behind when the checkpoint was taken (the core count changed since):
+    // its 10s window [10 s, 20 s) is open, the frontier of the restored shards is 30 s.
+    let old_dir = tempfile::tempdir().unwrap();
+    let mut old = shard(old_dir.path(), &[10_000, 60_000], 100, 1);
+    old.fold(b"k", 1.0, 5_000, Kind::Sample);
+    old.fold(b"k", 2.0, 15_000, Kind::Sample);
+    old.advance(0, 10_000, false).unwrap();
+    let records = old.snapshot();
+
+    let dir = tempfile::tempdir().unwrap();
+    let params = Params {
+        windows: vec![WindowSpec::tumbling(10_000), WindowSpec::tumbling(60_000)],
+        quantiles: vec![0.5, 0.99],
+        max_keys: 100,
+    };
+    let out = AggregatesWriter::open(&dir.path().join("s000.jsonl"), 0).unwrap();
+    let mut restored = Shard::new(&params, 1, old.closed_through_ms(), out);
+    for record in records {
+        restored.restore(record).unwrap();
+    }
+    assert_eq!(
+        restored.close_restored(30_000).unwrap(),
+        1,
+        "the 10s window closes"
+    );
+    restored.advance(0, 60_000, false).unwrap();
+    restored.output().flush().unwrap();
+    let minute: Vec<_> = lines(dir.path())
+        .into_iter()
+        .filter(|l| l["window"] == "1m")
+        .collect();
+    assert_eq!(minute.len(), 1);
+    assert_eq!(minute[0]["count"], 2, "both events reach the 1m window");
+    assert_eq!(minute[0]["sum"], 3.0);
+}
+
+#[test]
+fn absorbing_one_event_keeps_its_value_exactly() {
+    let mut a = Agg::one(1.0, 1);
+    a.absorb(Agg::one(-0.0, 2));
+    assert_eq!(a.last.to_bits(), (-0.0f64).to_bits());
+    let mut b = Agg::one(-0.0, 1);
+    b.absorb(Agg::one(-0.0, 2));
+    assert_eq!(b.min.to_bits(), (-0.0f64).to_bits());
 }

@@ -256,3 +256,49 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
     );
     assert!(sluice.stop().success());
 }
+
+#[test]
+fn a_checkpoint_of_another_body_version_is_replaced_by_a_full_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("crash.toml");
+    std::fs::write(&config, "[checkpoint]\ninterval_ms = 200\nkeep = 3\n").unwrap();
+    let args = args(&config);
+    let target = Arc::new(Mutex::new(None));
+    let sluice = start(&data, &args, &target);
+    let load = Load::start(target.clone(), 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    *target.lock().unwrap() = None;
+    drop(sluice);
+
+    // The newest checkpoint as the build before composed windows wrote it (body version 1):
+    // its windows cannot be restored exactly, so the whole log is replayed.
+    let dir = data.join("checkpoint");
+    let loaded = sluice::checkpoint::file::load_newest(&dir)
+        .unwrap()
+        .unwrap();
+    let mut body = sluice::checkpoint::Body::decode(&loaded.body).unwrap();
+    body.version = 1;
+    sluice::checkpoint::file::write(&dir, loaded.epoch, &body.encode().unwrap()).unwrap();
+
+    let sluice = start(&data, &args, &target);
+    std::thread::sleep(Duration::from_millis(800));
+    load.finish();
+    assert_exactly_once(&data, &sluice);
+    let stderr = sluice.stderr();
+    assert!(
+        stderr.contains("replaying the whole log"),
+        "no warning about the old checkpoint:\n{stderr}"
+    );
+    assert!(sluice.stop().success());
+    let newest = sluice::checkpoint::file::load_newest(&dir)
+        .unwrap()
+        .unwrap();
+    assert!(newest.epoch > loaded.epoch, "new checkpoints number on");
+    assert_eq!(
+        sluice::checkpoint::Body::decode(&newest.body)
+            .unwrap()
+            .version,
+        sluice::checkpoint::BODY_VERSION
+    );
+}
