@@ -481,6 +481,16 @@ mod tests {
         assert_eq!(parse(b"a:1|c|#\xff"), Err(Reject::BadUtf8));
         let long = "k".repeat(crate::limits::KEY_BYTES_MAX + 1) + ":1|c";
         assert_eq!(parse(long.as_bytes()), Err(Reject::KeyTooLong));
+        // The tags make the key: short name, sorted and unsorted tags, and tags with an
+        // empty one among them (each way of building a tagged key).
+        let tags = "t:".to_string() + &"v".repeat(crate::limits::KEY_BYTES_MAX);
+        for line in [
+            format!("a:1|c|#{tags}"),
+            format!("a:1|c|#z:1,{tags}"),
+            format!("a:1|c|#{tags},,b:2"),
+        ] {
+            assert_eq!(parse(line.as_bytes()), Err(Reject::KeyTooLong), "{line}");
+        }
         assert_eq!(one(" a:1|c \t").0, "a");
     }
 
