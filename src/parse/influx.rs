@@ -46,7 +46,7 @@
 
 #![forbid(unsafe_code)]
 
-use super::{Event, Kind, Reject, TIME_MS_MAX, check_key};
+use super::{Event, Kind, Reject, TIME_MS_MAX, check_key, check_utf8};
 use crate::config::FormatOptions;
 
 /// Most tags on one line.
@@ -258,7 +258,7 @@ impl InfluxParser {
         };
         if first == b'"' {
             let end = string_end(line, value_start + 1)?;
-            std::str::from_utf8(&line[key_start..end]).map_err(|_| Reject::BadUtf8)?;
+            check_utf8(&line[key_start..end])?;
             return Ok(end + 1);
         }
         let value_end = value_start
@@ -301,7 +301,7 @@ impl InfluxParser {
         if prefix_len + longest_field as usize > crate::limits::KEY_BYTES_MAX {
             return Err(Reject::KeyTooLong);
         }
-        std::str::from_utf8(&self.scratch).map_err(|_| Reject::BadUtf8)?;
+        check_utf8(&self.scratch)?;
         for f in &self.fields {
             check_key(&line[f.0 as usize..f.1 as usize])?;
         }

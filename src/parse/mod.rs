@@ -270,11 +270,18 @@ pub fn check_key(key: &[u8]) -> Result<&[u8], Reject> {
     if key.len() > crate::limits::KEY_BYTES_MAX {
         return Err(Reject::KeyTooLong);
     }
-    // Keys are nearly always ASCII: a word-at-a-time check, inlined, before the full one.
-    if !key.is_ascii() {
-        std::str::from_utf8(key).map_err(|_| Reject::BadUtf8)?;
-    }
+    check_utf8(key)?;
     Ok(key)
+}
+
+/// Checks that `bytes` are UTF-8. Keys and tags are nearly always ASCII: a word-at-a-time
+/// check, inlined, comes before the full one.
+#[inline]
+pub(crate) fn check_utf8(bytes: &[u8]) -> Result<(), Reject> {
+    if !bytes.is_ascii() {
+        std::str::from_utf8(bytes).map_err(|_| Reject::BadUtf8)?;
+    }
+    Ok(())
 }
 
 /// Test inputs shared by the parser and framing tests.

@@ -38,7 +38,7 @@
 
 #![forbid(unsafe_code)]
 
-use super::{Event, Kind, Reject, TIME_MS_MAX, check_key, parse_finite};
+use super::{Event, Kind, Reject, TIME_MS_MAX, check_key, check_utf8, parse_finite};
 use crate::config::FormatOptions;
 
 /// Most values for one name on one line (`name:1|c:2|c:...`).
@@ -211,9 +211,7 @@ impl StatsdParser {
         if tags.is_empty() {
             return Ok((0, 0));
         }
-        if !tags.is_ascii() {
-            std::str::from_utf8(tags).map_err(|_| Reject::BadUtf8)?;
-        }
+        check_utf8(tags)?;
         let mut ranges = std::mem::take(&mut self.tag_ranges);
         ranges.clear();
         let start = self.scratch.len();

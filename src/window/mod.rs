@@ -432,7 +432,7 @@ pub struct Shard {
     index: HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    /// Window end → the (slot, spec index, start) of windows ending then.
+    /// Window end → the (slot, spec index) of windows ending then.
     calendar: BTreeMap<i64, Vec<(u32, u8)>>,
     open_windows: usize,
     source_watermarks: Vec<Option<(i64, bool)>>,
@@ -490,7 +490,7 @@ impl Shard {
             hop_ms: record.hop_ms,
         };
         let Some(spec_idx) = self.windows.iter().position(|w| *w == spec) else {
-            tracing::warn!(key = %record.key, ?spec, "checkpointed window of a size no longer configured is dropped");
+            tracing::warn!(key = %record.key, ?spec, "checkpointed window of a size no longer configured is dropped (larger windows built from it lack its events)");
             return Ok(());
         };
         if record.start_ms + record.size_ms <= self.closed_through_ms {
@@ -599,31 +599,42 @@ impl Shard {
                 break;
             }
             let end = *entry.key();
-            let mut ending = entry.remove();
-            // Feeders first: their windows merge into composed windows that may end now too
-            // (merging may open one, which lands in a fresh calendar entry for `end`).
-            ending.sort_by_key(|(_, spec_idx)| self.feeder[*spec_idx as usize].is_some());
-            for (slot, spec_idx) in ending {
-                let spec = self.windows[spec_idx as usize];
-                let s = &mut self.slots[slot as usize];
-                let pos = s
-                    .windows
-                    .iter()
-                    .position(|w| w.spec_idx == spec_idx && w.start_ms + spec.size_ms == end)
-                    .expect("every calendar entry has its open window");
-                let w = s.windows.swap_remove(pos);
-                self.output
-                    .write_window(&s.key, &spec, w.start_ms, &w.agg, &self.quantiles)?;
-                self.open_windows -= 1;
-                closed += 1;
-                if !self.fed[spec_idx as usize].is_empty() {
-                    self.feed(slot, spec_idx, w);
+            let ending = entry.remove();
+            // Feeders (and plain windows) first, composed windows after: feeders merge into
+            // composed windows that may end now too (merging may open one, which lands in a
+            // fresh calendar entry for `end`). Two passes keep the calendar's order.
+            for composed in [false, true] {
+                for &(slot, spec_idx) in &ending {
+                    if self.feeder[spec_idx as usize].is_some() == composed {
+                        self.close_one(slot, spec_idx, end)?;
+                        closed += 1;
+                    }
                 }
-                self.release_if_empty(slot);
             }
         }
         self.closed_through_ms = through_ms;
         Ok(closed)
+    }
+
+    /// Closes the window of `slot` and spec `spec_idx` ending at `end`: writes it, and feeds
+    /// the windows composed from it.
+    fn close_one(&mut self, slot: u32, spec_idx: u8, end: i64) -> io::Result<()> {
+        let spec = self.windows[spec_idx as usize];
+        let s = &mut self.slots[slot as usize];
+        let pos = s
+            .windows
+            .iter()
+            .position(|w| w.spec_idx == spec_idx && w.start_ms + spec.size_ms == end)
+            .expect("every calendar entry has its open window");
+        let w = s.windows.swap_remove(pos);
+        self.output
+            .write_window(&s.key, &spec, w.start_ms, &w.agg, &self.quantiles)?;
+        self.open_windows -= 1;
+        if !self.fed[spec_idx as usize].is_empty() {
+            self.feed(slot, spec_idx, w);
+        }
+        self.release_if_empty(slot);
+        Ok(())
     }
 
     /// Merges the closed window `w` of spec `spec_idx` into every window of the specs it
