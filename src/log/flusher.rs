@@ -302,21 +302,19 @@ impl Tracker {
                 sync.sync_file()?;
                 segment::sync_dir(&self.dir)?;
             }
-            let done = {
+            {
+                // The seal entry is written under the queue's lock: another thread draining
+                // at the same time (the appender's drop, say) returns only once it is there.
                 let mut queue = self.sealing();
-                match queue.front() {
-                    Some(front) if front.id == id => queue.pop_front(),
-                    // Another thread drained it meanwhile.
-                    _ => None,
+                if queue.front().is_some_and(|front| front.id == id)
+                    && let Some(index) = queue.pop_front().and_then(|mut s| s.index.take())
+                {
+                    index.seal(end_pos, end_offset);
                 }
-            };
+                // Otherwise another thread drained it meanwhile.
+            }
             self.publish(&self.flushed, end_offset);
             self.publish(&self.durable, end_offset);
-            if let Some(mut sealed) = done
-                && let Some(index) = sealed.index.take()
-            {
-                index.seal(end_pos, end_offset);
-            }
         }
     }
 
