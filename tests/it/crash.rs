@@ -214,11 +214,18 @@ fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     assert!(sluice.stop().success());
 }
 
-#[test]
-fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let config = tmp.path().join("crash.toml");
+/// A sluice that checkpointed every 200 ms under load for 1.5 s, then was killed; the
+/// load keeps going (to no target) until a restarted sluice takes it.
+struct Checkpointed {
+    data: std::path::PathBuf,
+    args: Vec<String>,
+    target: Arc<Mutex<Option<SocketAddr>>>,
+    load: Load,
+}
+
+fn checkpointed_then_killed(tmp: &std::path::Path) -> Checkpointed {
+    let data = tmp.join("data");
+    let config = tmp.join("crash.toml");
     std::fs::write(&config, "[checkpoint]\ninterval_ms = 200\nkeep = 3\n").unwrap();
     let args = args(&config);
     let target = Arc::new(Mutex::new(None));
@@ -227,6 +234,23 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
     std::thread::sleep(Duration::from_millis(1500));
     *target.lock().unwrap() = None;
     drop(sluice);
+    Checkpointed {
+        data,
+        args,
+        target,
+        load,
+    }
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Checkpointed {
+        data,
+        args,
+        target,
+        load,
+    } = checkpointed_then_killed(tmp.path());
 
     let mut checkpoints: Vec<_> = std::fs::read_dir(data.join("checkpoint"))
         .unwrap()
@@ -260,16 +284,12 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
 #[test]
 fn a_checkpoint_of_another_body_version_is_replaced_by_a_full_replay() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let config = tmp.path().join("crash.toml");
-    std::fs::write(&config, "[checkpoint]\ninterval_ms = 200\nkeep = 3\n").unwrap();
-    let args = args(&config);
-    let target = Arc::new(Mutex::new(None));
-    let sluice = start(&data, &args, &target);
-    let load = Load::start(target.clone(), 2);
-    std::thread::sleep(Duration::from_millis(1500));
-    *target.lock().unwrap() = None;
-    drop(sluice);
+    let Checkpointed {
+        data,
+        args,
+        target,
+        load,
+    } = checkpointed_then_killed(tmp.path());
 
     // The newest checkpoint as the build before composed windows wrote it (body version 1):
     // its windows cannot be restored exactly, so the whole log is replayed.
