@@ -242,15 +242,23 @@ fn checkpointed_then_killed(tmp: &std::path::Path) -> Checkpointed {
     }
 }
 
+impl Checkpointed {
+    /// Starts sluice again, lets it take the load, stops the load and checks that every
+    /// event sent was counted exactly once.
+    fn resume(self) -> Sluice {
+        let sluice = start(&self.data, &self.args, &self.target);
+        std::thread::sleep(Duration::from_millis(800));
+        self.load.finish();
+        assert_exactly_once(&self.data, &sluice);
+        sluice
+    }
+}
+
 #[test]
 fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
     let tmp = tempfile::tempdir().unwrap();
-    let Checkpointed {
-        data,
-        args,
-        target,
-        load,
-    } = checkpointed_then_killed(tmp.path());
+    let killed = checkpointed_then_killed(tmp.path());
+    let data = killed.data.clone();
 
     let mut checkpoints: Vec<_> = std::fs::read_dir(data.join("checkpoint"))
         .unwrap()
@@ -268,10 +276,7 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
     bytes[mid] ^= 0x40;
     std::fs::write(newest, bytes).unwrap();
 
-    let sluice = start(&data, &args, &target);
-    std::thread::sleep(Duration::from_millis(800));
-    load.finish();
-    assert_exactly_once(&data, &sluice);
+    let sluice = killed.resume();
     let name = newest.file_name().unwrap().to_str().unwrap().to_string();
     let stderr = sluice.stderr();
     assert!(
@@ -284,12 +289,8 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
 #[test]
 fn a_checkpoint_of_another_body_version_is_replaced_by_a_full_replay() {
     let tmp = tempfile::tempdir().unwrap();
-    let Checkpointed {
-        data,
-        args,
-        target,
-        load,
-    } = checkpointed_then_killed(tmp.path());
+    let killed = checkpointed_then_killed(tmp.path());
+    let data = killed.data.clone();
 
     // The newest checkpoint as the build before composed windows wrote it (body version 1):
     // its windows cannot be restored exactly, so the whole log is replayed.
@@ -301,10 +302,7 @@ fn a_checkpoint_of_another_body_version_is_replaced_by_a_full_replay() {
     body.version = 1;
     sluice::checkpoint::file::write(&dir, loaded.epoch, &body.encode().unwrap()).unwrap();
 
-    let sluice = start(&data, &args, &target);
-    std::thread::sleep(Duration::from_millis(800));
-    load.finish();
-    assert_exactly_once(&data, &sluice);
+    let sluice = killed.resume();
     let stderr = sluice.stderr();
     assert!(
         stderr.contains("replaying the whole log"),
