@@ -77,6 +77,8 @@ pub struct ListenerCounters {
     pub connections_refused_total: Counter,
     /// Connections open now.
     pub connections_open: Gauge,
+    /// Connections accepted here and passed to a core with fewer connections.
+    pub connections_handed_off_total: Counter,
 }
 
 /// Counters and gauges of one core.

@@ -262,6 +262,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         retention_floors: (0..cores)
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
+        balance: crate::worker::Balance::new(cores),
     });
     let (report_tx, report_rx) = unbounded();
     let listeners = Arc::new(config.listeners.clone());

@@ -149,6 +149,9 @@ fn register_listeners(registry: &mut Registry, metrics: &Metrics) {
     let help = "TCP connections refused because max_connections was reached";
     let refused = tcp().map(|(l, c)| (l.clone(), c.connections_refused_total.get()));
     counter(registry, "connections_refused", help, refused);
+    let help = "TCP connections accepted on this core and passed to a core with fewer";
+    let handed = tcp().map(|(l, c)| (l.clone(), c.connections_handed_off_total.get()));
+    counter(registry, "connections_handed_off", help, handed);
     let help = "TCP connections open now";
     let open = tcp().map(|(l, c)| (l.clone(), c.connections_open.get()));
     gauge(registry, "connections_open", help, open);

@@ -99,6 +99,54 @@ impl EpollBackend {
         EpollWaker(self.waker.clone())
     }
 
+    /// Takes a connection accepted on listener `id` by another core.
+    pub fn adopt(&mut self, id: u16, stream: std::net::TcpStream, handler: &mut impl Handler) {
+        if !handler.may_accept(id) {
+            handler.refused(id);
+            return;
+        }
+        Self::add_conn(
+            &self.poll,
+            &mut self.conns,
+            &mut self.free_conns,
+            &mut self.ready,
+            id,
+            TcpStream::from_std(stream),
+            handler,
+        );
+    }
+
+    /// Registers an accepted connection and looks at it once (data may have come already).
+    fn add_conn(
+        poll: &Poll,
+        conns: &mut Vec<Option<Conn>>,
+        free_conns: &mut Vec<usize>,
+        ready: &mut VecDeque<Token>,
+        id: u16,
+        mut stream: TcpStream,
+        handler: &mut impl Handler,
+    ) {
+        let conn = free_conns.pop().unwrap_or_else(|| {
+            conns.push(None);
+            conns.len() - 1
+        });
+        let token = Token(CONN_BASE + conn);
+        if poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+            .is_err()
+        {
+            free_conns.push(conn);
+            return;
+        }
+        conns[conn] = Some(Conn {
+            stream,
+            queued: true,
+        });
+        ready.push_back(token);
+        handler.opened(conn, id);
+    }
+
     /// Starts serving listener `id` on `socket`.
     pub fn add_listener(&mut self, id: u16, socket: BoundSocket) -> io::Result<()> {
         let token = Token(self.listeners.len());
@@ -286,27 +334,17 @@ impl EpollBackend {
                                 drop(stream);
                                 continue;
                             }
-                            let conn = self.free_conns.pop().unwrap_or_else(|| {
-                                self.conns.push(None);
-                                self.conns.len() - 1
-                            });
-                            let mut stream = stream;
-                            let token = Token(CONN_BASE + conn);
-                            if self
-                                .poll
-                                .registry()
-                                .register(&mut stream, token, Interest::READABLE)
-                                .is_err()
-                            {
-                                self.free_conns.push(conn);
-                                continue;
+                            if let Some(stream) = handler.place(id, stream.into()) {
+                                Self::add_conn(
+                                    &self.poll,
+                                    &mut self.conns,
+                                    &mut self.free_conns,
+                                    &mut self.ready,
+                                    id,
+                                    TcpStream::from_std(stream),
+                                    handler,
+                                );
                             }
-                            self.conns[conn] = Some(Conn {
-                                stream,
-                                queued: true,
-                            });
-                            self.ready.push_back(token);
-                            handler.opened(conn, id);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             l.queued = false;

@@ -32,8 +32,17 @@ pub type ConnId = usize;
 pub trait Handler {
     /// May listener `listener` accept one more connection?
     fn may_accept(&mut self, listener: u16) -> bool;
-    /// A connection was accepted.
+    /// A connection was accepted (here or, passed by [`place`](Self::place), on another core).
     fn opened(&mut self, conn: ConnId, listener: u16);
+    /// Offers a connection just accepted on `listener` to another core; gives it back when
+    /// this core keeps it.
+    fn place(
+        &mut self,
+        _listener: u16,
+        stream: std::net::TcpStream,
+    ) -> Option<std::net::TcpStream> {
+        Some(stream)
+    }
     /// A connection was refused (over `max_connections`).
     fn refused(&mut self, listener: u16);
     /// Bytes arrived on a connection.

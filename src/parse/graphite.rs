@@ -15,9 +15,27 @@ pub struct GraphiteParser {
     scratch: Vec<u8>,
 }
 
-fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(|b| *b == b' ' || *b == b'\t')
-        .filter(|f| !f.is_empty())
+/// The fields of `line`: what lies between runs of spaces and tabs. The path, most of a line,
+/// is crossed by a vectorised search rather than byte by byte.
+fn fields(line: &[u8]) -> Fields<'_> {
+    Fields { rest: line }
+}
+
+struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let start = self.rest.iter().position(|b| *b != b' ' && *b != b'\t')?;
+        let rest = &self.rest[start..];
+        let end = memchr::memchr2(b' ', b'\t', rest).unwrap_or(rest.len());
+        self.rest = &rest[end..];
+        Some(&rest[..end])
+    }
 }
 
 impl GraphiteParser {
@@ -88,10 +106,21 @@ impl GraphiteParser {
     }
 }
 
+/// Most digits of whole seconds taken without floating point (their ms fit an `i64`).
+const SECONDS_DIGITS_MAX: usize = 15;
+
 /// Unix seconds (maybe fractional) → ms; `-1` means `ingest_ms`.
 fn parse_unix_seconds(ts: &[u8], ingest_ms: i64) -> Result<i64, Reject> {
     if ts == b"-1" {
         return Ok(ingest_ms);
+    }
+    // Whole seconds, the usual case, need no floating point.
+    if ts.len() <= SECONDS_DIGITS_MAX && ts.iter().all(u8::is_ascii_digit) {
+        let secs = ts.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+        return match secs.checked_mul(1000) {
+            Some(ms) if ms <= TIME_MS_MAX => Ok(ms),
+            _ => Err(Reject::BadTimestamp),
+        };
     }
     let secs = parse_finite(ts).map_err(|_| Reject::BadTimestamp)?;
     let ms = (secs * 1000.0).round();
@@ -128,6 +157,53 @@ mod tests {
     #[test]
     fn tags_are_sorted_into_the_key() {
         assert_eq!(parse("cpu;z=1;a=2 0.5 10").unwrap()[0].0, "cpu;a=2;z=1");
+    }
+
+    #[test]
+    fn whole_seconds_and_fractions_agree_at_the_limits() {
+        assert_eq!(parse_unix_seconds(b"0", 1), Ok(0));
+        assert_eq!(parse_unix_seconds(b"0000000000", 1), Ok(0));
+        assert_eq!(
+            parse_unix_seconds(b"253402300799", 1),
+            Ok(253_402_300_799_000)
+        );
+        assert_eq!(parse_unix_seconds(b"253402300799.999", 1), Ok(TIME_MS_MAX));
+        assert_eq!(
+            parse_unix_seconds(b"253402300800", 1),
+            Err(Reject::BadTimestamp)
+        );
+        assert_eq!(
+            parse_unix_seconds(b"999999999999999", 1),
+            Err(Reject::BadTimestamp)
+        );
+        assert_eq!(
+            parse_unix_seconds(b"9999999999999999999999", 1),
+            Err(Reject::BadTimestamp)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fields_split_at_runs_of_blanks(line in proptest::collection::vec(
+            proptest::sample::select(b"ab. \t\n;=1".to_vec()), 0..40)) {
+            let want: Vec<&[u8]> = line
+                .split(|b| *b == b' ' || *b == b'\t')
+                .filter(|f| !f.is_empty())
+                .collect();
+            proptest::prop_assert_eq!(fields(&line).collect::<Vec<_>>(), want);
+        }
+
+        #[test]
+        fn whole_seconds_parse_as_the_general_way_does(secs in 0u64..400_000_000_000) {
+            let text = secs.to_string();
+            let general = parse_finite(text.as_bytes())
+                .map(|s| (s * 1000.0).round())
+                .ok()
+                .filter(|ms| (0.0..=TIME_MS_MAX as f64).contains(ms))
+                .map(|ms| ms as i64)
+                .ok_or(Reject::BadTimestamp);
+            proptest::prop_assert_eq!(parse_unix_seconds(text.as_bytes(), 1), general);
+        }
     }
 
     #[test]

@@ -192,6 +192,12 @@ impl Agg {
             self.sketch = Some(new_sketch());
             self.sketch.as_mut().expect("just set").add(self.min);
         }
+        self.tally(value, time_ms);
+    }
+
+    /// Folds one event into everything but the sketch.
+    #[inline]
+    fn tally(&mut self, value: f64, time_ms: i64) {
         self.count += 1;
         self.sum += value;
         self.min = self.min.min(value);
@@ -438,6 +444,45 @@ pub struct Shard {
     source_watermarks: Vec<Option<(i64, bool)>>,
     closed_through_ms: i64,
     output: AggregatesWriter,
+    /// Sketch adds put off to the end of a [`FoldBatch`]; empty outside one.
+    deferred: Vec<DeferredAdd>,
+}
+
+/// A value for the sketch of window `pos` of slot `slot`.
+#[derive(Debug, Clone, Copy)]
+struct DeferredAdd {
+    slot: u32,
+    pos: u32,
+    value: f64,
+}
+
+/// Sketch adds a batch defers at most before applying them.
+const DEFERRED_ADDS_MAX: usize = 1024;
+
+/// Folds a batch of events into a [`Shard`] (see [`Shard::batch`]). Adding a value to a
+/// quantile sketch touches one of its bins, a cache miss with many keys; the batch does
+/// those adds together, at its end (or every [`DEFERRED_ADDS_MAX`]), where the misses of
+/// independent adds overlap instead of stalling each event in turn.
+pub struct FoldBatch<'s> {
+    shard: &'s mut Shard,
+}
+
+impl FoldBatch<'_> {
+    /// Folds one event, as [`Shard::fold`] does.
+    #[inline]
+    pub fn fold(&mut self, key: &[u8], value: f64, time_ms: i64, kind: Kind) -> Folded {
+        let folded = self.shard.fold_one(key, value, time_ms, kind, true);
+        if self.shard.deferred.len() >= DEFERRED_ADDS_MAX {
+            self.shard.apply_deferred();
+        }
+        folded
+    }
+}
+
+impl Drop for FoldBatch<'_> {
+    fn drop(&mut self) {
+        self.shard.apply_deferred();
+    }
 }
 
 impl Shard {
@@ -475,6 +520,7 @@ impl Shard {
             source_watermarks: vec![None; sources],
             closed_through_ms,
             output,
+            deferred: Vec::new(),
         }
     }
 
@@ -526,8 +572,38 @@ impl Shard {
 
     /// Folds one event into every window that holds it, or (a composed window whose
     /// feeder's window is open) into the feeder's window, which passes it on at its close.
-    #[inline]
     pub fn fold(&mut self, key: &[u8], value: f64, time_ms: i64, kind: Kind) -> Folded {
+        self.fold_one(key, value, time_ms, kind, false)
+    }
+
+    /// A batch to fold many events through; the shard is whole again when it is dropped.
+    pub fn batch(&mut self) -> FoldBatch<'_> {
+        debug_assert!(self.deferred.is_empty());
+        FoldBatch { shard: self }
+    }
+
+    /// Adds the deferred values to their sketches. Within a batch no window closes, so each
+    /// (slot, position) still names the window it was taken from, and that window's sketch.
+    fn apply_deferred(&mut self) {
+        for d in self.deferred.drain(..) {
+            let agg = &mut self.slots[d.slot as usize].windows[d.pos as usize].agg;
+            agg.sketch
+                .as_mut()
+                .expect("a deferred add's window had a sketch, and windows only gain one")
+                .add(d.value);
+        }
+    }
+
+    /// Folds one event; with `defer`, an add to an existing sketch waits in `deferred`.
+    #[inline]
+    fn fold_one(
+        &mut self,
+        key: &[u8],
+        value: f64,
+        time_ms: i64,
+        kind: Kind,
+        defer: bool,
+    ) -> Folded {
         let (slot, overflow) = self.slot_for(key, false);
         let mut folded = Folded { late: 0, overflow };
         let sketch =
@@ -552,10 +628,18 @@ impl Shard {
                 }
                 let windows = &mut self.slots[slot as usize].windows;
                 match windows
-                    .iter_mut()
-                    .find(|w| w.spec_idx == spec_idx as u8 && w.start_ms == start)
+                    .iter()
+                    .position(|w| w.spec_idx == spec_idx as u8 && w.start_ms == start)
                 {
-                    Some(w) => w.agg.add(value, time_ms, sketch),
+                    Some(pos) if defer && sketch && windows[pos].agg.sketch.is_some() => {
+                        windows[pos].agg.tally(value, time_ms);
+                        self.deferred.push(DeferredAdd {
+                            slot,
+                            pos: pos as u32,
+                            value,
+                        });
+                    }
+                    Some(pos) => windows[pos].agg.add(value, time_ms, sketch),
                     None => self
                         .open(slot, spec_idx as u8, start)
                         .add(value, time_ms, sketch),

@@ -352,6 +352,41 @@ mod watermark_props {
             }
         }
 
+        /// Folding in batches, with the sketch adds put off to each batch's end, leaves the
+        /// state folding one event at a time does: counts, lateness and sketches alike.
+        #[test]
+        fn batches_fold_as_single_events_do(
+            events in proptest::collection::vec((0u8..20, 0i64..5000, -1e3f64..1e3, 0u8..3), 0..600),
+            cuts in proptest::collection::vec(1usize..200, 1..8),
+            watermarks in proptest::collection::vec(0i64..5000, 0..8),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut single = shard(dir.path(), &[1000, 3000], 100, 1);
+            let dir2 = tempfile::tempdir().unwrap();
+            let mut batched = shard(dir2.path(), &[1000, 3000], 100, 1);
+            let kinds = [Kind::Timer, Kind::Counter, Kind::Sample];
+            let mut rest = &events[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let (now, later) = rest.split_at(cuts[i % cuts.len()].min(rest.len()));
+                let mut batch = batched.batch();
+                for (k, t, v, kind) in now {
+                    let key = format!("key.{k}");
+                    let kind = kinds[*kind as usize];
+                    let a = single.fold(key.as_bytes(), *v, *t, kind);
+                    let b = batch.fold(key.as_bytes(), *v, *t, kind);
+                    prop_assert_eq!(a, b);
+                }
+                drop(batch);
+                if let Some(wm) = watermarks.get(i) {
+                    prop_assert_eq!(single.advance(0, *wm, false).unwrap(), batched.advance(0, *wm, false).unwrap());
+                }
+                prop_assert_eq!(single.snapshot(), batched.snapshot());
+                rest = later;
+                i += 1;
+            }
+        }
+
         /// Any state survives a snapshot and a restore unchanged.
         #[test]
         fn snapshots_round_trip(events in proptest::collection::vec((0u8..20, 0i64..5000, -1e6f64..1e6, any::<bool>()), 0..300)) {

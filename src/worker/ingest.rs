@@ -432,8 +432,26 @@ impl Handler for Ingest {
         self.open_per_listener[listener as usize] += 1;
         let m = &self.metrics.cores[self.id as usize].listeners[listener as usize];
         m.connections_total.add(1);
+        self.control.balance.count(self.id as usize, true);
         m.connections_open
             .set(i64::from(self.open_per_listener[listener as usize]));
+    }
+
+    fn place(&mut self, listener: u16, stream: std::net::TcpStream) -> Option<std::net::TcpStream> {
+        let handoff = super::Handoff { listener, stream };
+        match self
+            .control
+            .balance
+            .offer(self.id as usize, handoff, &self.control.doorbells)
+        {
+            Ok(()) => {
+                self.metrics.cores[self.id as usize].listeners[listener as usize]
+                    .connections_handed_off_total
+                    .add(1);
+                None
+            }
+            Err(kept) => Some(kept.stream),
+        }
     }
 
     fn refused(&mut self, listener: u16) {
@@ -470,6 +488,7 @@ impl Handler for Ingest {
                 .finish(&mut |l| on_line(l), &mut |r, b| on_reject(r, b));
         });
         self.open_per_listener[listener as usize] -= 1;
+        self.control.balance.count(self.id as usize, false);
         self.metrics.cores[self.id as usize].listeners[listener as usize]
             .connections_open
             .set(i64::from(self.open_per_listener[listener as usize]));

@@ -22,10 +22,10 @@ mod ingest;
 mod shard_side;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use crate::checkpoint::{PartitionState, ShardState};
 use crate::config::ListenerConfig;
@@ -55,6 +55,114 @@ pub struct Control {
     /// Per partition of a core: retention never deletes log at or after this offset (the
     /// oldest offset any kept checkpoint replays from).
     pub retention_floors: Vec<AtomicU64>,
+    /// Where accepted TCP connections go.
+    pub balance: Balance,
+}
+
+/// A TCP connection accepted by one core and passed, before anything was read from it, to a
+/// core with fewer connections.
+#[derive(Debug)]
+pub struct Handoff {
+    /// Listener index.
+    pub listener: u16,
+    /// The accepted connection.
+    pub stream: std::net::TcpStream,
+}
+
+/// Balances TCP connections over the cores. The kernel spreads connections over the cores'
+/// `SO_REUSEPORT` sockets by a hash of their addresses, which leaves a few connections
+/// lopsided (4 over 2 cores land 3:1 or 4:0 five times in eight), and a core's connections
+/// are all the input it reads. A core that accepts a connection while another serving core
+/// has fewer passes it there.
+#[derive(Debug)]
+pub struct Balance {
+    /// Per core: TCP connections open.
+    open: Vec<AtomicUsize>,
+    /// Per core: connections passed to it and not yet taken.
+    incoming: Vec<AtomicUsize>,
+    /// Per core: whether it serves its listeners (a core replaying or stopping takes none).
+    serving: Vec<AtomicBool>,
+    queues: Vec<(Sender<Handoff>, Receiver<Handoff>)>,
+}
+
+/// Connections that may wait to be taken by one core.
+const HANDOFFS_QUEUED_MAX: usize = 256;
+
+impl Balance {
+    /// Balancing over `cores` cores, none serving yet.
+    pub fn new(cores: usize) -> Balance {
+        Balance {
+            open: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
+            incoming: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
+            serving: (0..cores).map(|_| AtomicBool::new(false)).collect(),
+            queues: (0..cores).map(|_| bounded(HANDOFFS_QUEUED_MAX)).collect(),
+        }
+    }
+
+    fn load(&self, core: usize) -> usize {
+        self.open[core].load(Ordering::Relaxed) + self.incoming[core].load(Ordering::Relaxed)
+    }
+
+    /// The serving core with the fewest connections, when it has fewer than `core`.
+    fn target(&self, core: usize) -> Option<usize> {
+        let mine = self.load(core);
+        (0..self.open.len())
+            .filter(|&c| c != core && self.serving[c].load(Ordering::Acquire))
+            .map(|c| (self.load(c), c))
+            .min()
+            .filter(|&(load, _)| load < mine)
+            .map(|(_, c)| c)
+    }
+
+    /// Passes `handoff`, accepted by `core`, to a core with fewer connections, ringing its
+    /// doorbell; gives it back when `core` should keep it.
+    pub fn offer(
+        &self,
+        core: usize,
+        handoff: Handoff,
+        doorbells: &[Doorbell],
+    ) -> Result<(), Handoff> {
+        let Some(target) = self.target(core) else {
+            return Err(handoff);
+        };
+        self.incoming[target].fetch_add(1, Ordering::Relaxed);
+        match self.queues[target].0.try_send(handoff) {
+            Ok(()) => {
+                doorbells[target].ring();
+                Ok(())
+            }
+            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
+                self.incoming[target].fetch_sub(1, Ordering::Relaxed);
+                Err(h)
+            }
+        }
+    }
+
+    /// The next connection passed to `core`, if any.
+    pub fn take(&self, core: usize) -> Option<Handoff> {
+        let h = self.queues[core].1.try_recv().ok()?;
+        self.incoming[core].fetch_sub(1, Ordering::Relaxed);
+        Some(h)
+    }
+
+    /// True when a connection waits for `core`.
+    pub fn waiting(&self, core: usize) -> bool {
+        !self.queues[core].1.is_empty()
+    }
+
+    /// Marks `core` as serving (taking connections) or not.
+    pub fn set_serving(&self, core: usize, serving: bool) {
+        self.serving[core].store(serving, Ordering::Release);
+    }
+
+    /// Counts a connection opened (`true`) or closed on `core`.
+    pub fn count(&self, core: usize, opened: bool) {
+        if opened {
+            self.open[core].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.open[core].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Control {
@@ -190,6 +298,7 @@ impl Ingest {
 
             let stopping = self.control.stop.load(Ordering::Acquire);
             if stopping && stop_deadline.is_none() {
+                self.control.balance.set_serving(self.id as usize, false);
                 stop_deadline = Some(Instant::now() + Duration::from_secs(2));
                 backend.close_listeners();
                 sockets.clear();
@@ -201,7 +310,13 @@ impl Ingest {
                         .map_err(|e| format!("listener: {e}"))?;
                 }
                 serving = true;
+                self.control.balance.set_serving(self.id as usize, true);
                 self.report(Report::Replayed { core: self.id });
+            }
+            if serving {
+                while let Some(h) = self.control.balance.take(self.id as usize) {
+                    backend.adopt(h.listener, h.stream, self);
+                }
             }
             if !self.replay.is_empty() {
                 // On stop, replay pauses where it is: the final checkpoint records the cursor.
@@ -263,7 +378,7 @@ impl Ingest {
         doorbell.sleeping.store(true, Ordering::Release);
         // Pairs with the fence in `Doorbell::ring` (see there).
         std::sync::atomic::fence(Ordering::SeqCst);
-        let timeout = if self.inbound_waiting() {
+        let timeout = if self.inbound_waiting() || self.control.balance.waiting(self.id as usize) {
             Some(Duration::ZERO)
         } else {
             timeout

@@ -56,8 +56,9 @@ impl Ingest {
                 let mut late = 0u64;
                 let mut overflow = 0u64;
                 let now = now_ms();
+                let mut folding = self.shard.batch();
                 for (key, e) in batch.iter() {
-                    let folded = self.shard.fold(key, e.value, e.time_ms, e.kind);
+                    let folded = folding.fold(key, e.value, e.time_ms, e.kind);
                     if folded.late > 0 {
                         late += 1;
                         self.deadletter
@@ -65,6 +66,8 @@ impl Ingest {
                     }
                     overflow += u64::from(folded.overflow);
                 }
+                // The batch's events are whole in window state before they are counted.
+                drop(folding);
                 m.window_events_total.add(batch.len() as u64);
                 m.late_events_total.add(late);
                 m.overflow_events_total.add(overflow);

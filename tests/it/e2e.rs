@@ -214,3 +214,67 @@ fn graphite_over_tcp_and_udp_is_counted_exactly_across_a_restart() {
     assert_eq!(dumped.len(), sent_lines.len());
     assert!(dumped == sent_lines, "log dump differs from what was sent");
 }
+
+/// Connections are spread evenly over the cores whatever the kernel's `SO_REUSEPORT` hash
+/// picks: a core that accepts one while another has fewer passes it on. Each connection is
+/// read before the next opens, so every choice sees the counts of the ones before it.
+#[test]
+fn tcp_connections_are_balanced_over_the_cores() {
+    const CORES: usize = 4;
+    const CONNS: usize = 4 * CORES;
+    let tmp = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(
+        &tmp.path().join("data"),
+        &[
+            "--cores",
+            "4",
+            "--listen",
+            "graphite+tcp://127.0.0.1:0?name=g",
+        ],
+    );
+    let t = now_secs();
+    let mut conns = Vec::new();
+    for i in 0..CONNS {
+        let mut c = TcpStream::connect(sluice.addr("g")).unwrap();
+        c.write_all(format!("conn.{i} 1 {t}\n").as_bytes()).unwrap();
+        conns.push(c);
+        let lines = (i + 1) as f64;
+        assert!(
+            wait_for(Duration::from_secs(10), || sluice
+                .metric("sluice_lines_total", &[])
+                == lines),
+            "connection {i}'s line was not read"
+        );
+    }
+    let open_per_core = || -> Vec<f64> {
+        (0..CORES)
+            .map(|c| sluice.metric("sluice_connections_open", &[&format!("core=\"{c}\"")]))
+            .collect()
+    };
+    assert_eq!(open_per_core(), vec![(CONNS / CORES) as f64; CORES]);
+    let handed = sluice.metric("sluice_connections_handed_off_total", &[]);
+    let accepted = sluice.metric("sluice_connections_total", &[]);
+    assert_eq!(
+        accepted, CONNS as f64,
+        "each connection counts once, where it is read"
+    );
+    assert!(handed < CONNS as f64, "handed off {handed}");
+
+    // The first connection of each core closes (the first CORES went one to a core), and
+    // new ones take their places.
+    drop(conns.drain(..CORES));
+    assert!(wait_for(Duration::from_secs(10), || open_per_core()
+        == vec![(CONNS / CORES - 1) as f64; CORES]));
+    for i in CONNS..CONNS + CORES {
+        let mut c = TcpStream::connect(sluice.addr("g")).unwrap();
+        c.write_all(format!("conn.{i} 1 {t}\n").as_bytes()).unwrap();
+        conns.push(c);
+        let lines = (i + 1) as f64;
+        assert!(wait_for(Duration::from_secs(10), || sluice
+            .metric("sluice_lines_total", &[])
+            == lines));
+    }
+    assert_eq!(open_per_core(), vec![(CONNS / CORES) as f64; CORES]);
+    let status = sluice.stop();
+    assert!(status.success(), "SIGTERM exit: {status}");
+}
