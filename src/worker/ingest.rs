@@ -60,6 +60,8 @@ pub struct Ingest {
     max_event_ms: Option<i64>,
     /// When the last event was routed from this core.
     last_event_at: Instant,
+    /// Bytes read from sockets since the loop last looked.
+    pub(super) turn_bytes: usize,
     /// Watermark (and idleness) last sent to every shard.
     sent_watermark: Option<(i64, bool)>,
     allowed_lateness_ms: i64,
@@ -105,6 +107,7 @@ impl Ingest {
             committed: Vec::new(),
             max_event_ms: setup.max_event_ms,
             last_event_at: Instant::now(),
+            turn_bytes: 0,
             sent_watermark: None,
             allowed_lateness_ms: setup.allowed_lateness_ms,
             injected_epoch: setup.control.checkpoint_epoch.load(Ordering::Acquire),
@@ -465,6 +468,7 @@ impl Handler for Ingest {
             return;
         };
         let listener = state.listener;
+        self.turn_bytes += bytes.len();
         self.metrics.cores[self.id as usize].listeners[listener as usize]
             .bytes_total
             .add(bytes.len() as u64);
@@ -495,6 +499,7 @@ impl Handler for Ingest {
     }
 
     fn datagrams(&mut self, listener: u16, buf: &[u8], lens: &[u32]) {
+        self.turn_bytes += buf.len();
         self.metrics.cores[self.id as usize].listeners[listener as usize]
             .bytes_total
             .add(buf.len() as u64);

@@ -85,6 +85,11 @@ pub struct Balance {
     queues: Vec<(Sender<Handoff>, Receiver<Handoff>)>,
 }
 
+/// A turn that read less than this (but something) lingers before polling again.
+const LINGER_BYTES: usize = 16 * 1024;
+/// How long it lingers: bounds the latency it adds.
+const LINGER: Duration = Duration::from_micros(100);
+
 /// Connections that may wait to be taken by one core.
 const HANDOFFS_QUEUED_MAX: usize = 256;
 
@@ -353,6 +358,12 @@ impl Ingest {
                 || (!self.replay.is_empty() && !stopping && !self.router.blocked())
                 || (backend.has_ready() && self.reading())
                 || (stop_deadline.is_some() && !drained);
+            let read = std::mem::take(&mut self.turn_bytes);
+            if !busy && read > 0 && read < LINGER_BYTES {
+                // Input trickles in: let some gather before the next wake, so a read, a log
+                // append and a routed batch carry many lines instead of a few.
+                std::thread::sleep(LINGER);
+            }
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else if self.router.blocked() {
