@@ -105,45 +105,64 @@ impl EpollBackend {
             handler.refused(id);
             return;
         }
-        Self::add_conn(
-            &self.poll,
-            &mut self.conns,
-            &mut self.free_conns,
-            &mut self.ready,
-            id,
-            TcpStream::from_std(stream),
-            handler,
-        );
+        self.add_conn(id, TcpStream::from_std(stream), handler);
+    }
+
+    /// Accepts connections on TCP listener `index` (id `id`), keeping those the handler
+    /// does not pass to another core. Returns true when it may have more.
+    fn accept(&mut self, index: usize, id: u16, handler: &mut impl Handler) -> bool {
+        for _ in 0..ACCEPTS_PER_TICK_MAX {
+            let Some(Listener {
+                socket: Socket::Tcp(listener),
+                queued,
+                ..
+            }) = self.listeners.get_mut(index).and_then(Option::as_mut)
+            else {
+                return false;
+            };
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if !handler.may_accept(id) {
+                        handler.refused(id);
+                        drop(stream);
+                        continue;
+                    }
+                    if let Some(stream) = handler.place(id, stream.into()) {
+                        self.add_conn(id, TcpStream::from_std(stream), handler);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    *queued = false;
+                    return false;
+                }
+                // EMFILE and friends: try again next turn rather than spin.
+                Err(_) => return true,
+            }
+        }
+        true
     }
 
     /// Registers an accepted connection and looks at it once (data may have come already).
-    fn add_conn(
-        poll: &Poll,
-        conns: &mut Vec<Option<Conn>>,
-        free_conns: &mut Vec<usize>,
-        ready: &mut VecDeque<Token>,
-        id: u16,
-        mut stream: TcpStream,
-        handler: &mut impl Handler,
-    ) {
-        let conn = free_conns.pop().unwrap_or_else(|| {
-            conns.push(None);
-            conns.len() - 1
+    fn add_conn(&mut self, id: u16, mut stream: TcpStream, handler: &mut impl Handler) {
+        let conn = self.free_conns.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
         });
         let token = Token(CONN_BASE + conn);
-        if poll
+        if self
+            .poll
             .registry()
             .register(&mut stream, token, Interest::READABLE)
             .is_err()
         {
-            free_conns.push(conn);
+            self.free_conns.push(conn);
             return;
         }
-        conns[conn] = Some(Conn {
+        self.conns[conn] = Some(Conn {
             stream,
             queued: true,
         });
-        ready.push_back(token);
+        self.ready.push_back(token);
         handler.opened(conn, id);
     }
 
@@ -325,37 +344,7 @@ impl EpollBackend {
         };
         let id = l.id;
         match &mut l.socket {
-            Socket::Tcp(listener) => {
-                for _ in 0..ACCEPTS_PER_TICK_MAX {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            if !handler.may_accept(id) {
-                                handler.refused(id);
-                                drop(stream);
-                                continue;
-                            }
-                            if let Some(stream) = handler.place(id, stream.into()) {
-                                Self::add_conn(
-                                    &self.poll,
-                                    &mut self.conns,
-                                    &mut self.free_conns,
-                                    &mut self.ready,
-                                    id,
-                                    TcpStream::from_std(stream),
-                                    handler,
-                                );
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            l.queued = false;
-                            return false;
-                        }
-                        // EMFILE and friends: try again next turn rather than spin.
-                        Err(_) => return true,
-                    }
-                }
-                true
-            }
+            Socket::Tcp(_) => self.accept(index, id, handler),
             Socket::Udp(socket) => {
                 if !handler.reading() {
                     return true;
