@@ -10,8 +10,12 @@
 //!  replay | I/O   ─ replay the log after the checkpoint, then read sockets:
 //!                   frame → append to the log → parse → route
 //!  tick           ─ watermark, log flush policy, output flushes, metrics
-//!  poll           ─ sleep until I/O, a doorbell or the next tick
+//!  poll           ─ sleep until I/O, a doorbell or the next tick (after lingering
+//!                   100 µs when the turn read only a little, so reads come in batches)
 //! ```
+//!
+//! A TCP connection may be read by another core than the one that accepted it: see
+//! [`Balance`].
 //!
 //! A checkpoint barrier is injected at the top of a turn, when every appended line has been
 //! parsed and routed, so the recorded offset and the events sent before the barrier agree.
@@ -40,6 +44,11 @@ use crate::route::{Doorbell, Inbound, Router};
 use crate::window::Shard;
 
 pub use ingest::Ingest;
+
+/// A turn that read less than this (but something) lingers before polling again.
+const LINGER_BYTES: usize = 16 * 1024;
+/// How long it lingers: bounds the latency it adds.
+const LINGER: Duration = Duration::from_micros(100);
 
 /// Shared control flags, set by the coordinator, read by every core each turn.
 #[derive(Debug)]
@@ -84,11 +93,6 @@ pub struct Balance {
     serving: Vec<AtomicBool>,
     queues: Vec<(Sender<Handoff>, Receiver<Handoff>)>,
 }
-
-/// A turn that read less than this (but something) lingers before polling again.
-const LINGER_BYTES: usize = 16 * 1024;
-/// How long it lingers: bounds the latency it adds.
-const LINGER: Duration = Duration::from_micros(100);
 
 /// Connections that may wait to be taken by one core.
 const HANDOFFS_QUEUED_MAX: usize = 256;
