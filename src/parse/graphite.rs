@@ -124,8 +124,14 @@ fn parse_unix_seconds(ts: &[u8], ingest_ms: i64) -> Result<i64, Reject> {
         return Ok(ingest_ms);
     }
     // Whole seconds, the usual case, need no floating point.
-    if ts.len() <= SECONDS_DIGITS_MAX && ts.iter().all(u8::is_ascii_digit) {
-        let secs = ts.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    let whole = (ts.len() <= SECONDS_DIGITS_MAX)
+        .then(|| {
+            ts.iter().try_fold(0i64, |n, d| {
+                d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0'))
+            })
+        })
+        .flatten();
+    if let Some(secs) = whole {
         return match secs.checked_mul(1000) {
             Some(ms) if ms <= TIME_MS_MAX => Ok(ms),
             _ => Err(Reject::BadTimestamp),

@@ -435,7 +435,7 @@ impl Handler for Ingest {
         self.open_per_listener[listener as usize] += 1;
         let m = &self.metrics.cores[self.id as usize].listeners[listener as usize];
         m.connections_total.add(1);
-        self.control.balance.count(self.id as usize, true);
+        self.control.balance.opened(self.id as usize);
         m.connections_open
             .set(i64::from(self.open_per_listener[listener as usize]));
     }
@@ -492,7 +492,7 @@ impl Handler for Ingest {
                 .finish(&mut |l| on_line(l), &mut |r, b| on_reject(r, b));
         });
         self.open_per_listener[listener as usize] -= 1;
-        self.control.balance.count(self.id as usize, false);
+        self.control.balance.closed(self.id as usize);
         self.metrics.cores[self.id as usize].listeners[listener as usize]
             .connections_open
             .set(i64::from(self.open_per_listener[listener as usize]));

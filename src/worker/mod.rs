@@ -164,13 +164,14 @@ impl Balance {
         self.serving[core].store(serving, Ordering::Release);
     }
 
-    /// Counts a connection opened (`true`) or closed on `core`.
-    pub fn count(&self, core: usize, opened: bool) {
-        if opened {
-            self.open[core].fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.open[core].fetch_sub(1, Ordering::Relaxed);
-        }
+    /// Counts a connection opened on `core`.
+    pub fn opened(&self, core: usize) {
+        self.open[core].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed on `core`.
+    pub fn closed(&self, core: usize) {
+        self.open[core].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
