@@ -447,7 +447,7 @@ impl Appender {
 
 impl Drop for Appender {
     fn drop(&mut self) {
-        self.tracker.close_spare();
+        self.tracker.close_spares();
         self.index.write_pending();
         // Sealed segments waiting for the disk get there (and their index seals) now rather
         // than being rescanned at the next open.
@@ -516,7 +516,7 @@ fn remove_orphan_indexes(dir: &Path) -> Result<(), Error> {
         };
         let orphan = segment::parse_index_name(name)
             .is_some_and(|base| !segment::segment_path(dir, base).exists());
-        if orphan || name.ends_with(".idx.tmp") || name == segment::SPARE_NAME {
+        if orphan || name.ends_with(".idx.tmp") || segment::is_spare_name(name) {
             segment::remove_if_exists(&entry.path())?;
         }
     }
@@ -841,13 +841,13 @@ mod tests {
         assert_eq!(read_all(dir.path(), Offset(0)).len(), 1);
     }
 
-    /// Waits until the flusher thread has made the spare segment of `dir`, returning its
+    /// Waits until the flusher thread has made spare segment `slot` of `dir`, returning its
     /// inode.
-    fn spare_inode(dir: &Path) -> u64 {
+    fn spare_inode(dir: &Path, slot: usize) -> u64 {
         use std::os::unix::fs::MetadataExt;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(m) = std::fs::metadata(segment::spare_path(dir))
+            if let Ok(m) = std::fs::metadata(segment::spare_path(dir, slot))
                 && m.len() == SEGMENT_BYTES_MIN
             {
                 return m.ino();
@@ -863,22 +863,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut appender, _) =
             Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
-        let spare = spare_inode(dir.path());
+        let spare = spare_inode(dir.path(), 0);
+        let other = spare_inode(dir.path(), 1);
         let mut written = Vec::new();
         while list_segments(dir.path()).unwrap().len() < 2 {
             written.extend(write_batches(&mut appender, &many_batches(5)));
         }
         let segments = list_segments(dir.path()).unwrap();
         let second = std::fs::metadata(&segments[1].path).unwrap();
-        assert_eq!(second.ino(), spare, "the second segment is the spare");
+        assert_eq!(
+            second.ino(),
+            spare,
+            "the second segment is the oldest spare"
+        );
         assert_eq!(second.len(), SEGMENT_BYTES_MIN);
         assert_ne!(
-            spare_inode(dir.path()),
+            spare_inode(dir.path(), 0),
             spare,
-            "a new spare follows the roll"
+            "a new spare takes its slot after the roll"
         );
+        while list_segments(dir.path()).unwrap().len() < 3 {
+            written.extend(write_batches(&mut appender, &many_batches(5)));
+        }
+        let third = std::fs::metadata(&list_segments(dir.path()).unwrap()[2].path).unwrap();
+        assert_eq!(third.ino(), other, "the next roll takes the other spare");
         drop(appender);
-        assert!(!segment::spare_path(dir.path()).exists(), "dropped with it");
+        for slot in 0..crate::log::SPARES_READY {
+            let path = segment::spare_path(dir.path(), slot);
+            assert!(!path.exists(), "dropped with it: {}", path.display());
+        }
         assert_eq!(read_all(dir.path(), Offset(0)), written);
     }
 
@@ -893,11 +906,16 @@ mod tests {
         // start like a batch.
         let mut junk = b"SLCB".to_vec();
         junk.resize(4096, 0xa5);
-        std::fs::write(segment::spare_path(dir.path()), &junk).unwrap();
+        std::fs::write(segment::spare_path(dir.path(), 0), &junk).unwrap();
+        std::fs::write(dir.path().join("spare.seg.tmp"), &junk).unwrap();
         let (mut appender, report) = Appender::open(dir.path(), options).unwrap();
         assert_eq!(report.truncated_bytes, 0);
-        spare_inode(dir.path());
-        let spare = std::fs::read(segment::spare_path(dir.path())).unwrap();
+        assert!(
+            !dir.path().join("spare.seg.tmp").exists(),
+            "an earlier version's spare is deleted at open"
+        );
+        spare_inode(dir.path(), 0);
+        let spare = std::fs::read(segment::spare_path(dir.path(), 0)).unwrap();
         assert!(spare.iter().all(|&b| b == 0), "a fresh spare, all zeros");
         let more = write_batches(&mut appender, &many_batches(200));
         drop(appender);

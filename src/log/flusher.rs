@@ -1,6 +1,6 @@
 //! Flushing: the offset tracker of a partition (`durable ≤ flushed ≤ written`) and the one
 //! background thread that makes sealed segments durable (under every policy), keeps a
-//! preallocated spare segment ready for the next roll, and flushes every partition under
+//! preallocated spare segments ready for the next rolls, and flushes every partition under
 //! `flush = interval`, so the cores never msync or preallocate on their hot path.
 //!
 //! A roll does not wait for the sealed segment to reach the disk: the segment joins the
@@ -70,14 +70,14 @@ struct Target {
     metadata_dirty: bool,
 }
 
-/// The spare segment of a partition (see [`Spare`]).
-#[derive(Debug)]
-enum SpareSlot {
-    /// None is ready; the flusher thread makes one when next woken.
-    Absent,
-    Ready(Spare),
+/// The spare segments of a partition (see [`Spare`]).
+#[derive(Debug, Default)]
+struct Spares {
+    /// Ready for the next rolls, oldest first; the flusher thread tops them up to
+    /// `SPARES_READY` when woken.
+    ready: std::collections::VecDeque<Spare>,
     /// The appender is gone: no more spares.
-    Closed,
+    closed: bool,
 }
 
 /// The shared offset tracker of one partition.
@@ -86,8 +86,11 @@ pub(crate) struct Tracker {
     dir: PathBuf,
     /// Size of the partition's segments (and spares).
     segment_bytes: u64,
-    /// Held by the flusher thread while it prepares a spare.
-    spare: Mutex<SpareSlot>,
+    /// The ready spares; held only to take or put one, never while one is made.
+    spares: Mutex<Spares>,
+    /// Held by the flusher thread while it makes a spare, and by `close_spares`, which so
+    /// waits for one being made.
+    making_spare: Mutex<()>,
     /// Spares that could not be made (warned about at powers of two).
     spare_failures: AtomicU64,
     /// Flush period of the flusher thread; `None`: it does not flush this partition
@@ -136,7 +139,8 @@ impl Tracker {
         Tracker {
             dir,
             segment_bytes,
-            spare: Mutex::new(SpareSlot::Absent),
+            spares: Mutex::new(Spares::default()),
+            making_spare: Mutex::new(()),
             spare_failures: AtomicU64::new(0),
             interval,
             written_pos: AtomicU64::new(written_pos),
@@ -162,52 +166,60 @@ impl Tracker {
         self.target.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn spare(&self) -> MutexGuard<'_, SpareSlot> {
-        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    fn spares(&self) -> MutexGuard<'_, Spares> {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Prepares the partition's spare segment if none is ready (the flusher thread). A
-    /// failure (a full disk) is only warned about, and tried again at the next wake: the
-    /// next roll then preallocates its segment itself, and fails as it would have.
-    fn prepare_spare(&self) {
-        let mut slot = self.spare();
-        if !matches!(*slot, SpareSlot::Absent) {
-            return;
-        }
-        match Spare::prepare(&self.dir, self.segment_bytes) {
-            Ok(spare) => *slot = SpareSlot::Ready(spare),
-            Err(e) => {
-                let failures = self.spare_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if failures.is_power_of_two() {
-                    tracing::warn!(error = %e, failures, "cannot prepare a spare log segment");
+    /// Tops the partition's ready spares up to `SPARES_READY` (the flusher thread). Each is
+    /// made without holding the ready list, so a roll meanwhile still takes one that is
+    /// ready. A failure (a full disk) is only warned about, and tried again at the next
+    /// wake: a roll that finds no spare then preallocates its segment itself, and fails as
+    /// it would have.
+    fn prepare_spares(&self) {
+        let _making = self.making_spare.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let slot = {
+                let spares = self.spares();
+                if spares.closed || spares.ready.len() >= super::SPARES_READY {
+                    return;
+                }
+                (0..super::SPARES_READY)
+                    .find(|&slot| spares.ready.iter().all(|s| s.slot() != slot))
+                    .expect("a free slot while fewer than SPARES_READY are ready")
+            };
+            match Spare::prepare(&self.dir, slot, self.segment_bytes) {
+                Ok(spare) => self.spares().ready.push_back(spare),
+                Err(e) => {
+                    let failures = self.spare_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    if failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures, "cannot prepare a spare log segment");
+                    }
+                    return;
                 }
             }
         }
     }
 
-    /// Hands the ready spare segment to `with` (which renames it into place) and returns
-    /// what it returns; `None` when no spare is ready or the flusher thread is busy making
-    /// it. The appender calls it at a roll, then wakes the flusher thread to make the next
-    /// one; the slot stays locked while `with` runs, so no new spare replaces the file
-    /// under it.
+    /// Hands the oldest ready spare segment to `with` (which renames it into place) and
+    /// returns what it returns; `None` when none is ready. The appender calls it at a roll,
+    /// then wakes the flusher thread to make the next one; the ready list stays locked
+    /// while `with` runs, so no new spare takes the file's slot under it.
     pub(crate) fn take_spare<T>(&self, with: impl FnOnce(Spare) -> T) -> Option<T> {
-        let mut slot = self.spare.try_lock().ok()?;
-        match std::mem::replace(&mut *slot, SpareSlot::Absent) {
-            SpareSlot::Ready(spare) => Some(with(spare)),
-            other => {
-                *slot = other;
-                None
-            }
-        }
+        let mut spares = self.spares();
+        let spare = spares.ready.pop_front()?;
+        Some(with(spare))
     }
 
-    /// Stops spares for good and deletes the one on disk (the appender, when dropped):
-    /// waits for a spare being made, so no file appears in the directory afterwards.
-    pub(crate) fn close_spare(&self) {
-        let mut slot = self.spare();
-        *slot = SpareSlot::Closed;
-        if let Err(e) = segment::remove_if_exists(&segment::spare_path(&self.dir)) {
-            tracing::warn!(error = %e, "cannot delete the spare log segment");
+    /// Stops spares for good and deletes those on disk (the appender, when dropped): waits
+    /// for a spare being made, so no file appears in the directory afterwards.
+    pub(crate) fn close_spares(&self) {
+        let _making = self.making_spare.lock().unwrap_or_else(|p| p.into_inner());
+        let mut spares = self.spares();
+        spares.closed = true;
+        for spare in spares.ready.drain(..) {
+            if let Err(e) = segment::remove_if_exists(spare.path()) {
+                tracing::warn!(error = %e, "cannot delete a spare log segment");
+            }
         }
     }
 
@@ -457,14 +469,14 @@ fn send(msg: Msg) {
     let _ = flusher.tx.send(msg);
 }
 
-/// Has the flusher thread look after `tracker` until it is dropped: keep a spare segment
+/// Has the flusher thread look after `tracker` until it is dropped: keep spare segments
 /// ready and drain its sealing queue whenever its appender calls [`wake`], and under
 /// `interval` start writeback at every wake and flush it every interval.
 pub(crate) fn register(tracker: &Arc<Tracker>) {
     send(Msg::Register(Arc::downgrade(tracker)));
 }
 
-/// Asks the flusher thread to prepare `tracker`'s spare segment, drain its sealing queue
+/// Asks the flusher thread to top up `tracker`'s spare segments, drain its sealing queue
 /// and (under `interval`) start writeback of what its writer wrote. Cheap: one channel
 /// send.
 pub(crate) fn wake(tracker: &Arc<Tracker>) {
@@ -472,12 +484,24 @@ pub(crate) fn wake(tracker: &Arc<Tracker>) {
 }
 
 /// A woken partition (its appender registered, rolled or wrote `FLUSHER_WAKE_BYTES` more):
-/// prepares its spare segment if it has none (first: the next roll wants it), makes its
-/// sealed segments durable and, under `interval`, starts writeback of what its appender
-/// wrote since the last flush, which the next interval flush then makes durable.
+/// tops up its spare segments (first: the next roll wants one), makes its sealed segments
+/// durable, oldest first, topping the spares up again after each (a segment takes longer to
+/// reach the disk than to fill when the input outpaces the disk, so rolls go on meanwhile)
+/// and, under `interval`, starts writeback of what its appender wrote since the last flush,
+/// which the next interval flush then makes durable.
 fn service_woken(tracker: &Tracker) {
-    tracker.prepare_spare();
-    let mut result = tracker.drain_sealing();
+    let mut result = Ok(());
+    loop {
+        tracker.prepare_spares();
+        let waiting = tracker.sealing().len();
+        if waiting == 0 {
+            break;
+        }
+        result = tracker.drain_sealing_to(waiting - 1);
+        if result.is_err() {
+            break;
+        }
+    }
     if result.is_ok() && tracker.interval.is_some() {
         result = tracker.start_writeback();
     }
@@ -488,7 +512,7 @@ fn service_woken(tracker: &Tracker) {
 
 /// A partition whose interval flush is due.
 fn service_due(tracker: &Tracker) {
-    tracker.prepare_spare();
+    tracker.prepare_spares();
     tracker.flush_written();
 }
 

@@ -118,6 +118,12 @@ pub const INDEX_INTERVAL_BYTES: u64 = 64 * 1024;
 /// `flush_interval_ms` (one journal commit) finds little left to do.
 pub const FLUSHER_WAKE_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Spare segments the flusher thread keeps preallocated for each partition, so that rolls
+/// closer together than one sealed segment takes to reach the disk still find one ready (a
+/// roll that finds none preallocates its segment itself, on the core: 0.2–26 ms measured on
+/// ext4 while writeback runs). Each holds `segment_bytes` of disk.
+pub const SPARES_READY: usize = 2;
+
 /// Sealed segments that may wait for the disk at once: a roll beyond it first makes the
 /// oldest durable. Bounds the page cache a partition can dirty ahead of the disk to about
 /// this many segments, and what recovery scans for a segment torn by an OS crash.

@@ -41,8 +41,10 @@ const SEGMENT_EXTENSION: &str = "seg";
 const INDEX_EXTENSION: &str = "idx";
 /// Digits of the base offset in a segment file name.
 const SEGMENT_NAME_DIGITS: usize = 20;
-/// File name of a partition's spare segment (not a segment name: readers skip it).
-pub(crate) const SPARE_NAME: &str = "spare.seg.tmp";
+/// File names of a partition's spare segments are `spare-{slot}.seg.tmp`, `slot` below
+/// [`SPARES_READY`](super::SPARES_READY) (not segment names: readers skip them).
+const SPARE_PREFIX: &str = "spare-";
+const SPARE_SUFFIX: &str = ".seg.tmp";
 
 /// Path of the segment of `dir` whose first offset is `base`.
 pub(crate) fn segment_path(dir: &Path, base: Offset) -> PathBuf {
@@ -194,26 +196,39 @@ fn start_writeback(_file: &File, _pos: u64, _len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Path of the spare segment of `dir`.
-pub(crate) fn spare_path(dir: &Path) -> PathBuf {
-    dir.join(SPARE_NAME)
+/// Path of spare segment `slot` of `dir`.
+pub(crate) fn spare_path(dir: &Path, slot: usize) -> PathBuf {
+    dir.join(format!("{SPARE_PREFIX}{slot}{SPARE_SUFFIX}"))
 }
 
-/// An empty segment file, preallocated off the appender's thread, that the next roll renames
-/// into place ([`Segment::from_spare`]). Preallocating a segment allocates its blocks, which
+/// Whether `name` is the file name of a spare segment (of any slot, or the single spare of
+/// earlier versions, `spare.seg.tmp`).
+pub(crate) fn is_spare_name(name: &str) -> bool {
+    name == "spare.seg.tmp"
+        || name
+            .strip_prefix(SPARE_PREFIX)
+            .and_then(|rest| rest.strip_suffix(SPARE_SUFFIX))
+            .is_some_and(|slot| !slot.is_empty() && slot.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// An empty segment file, preallocated off the appender's thread, that a later roll renames
+/// into place ([`Segment::from_spare`]); each partition keeps
+/// [`SPARES_READY`](super::SPARES_READY) of them. Preallocating a segment allocates its blocks, which
 /// waits for the file system while the sealed segment is being synced: 3–25 ms measured on
 /// ext4, which a roll would otherwise spend holding the core.
 #[derive(Debug)]
 pub(crate) struct Spare {
     file: File,
     len: u64,
+    slot: usize,
+    path: PathBuf,
 }
 
 impl Spare {
-    /// Creates the spare of `dir` (replacing a stale one), preallocated to `len` bytes of
+    /// Creates spare `slot` of `dir` (replacing a stale one), preallocated to `len` bytes of
     /// zeros.
-    pub(crate) fn prepare(dir: &Path, len: u64) -> Result<Spare, Error> {
-        let path = spare_path(dir);
+    pub(crate) fn prepare(dir: &Path, slot: usize, len: u64) -> Result<Spare, Error> {
+        let path = spare_path(dir, slot);
         let io_error = |source| Error::Io {
             path: path.clone(),
             source,
@@ -226,7 +241,22 @@ impl Spare {
             .open(&path)
             .map_err(io_error)?;
         preallocate(&file, &path, len)?;
-        Ok(Spare { file, len })
+        Ok(Spare {
+            file,
+            len,
+            slot,
+            path,
+        })
+    }
+
+    /// Its slot.
+    pub(crate) fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// Its file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -279,7 +309,7 @@ impl Segment {
         if path.try_exists().map_err(io_error)? {
             return Err(io_error(io::ErrorKind::AlreadyExists.into()));
         }
-        std::fs::rename(spare_path(dir), &path).map_err(io_error)?;
+        std::fs::rename(&spare.path, &path).map_err(io_error)?;
         Segment::map_preallocated(path, base, spare.file, spare.len)
     }
 
@@ -479,6 +509,25 @@ mod tests {
         assert_eq!(parse_segment_name("00000000000000000042.seg.tmp"), None);
         assert_eq!(parse_segment_name("0000000000000000004x.seg"), None);
         assert_eq!(parse_segment_name("99999999999999999999.seg"), None);
+    }
+
+    #[test]
+    fn spare_names_are_never_segment_names() {
+        for slot in 0..crate::log::SPARES_READY + 1 {
+            let path = spare_path(Path::new("/d"), slot);
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(is_spare_name(name), "{name}");
+            assert_eq!(parse_segment_name(name), None, "{name}");
+        }
+        assert!(is_spare_name("spare.seg.tmp"));
+        for other in [
+            "spare-.seg.tmp",
+            "spare-x.seg.tmp",
+            "spare-1.seg",
+            "00000000000000000042.seg",
+        ] {
+            assert!(!is_spare_name(other), "{other}");
+        }
     }
 
     #[test]
