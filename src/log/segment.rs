@@ -213,9 +213,9 @@ pub(crate) fn is_spare_name(name: &str) -> bool {
 
 /// An empty segment file, preallocated off the appender's thread, that a later roll renames
 /// into place ([`Segment::from_spare`]); each partition keeps
-/// [`SPARES_READY`](super::SPARES_READY) of them. Preallocating a segment allocates its blocks, which
-/// waits for the file system while the sealed segment is being synced: 3–25 ms measured on
-/// ext4, which a roll would otherwise spend holding the core.
+/// [`SPARES_READY`](super::SPARES_READY) of them. Preallocating a segment allocates its
+/// blocks, which waits for the file system while a sealed segment is being synced: 3–26 ms
+/// measured on ext4, which a roll would otherwise spend holding the core.
 #[derive(Debug)]
 pub(crate) struct Spare {
     file: File,
