@@ -87,10 +87,9 @@ pub struct Handoff {
 pub struct Balance {
     /// Per core: TCP connections open.
     open: Vec<AtomicUsize>,
-    /// Per core: connections passed to it and not yet taken.
-    incoming: Vec<AtomicUsize>,
     /// Per core: whether it serves its listeners (a core replaying or stopping takes none).
     serving: Vec<AtomicBool>,
+    /// Per core: connections passed to it and not yet taken.
     queues: Vec<(Sender<Handoff>, Receiver<Handoff>)>,
 }
 
@@ -102,14 +101,14 @@ impl Balance {
     pub fn new(cores: usize) -> Balance {
         Balance {
             open: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
-            incoming: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
             serving: (0..cores).map(|_| AtomicBool::new(false)).collect(),
             queues: (0..cores).map(|_| bounded(HANDOFFS_QUEUED_MAX)).collect(),
         }
     }
 
+    /// Connections of `core`: open, and passed to it but not yet taken.
     fn load(&self, core: usize) -> usize {
-        self.open[core].load(Ordering::Relaxed) + self.incoming[core].load(Ordering::Relaxed)
+        self.open[core].load(Ordering::Relaxed) + self.queues[core].1.len()
     }
 
     /// The serving core with the fewest connections, when it has fewer than `core`.
@@ -134,24 +133,18 @@ impl Balance {
         let Some(target) = self.target(core) else {
             return Err(handoff);
         };
-        self.incoming[target].fetch_add(1, Ordering::Relaxed);
         match self.queues[target].0.try_send(handoff) {
             Ok(()) => {
                 doorbells[target].ring();
                 Ok(())
             }
-            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
-                self.incoming[target].fetch_sub(1, Ordering::Relaxed);
-                Err(h)
-            }
+            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => Err(h),
         }
     }
 
     /// The next connection passed to `core`, if any.
     pub fn take(&self, core: usize) -> Option<Handoff> {
-        let h = self.queues[core].1.try_recv().ok()?;
-        self.incoming[core].fetch_sub(1, Ordering::Relaxed);
-        Some(h)
+        self.queues[core].1.try_recv().ok()
     }
 
     /// True when a connection waits for `core`.
