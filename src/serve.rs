@@ -27,13 +27,13 @@ use crate::admin::{AdminServer, AdminState};
 use crate::checkpoint::{self, BODY_VERSION, Body, PartitionState, ShardState};
 use crate::config::Config;
 use crate::deadletter::DeadLetter;
-use crate::log::{self, Appender, Offset, Reader};
+use crate::log::{self, Appender, FlushTicket, Offset, Reader};
 use crate::metrics::{ListenerInfo, Metrics};
 use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, bind};
 use crate::ops::{self, Signals};
 use crate::route::{self, Doorbell, owner};
-use crate::window::{AggregatesWriter, Params, Shard, aggregates_path, now_ms};
+use crate::window::{AggregatesWriter, OutputSync, Params, Shard, aggregates_path, now_ms};
 use crate::worker::{self, Control, ReplayTask, Report, WorkerSetup};
 
 /// Why `serve` stopped with a failure.
@@ -503,8 +503,12 @@ struct InFlight {
     epoch: u64,
     started: Instant,
     partitions: Vec<PartitionState>,
+    /// Per core that reported: its partition's log up to its offset, made durable at commit.
+    logs: Vec<FlushTicket>,
     partition_reports: usize,
     shards: Vec<ShardState>,
+    /// Per shard that reported: its aggregates file, fsynced at commit.
+    outputs: Vec<OutputSync>,
     final_one: bool,
 }
 
@@ -542,16 +546,25 @@ impl Coordinator {
                     }
                 }
                 Ok(Report::Partitions {
-                    epoch, partitions, ..
+                    epoch,
+                    partitions,
+                    log,
+                    ..
                 }) => {
                     if let Some(f) = self.in_flight.as_mut().filter(|f| f.epoch == epoch) {
                         f.partitions.extend(partitions);
+                        f.logs.push(log);
                         f.partition_reports += 1;
                     }
                 }
-                Ok(Report::Shard { epoch, state }) => {
+                Ok(Report::Shard {
+                    epoch,
+                    state,
+                    output,
+                }) => {
                     if let Some(f) = self.in_flight.as_mut().filter(|f| f.epoch == epoch) {
                         f.shards.push(state);
+                        f.outputs.push(output);
                     }
                 }
                 Ok(Report::Drained { core }) => {
@@ -614,8 +627,10 @@ impl Coordinator {
             epoch: self.epoch,
             started: Instant::now(),
             partitions: Vec::new(),
+            logs: Vec::new(),
             partition_reports: 0,
             shards: Vec::new(),
+            outputs: Vec::new(),
             final_one,
         });
         self.control
@@ -667,7 +682,26 @@ impl Coordinator {
         };
         let bytes = body.encode()?;
         let m = &self.metrics.checkpoint;
-        match checkpoint::file::write(&self.checkpoint_dir, f.epoch, &bytes) {
+        // The log and the aggregates files first: a checkpoint never names an offset or a
+        // length whose bytes are not durable. Here, off the cores, which read on meanwhile.
+        let written = f
+            .logs
+            .iter()
+            .try_for_each(FlushTicket::make_durable)
+            .map_err(Error::from)
+            .and_then(|()| {
+                f.outputs.iter().try_for_each(|o| {
+                    o.sync().map_err(|source| Error::Io {
+                        what: "cannot fsync",
+                        path: o.path().to_path_buf(),
+                        source,
+                    })
+                })
+            })
+            .and_then(|()| {
+                checkpoint::file::write(&self.checkpoint_dir, f.epoch, &bytes).map_err(Error::from)
+            });
+        match written {
             Ok(path) => {
                 m.committed_total.add(1);
                 m.last_epoch.set(f.epoch as i64);
@@ -684,7 +718,7 @@ impl Coordinator {
             Err(e) => {
                 m.failed_total.add(1);
                 if f.final_one {
-                    return Err(e.into());
+                    return Err(e);
                 }
                 tracing::error!(epoch = f.epoch, error = %e, "checkpoint failed; will retry at the next interval");
                 Ok(())

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::flusher::{self, Offsets, Tracker};
+use super::flusher::{self, FlushTicket, Offsets, Tracker};
 use super::index::{self, IndexBuilder, IndexWriter, SegmentIndex};
 use super::record::{self, BatchHeader, HEADER_BYTES, LINE_PREFIX_BYTES};
 use super::recovery;
@@ -204,6 +204,14 @@ impl Appender {
             "a synchronous flush makes everything written durable"
         );
         Ok(())
+    }
+
+    /// A ticket for everything committed so far, for another thread to make durable
+    /// (checkpoints: the coordinator flushes while this core goes on). Writes the pending
+    /// index entries first, as [`flush`](Self::flush) does.
+    pub fn flush_ticket(&mut self) -> FlushTicket {
+        self.index.write_pending();
+        self.tracker.ticket(self.write_pos, self.next_offset)
     }
 
     /// The periodic work of the core's tick: writes pending index entries, applies retention
@@ -768,6 +776,33 @@ mod tests {
         assert_eq!(more[0].0.first_offset, next);
         written.extend(more);
         assert_eq!(read_all(dir.path(), Offset(0)), written);
+    }
+
+    #[test]
+    fn a_ticket_is_made_durable_on_another_thread_while_the_appender_rolls_on() {
+        let dir = tempfile::tempdir().unwrap();
+        // `never`: no background flushes, so only the ticket moves the durable offset.
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        write_batches(&mut appender, &many_batches(20));
+        let ticket = appender.flush_ticket();
+        assert_eq!(ticket.offset(), appender.next_offset());
+        let segments = list_segments(dir.path()).unwrap().len();
+        // The segment the ticket points into rolls away before the ticket is used.
+        write_batches(&mut appender, &many_batches(120));
+        assert!(list_segments(dir.path()).unwrap().len() > segments + 1);
+        let offset = ticket.offset();
+        std::thread::spawn(move || ticket.make_durable())
+            .join()
+            .unwrap()
+            .unwrap();
+        assert!(appender.offsets().durable >= offset);
+        // One taken after the last roll, made durable while nothing rolls.
+        let ticket = appender.flush_ticket();
+        ticket.make_durable().unwrap();
+        assert_eq!(appender.offsets().durable, appender.next_offset());
+        // Already durable: returns at once.
+        ticket.make_durable().unwrap();
     }
 
     #[test]

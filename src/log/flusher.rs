@@ -314,17 +314,16 @@ impl Tracker {
                 sync.sync_file()?;
                 segment::sync_dir(&self.dir)?;
             }
+            // The seal entry is written, and the offsets published, under the queue's lock:
+            // another thread draining at the same time (the appender's drop, a checkpoint's
+            // ticket) that finds the queue empty finds them there.
+            let mut queue = self.sealing();
+            if queue.front().is_some_and(|front| front.id == id)
+                && let Some(index) = queue.pop_front().and_then(|mut s| s.index.take())
             {
-                // The seal entry is written under the queue's lock: another thread draining
-                // at the same time (the appender's drop, say) returns only once it is there.
-                let mut queue = self.sealing();
-                if queue.front().is_some_and(|front| front.id == id)
-                    && let Some(index) = queue.pop_front().and_then(|mut s| s.index.take())
-                {
-                    index.seal(end_pos, end_offset);
-                }
-                // Otherwise another thread drained it meanwhile.
+                index.seal(end_pos, end_offset);
             }
+            // Otherwise another thread drained it meanwhile.
             self.publish(&self.flushed, end_offset);
             self.publish(&self.durable, end_offset);
         }
@@ -369,6 +368,18 @@ impl Tracker {
     pub(crate) fn flush_all(&self, pos: u64, offset: Offset) -> Result<(), Error> {
         let generation = self.target().generation;
         self.flush_to(generation, pos, offset)
+    }
+
+    /// A ticket for everything committed up to `offset` (position `pos` of the current
+    /// segment), for another thread to make durable (see [`FlushTicket`]). Called by the
+    /// appender, the one thread that rolls, so the generation read here is that of `pos`.
+    pub(crate) fn ticket(self: &Arc<Self>, pos: u64, offset: Offset) -> FlushTicket {
+        FlushTicket {
+            tracker: Arc::clone(self),
+            generation: self.target().generation,
+            pos,
+            offset,
+        }
     }
 
     fn publish(&self, which: &AtomicU64, offset: Offset) {
@@ -438,6 +449,48 @@ impl Tracker {
             self.flushes_total.load(Ordering::Relaxed),
             self.flush_us_total.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Everything a partition had committed at one moment, made durable later by another thread
+/// than its core: a checkpoint takes one at its barrier, and the coordinator makes it
+/// durable before it commits, so the core never waits for an msync of the interval's bytes.
+#[derive(Debug)]
+pub struct FlushTicket {
+    tracker: Arc<Tracker>,
+    /// Segment generation of `pos`.
+    generation: u64,
+    pos: u64,
+    offset: Offset,
+}
+
+impl FlushTicket {
+    /// The offset everything before which it makes durable.
+    pub fn offset(&self) -> Offset {
+        self.offset
+    }
+
+    /// Makes everything before [`offset`](Self::offset) durable, on the calling thread
+    /// (while the core goes on appending and rolling). Returns at once when it already is.
+    pub fn make_durable(&self) -> Result<(), Error> {
+        let durable = |t: &Tracker| Offset(t.durable.load(Ordering::Acquire));
+        if durable(&self.tracker) >= self.offset {
+            return Ok(());
+        }
+        self.tracker
+            .flush_to(self.generation, self.pos, self.offset)?;
+        if durable(&self.tracker) < self.offset {
+            // The segment rolled away before the flush looked: it waits in the sealing
+            // queue (or another thread drains it and publishes under the queue's lock).
+            self.tracker.drain_sealing()?;
+        }
+        let now = durable(&self.tracker);
+        assert!(
+            now >= self.offset,
+            "a ticket's flush leaves its offset durable ({now:?} < {:?})",
+            self.offset
+        );
+        Ok(())
     }
 }
 

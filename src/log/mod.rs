@@ -93,7 +93,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::config::FlushPolicy;
 pub use appender::{Appender, BatchWriter};
-pub use flusher::Offsets;
+pub use flusher::{FlushTicket, Offsets};
 pub use reader::{Batch, Reader};
 pub use record::Lines;
 pub use tail::{TAIL_POLL_MS, tail};

@@ -66,7 +66,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
-pub use output::{AggregatesWriter, now_ms, rfc3339};
+pub use output::{AggregatesWriter, OutputSync, now_ms, rfc3339};
 
 use crate::limits::OVERFLOW_KEY;
 use crate::parse::Kind;

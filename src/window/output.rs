@@ -5,6 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -18,9 +19,31 @@ use crate::config::Millis;
 pub struct AggregatesWriter {
     path: PathBuf,
     out: BufWriter<File>,
+    /// The same file, for [`OutputSync`]s.
+    shared: Arc<File>,
     len: u64,
     dirty: bool,
     scratch: Vec<u8>,
+}
+
+/// An aggregates file whose written bytes another thread makes durable (see
+/// [`AggregatesWriter::sync_handle`]).
+#[derive(Debug)]
+pub struct OutputSync {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl OutputSync {
+    /// fsyncs the file: everything written before the handle was taken is durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// One output line; fields in the documented order, quantiles as configured.
@@ -107,6 +130,7 @@ impl AggregatesWriter {
         std::io::Seek::seek(&mut file, io::SeekFrom::Start(len))?;
         Ok(AggregatesWriter {
             path: path.to_path_buf(),
+            shared: Arc::new(file.try_clone()?),
             out: BufWriter::with_capacity(64 * 1024, file),
             len,
             dirty: false,
@@ -148,11 +172,16 @@ impl AggregatesWriter {
         Ok(())
     }
 
-    /// Flushes and fsyncs: the first `len()` bytes are durable.
-    pub fn sync(&mut self) -> io::Result<()> {
+    /// Hands buffered lines to the kernel and returns a handle that makes the first `len()`
+    /// bytes durable from another thread (checkpoints: the coordinator fsyncs, the core goes
+    /// on).
+    pub fn sync_handle(&mut self) -> io::Result<OutputSync> {
         self.out.flush()?;
         self.dirty = false;
-        self.out.get_ref().sync_data()
+        Ok(OutputSync {
+            file: Arc::clone(&self.shared),
+            path: self.path.clone(),
+        })
     }
 
     /// Bytes written so far (including buffered ones).

@@ -281,9 +281,9 @@ impl Ingest {
         self.injected_epoch = requested;
         let started = Instant::now();
         self.router.flush();
-        self.appender
-            .flush()
-            .map_err(|e| format!("log flush for checkpoint: {e}"))?;
+        // The coordinator makes the log durable up to here before it commits; this core
+        // goes on meanwhile.
+        let log = self.appender.flush_ticket();
         let mut partitions = self.other_partitions.clone();
         let own = match self.replay.iter().find(|t| t.partition == self.id) {
             Some(task) => task.from.0,
@@ -305,10 +305,16 @@ impl Ingest {
             next_offset: own,
             max_event_ms: self.max_event_ms,
         });
+        debug_assert_eq!(
+            partitions.last().map(|p| p.next_offset),
+            Some(own),
+            "the core's own partition is last"
+        );
         self.report(Report::Partitions {
             epoch: requested,
             core: self.id,
             partitions,
+            log,
         });
         self.router.broadcast(|| Msg::Barrier(requested));
         self.note_blocked();

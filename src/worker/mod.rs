@@ -35,13 +35,13 @@ use crate::checkpoint::{PartitionState, ShardState};
 use crate::config::ListenerConfig;
 use crate::deadletter::DeadLetter;
 use crate::limits::TICK_MS;
-use crate::log::{Appender, Offset, Reader};
+use crate::log::{Appender, FlushTicket, Offset, Reader};
 use crate::metrics::Metrics;
 use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, Handler};
 use crate::parse::Parser;
 use crate::route::{Doorbell, Inbound, Router};
-use crate::window::Shard;
+use crate::window::{OutputSync, Shard};
 
 pub use ingest::Ingest;
 
@@ -186,7 +186,9 @@ pub enum Report {
         /// Core.
         core: u16,
     },
-    /// The core injected barrier `epoch`; its partitions are flushed up to these offsets.
+    /// The core injected barrier `epoch` with its partitions at these offsets; its own
+    /// partition is durable up to its offset once `log` is made durable (by the coordinator,
+    /// before it commits the checkpoint).
     Partitions {
         /// Epoch.
         epoch: u64,
@@ -194,13 +196,18 @@ pub enum Report {
         core: u16,
         /// Positions.
         partitions: Vec<PartitionState>,
+        /// Everything the core's partition holds before its offset.
+        log: FlushTicket,
     },
-    /// The core's shard aligned barrier `epoch` and snapshotted (output fsynced).
+    /// The core's shard aligned barrier `epoch` and snapshotted; its output is durable up to
+    /// the snapshot's length once `output` is synced (by the coordinator, before it commits).
     Shard {
         /// Epoch.
         epoch: u64,
         /// State.
         state: ShardState,
+        /// The shard's aggregates file, written out up to the snapshot.
+        output: OutputSync,
     },
     /// The core stopped reading input and drained its connections.
     Drained {

@@ -3,7 +3,8 @@
 //!
 //! Alignment: when barrier N arrives from source `s`, the queue from `s` is not read again
 //! until barrier N has arrived from every source. Then the shard is snapshotted (its output
-//! fsynced first), reported, and every queue is read again. Sources never block on a full
+//! written out, for the coordinator to fsync before it commits), reported, and every queue is
+//! read again. Sources never block on a full
 //! queue (they keep the message pending and stop reading their sockets), so alignment always
 //! completes.
 
@@ -105,9 +106,10 @@ impl Ingest {
     fn snapshot(&mut self, epoch: u64) -> Result<(), String> {
         let started = std::time::Instant::now();
         let output = self.shard.output();
-        output
-            .sync()
-            .map_err(|e| format!("aggregates fsync: {e}"))?;
+        // The coordinator fsyncs it before it commits; this core goes on meanwhile.
+        let output_sync = output
+            .sync_handle()
+            .map_err(|e| format!("aggregates output: {e}"))?;
         let aggregates_len = output.len();
         let mut windows = Vec::with_capacity(self.snapshot_bytes_hint);
         let window_count = self.shard.snapshot_into(&mut windows);
@@ -119,7 +121,11 @@ impl Ingest {
             windows,
             window_count,
         };
-        let _ = self.reports.send(Report::Shard { epoch, state });
+        let _ = self.reports.send(Report::Shard {
+            epoch,
+            state,
+            output: output_sync,
+        });
         self.metrics.cores[self.id as usize]
             .checkpoint_stall_us_max
             .raise(started.elapsed().as_micros() as i64);
