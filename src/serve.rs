@@ -67,6 +67,14 @@ pub enum Error {
     /// The checkpoint could not be read or written.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::Error),
+    /// Another process serves from the same data dir.
+    #[error("data dir {} is in use by another sluice{}", path.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    DataDirInUse {
+        /// The data dir.
+        path: PathBuf,
+        /// The pid recorded in its lock file, if readable.
+        pid: Option<u32>,
+    },
     /// A core failed.
     #[error("core {core} failed: {error}")]
     Core {
@@ -182,10 +190,57 @@ fn bind_all(
     Ok((per_core, addrs))
 }
 
+/// Name of the lock file in the data dir.
+const LOCK_FILE: &str = "sluice.lock";
+
+/// Takes the data dir's exclusive lock (`flock` on `sluice.lock`, which then holds this
+/// process's pid): two instances appending to one log would interleave their batches. The
+/// kernel drops the lock when the process ends, kill -9 included, so a stale file never
+/// blocks a restart.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, Error> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("cannot open", &path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            // Best effort: the pid only makes the message more useful.
+            let _ = file.read_to_string(&mut holder);
+            return Err(Error::DataDirInUse {
+                path: data_dir.to_path_buf(),
+                pid: holder.trim().parse().ok(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(Error::Io {
+                what: "cannot lock",
+                path,
+                source,
+            });
+        }
+    }
+    let pid = std::process::id();
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{pid}"))
+        .map_err(io_err("cannot write", &path))?;
+    Ok(file)
+}
+
 /// Runs the appliance until a stop signal; returns after the final checkpoint.
 pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     let cores = config.core_count();
     let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(io_err("cannot create", &data_dir))?;
+    // Held until this returns (the lock goes with the process, however it ends).
+    let _lock = lock_data_dir(&data_dir)?;
     for sub in ["log", "checkpoint", "aggregates", "deadletter"] {
         let dir = data_dir.join(sub);
         std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;

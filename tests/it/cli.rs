@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use crate::harness::run;
+use crate::harness::{Sluice, run};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -98,6 +98,35 @@ fn a_port_in_use_exits_1_naming_the_listener() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("busy"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_second_instance_on_a_data_dir_in_use_exits_1_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let first = Sluice::start(&data, &["--listen", "raw+tcp://127.0.0.1:0?name=a"]);
+    let d = data.to_str().unwrap();
+    let args = [
+        "serve",
+        "--data-dir",
+        d,
+        "--admin",
+        "127.0.0.1:0",
+        "--listen",
+        "raw+tcp://127.0.0.1:0?name=b",
+    ];
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let pid = first.child.id().to_string();
+    assert!(
+        stderr(&o).contains("in use") && stderr(&o).contains(&pid),
+        "{}",
+        stderr(&o)
+    );
+    assert!(first.stop().success());
+    // The lock went with the first process: a second one starts.
+    let second = Sluice::start(&data, &["--listen", "raw+tcp://127.0.0.1:0?name=b"]);
+    assert!(second.stop().success());
 }
 
 #[test]
