@@ -1,5 +1,6 @@
 //! The log through the real binary: a writer killed mid-stream, 60 MB across many segments
-//! with garbage, cut and flipped bytes, and `sluice log tail` following a live instance.
+//! with garbage, cut and flipped bytes, `sluice log tail` following a live instance, and
+//! checkpoints naming only flushed log.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -425,5 +426,54 @@ fn retention_deletes_old_segments_only_behind_every_kept_checkpoint() {
     assert!(sluice.stop().success());
     // A restart replays from the checkpoint, which retention never passed.
     let sluice = start(&data, &config, &[]);
+    assert!(sluice.stop().success());
+}
+
+/// Under `flush = never` nothing but a checkpoint flushes the segment being written, and it
+/// does so off the cores, before the checkpoint is committed: every committed checkpoint's
+/// offsets are flushed.
+#[test]
+fn a_committed_checkpoint_names_only_flushed_log_even_under_flush_never() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("sluice.toml");
+    std::fs::write(&config, "[checkpoint]\ninterval_ms = 200\n").unwrap();
+    let sluice = start(&data, &config, &["--flush", "never"]);
+    let (conns, lines) = (2usize, 20_000u64);
+    send_all(sluice.addr("raw"), conns, lines);
+    let total = conns as u64 * lines;
+    assert!(
+        wait_for(Duration::from_secs(30), || lines_total(&sluice) == total),
+        "lines logged: {} of {total}",
+        lines_total(&sluice)
+    );
+    let d = data.to_str().unwrap();
+    let mut offsets: Vec<(u64, u64)> = Vec::new();
+    let covered = wait_for(Duration::from_secs(30), || {
+        let out = run(&["checkpoint", "inspect", "--data-dir", d]);
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        offsets = v["checkpoint"]["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let n = |k: &str| p[k].as_u64().unwrap();
+                (n("partition"), n("next_offset"))
+            })
+            .collect();
+        offsets.iter().map(|(_, o)| o).sum::<u64>() == total
+    });
+    assert!(covered, "no checkpoint covers every line: {offsets:?}");
+    for (partition, offset) in offsets {
+        let filter = format!("core=\"{partition}\"");
+        let flushed = || sluice.metric("sluice_log_flushed_offset", &[&filter]) as u64;
+        assert!(
+            wait_for(Duration::from_secs(10), || flushed() >= offset),
+            "partition {partition}: checkpointed offset {offset}, flushed {}",
+            flushed()
+        );
+    }
     assert!(sluice.stop().success());
 }
