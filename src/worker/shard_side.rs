@@ -4,9 +4,8 @@
 //! Alignment: when barrier N arrives from source `s`, the queue from `s` is not read again
 //! until barrier N has arrived from every source. Then the shard is snapshotted (its output
 //! written out, for the coordinator to fsync before it commits), reported, and every queue is
-//! read again. Sources never block on a full
-//! queue (they keep the message pending and stop reading their sockets), so alignment always
-//! completes.
+//! read again. Sources never block on a full queue (they keep the message pending and stop
+//! reading their sockets), so alignment always completes.
 
 use crossbeam_channel::TryRecvError;
 
