@@ -193,8 +193,8 @@ impl Appender {
         self.stage_generation += 1;
     }
 
-    /// Makes every committed batch durable, now, on this thread (checkpoints, shutdown,
-    /// `flush = always`).
+    /// Makes every committed batch durable, now, on this thread (shutdown, `flush = always`;
+    /// checkpoints use [`flush_ticket`](Self::flush_ticket)).
     pub fn flush(&mut self) -> Result<(), Error> {
         self.index.write_pending();
         self.tracker.flush_all(self.write_pos, self.next_offset)?;

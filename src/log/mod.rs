@@ -62,7 +62,8 @@
 //! - Segment files are never shrunk while the process runs (a shrunk mapping is SIGBUS).
 //! - `durable <= flushed <= written` (asserted at every publication, see `flusher.rs`).
 //!   Under `flush = interval` one background thread msyncs every partition; the cores only
-//!   publish what they wrote. `flush()` (checkpoints, shutdown, `always`) is synchronous.
+//!   publish what they wrote. `flush()` (shutdown, `always`) is synchronous; a checkpoint
+//!   takes a `FlushTicket` that the coordinator makes durable on its own thread.
 //! - Batches are written with one `pwrite` each into the page cache; the segment's mapping
 //!   is read-only (the appender reads recent batches back through it), see `segment.rs`.
 //! - An index (`.idx`) is a cache of its segment: entries are CRC-checked one by one, a
