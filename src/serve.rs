@@ -218,13 +218,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, Error> {
                 pid: holder.trim().parse().ok(),
             });
         }
-        Err(std::fs::TryLockError::Error(source)) => {
-            return Err(Error::Io {
-                what: "cannot lock",
-                path,
-                source,
-            });
-        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err("cannot lock", &path)(e)),
     }
     let pid = std::process::id();
     file.set_len(0)
@@ -745,13 +739,9 @@ impl Coordinator {
             .try_for_each(FlushTicket::make_durable)
             .map_err(Error::from)
             .and_then(|()| {
-                f.outputs.iter().try_for_each(|o| {
-                    o.sync().map_err(|source| Error::Io {
-                        what: "cannot fsync",
-                        path: o.path().to_path_buf(),
-                        source,
-                    })
-                })
+                f.outputs
+                    .iter()
+                    .try_for_each(|o| o.sync().map_err(io_err("cannot fsync", o.path())))
             })
             .and_then(|()| {
                 checkpoint::file::write(&self.checkpoint_dir, f.epoch, &bytes).map_err(Error::from)
