@@ -34,7 +34,9 @@
 //! ```
 //!
 //! In memory a DDSketch holds its bins in chunks of 128 `u64` (1 KiB for a typical window,
-//! at most 2048 bins = 16 KiB per sign, which bounds it whatever the input).
+//! at most 2048 bins = 16 KiB per sign, which bounds it whatever the input), behind a buffer
+//! of [`SKETCH_PENDING`] values that go into the bins together ([`Sketch`]): with many keys
+//! a bin increment is a cache miss, and the buffer takes those misses in bursts.
 //!
 //! DDSketch keeps its error bound whatever the distribution and merges exactly (bin counts
 //! add), which the cross-node merge tier needs; t-digest's error depends on the data and its
@@ -58,15 +60,16 @@
 #![forbid(unsafe_code)]
 
 mod output;
+mod sketch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 pub use output::{AggregatesWriter, OutputSync, now_ms, rfc3339};
+pub use sketch::{PENDING as SKETCH_PENDING, Sketch};
 
 use crate::limits::OVERFLOW_KEY;
 use crate::parse::Kind;
@@ -75,14 +78,6 @@ use crate::parse::Kind;
 pub const SKETCH_ALPHA: f64 = 0.01;
 /// Most bins per sketch store; bounds a sketch's memory (16 KiB per sign).
 pub const SKETCH_BINS_MAX: u32 = 2048;
-
-fn new_sketch() -> Box<DDSketch> {
-    Box::new(DDSketch::new(SketchConfig::new(
-        SKETCH_ALPHA,
-        SKETCH_BINS_MAX,
-        1e-9,
-    )))
-}
 
 /// The mergeable aggregate of one (key, window).
 #[derive(Clone, Serialize, Deserialize)]
@@ -102,7 +97,7 @@ pub struct Agg {
     /// Quantile sketch of the values, when quantiles are configured and the values are
     /// samples, timers or gauges. Encoded in DDSketch's sparse standard binary format.
     #[serde(default, with = "sketch_bytes")]
-    pub sketch: Option<Box<DDSketch>>,
+    pub sketch: Option<Box<Sketch>>,
     /// The one value so far (`min`) is a sketched value not yet in a sketch.
     #[serde(default)]
     pub single_pending: bool,
@@ -126,7 +121,7 @@ impl PartialEq for Agg {
         let sketch_bytes = |a: &Agg| {
             a.sketch
                 .as_ref()
-                .map(|s| postcard::to_stdvec(s).unwrap_or_default())
+                .map(|s| postcard::to_stdvec(&*s.settled()).unwrap_or_default())
         };
         (
             self.count,
@@ -180,7 +175,7 @@ impl Agg {
                 Some(s) => s.add(value),
                 None if self.count == 0 => self.single_pending = true,
                 None => {
-                    let mut s = new_sketch();
+                    let mut s = Sketch::new();
                     if std::mem::take(&mut self.single_pending) {
                         s.add(self.min);
                     }
@@ -189,7 +184,7 @@ impl Agg {
                 }
             }
         } else if self.sketch.is_none() && std::mem::take(&mut self.single_pending) {
-            self.sketch = Some(new_sketch());
+            self.sketch = Some(Sketch::new());
             self.sketch.as_mut().expect("just set").add(self.min);
         }
         self.tally(value, time_ms);
@@ -229,8 +224,8 @@ impl Agg {
         let mine = self.take_sketch();
         self.sketch = match (mine, theirs) {
             // Both sketches share one configuration, so a merge cannot fail.
-            (Some(mut a), Some(b)) => {
-                a.merge(&b).expect("sketches of one configuration merge");
+            (Some(mut a), Some(mut b)) => {
+                a.merge(&mut b);
                 Some(a)
             }
             (a, b) => a.or(b),
@@ -246,9 +241,9 @@ impl Agg {
     }
 
     /// The sketch, materialising a pending single value.
-    fn take_sketch(&mut self) -> Option<Box<DDSketch>> {
+    fn take_sketch(&mut self) -> Option<Box<Sketch>> {
         if std::mem::take(&mut self.single_pending) {
-            let mut s = new_sketch();
+            let mut s = Sketch::new();
             s.add(self.min);
             return Some(s);
         }
@@ -269,9 +264,7 @@ impl Agg {
         if self.single_pending {
             return Some(self.min);
         }
-        self.sketch
-            .as_ref()
-            .and_then(|s| s.quantile(q).ok().flatten())
+        self.sketch.as_ref().and_then(|s| s.quantile(q))
     }
 }
 
@@ -281,19 +274,23 @@ mod sketch_bytes {
     use serde::{Deserialize, Deserializer, Serializer, de};
     use sketches_ddsketch::DDSketch;
 
-    pub fn serialize<S: Serializer>(v: &Option<Box<DDSketch>>, s: S) -> Result<S::Ok, S::Error> {
+    use super::Sketch;
+
+    pub fn serialize<S: Serializer>(v: &Option<Box<Sketch>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
-            Some(sketch) => s.serialize_some(serde_bytes::Bytes::new(&sketch.to_java_bytes())),
+            Some(sketch) => {
+                s.serialize_some(serde_bytes::Bytes::new(&sketch.settled().to_java_bytes()))
+            }
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<DDSketch>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<Sketch>>, D::Error> {
         let bytes: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
         bytes
             .map(|b| {
                 DDSketch::from_java_bytes(&b)
-                    .map(Box::new)
+                    .map(Sketch::from_dd)
                     .map_err(|e| de::Error::custom(format!("sketch: {e}")))
             })
             .transpose()
@@ -460,7 +457,7 @@ struct DeferredAdd {
 const DEFERRED_ADDS_MAX: usize = 1024;
 
 /// Folds a batch of events into a [`Shard`] (see [`Shard::batch`]). Adding a value to a
-/// quantile sketch touches one of its bins, a cache miss with many keys; the batch does
+/// quantile sketch touches the sketch's buffer, a cache miss with many keys; the batch does
 /// those adds together, at its end (or every [`DEFERRED_ADDS_MAX`]), where the misses of
 /// independent adds overlap instead of stalling each event in turn.
 pub struct FoldBatch<'s> {
@@ -710,7 +707,10 @@ impl Shard {
             .iter()
             .position(|w| w.spec_idx == spec_idx && w.start_ms + spec.size_ms == end)
             .expect("every calendar entry has its open window");
-        let w = s.windows.swap_remove(pos);
+        let mut w = s.windows.swap_remove(pos);
+        if let Some(sketch) = &mut w.agg.sketch {
+            sketch.settle();
+        }
         self.output
             .write_window(&s.key, &spec, w.start_ms, &w.agg, &self.quantiles)?;
         self.open_windows -= 1;
@@ -806,7 +806,21 @@ impl Shard {
     /// Appends every open window to `out`, encoded as a sequence of [`WindowRecord`]s (postcard),
     /// without copying the state first: this is the core's whole share of a checkpoint's
     /// snapshot. Returns the number of records.
-    pub fn snapshot_into(&self, out: &mut Vec<u8>) -> u64 {
+    pub fn snapshot_into(&mut self, out: &mut Vec<u8>) -> u64 {
+        // Settled here, the sketches encode without a copy.
+        for slot in &mut self.slots {
+            for w in &mut slot.windows {
+                if let Some(sketch) = &mut w.agg.sketch {
+                    sketch.settle();
+                }
+            }
+        }
+        self.encode_into(out)
+    }
+
+    /// [`snapshot_into`](Self::snapshot_into) without settling the sketches first (a sketch
+    /// with buffered values is copied to encode it).
+    fn encode_into(&self, out: &mut Vec<u8>) -> u64 {
         #[derive(Serialize)]
         struct RecordRef<'a> {
             key: &'a str,
@@ -839,7 +853,7 @@ impl Shard {
     /// Every open window, decoded (for tests and tools).
     pub fn snapshot(&self) -> Vec<WindowRecord> {
         let mut bytes = Vec::new();
-        self.snapshot_into(&mut bytes);
+        self.encode_into(&mut bytes);
         let mut out: Vec<WindowRecord> = decode_records(&bytes)
             .collect::<Result<_, _>>()
             .expect("own encoding decodes");
