@@ -39,12 +39,35 @@ impl<'a> Iterator for Fields<'a> {
         let end = if rest.len() > SHORT_FIELDS_BYTES {
             memchr::memchr2(b' ', b'\t', rest)
         } else {
-            rest.iter().position(|b| *b == b' ' || *b == b'\t')
+            find_blank(rest)
         }
         .unwrap_or(rest.len());
         self.rest = &rest[end..];
         Some(&rest[..end])
     }
+}
+
+/// The position of the first space or tab in `bytes`, eight bytes at a time: a byte equal
+/// to the one sought is zero after an XOR, and `(x - 0x01..) & !x & 0x80..` marks the zero
+/// bytes of `x`, exactly up to the first one (a borrow can only mark bytes above it), which
+/// is all a first match needs.
+#[inline]
+fn find_blank(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let (words, tail) = bytes.as_chunks::<8>();
+    for (i, w) in words.iter().enumerate() {
+        let x = u64::from_le_bytes(*w);
+        let found =
+            zero_bytes(x ^ (ONES * u64::from(b' '))) | zero_bytes(x ^ (ONES * u64::from(b'\t')));
+        if found != 0 {
+            return Some(i * 8 + (found.trailing_zeros() / 8) as usize);
+        }
+    }
+    tail.iter()
+        .position(|b| *b == b' ' || *b == b'\t')
+        .map(|p| words.len() * 8 + p)
 }
 
 impl GraphiteParser {
@@ -206,6 +229,14 @@ mod tests {
                 .filter(|f| !f.is_empty())
                 .collect();
             proptest::prop_assert_eq!(fields(&line).collect::<Vec<_>>(), want);
+        }
+
+        #[test]
+        fn find_blank_finds_the_first_space_or_tab(bytes in proptest::collection::vec(
+            proptest::prop_oneof![proptest::num::u8::ANY, proptest::sample::select(vec![b' ', b'\t', 0x09 ^ 0x80, 0x20 ^ 0x80, 0, 1])],
+            0..40)) {
+            let want = bytes.iter().position(|b| *b == b' ' || *b == b'\t');
+            proptest::prop_assert_eq!(find_blank(&bytes), want);
         }
 
         #[test]

@@ -278,10 +278,26 @@ pub fn check_key(key: &[u8]) -> Result<&[u8], Reject> {
 /// check, inlined, comes before the full one.
 #[inline]
 pub(crate) fn check_utf8(bytes: &[u8]) -> Result<(), Reject> {
-    if !bytes.is_ascii() {
+    if !is_ascii(bytes) {
         std::str::from_utf8(bytes).map_err(|_| Reject::BadUtf8)?;
     }
     Ok(())
+}
+
+/// True when every byte is ASCII. `<[u8]>::is_ascii` crosses 64-byte blocks and then the rest
+/// a byte at a time (up to 63 iterations for a key); this ORs 8-byte words, the last one
+/// overlapping the one before, so a key of any length costs a few loads.
+#[inline]
+pub(crate) fn is_ascii(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let Some(last) = bytes.last_chunk::<8>() else {
+        return bytes.iter().fold(0, |acc, b| acc | b) < 0x80;
+    };
+    let (words, _) = bytes.as_chunks::<8>();
+    let acc = words.iter().fold(u64::from_ne_bytes(*last), |acc, w| {
+        acc | u64::from_ne_bytes(*w)
+    });
+    acc & HIGH == 0
 }
 
 /// Test inputs shared by the parser and framing tests.
@@ -376,6 +392,19 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn is_ascii_agrees_with_the_standard_library(
+            bytes in proptest::collection::vec(0u8..0x80, 0..100),
+            high in proptest::option::of((any::<prop::sample::Index>(), 0x80u8..=0xff)),
+        ) {
+            let mut bytes = bytes;
+            if let (Some((at, b)), false) = (high, bytes.is_empty()) {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            prop_assert_eq!(is_ascii(&bytes), bytes.is_ascii());
+        }
+
         #[test]
         fn the_fast_path_agrees_with_the_general_parser(
             text in "-?[0-9]{1,17}(\\.[0-9]{0,17})?|-?\\.[0-9]{1,5}|[0-9]{1,3}e[0-9]",
