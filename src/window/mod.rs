@@ -807,9 +807,9 @@ impl Shard {
     /// without copying the state first: this is the core's whole share of a checkpoint's
     /// snapshot. Returns the number of records.
     ///
-    /// A sketch with buffered values is encoded from a settled copy: copying its bins
-    /// (sequential reads) and adding the few values to the copy, in cache, stalls the core
-    /// less than settling in place, where each add is a cache miss.
+    /// The one copy: a sketch with buffered values is encoded from a settled copy of it.
+    /// Copying its bins (sequential reads) and adding the few values to the copy, in cache,
+    /// stalls the core less than settling in place, where each add is a cache miss.
     pub fn snapshot_into(&self, out: &mut Vec<u8>) -> u64 {
         #[derive(Serialize)]
         struct RecordRef<'a> {
