@@ -573,3 +573,39 @@ fn absorbing_one_event_keeps_its_value_exactly() {
     b.absorb(Agg::one(-0.0, 2));
     assert_eq!(b.min.to_bits(), (-0.0f64).to_bits());
 }
+
+#[test]
+fn values_still_in_a_sketch_buffer_reach_the_output_and_the_snapshot() {
+    // 32 ones fill the buffer once and settle; the 1000s after them are still buffered
+    // when the window closes (or is snapshotted): p99 is 1000 only if they count.
+    let fold = |s: &mut Shard| {
+        for _ in 0..SKETCH_PENDING {
+            s.fold(b"lat", 1.0, 10, Kind::Timer);
+        }
+        for _ in 0..SKETCH_PENDING - 1 {
+            s.fold(b"lat", 1000.0, 10, Kind::Timer);
+        }
+    };
+    let p99 = |dir: &Path| {
+        let out = lines(dir);
+        let lat = out.iter().find(|l| l["key"] == "lat").unwrap();
+        assert_eq!(lat["count"], 2 * SKETCH_PENDING - 1);
+        lat["p99"].as_f64().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut direct = shard(dir.path(), &[1000], 100, 1);
+    fold(&mut direct);
+    let snap = direct.snapshot();
+    direct.advance(0, 1000, false).unwrap();
+    direct.output().flush().unwrap();
+    assert!((p99(dir.path()) - 1000.0).abs() <= 10.0);
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut restored = shard(dir2.path(), &[1000], 100, 1);
+    for r in snap {
+        restored.restore(r).unwrap();
+    }
+    restored.advance(0, 1000, false).unwrap();
+    restored.output().flush().unwrap();
+    assert!((p99(dir2.path()) - 1000.0).abs() <= 10.0);
+}
