@@ -288,7 +288,7 @@ pub(crate) fn check_utf8(bytes: &[u8]) -> Result<(), Reject> {
 /// a byte at a time (up to 63 iterations for a key); this ORs 8-byte words, the last one
 /// overlapping the one before, so a key of any length costs a few loads.
 #[inline]
-pub(crate) fn is_ascii(bytes: &[u8]) -> bool {
+fn is_ascii(bytes: &[u8]) -> bool {
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let Some(last) = bytes.last_chunk::<8>() else {
         return bytes.iter().fold(0, |acc, b| acc | b) < 0x80;
