@@ -398,8 +398,6 @@ impl Appender {
             self.wake_pos = self.write_pos + FLUSHER_WAKE_BYTES;
             if self.options.flush == FlushPolicy::Interval {
                 flusher::wake(&self.tracker);
-            } else {
-                flusher::populate_soon(&self.tracker);
             }
         }
         Ok(())
@@ -412,12 +410,12 @@ impl Appender {
         self.tracker.drain_sealing_to(SEALS_IN_FLIGHT_MAX - 1)?;
         self.index.write_pending();
         let (dir, base, bytes) = (&self.dir, self.next_offset, self.options.segment_bytes);
-        let (next, populated) = match self.tracker.take_spare(|spare| {
-            let populated = spare.populated();
-            Segment::from_spare(dir, base, spare).map(|s| (s, populated))
-        }) {
+        let next = match self
+            .tracker
+            .take_spare(|spare| Segment::from_spare(dir, base, spare))
+        {
             Some(next) => next?,
-            None => (Segment::create(dir, base, bytes)?, 0),
+            None => Segment::create(dir, base, bytes)?,
         };
         tracing::debug!(segment = %next.path().display(), "log segment rolled");
         let empty = SegmentIndex {
@@ -430,7 +428,6 @@ impl Appender {
         let max_time_ms = sealed_index.max_time_ms();
         self.tracker.roll(
             next.sync_handle(),
-            populated,
             self.write_pos,
             self.next_offset,
             sealed_index,

@@ -1,10 +1,7 @@
 //! Flushing: the offset tracker of a partition (`durable ≤ flushed ≤ written`) and the one
 //! background thread that makes sealed segments durable (under every policy), keeps a
 //! preallocated spare segments ready for the next rolls, and flushes every partition under
-//! `flush = interval`, so the cores never msync or preallocate on their hot path. A second
-//! thread, the populate thread, only brings pages of the segments being written into the
-//! page cache ahead of their writers (`POPULATE_AHEAD_BYTES`); it is separate because the
-//! flusher blocks on the disk.
+//! `flush = interval`, so the cores never msync or preallocate on their hot path.
 //!
 //! A roll does not wait for the sealed segment to reach the disk: the segment joins the
 //! tracker's sealing queue and the next one is created at once. The queue is drained
@@ -71,8 +68,6 @@ struct Target {
     flushed_pos: u64,
     /// The segment file's size or directory entry is not yet durable.
     metadata_dirty: bool,
-    /// Bytes of the segment before it were brought into the page cache.
-    populated_pos: u64,
 }
 
 /// The spare segments of a partition (see [`Spare`]).
@@ -157,7 +152,6 @@ impl Tracker {
                 generation: 0,
                 flushed_pos: 0,
                 metadata_dirty: true,
-                populated_pos: 0,
             }),
             sealing: Mutex::new(std::collections::VecDeque::new()),
             next_seal_id: AtomicU64::new(0),
@@ -264,7 +258,6 @@ impl Tracker {
     pub(crate) fn roll(
         &self,
         sync: SegmentSync,
-        populated: u64,
         end_pos: u64,
         written: Offset,
         index: IndexWriter,
@@ -285,7 +278,6 @@ impl Tracker {
         target.generation += 1;
         target.flushed_pos = 0;
         target.metadata_dirty = true;
-        target.populated_pos = populated;
         self.written_pos.store(0, Ordering::Release);
     }
 
@@ -438,26 +430,6 @@ impl Tracker {
         Ok(())
     }
 
-    /// Brings the page cache of the current segment up to `POPULATE_AHEAD_BYTES` past the
-    /// written position.
-    fn populate_ahead(&self) {
-        let (sync, generation, populated) = {
-            let target = self.target();
-            (target.sync.clone(), target.generation, target.populated_pos)
-        };
-        let pos = self.written_pos.load(Ordering::Acquire);
-        let from = populated.max(pos);
-        let to = pos + super::POPULATE_AHEAD_BYTES;
-        if to <= from {
-            return;
-        }
-        sync.populate(from, to - from);
-        let mut target = self.target();
-        if target.generation == generation {
-            target.populated_pos = target.populated_pos.max(to);
-        }
-    }
-
     /// Keeps the first error of the flusher thread for the appender, which fails its next
     /// flush check with it.
     fn record_error(&self, e: Error) {
@@ -550,45 +522,11 @@ fn send(msg: Msg) {
     let _ = flusher.tx.send(msg);
 }
 
-/// The process's populate thread, started on first use: brings the page cache of each
-/// woken partition's segment up to `POPULATE_AHEAD_BYTES` past its writer (see
-/// `segment::populate`). It is not the flusher thread, which blocks in msync and fsync for
-/// as long as the disk takes while the writer goes on.
-static POPULATER: OnceLock<Sender<Weak<Tracker>>> = OnceLock::new();
-
-/// Asks the populate thread to bring `tracker`'s segment up to `POPULATE_AHEAD_BYTES` past
-/// its writer. Cheap: one channel send.
-pub(crate) fn populate_soon(tracker: &Arc<Tracker>) {
-    let tx = POPULATER.get_or_init(|| {
-        let (tx, rx) = crossbeam_channel::unbounded::<Weak<Tracker>>();
-        std::thread::Builder::new()
-            .name("sluice-log-pop".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut woken: Vec<Arc<Tracker>> = std::iter::once(first)
-                        .chain(rx.try_iter())
-                        .filter_map(|weak| weak.upgrade())
-                        .collect();
-                    woken.sort_by_key(Arc::as_ptr);
-                    woken.dedup_by_key(|t| Arc::as_ptr(t));
-                    for tracker in &woken {
-                        tracker.populate_ahead();
-                    }
-                }
-            })
-            .expect("cannot start the log populate thread");
-        tx
-    });
-    // The thread never exits, so the channel is never closed.
-    let _ = tx.send(Arc::downgrade(tracker));
-}
-
 /// Has the flusher thread look after `tracker` until it is dropped: keep spare segments
 /// ready and drain its sealing queue whenever its appender calls [`wake`], and under
 /// `interval` start writeback at every wake and flush it every interval.
 pub(crate) fn register(tracker: &Arc<Tracker>) {
     send(Msg::Register(Arc::downgrade(tracker)));
-    populate_soon(tracker);
 }
 
 /// Asks the flusher thread to top up `tracker`'s spare segments, drain its sealing queue
@@ -596,7 +534,6 @@ pub(crate) fn register(tracker: &Arc<Tracker>) {
 /// send.
 pub(crate) fn wake(tracker: &Arc<Tracker>) {
     send(Msg::Wake(Arc::downgrade(tracker)));
-    populate_soon(tracker);
 }
 
 /// A woken partition (its appender registered, rolled or wrote `FLUSHER_WAKE_BYTES` more):

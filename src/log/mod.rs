@@ -65,9 +65,7 @@
 //!   publish what they wrote. `flush()` (shutdown, `always`) is synchronous; a checkpoint
 //!   takes a `FlushTicket` that the coordinator makes durable on its own thread.
 //! - Batches are written with one `pwrite` each into the page cache; the segment's mapping
-//!   is read-only (the appender reads recent batches back through it), see `segment.rs`. A
-//!   populate thread brings the segment's pages into the page cache ahead of the writer,
-//!   so the `pwrite`s find them instead of allocating them; it reads, never writes.
+//!   is read-only (the appender reads recent batches back through it), see `segment.rs`.
 //! - An index (`.idx`) is a cache of its segment: entries are CRC-checked one by one, a
 //!   missing, short or bad index is rebuilt from the segment when the appender opens the
 //!   partition (readers fall back to scanning), and a reader checks the batch an entry
@@ -118,16 +116,8 @@ pub const INDEX_INTERVAL_BYTES: u64 = 64 * 1024;
 /// The appender wakes the flusher thread each time it has written this many more bytes of a
 /// segment: under `flush = interval` the flusher then starts writeback of what is written,
 /// without waiting for it, so the disk writes continuously and the flush every
-/// `flush_interval_ms` (one journal commit) finds little left to do. It wakes the populate
-/// thread as often, under every policy.
+/// `flush_interval_ms` (one journal commit) finds little left to do.
 pub const FLUSHER_WAKE_BYTES: u64 = 4 * 1024 * 1024;
-
-/// The populate thread keeps the page cache of the segment being written populated this far
-/// past the written position (and populates this much of each spare segment when the
-/// flusher makes it): a `pwrite` that finds its pages costs the appender less than one that
-/// allocates them (`segment::populate`). Twice the wake distance, so the writer does not
-/// reach unpopulated pages between two wakes while the populate thread keeps up.
-pub const POPULATE_AHEAD_BYTES: u64 = 2 * FLUSHER_WAKE_BYTES;
 
 /// Spare segments the flusher thread keeps preallocated for each partition, so that rolls
 /// closer together than one sealed segment takes to reach the disk still find one ready (a

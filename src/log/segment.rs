@@ -196,36 +196,6 @@ fn start_writeback(_file: &File, _pos: u64, _len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Brings bytes `pos..pos+len` of `file` into the page cache (zeros, for preallocated
-/// blocks never written), through a mapping of its own that is gone when this returns, so
-/// that a later `pwrite` there finds its pages instead of allocating them (measured: 64 KiB
-/// `pwrite`s at unaligned positions of a preallocated file ran about a quarter faster on
-/// populated pages). The caller is the flusher thread, ahead of the appender; the pages are
-/// clean, so the kernel may drop them again under memory pressure (the write then allocates,
-/// as without this). `MADV_POPULATE_READ` is Linux 5.14+; older kernels return an error,
-/// which callers only warn about.
-fn populate(file: &File, pos: u64, len: u64) -> io::Result<()> {
-    let len = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-    if len == 0 {
-        return Ok(());
-    }
-    // memmap2 rounds the offset down to a page and back.
-    let map = MmapOptions::new()
-        .offset(pos)
-        .len(len)
-        .map_raw_read_only(file)?;
-    map.advise(memmap2::Advice::PopulateRead)
-}
-
-/// Warns, once per process, that a segment's pages could not be brought into the page cache.
-fn warn_populate_failed(path: &Path, e: &io::Error) {
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    WARNED.call_once(|| {
-        tracing::warn!(path = %path.display(), error = %e,
-            "cannot populate log segment pages ahead of the writer; appends allocate them");
-    });
-}
-
 /// Path of spare segment `slot` of `dir`.
 pub(crate) fn spare_path(dir: &Path, slot: usize) -> PathBuf {
     dir.join(format!("{SPARE_PREFIX}{slot}{SPARE_SUFFIX}"))
@@ -250,8 +220,6 @@ pub(crate) fn is_spare_name(name: &str) -> bool {
 pub(crate) struct Spare {
     file: File,
     len: u64,
-    /// Its first bytes already in the page cache (see [`populate`]).
-    populated: u64,
     slot: usize,
     path: PathBuf,
 }
@@ -273,26 +241,12 @@ impl Spare {
             .open(&path)
             .map_err(io_error)?;
         preallocate(&file, &path, len)?;
-        let populated = len.min(super::POPULATE_AHEAD_BYTES);
-        let populated = match populate(&file, 0, populated) {
-            Ok(()) => populated,
-            Err(e) => {
-                warn_populate_failed(&path, &e);
-                0
-            }
-        };
         Ok(Spare {
             file,
             len,
-            populated,
             slot,
             path,
         })
-    }
-
-    /// Bytes at its start already in the page cache.
-    pub(crate) fn populated(&self) -> u64 {
-        self.populated
     }
 
     /// Its slot.
@@ -513,18 +467,6 @@ impl SegmentSync {
         })
     }
 
-    /// Brings bytes `pos..pos+len` (clamped to the segment) into the page cache ahead of
-    /// the writer; a failure is only warned about (once per process): it costs speed, not
-    /// data.
-    pub(crate) fn populate(&self, pos: u64, len: u64) {
-        let end = (pos + len).min(self.map.len() as u64);
-        if end > pos
-            && let Err(e) = populate(&self.file, pos, end - pos)
-        {
-            warn_populate_failed(&self.path, &e);
-        }
-    }
-
     /// Makes the file's metadata (its preallocated size) durable.
     pub(crate) fn sync_file(&self) -> Result<(), Error> {
         self.file.sync_all().map_err(|source| Error::Io {
@@ -612,54 +554,6 @@ mod tests {
                 base: Offset(0),
                 path
             }]
-        );
-    }
-
-    /// How many of the pages of `file` in `pos..pos+len` are in the page cache.
-    fn resident_pages(file: &File, pos: u64, len: usize) -> usize {
-        let map = MmapOptions::new()
-            .offset(pos)
-            .len(len)
-            .map_raw_read_only(file)
-            .unwrap();
-        let page = 4096;
-        let pages = len.div_ceil(page);
-        let mut vec = vec![0u8; pages];
-        // SAFETY: `map` is a live mapping of `len` bytes starting at a page boundary (`pos`
-        // is page-aligned in every call), and `vec` has one byte per page of it.
-        let rc = unsafe { libc::mincore(map.as_mut_ptr().cast(), len, vec.as_mut_ptr()) };
-        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
-        vec.iter().filter(|&&b| b & 1 == 1).count()
-    }
-
-    #[test]
-    fn populate_brings_pages_into_the_page_cache_and_keeps_their_zeros() {
-        let dir = tempfile::tempdir().unwrap();
-        let seg = Segment::create(dir.path(), Offset(0), 1 << 20).unwrap();
-        let (from, len) = (256 * 1024, 256 * 1024);
-        if resident_pages(&seg.file, from, len) != 0 {
-            // tmpfs: its preallocated pages are the page cache; nothing to show.
-            eprintln!("skipped: this file system caches preallocated pages");
-            return;
-        }
-        let sync = seg.sync_handle();
-        // An unaligned start covers its whole first page.
-        sync.populate(from + 100, len as u64 - 100);
-        assert_eq!(resident_pages(&seg.file, from, len), len / 4096);
-        assert!(seg.bytes().iter().all(|&b| b == 0));
-        seg.write_at(from + 10, b"after").unwrap();
-        assert_eq!(&seg.bytes()[from as usize + 10..][..5], b"after");
-        // A range past the end is clamped to the segment.
-        sync.populate((1 << 20) - 4096, 1 << 30);
-        assert_eq!(resident_pages(&seg.file, (1 << 20) - 4096, 4096), 1);
-        sync.populate(1 << 20, 4096);
-
-        let spare = Spare::prepare(dir.path(), 0, 1 << 20).unwrap();
-        let ahead = crate::log::POPULATE_AHEAD_BYTES.min(1 << 20);
-        assert_eq!(spare.populated(), ahead);
-        assert_eq!(
-            resident_pages(&spare.file, 0, ahead as usize),
-            ahead as usize / 4096
         );
     }
 }
