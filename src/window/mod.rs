@@ -62,7 +62,8 @@
 mod output;
 mod sketch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::io;
 use std::path::Path;
 
@@ -430,9 +431,11 @@ pub struct Shard {
     fed: Vec<Vec<u8>>,
     quantiles: Vec<(f64, String)>,
     max_keys: usize,
-    /// Key → slot. foldhash: fast, and seeded per process, so peers cannot choose colliding
+    /// Key → slot: slot numbers, hashed and compared by their slot's key, so each key is
+    /// stored once. foldhash: fast, and seeded per process, so peers cannot choose colliding
     /// keys ahead of time.
-    index: HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// Window end → the (slot, spec index) of windows ending then.
@@ -509,7 +512,8 @@ impl Shard {
                 .map(|q| (*q, quantile_name(*q)))
                 .collect(),
             max_keys: params.max_keys,
-            index: HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             slots: Vec::new(),
             free: Vec::new(),
             calendar: BTreeMap::new(),
@@ -775,9 +779,21 @@ impl Shard {
 
     /// The slot of `key`, creating it (or taking the overflow key when full).
     fn slot_for(&mut self, key: &[u8], unbounded: bool) -> (u32, bool) {
-        if let Some(&slot) = self.index.get(key) {
+        let hash = self.hasher.hash_one(key);
+        let slots = &self.slots;
+        if let Some(&slot) = self
+            .index
+            .find(hash, |&slot| slots[slot as usize].key.as_bytes() == key)
+        {
             return (slot, false);
         }
+        // Keys were checked as UTF-8 by the parsers; a lossy conversion keeps this total.
+        // Stored keys are UTF-8, so an invalid key found nothing above: look its
+        // conversion up instead.
+        let Ok(key) = std::str::from_utf8(key) else {
+            let lossy = String::from_utf8_lossy(key).into_owned();
+            return self.slot_for(lossy.as_bytes(), unbounded);
+        };
         if !unbounded && self.index.len() >= self.max_keys {
             return (self.slot_for(OVERFLOW_KEY.as_bytes(), true).0, true);
         }
@@ -788,9 +804,11 @@ impl Shard {
                 (self.slots.len() - 1) as u32
             }
         };
-        // Keys were checked as UTF-8 by the parsers; a lossy conversion keeps this total.
-        self.slots[slot as usize].key = String::from_utf8_lossy(key).into();
-        self.index.insert(key.into(), slot);
+        self.slots[slot as usize].key = key.into();
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, slot, |&slot| {
+            hasher.hash_one(slots[slot as usize].key.as_bytes())
+        });
         (slot, false)
     }
 
@@ -798,7 +816,13 @@ impl Shard {
         let s = &mut self.slots[slot as usize];
         if s.windows.is_empty() {
             let key = std::mem::take(&mut s.key);
-            self.index.remove(key.as_bytes());
+            let hash = self.hasher.hash_one(key.as_bytes());
+            match self.index.find_entry(hash, |&other| other == slot) {
+                Ok(entry) => {
+                    entry.remove();
+                }
+                Err(_) => debug_assert!(false, "slot {slot} of key {key:?} not in the index"),
+            }
             self.free.push(slot);
         }
     }
@@ -820,7 +844,7 @@ impl Shard {
             agg: &'a Agg,
         }
         let mut n = 0;
-        for &slot in self.index.values() {
+        for &slot in self.index.iter() {
             let s = &self.slots[slot as usize];
             for w in &s.windows {
                 let spec = self.windows[w.spec_idx as usize];

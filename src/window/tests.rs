@@ -609,3 +609,50 @@ fn values_still_in_a_sketch_buffer_reach_the_output_and_the_snapshot() {
     restored.output().flush().unwrap();
     assert!((p99(dir2.path()) - 1000.0).abs() <= 10.0);
 }
+
+#[test]
+fn keys_are_released_when_their_windows_close_and_invalid_utf8_keys_share_one_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000], 2, 1);
+    // Parsers pass only UTF-8 keys; a key that is not still lands in one slot, under its
+    // lossy conversion, however often it comes.
+    for _ in 0..3 {
+        assert!(!s.fold(b"bad\xffkey", 1.0, 0, Kind::Sample).overflow);
+    }
+    assert!(
+        !s.fold("bad\u{fffd}key".as_bytes(), 1.0, 0, Kind::Sample)
+            .overflow
+    );
+    assert!(!s.fold(b"a", 1.0, 0, Kind::Sample).overflow);
+    assert_eq!(s.keys(), 2);
+    assert!(s.fold(b"b", 1.0, 0, Kind::Sample).overflow);
+    s.advance(0, 1000, false).unwrap();
+    assert_eq!(s.keys(), 0, "closed windows release their keys");
+    // The released slots are found again by their new keys, and the bound holds.
+    for round in 0..3 {
+        let t = 1000 * (round + 1);
+        for key in [&b"b"[..], b"c"] {
+            assert!(!s.fold(key, 1.0, t, Kind::Sample).overflow);
+            assert!(!s.fold(key, 2.0, t, Kind::Sample).overflow);
+        }
+        assert!(s.fold(b"a", 1.0, t, Kind::Sample).overflow);
+        assert_eq!(s.keys(), 3);
+        s.advance(0, t + 1000, false).unwrap();
+        assert_eq!(s.keys(), 0);
+    }
+    s.output().flush().unwrap();
+    let out = lines(dir.path());
+    let count = |key: &str, start: i64| {
+        out.iter()
+            .find(|l| l["key"] == key && l["start_ms"] == start)
+            .map(|l| l["count"].as_u64().unwrap())
+    };
+    assert_eq!(count("bad\u{fffd}key", 0), Some(4));
+    assert_eq!(count("a", 0), Some(1));
+    assert_eq!(count(OVERFLOW_KEY, 0), Some(1));
+    for t in [1000, 2000, 3000] {
+        assert_eq!(count("b", t), Some(2));
+        assert_eq!(count("c", t), Some(2));
+        assert_eq!(count(OVERFLOW_KEY, t), Some(1));
+    }
+}
