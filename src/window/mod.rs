@@ -817,11 +817,10 @@ impl Shard {
         if s.windows.is_empty() {
             let key = std::mem::take(&mut s.key);
             let hash = self.hasher.hash_one(key.as_bytes());
-            match self.index.find_entry(hash, |&other| other == slot) {
-                Ok(entry) => {
-                    entry.remove();
-                }
-                Err(_) => debug_assert!(false, "slot {slot} of key {key:?} not in the index"),
+            let entry = self.index.find_entry(hash, |&other| other == slot);
+            debug_assert!(entry.is_ok(), "slot {slot} of key {key:?} not in the index");
+            if let Ok(entry) = entry {
+                entry.remove();
             }
             self.free.push(slot);
         }

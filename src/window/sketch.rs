@@ -79,11 +79,9 @@ impl Sketch {
         if self.len == 0 {
             std::borrow::Cow::Borrowed(&self.dd)
         } else {
-            let mut dd = self.dd.clone();
-            for &v in &self.pending[..self.len as usize] {
-                dd.add(v);
-            }
-            std::borrow::Cow::Owned(dd)
+            let mut copy = self.clone();
+            copy.settle();
+            std::borrow::Cow::Owned(copy.dd)
         }
     }
 
