@@ -18,6 +18,7 @@ use super::segment::{self, Segment};
 use super::{
     BATCH_PAYLOAD_BYTES_MAX, BatchInfo, Error, FLUSHER_WAKE_BYTES, FlushPolicy, Lines, Offset,
     Options, RECENT_BATCHES_MAX, RETENTION_CHECK_INTERVAL_MS, RecoveryReport, SEALS_IN_FLIGHT_MAX,
+    WRITE_CHUNK_BYTES,
 };
 use crate::limits::{LINE_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 
@@ -68,6 +69,9 @@ pub struct Appender {
     index: IndexWriter,
     /// End of the committed batches in `segment`: where the next batch header goes.
     write_pos: u64,
+    /// End of what this appender has written into `segment` (batches, then zeros up to a
+    /// multiple of [`WRITE_CHUNK_BYTES`]): writes that end before it land on cached pages.
+    padded_to: u64,
     /// Offset of the next line (everything before it is committed: "written").
     next_offset: Offset,
     /// Written, flushed and durable offsets, shared with the flusher thread.
@@ -140,6 +144,7 @@ impl Appender {
             history,
             index,
             write_pos: recovered.write_pos,
+            padded_to: recovered.write_pos,
             next_offset: recovered.next_offset,
             wake_pos: recovered.write_pos + FLUSHER_WAKE_BYTES,
             tracker,
@@ -371,8 +376,18 @@ impl Appender {
         self.stage[open_start..payload_start].copy_from_slice(bytemuck::bytes_of(&header));
         self.stage
             .resize(open_start + header.batch_bytes() as usize, 0);
-        self.segment
-            .write_at(self.write_pos, &self.stage[open_start..])?;
+        let batch = &self.stage[open_start..];
+        let end = self.write_pos + batch.len() as u64;
+        if end <= self.padded_to {
+            self.segment.write_at(self.write_pos, batch)?;
+        } else {
+            let pad_end = end
+                .next_multiple_of(WRITE_CHUNK_BYTES)
+                .min(self.segment.len());
+            self.segment
+                .write_padded_at(self.write_pos, batch, pad_end)?;
+            self.padded_to = pad_end;
+        }
         debug_assert_eq!(
             record::check_at(self.segment.bytes(), self.write_pos, self.next_offset),
             record::Step::Batch(header)
@@ -444,6 +459,7 @@ impl Appender {
         }
         self.sealed.push_back(sealed);
         self.write_pos = 0;
+        self.padded_to = 0;
         self.wake_pos = FLUSHER_WAKE_BYTES;
         flusher::wake(&self.tracker);
         if let Err(e) = self.apply_retention() {
@@ -748,6 +764,37 @@ mod tests {
             assert_eq!(name, format!("{:020}.seg", s.base.0));
             assert!(written.iter().any(|(i, _)| i.first_offset == s.base));
             assert_eq!(std::fs::metadata(&s.path).unwrap().len(), SEGMENT_BYTES_MIN);
+        }
+        assert_eq!(read_all(dir.path(), Offset(0)), written);
+    }
+
+    #[test]
+    fn writes_cover_whole_chunks_with_zeros_after_the_end_and_a_reopen_continues_over_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut written = Vec::new();
+        for round in 0..2 {
+            let (mut appender, _) =
+                Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+            // Batches from a few bytes to several chunks, across segment rolls.
+            let batches: Vec<Vec<Vec<u8>>> = (0..60)
+                .map(|i| {
+                    let lines = [1, 7, 300, 1_500][(i + round) % 4];
+                    (0..lines)
+                        .map(|j| line(i * 10_000 + j, 90 + j % 50))
+                        .collect()
+                })
+                .collect();
+            for batch in &batches {
+                written.extend(write_batches(&mut appender, std::slice::from_ref(batch)));
+                let (pos, padded) = (appender.write_pos, appender.padded_to);
+                let len = appender.segment.len();
+                assert!(pos <= padded && padded <= len, "{pos} {padded} {len}");
+                assert!(padded.is_multiple_of(WRITE_CHUNK_BYTES) || padded == len);
+                assert!(padded - pos < WRITE_CHUNK_BYTES, "{pos} {padded}");
+                let bytes = appender.segment.bytes();
+                assert!(bytes[pos as usize..padded as usize].iter().all(|&b| b == 0));
+            }
+            assert!(list_segments(dir.path()).unwrap().len() >= 2 + round);
         }
         assert_eq!(read_all(dir.path(), Offset(0)), written);
     }

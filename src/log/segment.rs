@@ -196,6 +196,50 @@ fn start_writeback(_file: &File, _pos: u64, _len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Zeros to write from.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Writes `parts` one after the other at `pos`, retrying short writes and interruptions.
+#[cfg(target_os = "linux")]
+fn write_all_vectored_at(file: &File, mut parts: [&[u8]; 2], mut pos: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !parts[1].is_empty() || !parts[0].is_empty() {
+        let iov = parts.map(|part| libc::iovec {
+            iov_base: part.as_ptr().cast_mut().cast(),
+            iov_len: part.len(),
+        });
+        let offset = libc::off_t::try_from(pos).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: both iovecs describe live, initialized slices borrowed for the whole call
+        // (their bytes are only read: `pwritev` copies from them), the count matches the
+        // array, and the fd is open because `file` is borrowed.
+        let written = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), 2, offset) };
+        let Ok(mut written) = usize::try_from(written) else {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        };
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        pos += written as u64;
+        for part in &mut parts {
+            let n = written.min(part.len());
+            *part = &part[n..];
+            written -= n;
+        }
+        debug_assert_eq!(written, 0, "pwritev wrote more than it was given");
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_all_vectored_at(file: &File, parts: [&[u8]; 2], pos: u64) -> io::Result<()> {
+    file.write_all_at(parts[0], pos)?;
+    file.write_all_at(parts[1], pos + parts[0].len() as u64)
+}
+
 /// Path of spare segment `slot` of `dir`.
 pub(crate) fn spare_path(dir: &Path, slot: usize) -> PathBuf {
     dir.join(format!("{SPARE_PREFIX}{slot}{SPARE_SUFFIX}"))
@@ -407,9 +451,29 @@ impl Segment {
             })
     }
 
+    /// Writes `bytes` at position `pos` followed by zeros up to `pad_end`, in one call
+    /// where the platform has `pwritev` (see [`WRITE_CHUNK_BYTES`](super::WRITE_CHUNK_BYTES)).
+    /// The zeros must be fewer than [`ZEROS`]'s length and end inside the segment.
+    pub(crate) fn write_padded_at(
+        &self,
+        pos: u64,
+        bytes: &[u8],
+        pad_end: u64,
+    ) -> Result<(), Error> {
+        let end = pos + bytes.len() as u64;
+        debug_assert!(
+            end <= pad_end && pad_end <= self.len(),
+            "padding past the segment"
+        );
+        let zeros = &ZEROS[..usize::try_from(pad_end - end).expect("padding under 64 KiB")];
+        write_all_vectored_at(&self.file, [bytes, zeros], pos).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
     /// Overwrites bytes `pos..pos+len` with zeros.
     pub(crate) fn zero(&self, pos: u64, len: u64) -> Result<(), Error> {
-        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         let mut at = pos;
         while at < pos + len {
             let n = (pos + len - at).min(ZEROS.len() as u64);
@@ -555,5 +619,28 @@ mod tests {
                 path
             }]
         );
+    }
+
+    #[test]
+    fn a_padded_write_puts_zeros_after_the_bytes_up_to_its_end_and_nothing_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Segment::create(dir.path(), Offset(0), 1 << 20).unwrap();
+        seg.write_at(0, &[0xEE; 200_000]).unwrap();
+        let chunk = crate::log::WRITE_CHUNK_BYTES;
+        seg.write_padded_at(100, &[7; 1000], chunk).unwrap();
+        let bytes = seg.bytes();
+        assert!(bytes[..100].iter().all(|&b| b == 0xEE));
+        assert!(bytes[100..1100].iter().all(|&b| b == 7));
+        assert!(bytes[1100..chunk as usize].iter().all(|&b| b == 0));
+        assert!(bytes[chunk as usize..200_000].iter().all(|&b| b == 0xEE));
+        // No padding, and a write spanning several chunks.
+        seg.write_padded_at(0, &[9; 150_000], 150_000).unwrap();
+        seg.write_padded_at(1 << 20, &[], 1 << 20).unwrap();
+        let bytes = seg.bytes();
+        assert!(bytes[..150_000].iter().all(|&b| b == 9));
+        assert!(bytes[150_000..200_000].iter().all(|&b| b == 0xEE));
+        // The file sees it, not only the mapping.
+        let on_disk = std::fs::read(seg.path()).unwrap();
+        assert_eq!(&on_disk[..200_000], &seg.bytes()[..200_000]);
     }
 }
