@@ -1,8 +1,10 @@
 //! Segment files: naming, listing, preallocation, the appender's writes and its read-only
 //! mapping. The only file of the log module with `unsafe` (mapping a file, slicing the
-//! mapping, `fallocate` and `sync_file_range`).
+//! mapping, `fallocate`, `pwritev` and `sync_file_range`).
 //!
-//! Writes go through `pwrite` into the page cache, one call per record batch; the mapping
+//! Writes go through `pwrite` into the page cache, one call per record batch (`pwritev`
+//! when the batch carries zeros after it to the end of a 64 KiB chunk:
+//! [`WRITE_CHUNK_BYTES`](super::WRITE_CHUNK_BYTES)); the mapping
 //! is read-only (`PROT_READ`, `MAP_SHARED`, so it sees those writes at once: same page
 //! cache). Storing through a shared file mapping costs a page fault per fresh page and a
 //! file-system write fault (`page_mkwrite`) each time writeback cleans a page, which made
