@@ -200,6 +200,7 @@ fn start_writeback(_file: &File, _pos: u64, _len: u64) -> io::Result<()> {
 
 /// Zeros to write from.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+const _: () = assert!(super::WRITE_CHUNK_BYTES as usize <= ZEROS.len());
 
 /// Writes `parts` one after the other at `pos`, retrying short writes and interruptions.
 #[cfg(target_os = "linux")]
@@ -467,7 +468,9 @@ impl Segment {
             end <= pad_end && pad_end <= self.len(),
             "padding past the segment"
         );
-        let zeros = &ZEROS[..usize::try_from(pad_end - end).expect("padding under 64 KiB")];
+        let pad = usize::try_from(pad_end.saturating_sub(end)).unwrap_or(usize::MAX);
+        debug_assert!(pad <= ZEROS.len(), "{pad} bytes of padding");
+        let zeros = &ZEROS[..pad];
         write_all_vectored_at(&self.file, [bytes, zeros], pos).map_err(|source| Error::Io {
             path: self.path.clone(),
             source,
