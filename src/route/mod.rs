@@ -175,7 +175,7 @@ pub struct Inbound {
     pub free: Sender<EventBatch>,
 }
 
-/// A core's sending side: one [`Outbound`] per destination core.
+/// A core's sending side: one outbound queue per destination core.
 #[derive(Debug)]
 pub struct Router {
     cores: usize,

@@ -461,7 +461,7 @@ const DEFERRED_ADDS_MAX: usize = 1024;
 
 /// Folds a batch of events into a [`Shard`] (see [`Shard::batch`]). Adding a value to a
 /// quantile sketch touches the sketch's buffer, a cache miss with many keys; the batch does
-/// those adds together, at its end (or every [`DEFERRED_ADDS_MAX`]), where the misses of
+/// those adds together, at its end (or every `DEFERRED_ADDS_MAX` adds), where the misses of
 /// independent adds overlap instead of stalling each event in turn.
 pub struct FoldBatch<'s> {
     shard: &'s mut Shard,
