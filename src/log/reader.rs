@@ -325,21 +325,34 @@ impl Reader {
     /// Opens the segment holding `from` (the newest with base ≤ `from`, or the oldest) and
     /// seeks with its index to the last indexed batch at or before `from`.
     fn find_start(&mut self) -> Result<(), Error> {
-        let segments = segment::list_segments(&self.dir)?;
-        let start = segments
-            .iter()
-            .rev()
-            .find(|s| s.base <= self.from)
-            .or(segments.first());
-        if let Some(s) = start {
-            let mut scanner = SegmentScanner::open(&s.path, s.base)?;
-            if s.base < self.from {
-                let index = load_index(&self.dir, s.base);
-                scanner.seek_with(index.as_ref(), |i| i.seek_offset(self.from))?;
+        // Retention may delete the oldest segments of a running appliance between the listing
+        // and the opening: list again (a few times, since each retry sees fewer old ones).
+        let mut retries = 8;
+        let (base, mut scanner) = loop {
+            let segments = segment::list_segments(&self.dir)?;
+            let start = segments
+                .iter()
+                .rev()
+                .find(|s| s.base <= self.from)
+                .or(segments.first());
+            let Some(s) = start else {
+                return Ok(());
+            };
+            match SegmentScanner::open(&s.path, s.base) {
+                Err(Error::Io { source, .. })
+                    if retries > 0 && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    retries -= 1;
+                }
+                opened => break (s.base, opened?),
             }
-            self.scanner = Some(scanner);
-            self.sealed = false;
+        };
+        if base < self.from {
+            let index = load_index(&self.dir, base);
+            scanner.seek_with(index.as_ref(), |i| i.seek_offset(self.from))?;
         }
+        self.scanner = Some(scanner);
+        self.sealed = false;
         Ok(())
     }
 
