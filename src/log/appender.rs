@@ -1,8 +1,8 @@
 //! The appender: the one writer of a partition. Lines are staged in one reused buffer; at
 //! commit the header (with its CRC) is put before them and the batch goes into the segment
 //! with one `pwrite` (carrying zeros to the end of a 64 KiB chunk when it reaches into a new
-//! one: [`WRITE_CHUNK_BYTES`]); segments roll when full; the segment's sparse index grows as batches
-//! are committed; retention deletes whole old segments.
+//! one: [`WRITE_CHUNK_BYTES`]); segments roll when full; the segment's sparse index grows as
+//! batches are committed; retention deletes whole old segments.
 
 #![forbid(unsafe_code)]
 

@@ -49,14 +49,37 @@ pub(crate) struct SegmentScanner {
     buf_pos: u64,
 }
 
+/// The error for a segment file that is not there.
+pub(crate) fn gone(path: &Path) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::ErrorKind::NotFound.into(),
+    }
+}
+
 impl SegmentScanner {
     /// Opens the segment at `path`, positioned at its first batch.
     pub(crate) fn open(path: &Path, base: Offset) -> Result<SegmentScanner, Error> {
-        let file = File::open(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(SegmentScanner {
+        SegmentScanner::open_if_exists(path, base)?.ok_or_else(|| gone(path))
+    }
+
+    /// [`open`](Self::open), or `None` when the file is gone: retention deletes the oldest
+    /// segments of a running appliance, also between a reader's listing and its opening.
+    pub(crate) fn open_if_exists(
+        path: &Path,
+        base: Offset,
+    ) -> Result<Option<SegmentScanner>, Error> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Ok(Some(SegmentScanner {
             path: path.to_path_buf(),
             file,
             base,
@@ -64,7 +87,7 @@ impl SegmentScanner {
             expected: base,
             buf: Vec::new(),
             buf_pos: 0,
-        })
+        }))
     }
 
     /// The segment's base offset.
@@ -289,7 +312,10 @@ impl Reader {
                 end = seal.offset();
                 continue;
             }
-            let mut scanner = SegmentScanner::open(&s.path, s.base)?;
+            // The oldest segments may be deleted by retention since the listing.
+            let Some(mut scanner) = SegmentScanner::open_if_exists(&s.path, s.base)? else {
+                continue;
+            };
             scanner.seek_with(index.as_ref(), |i| i.seek_time(time_ms))?;
             loop {
                 match scanner.step()? {
@@ -338,13 +364,10 @@ impl Reader {
             let Some(s) = start else {
                 return Ok(());
             };
-            match SegmentScanner::open(&s.path, s.base) {
-                Err(Error::Io { source, .. })
-                    if retries > 0 && source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    retries -= 1;
-                }
-                opened => break (s.base, opened?),
+            match SegmentScanner::open_if_exists(&s.path, s.base)? {
+                Some(scanner) => break (s.base, scanner),
+                None if retries > 0 => retries -= 1,
+                None => return Err(gone(&s.path)),
             }
         };
         if base < self.from {
@@ -735,5 +758,31 @@ mod tests {
             got.push((b.info, b.lines.map(<[u8]>::to_vec).collect::<Vec<_>>()));
         }
         assert_eq!(got, more);
+    }
+
+    #[test]
+    fn a_segment_gone_before_it_is_opened_is_none_or_a_not_found_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        write_batches(&mut appender, &batches(3, 100));
+        drop(appender);
+        let path = segment::segment_path(dir.path(), Offset(0));
+        let mut scanner = SegmentScanner::open_if_exists(&path, Offset(0))
+            .unwrap()
+            .expect("the segment is there");
+        assert!(matches!(scanner.step().unwrap(), ScanStep::Batch { .. }));
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            SegmentScanner::open_if_exists(&path, Offset(0))
+                .unwrap()
+                .is_none()
+        );
+        match SegmentScanner::open(&path, Offset(0)) {
+            Err(Error::Io { path: p, source }) => {
+                assert_eq!((p, source.kind()), (path, std::io::ErrorKind::NotFound));
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::reader::{ScanStep, SegmentScanner};
+use super::reader::{ScanStep, SegmentScanner, gone};
 use super::segment;
 use super::{Batch, Error, Offset, Reader, partition_dir, partitions};
 
@@ -126,14 +126,13 @@ fn verify_listed(
     let mut scanned = false;
     for (i, seg) in segments.iter().enumerate() {
         let sealed = i + 1 < segments.len();
-        let mut scanner = match SegmentScanner::open(&seg.path, seg.base) {
-            Err(Error::Io { source, .. })
-                if !scanned && source.kind() == std::io::ErrorKind::NotFound =>
-            {
+        let mut scanner = match SegmentScanner::open_if_exists(&seg.path, seg.base)? {
+            Some(scanner) => scanner,
+            None if !scanned => {
                 report.segments -= 1;
                 continue;
             }
-            opened => opened?,
+            None => return Err(gone(&seg.path)),
         };
         if scanned && seg.base != report.next_offset {
             report.problems.push(Problem {
