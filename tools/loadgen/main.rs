@@ -93,6 +93,10 @@ struct Args {
     /// Measure send-to-visible latency (needs --admin).
     #[arg(long, requires = "admin")]
     latency: bool,
+    /// Write each latency sample to this file: milliseconds since the first send at which
+    /// its write began, and its send-to-visible latency in milliseconds, one per line.
+    #[arg(long, requires = "latency", value_name = "PATH")]
+    latency_log: Option<std::path::PathBuf>,
     /// Milliseconds between /metrics scrapes while measuring latency.
     #[arg(long, default_value_t = 1)]
     probe_ms: u64,
@@ -225,6 +229,10 @@ fn main() -> anyhow::Result<()> {
         shared.stop_probe.store(true, Ordering::Release);
         let latency = p.join().expect("prober thread")?;
         report_latency(&latency, args.probe_ms);
+        if let Some(path) = &args.latency_log {
+            write_latency_log(path, &latency, started)
+                .with_context(|| format!("write {}", path.display()))?;
+        }
     }
     Ok(())
 }
@@ -285,6 +293,24 @@ fn report_latency(l: &Latency, probe_ms: u64) {
         ms(l.scrape_us.value_at_quantile(0.5)),
         ms(l.scrape_us.value_at_quantile(0.99)),
     );
+}
+
+/// Writes the resolved samples, ordered by when their writes began.
+fn write_latency_log(
+    path: &std::path::Path,
+    latency: &Latency,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let mut samples = latency.resolved.clone();
+    samples.sort_unstable_by_key(|&(sent_at, _)| sent_at);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "# sent_ms latency_ms")?;
+    for (sent_at, us) in samples {
+        let at = sent_at.saturating_duration_since(started).as_secs_f64() * 1e3;
+        writeln!(out, "{at:.3} {:.3}", us as f64 / 1e3)?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// Scrapes every `probe_ms` and resolves the senders' samples, until told to stop.

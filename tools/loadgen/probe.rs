@@ -92,6 +92,8 @@ pub struct Latency {
     pub scrape_us: Histogram<u64>,
     /// Samples still waiting when probing stopped.
     pub unresolved: usize,
+    /// Each resolved sample: when its write began, and its latency in µs, in resolve order.
+    pub resolved: Vec<(Instant, u64)>,
     pending: Vec<(Instant, u64)>,
 }
 
@@ -103,6 +105,7 @@ impl Latency {
             visible_us: h(),
             scrape_us: h(),
             unresolved: 0,
+            resolved: Vec::new(),
             pending: Vec::new(),
         }
     }
@@ -116,10 +119,12 @@ impl Latency {
     pub fn resolve(&mut self, asked: Instant, answered: Instant, visible: u64) {
         let us = |d: Duration| (d.as_micros() as u64).max(1);
         self.scrape_us.saturating_record(us(answered - asked));
-        let hist = &mut self.visible_us;
+        let (hist, resolved) = (&mut self.visible_us, &mut self.resolved);
         self.pending.retain(|(sent_at, count)| {
             if *count <= visible {
-                hist.saturating_record(us(answered.saturating_duration_since(*sent_at)));
+                let took = us(answered.saturating_duration_since(*sent_at));
+                hist.saturating_record(took);
+                resolved.push((*sent_at, took));
                 false
             } else {
                 true
@@ -162,6 +167,9 @@ sluice_lines_total_other 99\n";
         l.resolve(t0, t0 + Duration::from_millis(3), 150);
         assert_eq!(l.visible_us.len(), 1);
         assert!(l.visible_us.max() >= 2_990);
+        assert_eq!(l.resolved.len(), 1);
+        assert_eq!(l.resolved[0].0, t0);
+        assert!((2_990..=3_010).contains(&l.resolved[0].1));
         l.finish();
         assert_eq!(l.unresolved, 1);
     }
