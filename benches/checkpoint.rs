@@ -1,26 +1,130 @@
-//! Checkpoint cost for many live keys: the core's snapshot (its stall), the body encoding and
-//! the file write (temp + fsync + rename + directory fsync) on the coordinator, the size, and
-//! the load + restore time of recovery. Prints a table; not a criterion benchmark.
+//! Checkpoint cost, stage by stage: the core's snapshot (its stall), the body encoding and
+//! the file write (temp + fsync + rename + directory fsync) on the coordinator, and the
+//! decode + restore of recovery.
 //!
-//! `cargo bench --bench checkpoint [-- KEYS]` (default 1,000,000 keys, windows 10s and 1m).
+//! Two parts, in one `cargo bench --bench checkpoint`:
+//! - criterion, in bytes/s of checkpoint body: 10k live keys with 10 events each, their values
+//!   spread over 0–1000 as loadgen sends them, so every sketch has its few hundred bins;
+//! - a table for a million keys (`CHECKPOINT_KEYS` to change it), where the stall matters:
+//!   ms per stage and the size. A 1M-key shard takes seconds to build, so it is built once,
+//!   not per criterion sample.
 
 use std::time::Instant;
 
+use criterion::{BatchSize, Criterion, Throughput};
 use sluice::checkpoint::{BODY_VERSION, Body, ShardState, file};
 use sluice::parse::Kind;
 use sluice::window::{AggregatesWriter, Params, Shard, WindowSpec};
 
-fn main() {
-    let keys: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let params = Params {
+fn params(keys: usize) -> Params {
+    Params {
         windows: vec![WindowSpec::tumbling(10_000), WindowSpec::tumbling(60_000)],
         quantiles: vec![0.5, 0.9, 0.99, 0.999],
         max_keys: keys + 1,
-    };
+    }
+}
+
+/// A one-shard body holding `windows`.
+fn body(windows: Vec<u8>, window_count: u64) -> Body {
+    Body {
+        version: BODY_VERSION,
+        epoch: 1,
+        created_ms: 0,
+        cores: 1,
+        window_sizes_ms: vec![10_000, 60_000],
+        partitions: vec![],
+        shards: vec![ShardState {
+            shard: 0,
+            aggregates_len: 0,
+            closed_through_ms: i64::MIN,
+            windows,
+            window_count,
+        }],
+    }
+}
+
+/// Criterion, per stage, for a 10k-key shard.
+fn stages(c: &mut Criterion) {
+    const KEYS: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let out = AggregatesWriter::open(&dir.path().join("s.jsonl"), 0).unwrap();
+    let mut shard = Shard::new(&params(KEYS), 1, i64::MIN, out);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for e in 0..10 {
+        for k in 0..KEYS {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = format!("servers.host{k:07}.cpu");
+            shard.fold(key.as_bytes(), (x % 1000) as f64, 1_000 + e, Kind::Sample);
+        }
+    }
+    let mut windows = Vec::new();
+    let window_count = shard.snapshot_into(&mut windows);
+    let snapshot_bytes = windows.len() as u64;
+    let encoded = body(windows.clone(), window_count).encode().unwrap();
+
+    let mut group = c.benchmark_group("checkpoint_10k_keys");
+    group.sample_size(20);
+    group.throughput(Throughput::Bytes(snapshot_bytes));
+    group.bench_function("snapshot", |b| {
+        let mut out = Vec::with_capacity(windows.len());
+        b.iter(|| {
+            out.clear();
+            shard.snapshot_into(&mut out)
+        })
+    });
+    group.throughput(Throughput::Bytes(encoded.len() as u64));
+    group.bench_function("encode", |b| {
+        b.iter_batched(
+            || body(windows.clone(), window_count),
+            |body| body.encode().unwrap(),
+            BatchSize::LargeInput,
+        )
+    });
+    let ckpt_dir = dir.path().join("ckpt");
+    group.bench_function("write_fsync", |b| {
+        b.iter(|| file::write(&ckpt_dir, 1, &encoded).unwrap())
+    });
+    let restore_out = dir.path().join("r.jsonl");
+    group.bench_function("decode_restore", |b| {
+        b.iter_batched(
+            || {
+                let out = AggregatesWriter::open(&restore_out, 0).unwrap();
+                Shard::new(&params(KEYS), 1, i64::MIN, out)
+            },
+            |mut restored| {
+                let decoded = Body::decode(&encoded).unwrap();
+                for w in decoded.shards[0].windows() {
+                    restored.restore(w.unwrap()).unwrap();
+                }
+                assert_eq!(restored.open_windows() as u64, window_count);
+                restored
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    stages(&mut c);
+    c.final_summary();
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let keys = std::env::var("CHECKPOINT_KEYS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(1_000_000);
+    table(keys);
+}
+
+/// The table for `keys` live keys.
+fn table(keys: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let params = params(keys);
     println!(
         "{:<28} {:>10} {:>12} {:>10} {:>10} {:>12} {:>10}",
         "case", "windows", "snapshot ms", "encode ms", "write ms", "bytes", "load ms"
@@ -45,21 +149,7 @@ fn main() {
         let window_count = shard.snapshot_into(&mut windows);
         let snapshot_ms = t.elapsed().as_secs_f64() * 1e3;
         let n = window_count as usize;
-        let body = Body {
-            version: BODY_VERSION,
-            epoch: 1,
-            created_ms: 0,
-            cores: 1,
-            window_sizes_ms: vec![10_000, 60_000],
-            partitions: vec![],
-            shards: vec![ShardState {
-                shard: 0,
-                aggregates_len: 0,
-                closed_through_ms: i64::MIN,
-                windows,
-                window_count,
-            }],
-        };
+        let body = body(windows, window_count);
         let t = Instant::now();
         let bytes = body.encode().unwrap();
         let encode_ms = t.elapsed().as_secs_f64() * 1e3;

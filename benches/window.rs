@@ -1,16 +1,25 @@
-//! Window update throughput: events/s folded into one shard in batches of 1,000, as the
-//! cores fold what the router sends (windows 10s and 1m, quantiles on),
-//! with 10k and 1M live keys, event time advancing 10 ms per 1,000 events and the watermark
-//! following it, so windows close (and are written) as they do in service: 10 s of event
-//! time per million events. Prints the median of 5 runs; not a criterion benchmark (a
-//! 1M-key shard is built once, not per sample).
+//! Window update throughput: events/s folded into one shard, as the cores fold what the router
+//! sends (windows 10s and 1m, quantiles on, values spread over 0–1000), with event time
+//! advancing 10 ms per 1,000 events and the watermark following it, so windows close (and
+//! are written) as they do in service: 10 s of event time per million events.
+//!
+//! Two parts, in one `cargo bench --bench window`:
+//! - criterion, 10k live keys: an iteration is 10 s of event time (1M events, in rounds of
+//!   1,000, and every window closing once), folded in batches, as the cores fold, and one by
+//!   one, for a same-run ratio;
+//! - 1M live keys (cache-bound), in batches: the median of 5 runs of 5M events, printed. A
+//!   1M-key shard takes seconds to build, so it is built once, not per criterion sample.
 
 use std::time::Instant;
 
+use criterion::{Criterion, Throughput};
 use sluice::parse::Kind;
 use sluice::window::{AggregatesWriter, Params, Shard, WindowSpec};
 
-const EVENTS: usize = 5_000_000;
+/// Events per fold round; the watermark advances after each.
+const ROUND: usize = 1_000;
+/// Rounds per criterion iteration: 10 s of event time, so each closes every 10s window once.
+const ROUNDS_PER_ITER: usize = 1_000;
 
 /// The next xorshift draw.
 fn draw(x: &mut u64) -> u64 {
@@ -20,70 +29,89 @@ fn draw(x: &mut u64) -> u64 {
     *x
 }
 
+/// A shard with one open window per name, writing its closed windows under `dir`.
+fn shard(dir: &std::path::Path, names: &[Vec<u8>]) -> Shard {
+    let params = Params {
+        windows: vec![WindowSpec::tumbling(10_000), WindowSpec::tumbling(60_000)],
+        quantiles: vec![0.5, 0.9, 0.99, 0.999],
+        max_keys: 2_000_000,
+    };
+    let out = AggregatesWriter::open(&dir.join(format!("s{}.jsonl", names.len())), 0).unwrap();
+    let mut shard = Shard::new(&params, 1, i64::MIN, out);
+    for (i, k) in names.iter().enumerate() {
+        shard.fold(k, i as f64, 0, Kind::Timer);
+    }
+    shard
+}
+
+fn names(keys: usize) -> Vec<Vec<u8>> {
+    (0..keys)
+        .map(|i| format!("servers.host{i:07}.cpu").into_bytes())
+        .collect()
+}
+
+/// Folds one round of events at `time_ms`, then moves time and the watermark on.
+fn round(shard: &mut Shard, names: &[Vec<u8>], x: &mut u64, time_ms: &mut i64, batched: bool) {
+    if batched {
+        let mut batch = shard.batch();
+        for _ in 0..ROUND {
+            let x = draw(x);
+            let k = &names[(x % names.len() as u64) as usize];
+            batch.fold(k, (x % 1000) as f64, *time_ms, Kind::Timer);
+        }
+    } else {
+        for _ in 0..ROUND {
+            let x = draw(x);
+            let k = &names[(x % names.len() as u64) as usize];
+            shard.fold(k, (x % 1000) as f64, *time_ms, Kind::Timer);
+        }
+    }
+    *time_ms += 10;
+    shard.advance(0, *time_ms - 1_000, false).unwrap();
+}
+
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Criterion::default().configure_from_args();
+    let names_10k = names(10_000);
+    let mut group = c.benchmark_group("window_fold_10k_keys");
+    group.sample_size(10);
+    group.measurement_time(std::time::Duration::from_secs(15));
+    group.throughput(Throughput::Elements((ROUND * ROUNDS_PER_ITER) as u64));
+    for (name, batched) in [("batched", true), ("one_by_one", false)] {
+        let mut s = shard(dir.path(), &names_10k);
+        let (mut x, mut time_ms) = (0x2545_f491_4f6c_dd1du64, 0i64);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for _ in 0..ROUNDS_PER_ITER {
+                    round(&mut s, &names_10k, &mut x, &mut time_ms, batched);
+                }
+            })
+        });
+    }
+    group.finish();
+    c.final_summary();
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    for keys in [10_000usize, 1_000_000] {
-        let names: Vec<Vec<u8>> = (0..keys)
-            .map(|i| format!("servers.host{i:07}.cpu").into_bytes())
-            .collect();
-        let params = Params {
-            windows: vec![WindowSpec::tumbling(10_000), WindowSpec::tumbling(60_000)],
-            quantiles: vec![0.5, 0.9, 0.99, 0.999],
-            max_keys: 2_000_000,
-        };
-        let out = AggregatesWriter::open(&dir.path().join(format!("s{keys}.jsonl")), 0).unwrap();
-        let mut shard = Shard::new(&params, 1, i64::MIN, out);
-        for (i, k) in names.iter().enumerate() {
-            shard.fold(k, i as f64, 0, Kind::Timer);
+
+    const EVENTS: usize = 5_000_000;
+    let names = names(1_000_000);
+    let mut s = shard(dir.path(), &names);
+    let (mut x, mut time_ms) = (0x2545_f491_4f6c_dd1du64, 0i64);
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..EVENTS / ROUND {
+            round(&mut s, &names, &mut x, &mut time_ms, true);
         }
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut time_ms = 0i64;
-        // With 10k keys the two ways alternate, run by run, for a same-run ratio; the
-        // 1M-key shard is slow enough to fold only the way the cores do.
-        let modes: &[bool] = if keys <= 10_000 {
-            &[true, false]
-        } else {
-            &[true]
-        };
-        let mut rates = vec![Vec::new(); 2];
-        for _ in 0..5 {
-            for &batched in modes {
-                let t = Instant::now();
-                for _ in 0..EVENTS / 1_000 {
-                    if batched {
-                        let mut batch = shard.batch();
-                        for _ in 0..1_000 {
-                            let x = draw(&mut x);
-                            let k = &names[(x % keys as u64) as usize];
-                            batch.fold(k, (x % 1000) as f64, time_ms, Kind::Timer);
-                        }
-                    } else {
-                        for _ in 0..1_000 {
-                            let x = draw(&mut x);
-                            let k = &names[(x % keys as u64) as usize];
-                            shard.fold(k, (x % 1000) as f64, time_ms, Kind::Timer);
-                        }
-                    }
-                    time_ms += 10;
-                    shard.advance(0, time_ms - 1_000, false).unwrap();
-                }
-                rates[usize::from(!batched)].push(EVENTS as f64 / t.elapsed().as_secs_f64());
-            }
-        }
-        for (rates, how) in rates.iter_mut().zip(["in batches", "one by one"]) {
-            if rates.is_empty() {
-                continue;
-            }
-            rates.sort_by(f64::total_cmp);
-            println!(
-                "window fold {how}, {keys:>9} live keys: {:>6.2} M events/s (median of 5; min {:.2}, max {:.2})",
-                rates[2] / 1e6,
-                rates[0] / 1e6,
-                rates[4] / 1e6
-            );
-        }
+        rates.push(EVENTS as f64 / t.elapsed().as_secs_f64());
     }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "window fold in batches, 1,000,000 live keys: {:.2} M events/s (median of 5; min {:.2}, max {:.2})",
+        rates[2] / 1e6,
+        rates[0] / 1e6,
+        rates[4] / 1e6
+    );
 }
