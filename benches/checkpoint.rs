@@ -3,8 +3,9 @@
 //! decode + restore of recovery.
 //!
 //! Two parts, in one `cargo bench --bench checkpoint`:
-//! - criterion, in bytes/s of checkpoint body: 10k live keys with 10 events each, their values
-//!   spread over 0–1000 as loadgen sends them, so every sketch has its few hundred bins;
+//! - criterion, in bytes/s of checkpoint body: 10k live keys with 100 events each, their
+//!   values spread over 0–1000 as loadgen sends them, so every sketch has its few hundred bins
+//!   and, as in service, a few values still in its buffer;
 //! - a table for a million keys (`CHECKPOINT_KEYS` to change it), where the stall matters:
 //!   ms per stage and the size. A 1M-key shard takes seconds to build, so it is built once,
 //!   not per criterion sample.
@@ -50,7 +51,7 @@ fn stages(c: &mut Criterion) {
     let out = AggregatesWriter::open(&dir.path().join("s.jsonl"), 0).unwrap();
     let mut shard = Shard::new(&params(KEYS), 1, i64::MIN, out);
     let mut x = 0x2545_f491_4f6c_dd1du64;
-    for e in 0..10 {
+    for e in 0..100 {
         for k in 0..KEYS {
             x ^= x << 13;
             x ^= x >> 7;
