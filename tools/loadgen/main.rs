@@ -21,7 +21,7 @@ use clap::{Parser, ValueEnum};
 use sluice::net::mmsg::{self, DATAGRAMS_PER_CALL};
 
 use payload::{Chunk, Format, Keys, Spec, StampCache};
-use probe::{Counters, Latency};
+use probe::{Counters, Latency, Scraper};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Proto {
@@ -177,7 +177,8 @@ fn main() -> anyhow::Result<()> {
         payload::sample(&spec),
     );
 
-    let before = args.admin.map(probe::scrape).transpose()?;
+    let mut scraper = args.admin.map(Scraper::new);
+    let before = scraper.as_mut().map(Scraper::scrape).transpose()?;
     let shared = Arc::new(Shared::default());
     let prober = match (args.latency, args.admin, before) {
         (true, Some(admin), Some(before)) => {
@@ -220,10 +221,15 @@ fn main() -> anyhow::Result<()> {
         sent as f64 / send_secs,
         bytes as f64 / send_secs / 1e6
     );
-    let (Some(admin), Some(before)) = (args.admin, before) else {
+    let (Some(mut scraper), Some(before)) = (scraper, before) else {
         return Ok(());
     };
-    let (got, at) = await_delivery(admin, before, sent, Duration::from_secs(args.wait_secs))?;
+    let (got, at) = await_delivery(
+        &mut scraper,
+        before,
+        sent,
+        Duration::from_secs(args.wait_secs),
+    )?;
     report_delivery(got, sent, bytes, (at - started).as_secs_f64());
     if let Some(p) = prober {
         shared.stop_probe.store(true, Ordering::Release);
@@ -240,20 +246,20 @@ fn main() -> anyhow::Result<()> {
 /// Waits until every sent event is visible, or nothing has changed for 2 s, or `limit`.
 /// Returns the last counters and when they last changed.
 fn await_delivery(
-    admin: SocketAddr,
+    scraper: &mut Scraper,
     before: Counters,
     sent: u64,
     limit: Duration,
 ) -> anyhow::Result<(Counters, Instant)> {
     let deadline = Instant::now() + limit;
-    let mut last = probe::scrape(admin)? - before;
+    let mut last = scraper.scrape()? - before;
     let mut changed_at = Instant::now();
     while last.visible < sent as f64
         && changed_at.elapsed() < Duration::from_secs(2)
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(5));
-        let now = probe::scrape(admin)? - before;
+        let now = scraper.scrape()? - before;
         if now.visible != last.visible || now.lines != last.lines {
             changed_at = Instant::now();
         }
@@ -323,12 +329,13 @@ fn spawn_prober(
     let shared = shared.clone();
     std::thread::spawn(move || {
         let mut latency = Latency::new();
+        let mut scraper = Scraper::new(admin);
         while !shared.stop_probe.load(Ordering::Acquire) {
             latency.note(std::mem::take(
                 &mut *shared.samples.lock().expect("samples"),
             ));
             let asked = Instant::now();
-            let visible = (probe::scrape(admin)? - before).visible;
+            let visible = (scraper.scrape()? - before).visible;
             latency.resolve(asked, Instant::now(), visible as u64);
             std::thread::sleep(Duration::from_millis(probe_ms));
         }

@@ -3,9 +3,11 @@
 //!
 //! What a latency sample is: senders note `(t, S)` — `t` the moment a write began, `S` the
 //! cumulative number of events handed to the kernel once it returned — at most once per
-//! `SAMPLE_EVERY` per sender. The prober scrapes `/metrics` every `--probe-ms` and reads
-//! `V = Σ sluice_window_events_total + Σ sluice_late_events_total` (events the owning shard has
-//! folded into its windows or, for late ones, dead-lettered), less its value before the run.
+//! `SAMPLE_EVERY` per sender. The prober scrapes `/metrics` every `--probe-ms`, over one
+//! kept-alive connection, and reads
+//! `V = Σ sluice_window_events_total + Σ sluice_late_events_total` (events the owning shard
+//! has folded into its windows or, for late ones, dead-lettered), less its value before the
+//! run.
 //! The sample resolves at the end `r` of the first scrape with `V ≥ S`; its latency is `r - t`.
 //! That is the time for the shards to catch up with everything sent up to `t`, not the time of
 //! one particular event: events on different connections or shards may be folded out of order,
@@ -18,7 +20,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 
 /// A sender notes a sample at most this often.
@@ -49,16 +51,108 @@ impl std::ops::Sub for Counters {
     }
 }
 
-/// Scrapes `/metrics` once.
-pub fn scrape(admin: SocketAddr) -> anyhow::Result<Counters> {
-    let mut s =
-        TcpStream::connect_timeout(&admin, Duration::from_secs(5)).context("connect to admin")?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_nodelay(true)?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).context("read /metrics")?;
-    Ok(parse(&body))
+/// Scrapes `/metrics` over one kept-alive HTTP/1.1 connection, as Prometheus does: a scrape
+/// every millisecond should not also cost a TCP handshake, an accept and a close on the box it
+/// measures. A connection that fails or that the server closed is opened anew, once per scrape.
+pub struct Scraper {
+    admin: SocketAddr,
+    conn: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+/// Longest response head read before giving up on it.
+const HEAD_BYTES_MAX: usize = 16 * 1024;
+
+impl Scraper {
+    /// A scraper of `admin`; it connects on the first scrape.
+    pub fn new(admin: SocketAddr) -> Scraper {
+        Scraper {
+            admin,
+            conn: None,
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// Scrapes `/metrics` once.
+    pub fn scrape(&mut self) -> anyhow::Result<Counters> {
+        let reused = self.conn.is_some();
+        match self.try_scrape() {
+            Ok(c) => Ok(c),
+            // The server may close a kept-alive connection between scrapes: one retry on a
+            // fresh connection.
+            Err(_) if reused => {
+                self.conn = None;
+                self.try_scrape()
+            }
+            Err(e) => Err(e),
+        }
+        .inspect_err(|_| self.conn = None)
+    }
+
+    fn try_scrape(&mut self) -> anyhow::Result<Counters> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(5))
+                .context("connect to admin")?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.set_nodelay(true)?;
+            self.conn = Some(s);
+        }
+        let s = self.conn.as_mut().expect("connected above");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\n\r\n")?;
+        self.buf.clear();
+        let (head_len, body_len, close) = loop {
+            read_some(s, &mut self.buf)?;
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            match response
+                .parse(&self.buf)
+                .context("parse /metrics response head")?
+            {
+                httparse::Status::Complete(head_len) => {
+                    if response.code != Some(200) {
+                        bail!("/metrics answered {:?}", response.code);
+                    }
+                    let header = |name: &str| {
+                        response
+                            .headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case(name))
+                            .and_then(|h| std::str::from_utf8(h.value).ok())
+                    };
+                    let body_len: usize = header("content-length")
+                        .context("/metrics response without Content-Length")?
+                        .trim()
+                        .parse()
+                        .context("/metrics Content-Length")?;
+                    let close =
+                        header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                    break (head_len, body_len, close);
+                }
+                httparse::Status::Partial if self.buf.len() < HEAD_BYTES_MAX => continue,
+                httparse::Status::Partial => bail!("/metrics response head too long"),
+            }
+        };
+        while self.buf.len() < head_len + body_len {
+            read_some(s, &mut self.buf)?;
+        }
+        if close {
+            self.conn = None;
+        }
+        let body = std::str::from_utf8(&self.buf[head_len..head_len + body_len])
+            .context("/metrics body is not UTF-8")?;
+        Ok(parse(body))
+    }
+}
+
+/// Appends what one `read` gives to `buf`; the peer closing is an error here.
+fn read_some(s: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = s.read(&mut chunk).context("read /metrics")?;
+    if n == 0 {
+        bail!("admin closed the connection mid-response");
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
 }
 
 /// Sums the counters of a Prometheus text body.
@@ -157,6 +251,69 @@ sluice_lines_total_other 99\n";
         assert_eq!(c.visible, 8.0);
         assert_eq!(c.udp_dropped, 2.0);
         assert_eq!(c.rejected, 0.0);
+    }
+
+    /// Reads one request head from `s`.
+    fn read_request(s: &mut TcpStream) {
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).unwrap(), 1, "request cut short");
+            got.push(b[0]);
+        }
+        assert!(got.starts_with(b"GET /metrics HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn a_scraper_keeps_its_connection_and_opens_another_when_the_server_closes_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let body = |n: u32| {
+                format!("# TYPE sluice_lines_total counter\nsluice_lines_total{{core=\"0\"}} {n}\n")
+            };
+            let mut connections = 0;
+            let mut n = 0;
+            for stream in listener.incoming().take(2) {
+                let mut s = stream.unwrap();
+                connections += 1;
+                // The first connection answers twice, its second answer in pieces, then
+                // closes; the second answers once with `Connection: close`.
+                let answers = if connections == 1 { 2 } else { 1 };
+                for a in 0..answers {
+                    read_request(&mut s);
+                    n += 1;
+                    let b = body(n);
+                    let close = if connections == 2 {
+                        "Connection: close\r\n"
+                    } else {
+                        ""
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{close}\r\n",
+                        b.len()
+                    );
+                    if a == 1 {
+                        for piece in [&head.as_bytes()[..10], &head.as_bytes()[10..], b.as_bytes()]
+                        {
+                            s.write_all(piece).unwrap();
+                            s.flush().unwrap();
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    } else {
+                        s.write_all(format!("{head}{b}").as_bytes()).unwrap();
+                    }
+                }
+            }
+            connections
+        });
+        let mut scraper = Scraper::new(admin);
+        for want in 1..=3 {
+            assert_eq!(scraper.scrape().unwrap().lines, f64::from(want));
+        }
+        assert!(scraper.conn.is_none(), "closed after `Connection: close`");
+        assert_eq!(server.join().unwrap(), 2);
+        assert!(scraper.scrape().is_err(), "nothing listens any more");
     }
 
     #[test]
