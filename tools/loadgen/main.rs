@@ -3,8 +3,10 @@
 //!
 //! Delivered figures come from sluice's `/metrics` (with `--admin`); latency is explained in
 //! `probe.rs`. The payload is built before sending starts (`payload.rs`), so the sender threads
-//! only stamp event times and call `write` (TCP) or `sendmmsg` (UDP, 16 datagrams a call;
-//! a `--rate` is paced per call). The report is `key=value` lines on stdout, for people and
+//! only stamp event times and call `write` (TCP) or, for UDP, make segmented sends (UDP GSO:
+//! up to 64 datagrams of one size a call, split into separate datagrams by the kernel before
+//! any socket receives them) or, with `--no-gso`, `sendmmsg` (16 datagrams a call); a
+//! `--rate` is paced per call. The report is `key=value` lines on stdout, for people and
 //! for `tools/bench-compare`.
 
 mod payload;
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use sluice::net::mmsg::{self, DATAGRAMS_PER_CALL};
+use sluice::net::mmsg::{self, DATAGRAMS_PER_CALL, SEGMENTED_BYTES_MAX, SEGMENTS_PER_SEND};
 
 use payload::{Chunk, Format, Keys, Spec, StampCache};
 use probe::{Counters, Latency, Scraper};
@@ -78,6 +80,11 @@ struct Args {
     /// Lines per UDP datagram.
     #[arg(long, default_value_t = 1)]
     lines_per_datagram: usize,
+    /// UDP: send each datagram as its own message of a `sendmmsg` batch, instead of segmented
+    /// sends (UDP GSO), which carry up to 64 datagrams of one size through the sender's IP
+    /// stack at once. Either way the receiver gets separate datagrams.
+    #[arg(long)]
+    no_gso: bool,
     /// Bytes per TCP write.
     #[arg(long, default_value_t = 64 * 1024)]
     chunk_bytes: usize,
@@ -155,7 +162,8 @@ fn main() -> anyhow::Result<()> {
             .min(UDP_POOL_DATAGRAMS_MAX * args.lines_per_datagram as u64),
     };
     let per_conn_pool = (pool_lines / conns).max(1);
-    let pools: Vec<Vec<Chunk>> = (0..conns)
+    let gso = args.proto == Proto::Udp && !args.no_gso;
+    let mut pools: Vec<Vec<Chunk>> = (0..conns)
         .map(|c| {
             let quota = count / conns + u64::from(c < count % conns);
             let lines = match args.duration {
@@ -165,8 +173,16 @@ fn main() -> anyhow::Result<()> {
             payload::pool(&spec, lines, args.seed.wrapping_mul(1000).wrapping_add(c))
         })
         .collect();
+    if gso {
+        // A segmented send carries datagrams of one size: sizes differ by a byte or two (the
+        // values' digits), so datagrams of one size go next to each other.
+        for pool in &mut pools {
+            pool.sort_by_key(|c| c.bytes.len());
+        }
+    }
     println!(
-        "workload proto={:?} format={:?} connections={} keys={} dist={} rate={} line=\"{}\"",
+        "workload proto={:?} format={:?} connections={} keys={} dist={} rate={} udp_gso={gso} \
+         line=\"{}\"",
         args.proto,
         args.format,
         args.connections,
@@ -202,6 +218,7 @@ fn main() -> anyhow::Result<()> {
                 proto: args.proto,
                 format: args.format,
                 rate: args.rate as f64 / conns as f64,
+                gso,
                 latency: args.latency,
                 shared: shared.clone(),
             };
@@ -301,6 +318,70 @@ fn report_latency(l: &Latency, probe_ms: u64) {
     );
 }
 
+/// Sends `datagrams` on `s`: runs of one size in segmented sends while `gso` holds (it turns
+/// off for good when the kernel refuses them), the rest in `sendmmsg` batches. A send that
+/// fails loses what it carried, and the receiver's counts show it: an ICMP "port
+/// unreachable" while the receiver restarts, reported by the next send, costs a segmented
+/// send one retry and then its run, a batch its first datagram.
+fn send_udp(s: &UdpSocket, datagrams: &[&[u8]], gso: &mut bool) {
+    let mut at = 0;
+    while at < datagrams.len() {
+        let run = if *gso {
+            segment_run(&datagrams[at..])
+        } else {
+            0
+        };
+        if run > 0 {
+            let send = || mmsg::send_segmented(s, &datagrams[at..at + run]);
+            match send() {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP | libc::EIO)
+                    ) =>
+                {
+                    *gso = false;
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    let _ = send();
+                }
+                _ => {}
+            }
+            at += run;
+            continue;
+        }
+        match mmsg::send_batch(s, &datagrams[at..]) {
+            Ok(k) => at += k.max(1),
+            Err(_) => at += 1,
+        }
+    }
+}
+
+/// How many of `datagrams`, from the first, one segmented send can carry: those as long as
+/// the first, then one shorter, within the kernel's limits; 0 when the first cannot go so.
+fn segment_run(datagrams: &[&[u8]]) -> usize {
+    let Some(first) = datagrams.first() else {
+        return 0;
+    };
+    let seg = first.len();
+    if seg == 0 || seg > usize::from(u16::MAX) || seg > SEGMENTED_BYTES_MAX {
+        return 0;
+    }
+    let (mut n, mut bytes) = (0, 0);
+    for d in datagrams.iter().take(SEGMENTS_PER_SEND) {
+        if d.is_empty() || d.len() > seg || bytes + d.len() > SEGMENTED_BYTES_MAX {
+            break;
+        }
+        n += 1;
+        bytes += d.len();
+        if d.len() < seg {
+            break;
+        }
+    }
+    n
+}
+
 /// Writes the resolved samples, ordered by when their writes began.
 fn write_latency_log(
     path: &std::path::Path,
@@ -351,6 +432,8 @@ struct Sender {
     format: Format,
     /// Events/s for this sender (0: flat out).
     rate: f64,
+    /// UDP: segmented sends (until the kernel refuses them).
+    gso: bool,
     latency: bool,
     shared: Arc<Shared>,
 }
@@ -388,12 +471,14 @@ impl Sender {
         // per write.
         let group_len = match sock {
             Sock::Tcp(_) => 1,
+            Sock::Udp(_) if self.gso => SEGMENTS_PER_SEND,
             Sock::Udp(_) => DATAGRAMS_PER_CALL,
         };
+        let mut gso = self.gso;
         'outer: loop {
             for group in chunks.chunks_mut(group_len) {
                 let now_secs = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-                let mut datagrams: [&[u8]; DATAGRAMS_PER_CALL] = [&[]; DATAGRAMS_PER_CALL];
+                let mut datagrams: [&[u8]; SEGMENTS_PER_SEND] = [&[]; SEGMENTS_PER_SEND];
                 let (mut group_events, mut group_bytes, mut count) = (0u64, 0usize, 0usize);
                 for chunk in group.iter_mut() {
                     let mut n = chunk.lines();
@@ -420,18 +505,7 @@ impl Sender {
                 let began = Instant::now();
                 match &mut sock {
                     Sock::Tcp(s) => s.write_all(datagrams[0]).context("write")?,
-                    Sock::Udp(s) => {
-                        let mut at = 0;
-                        while at < count {
-                            // An error (an ICMP "port unreachable" while the receiver
-                            // restarts) is the loss of the first datagram it stopped at: the
-                            // receiver's count shows it. The rest are sent.
-                            match mmsg::send_batch(s, &datagrams[at..count]) {
-                                Ok(k) => at += k.max(1),
-                                Err(_) => at += 1,
-                            }
-                        }
-                    }
+                    Sock::Udp(s) => send_udp(s, &datagrams[..count], &mut gso),
                 }
                 events += group_events;
                 bytes += group_bytes as u64;
@@ -457,5 +531,64 @@ impl Sender {
             }
         }
         Ok((events, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_run_is_datagrams_of_the_first_size_then_one_shorter_within_limits() {
+        let (a, b, c) = (vec![1u8; 10], vec![2u8; 9], vec![3u8; 11]);
+        assert_eq!(segment_run(&[]), 0);
+        assert_eq!(
+            segment_run(&[&[]]),
+            0,
+            "an empty datagram cannot be a segment"
+        );
+        assert_eq!(segment_run(&[&a, &a, &a]), 3);
+        assert_eq!(
+            segment_run(&[&a, &a, &b, &a]),
+            3,
+            "a shorter one ends the run"
+        );
+        assert_eq!(
+            segment_run(&[&a, &c, &a]),
+            1,
+            "a longer one starts the next"
+        );
+        let many = vec![&a[..]; 100];
+        assert_eq!(segment_run(&many), SEGMENTS_PER_SEND);
+        let big = vec![0u8; 20_000];
+        assert_eq!(
+            segment_run(&[&big, &big, &big, &big]),
+            3,
+            "under 60 KiB in all"
+        );
+        let huge = vec![0u8; SEGMENTED_BYTES_MAX + 1];
+        assert_eq!(segment_run(&[&huge]), 0);
+    }
+
+    #[test]
+    fn datagrams_sent_in_runs_arrive_whole_and_in_order() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.connect(rx.local_addr().unwrap()).unwrap();
+        let sent: Vec<Vec<u8>> = (0..150)
+            .map(|i: usize| format!("k{} {}\n", i / 40, "v".repeat(i / 40)).into_bytes())
+            .collect();
+        let slices: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+        let mut gso = true;
+        send_udp(&tx, &slices, &mut gso);
+        assert!(gso, "segmented sends work on loopback");
+        let mut gso = false;
+        send_udp(&tx, &slices[..5], &mut gso);
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        for want in slices.iter().chain(&slices[..5]) {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], *want);
+        }
     }
 }
