@@ -78,6 +78,8 @@ pub const SEGMENTS_PER_SEND: usize = 64;
 /// Most bytes one segmented send carries: the datagrams travel as one IP packet until the
 /// kernel splits them, so together they stay under IP's 64 KiB.
 pub const SEGMENTED_BYTES_MAX: usize = 60 * 1024;
+// So every segment size a send can carry fits the control message's u16.
+const _: () = assert!(SEGMENTED_BYTES_MAX <= u16::MAX as usize);
 
 /// Sends `datagrams` (at most [`SEGMENTS_PER_SEND`], [`SEGMENTED_BYTES_MAX`] bytes in all)
 /// on the connected `socket` in one segmented send (`UDP_SEGMENT`, Linux 4.18 and later):
@@ -93,9 +95,8 @@ pub fn send_segmented(socket: &impl AsRawFd, datagrams: &[&[u8]]) -> io::Result<
     let Some((last, whole)) = datagrams.split_last() else {
         return Err(not_segmentable());
     };
+    // `seg` ≤ `total`, and an empty first datagram makes the last empty or too long.
     if n > SEGMENTS_PER_SEND
-        || seg == 0
-        || seg > usize::from(u16::MAX)
         || total > SEGMENTED_BYTES_MAX
         || last.is_empty()
         || last.len() > seg

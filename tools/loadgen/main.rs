@@ -361,13 +361,7 @@ fn send_udp(s: &UdpSocket, datagrams: &[&[u8]], gso: &mut bool) {
 /// How many of `datagrams`, from the first, one segmented send can carry: those as long as
 /// the first, then one shorter, within the kernel's limits; 0 when the first cannot go so.
 fn segment_run(datagrams: &[&[u8]]) -> usize {
-    let Some(first) = datagrams.first() else {
-        return 0;
-    };
-    let seg = first.len();
-    if seg == 0 || seg > usize::from(u16::MAX) || seg > SEGMENTED_BYTES_MAX {
-        return 0;
-    }
+    let seg = datagrams.first().map_or(0, |d| d.len());
     let (mut n, mut bytes) = (0, 0);
     for d in datagrams.iter().take(SEGMENTS_PER_SEND) {
         if d.is_empty() || d.len() > seg || bytes + d.len() > SEGMENTED_BYTES_MAX {
