@@ -478,6 +478,13 @@ mod tests {
     use crate::log::test_support::{line, read_all, small_options, write_batches};
     use crate::log::{Appender, FlushPolicy};
 
+    /// An appender of small segments that never flushes, on `dir`.
+    fn appender(dir: &Path) -> Appender {
+        Appender::open(dir, small_options(FlushPolicy::Never))
+            .unwrap()
+            .0
+    }
+
     fn batches(n: usize, line_bytes: usize) -> Vec<Vec<Vec<u8>>> {
         (0..n)
             .map(|b| (0..3).map(|l| line(b * 3 + l, line_bytes)).collect())
@@ -487,8 +494,7 @@ mod tests {
     #[test]
     fn a_reader_from_a_middle_offset_starts_with_the_batch_holding_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut appender, _) =
-            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        let mut appender = appender(dir.path());
         let written = write_batches(&mut appender, &batches(200, 10_000));
         assert!(segment::list_segments(dir.path()).unwrap().len() >= 3);
         for from in [0, 1, 2, 3, 301, 450, 599] {
@@ -510,8 +516,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut reader = Reader::open(dir.path(), Offset(0)).unwrap();
         assert!(reader.next_batch().unwrap().is_none());
-        let (mut appender, _) =
-            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        let mut appender = appender(dir.path());
         let mut got = Vec::new();
         let mut written = Vec::new();
         for round in 0..40 {
@@ -531,8 +536,7 @@ mod tests {
     #[test]
     fn a_corrupt_batch_in_a_sealed_segment_skips_to_the_next_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut appender, _) =
-            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        let mut appender = appender(dir.path());
         let written = write_batches(&mut appender, &batches(200, 10_000));
         drop(appender);
         let segments = segment::list_segments(dir.path()).unwrap();
@@ -688,7 +692,7 @@ mod tests {
         assert_eq!(probes(dir.path()), expected);
         let reader = Reader::open(dir.path(), Offset(1_100)).unwrap();
         assert_eq!(reader.scan_pos().unwrap().1, 0);
-        drop(Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap());
+        drop(appender(dir.path()));
         assert_eq!(index_files(dir.path()), original);
         assert_eq!(probes(dir.path()), expected);
 
@@ -709,7 +713,7 @@ mod tests {
                 std::fs::write(p, bytes).unwrap();
             }
             assert_eq!(probes(dir.path()), expected);
-            drop(Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap());
+            drop(appender(dir.path()));
             assert_eq!(index_files(dir.path()), original);
         }
     }
@@ -746,8 +750,7 @@ mod tests {
     #[test]
     fn open_at_end_returns_only_new_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut appender, _) =
-            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        let mut appender = appender(dir.path());
         write_batches(&mut appender, &batches(150, 10_000));
         let mut reader = Reader::open_at_end(dir.path()).unwrap();
         assert_eq!(reader.position(), appender.next_offset());
@@ -763,8 +766,7 @@ mod tests {
     #[test]
     fn a_segment_gone_before_it_is_opened_is_none_or_a_not_found_error() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut appender, _) =
-            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        let mut appender = appender(dir.path());
         write_batches(&mut appender, &batches(3, 100));
         drop(appender);
         let path = segment::segment_path(dir.path(), Offset(0));
