@@ -14,6 +14,7 @@ pub mod admin;
 pub mod checkpoint;
 pub mod config;
 pub mod deadletter;
+pub mod fault;
 pub mod framing;
 pub mod limits;
 pub mod log;

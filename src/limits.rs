@@ -84,3 +84,15 @@ const _: () = assert!(READ_CHUNK_BYTES <= READ_BYTES_PER_TICK_MAX);
 const _: () = assert!(CORES_MAX <= u16::MAX as usize);
 const _: () = assert!(QUEUE_BATCHES_MAX >= 2);
 const _: () = assert!(UDP_DROPS_POLL_MS >= TICK_MS);
+
+/// First wait before a core retries a write that failed (ENOSPC, EIO, EPERM); it doubles
+/// with each failure up to [`STORAGE_RETRY_MS_MAX`].
+pub const STORAGE_RETRY_MS_MIN: u64 = 10;
+/// Longest wait between two retries of a failed write.
+pub const STORAGE_RETRY_MS_MAX: u64 = 1_000;
+/// Aggregates rows a shard may hold while its file cannot take them; above it the shard
+/// reads no more events (its sources then stop reading their sockets), so memory stays
+/// bounded while the disk is full.
+pub const AGGREGATES_STAGED_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+const _: () = assert!(STORAGE_RETRY_MS_MIN > 0 && STORAGE_RETRY_MS_MIN <= STORAGE_RETRY_MS_MAX);

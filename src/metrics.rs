@@ -81,6 +81,35 @@ pub struct ListenerCounters {
     pub connections_handed_off_total: Counter,
 }
 
+/// A kind of write whose failure holds a core's input (see `worker::storage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageOp {
+    /// Appending a batch to the log (a write, or a segment roll).
+    LogAppend,
+    /// Making the log durable (msync, fsync).
+    LogFlush,
+    /// Writing rows to the aggregates file.
+    Aggregates,
+}
+
+impl StorageOp {
+    /// Every kind, in index order.
+    pub const ALL: [StorageOp; 3] = [
+        StorageOp::LogAppend,
+        StorageOp::LogFlush,
+        StorageOp::Aggregates,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageOp::LogAppend => "log_append",
+            StorageOp::LogFlush => "log_flush",
+            StorageOp::Aggregates => "aggregates",
+        }
+    }
+}
+
 /// Counters and gauges of one core.
 #[derive(Debug)]
 pub struct CoreMetrics {
@@ -120,6 +149,14 @@ pub struct CoreMetrics {
     pub log_truncated_bytes_total: Counter,
     /// Longest time, in µs, this core spent on its share of a checkpoint.
     pub checkpoint_stall_us_max: Gauge,
+    /// 1 while a write of this core fails and its input is held; 0 otherwise.
+    pub storage_failing: Gauge,
+    /// Failed writes, by [`StorageOp`] index.
+    pub storage_errors_total: [Counter; StorageOp::ALL.len()],
+    /// Nanoseconds this core spent with socket reads paused because a write failed.
+    pub storage_blocked_ns_total: Counter,
+    /// Lines read from sockets and held because the log could not take them.
+    pub held_lines: Gauge,
 }
 
 impl CoreMetrics {
@@ -146,6 +183,10 @@ impl CoreMetrics {
             replayed_lines_total: Counter::default(),
             log_truncated_bytes_total: Counter::default(),
             checkpoint_stall_us_max: Gauge::default(),
+            storage_failing: Gauge::default(),
+            storage_errors_total: Default::default(),
+            storage_blocked_ns_total: Counter::default(),
+            held_lines: Gauge::default(),
         }
     }
 }
@@ -195,6 +236,11 @@ impl Metrics {
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         }
+    }
+
+    /// True while any core holds input because a write fails.
+    pub fn storage_failing(&self) -> bool {
+        self.cores.iter().any(|c| c.storage_failing.get() != 0)
     }
 
     /// Sum of one listener counter over every core.

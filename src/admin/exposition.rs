@@ -26,7 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::metrics::{CoreMetrics, ListenerCounters, Metrics};
+use crate::metrics::{CoreMetrics, ListenerCounters, Metrics, StorageOp};
 use crate::parse::Reject;
 
 /// Content type of the exposition.
@@ -50,6 +50,12 @@ struct RejectLabels {
 #[derive(Debug, Clone, EncodeLabelSet)]
 struct CoreLabels {
     core: usize,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct StorageLabels {
+    core: usize,
+    op: &'static str,
 }
 
 /// Trait bounds a label set needs to go into registered [`Series`].
@@ -232,6 +238,26 @@ fn register_cores(registry: &mut Registry, metrics: &Metrics) {
         us_to_seconds(c.checkpoint_stall_us_max.get().max(0) as u64)
     });
     gauge_f64(registry, "checkpoint_stall_max", help, Unit::Seconds, stall);
+    let help = "1 while a write of the core fails and its input is held (not read)";
+    let failing = per_core(&rows, |c| c.storage_failing.get());
+    gauge(registry, "storage_failing", help, failing);
+    let help = "Time socket reads were paused because a write (log, aggregates) failed";
+    let blocked = per_core(&rows, |c| ns_to_seconds(c.storage_blocked_ns_total.get()));
+    counter_seconds(registry, "storage_blocked", help, blocked);
+    let help = "Lines read and held because the log could not take them yet";
+    let held = per_core(&rows, |c| c.held_lines.get());
+    gauge(registry, "held_lines", help, held);
+    let help = "Writes that failed (the input was held and the write retried), by operation";
+    let errors = rows.iter().flat_map(|(l, c)| {
+        StorageOp::ALL.iter().map(move |op| {
+            let labels = StorageLabels {
+                core: l.core,
+                op: op.as_str(),
+            };
+            (labels, c.storage_errors_total[*op as usize].get())
+        })
+    });
+    counter(registry, "storage_errors", help, errors);
 }
 
 fn per_core<T>(

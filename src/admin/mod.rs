@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! GET /healthz   200 "ok" while the process serves HTTP at all
-//! GET /readyz    200 "ready" | 503 "starting" | 503 "stopping"
+//! GET /readyz    200 "ready" | 503 "starting" | 503 "stopping" | 503 "storage" (writes fail)
 //! GET /metrics   OpenMetrics text, built from crate::metrics at scrape time (exposition.rs)
 //! ```
 //!
@@ -150,6 +150,10 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
     let m = &state.metrics;
     if m.stopping.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    } else if m.storage_failing() {
+        // Writes fail (a full disk): input is held and senders wait; a balancer should
+        // send elsewhere meanwhile.
+        (StatusCode::SERVICE_UNAVAILABLE, "storage")
     } else if m.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready")
     } else {

@@ -191,6 +191,8 @@ impl Appender {
             payload_bytes: 0,
             room: 0,
             count: 0,
+            count_since_flush: 0,
+            failed: None,
         }
     }
 
@@ -423,6 +425,10 @@ impl Appender {
     /// sealed segment is made durable in the background (see `flusher.rs`); only when
     /// `SEALS_IN_FLIGHT_MAX` segments already wait for the disk does the roll wait for them.
     fn roll(&mut self) -> Result<(), Error> {
+        crate::fault::check(crate::fault::Op::Roll).map_err(|source| Error::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
         self.tracker.drain_sealing_to(SEALS_IN_FLIGHT_MAX - 1)?;
         self.index.write_pending();
         let (dir, base, bytes) = (&self.dir, self.next_offset, self.options.segment_bytes);
@@ -632,6 +638,10 @@ pub struct BatchWriter<'a> {
     room: u32,
     /// Lines of the open batch.
     count: u32,
+    /// Lines committed since the last flush (under [`FlushPolicy::Always`]).
+    count_since_flush: u32,
+    /// Where the payload of the batch whose write failed lies in the stage, and its bytes.
+    failed: Option<(usize, u32)>,
 }
 
 impl BatchWriter<'_> {
@@ -639,7 +649,8 @@ impl BatchWriter<'_> {
     #[inline]
     pub fn push(&mut self, line: &[u8]) -> Result<(), Error> {
         // Lines longer than `LINE_BYTES_MAX` and batches that must commit or open first
-        // take the slow path; the usual line costs two compares and the copy.
+        // take the slow path (as does every line after a failed write: `room` is 0); the
+        // usual line costs two compares and the copy.
         if line.len() + LINE_PREFIX_BYTES > self.room as usize
             || line.len() > LINE_BYTES_MAX as usize
         {
@@ -669,12 +680,19 @@ impl BatchWriter<'_> {
                 });
             }
         };
+        if self.failed.is_some() {
+            return Err(Error::WriterFailed);
+        }
         let framed_bytes = LINE_PREFIX_BYTES as u32 + line_bytes;
         if self.count > 0 {
             self.commit()?;
         }
         if !self.appender.fits(framed_bytes) {
-            self.appender.roll()?;
+            if let Err(e) = self.appender.roll() {
+                // No batch is open: nothing of this writer's is lost, and it takes no more.
+                self.failed = Some((self.appender.stage.len(), 0));
+                return Err(e);
+            }
             debug_assert!(
                 self.appender.fits(framed_bytes),
                 "a line fits a fresh segment"
@@ -691,18 +709,44 @@ impl BatchWriter<'_> {
         Ok(())
     }
 
-    /// Commits the batch (CRC, header) and pushes every batch it committed to `out` (none when
-    /// no line was pushed). Flushes first under [`FlushPolicy::Always`].
-    pub fn finish(mut self, out: &mut Vec<BatchInfo>) -> Result<(), Error> {
-        let committed = self.commit();
-        if committed.is_ok() && self.appender.options.flush == FlushPolicy::Always {
+    /// Commits the open batch (CRC, header), and flushes under [`FlushPolicy::Always`]. After
+    /// it, [`push`](Self::push) opens a new batch. When the write fails, the batch's lines
+    /// are in [`failed_lines`](Self::failed_lines); when only the flush fails, they are
+    /// committed (and reported by [`finish`](Self::finish)) but not yet durable.
+    pub fn seal(&mut self) -> Result<(), Error> {
+        self.commit()?;
+        if self.count_since_flush > 0 && self.appender.options.flush == FlushPolicy::Always {
+            // A failed flush is the caller's to retry ([`Appender::flush`]), not this writer's.
+            self.count_since_flush = 0;
             self.appender.flush()?;
         }
-        out.append(&mut self.appender.pending);
-        committed
+        Ok(())
     }
 
-    /// Commits the open batch; on error its lines are dropped (and the error returned).
+    /// Seals the batch (see [`seal`](Self::seal)) and pushes every batch it committed to
+    /// `out` (none when no line was pushed), whether or not the seal failed.
+    pub fn finish(mut self, out: &mut Vec<BatchInfo>) -> Result<(), Error> {
+        let sealed = if self.failed.is_some() {
+            Ok(())
+        } else {
+            self.seal()
+        };
+        out.append(&mut self.appender.pending);
+        sealed
+    }
+
+    /// The lines of the batch whose write failed, in the order they were pushed: none of
+    /// them reached the log, so the caller keeps them to append again. After a failure the
+    /// writer takes no more lines.
+    pub fn failed_lines(&self) -> Option<Lines<'_>> {
+        let (start, bytes) = self.failed?;
+        Some(Lines::new(
+            &self.appender.stage[start..start + bytes as usize],
+        ))
+    }
+
+    /// Commits the open batch; on error its lines stay staged for
+    /// [`failed_lines`](Self::failed_lines) (and the error is returned).
     fn commit(&mut self) -> Result<(), Error> {
         let result = self.appender.commit(
             self.listener_id,
@@ -711,8 +755,15 @@ impl BatchWriter<'_> {
             self.open_start,
             self.payload_bytes,
         );
-        if result.is_err() {
-            self.appender.stage.truncate(self.open_start);
+        match result {
+            Ok(()) => self.count_since_flush += self.count,
+            Err(_) => {
+                let payload_start = self.open_start + HEADER_BYTES;
+                self.appender
+                    .stage
+                    .truncate(payload_start + self.payload_bytes as usize);
+                self.failed = Some((payload_start, self.payload_bytes));
+            }
         }
         self.count = 0;
         self.payload_bytes = 0;

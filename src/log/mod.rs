@@ -197,6 +197,9 @@ pub enum Error {
         /// The offset after the last batch of the segment before it.
         expected: Offset,
     },
+    /// A line was pushed to a batch writer after one of its writes failed.
+    #[error("the batch writer's last write failed; it takes no more lines")]
+    WriterFailed,
     /// A line longer than `LINE_BYTES_MAX` was pushed.
     #[error("line of {line_bytes} bytes is longer than the log accepts ({line_bytes_max})")]
     LineTooLong {

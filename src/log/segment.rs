@@ -287,7 +287,11 @@ impl Spare {
             .create_new(true)
             .open(&path)
             .map_err(io_error)?;
-        preallocate(&file, &path, len)?;
+        if let Err(e) = preallocate(&file, &path, len) {
+            // A spare that cannot be allocated (a full disk) holds no space meanwhile.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         Ok(Spare {
             file,
             len,
@@ -340,7 +344,11 @@ impl Segment {
                 path: path.clone(),
                 source,
             })?;
-        Segment::map(path, base, file, segment_bytes)
+        Segment::map(path.clone(), base, file, segment_bytes).inspect_err(|_| {
+            // A roll that fails (a full disk) must leave nothing behind: the next roll
+            // creates this same file again.
+            let _ = std::fs::remove_file(&path);
+        })
     }
 
     /// Makes `spare` the segment of `dir` starting at `base`: renames it into place and maps
@@ -357,7 +365,10 @@ impl Segment {
             return Err(io_error(io::ErrorKind::AlreadyExists.into()));
         }
         std::fs::rename(&spare.path, &path).map_err(io_error)?;
-        Segment::map_preallocated(path, base, spare.file, spare.len)
+        Segment::map_preallocated(path.clone(), base, spare.file, spare.len).inspect_err(|_| {
+            // As in `create`: the next roll must find no segment of this base.
+            let _ = std::fs::remove_file(&path);
+        })
     }
 
     /// Opens an existing segment, extending it (zeros) to `segment_bytes` if it is shorter
@@ -446,8 +457,8 @@ impl Segment {
             pos + bytes.len() as u64 <= self.len(),
             "write past the segment"
         );
-        self.file
-            .write_all_at(bytes, pos)
+        crate::fault::check(crate::fault::Op::Write)
+            .and_then(|()| self.file.write_all_at(bytes, pos))
             .map_err(|source| Error::Io {
                 path: self.path.clone(),
                 source,
@@ -471,10 +482,12 @@ impl Segment {
         let pad = usize::try_from(pad_end.saturating_sub(end)).unwrap_or(usize::MAX);
         debug_assert!(pad <= ZEROS.len(), "{pad} bytes of padding");
         let zeros = &ZEROS[..pad];
-        write_all_vectored_at(&self.file, [bytes, zeros], pos).map_err(|source| Error::Io {
-            path: self.path.clone(),
-            source,
-        })
+        crate::fault::check(crate::fault::Op::Write)
+            .and_then(|()| write_all_vectored_at(&self.file, [bytes, zeros], pos))
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// Overwrites bytes `pos..pos+len` with zeros.
@@ -546,6 +559,10 @@ impl SegmentSync {
 }
 
 fn flush_map_range(map: &MmapRaw, path: &Path, pos: u64, len: u64) -> Result<(), Error> {
+    crate::fault::check(crate::fault::Op::Sync).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if len == 0 {
         return Ok(());
     }

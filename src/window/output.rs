@@ -3,7 +3,7 @@
 //! file is cut back to that length before replay re-emits what followed.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,16 +15,27 @@ use super::{Agg, WindowSpec};
 use crate::config::Millis;
 
 /// Appends closed windows to one shard's aggregates file.
+///
+/// Rows are staged in memory and written at [`flush`](Self::flush). A write that fails
+/// (ENOSPC, EIO, EPERM) loses nothing: the unwritten bytes stay staged, in order, and the
+/// next flush writes them from where the file ends. [`len`](Self::len) counts staged bytes
+/// too: it is the length the file will have once they are written, which is what a
+/// checkpoint records; [`OutputSync::sync`] refuses to vouch for bytes not yet in the file.
 #[derive(Debug)]
 pub struct AggregatesWriter {
     path: PathBuf,
-    out: BufWriter<File>,
-    /// The same file, for [`OutputSync`]s.
-    shared: Arc<File>,
-    len: u64,
-    dirty: bool,
+    file: Arc<File>,
+    /// Bytes in the file.
+    written: u64,
+    /// Rows after `written`, not yet in the file.
+    staged: Vec<u8>,
+    /// A write error met while staging a row, for the owner to see.
+    error: Option<io::Error>,
     scratch: Vec<u8>,
 }
+
+/// Staged bytes after which [`AggregatesWriter::write_window`] writes them out.
+const STAGED_BYTES_WRITE: usize = 64 * 1024;
 
 /// An aggregates file whose written bytes another thread makes durable (see
 /// [`AggregatesWriter::sync_handle`]).
@@ -32,11 +43,25 @@ pub struct AggregatesWriter {
 pub struct OutputSync {
     file: Arc<File>,
     path: PathBuf,
+    /// The length the snapshot recorded: the file must hold this much.
+    len: u64,
 }
 
 impl OutputSync {
-    /// fsyncs the file: everything written before the handle was taken is durable.
+    /// fsyncs the file: everything written before the handle was taken is durable. Fails
+    /// when the file does not yet hold the recorded length (its last rows could not be
+    /// written): a checkpoint never names rows that are not in the file.
     pub fn sync(&self) -> io::Result<()> {
+        crate::fault::check(crate::fault::Op::Sync)?;
+        // The length first, then the sync: bytes in the file now are covered by it.
+        let in_file = self.file.metadata()?.len();
+        if in_file < self.len {
+            return Err(io::Error::other(format!(
+                "{} holds {in_file} bytes; {} are still waiting to be written",
+                self.path.display(),
+                self.len - in_file
+            )));
+        }
         self.file.sync_data()
     }
 
@@ -126,19 +151,19 @@ impl AggregatesWriter {
             file.set_len(len)?;
             file.sync_all()?;
         }
-        let mut file = file;
-        std::io::Seek::seek(&mut file, io::SeekFrom::Start(len))?;
         Ok(AggregatesWriter {
             path: path.to_path_buf(),
-            shared: Arc::new(file.try_clone()?),
-            out: BufWriter::with_capacity(64 * 1024, file),
-            len,
-            dirty: false,
+            file: Arc::new(file),
+            written: len,
+            staged: Vec::with_capacity(STAGED_BYTES_WRITE + 4096),
+            error: None,
             scratch: Vec::with_capacity(512),
         })
     }
 
-    /// Writes one closed window, with the given quantiles (value and field name).
+    /// Stages one closed window, with the given quantiles (value and field name), and
+    /// writes the staged rows out once they fill a write. A failed write keeps them staged
+    /// (see [`flush`](Self::flush)); the row is never lost.
     pub fn write_window(
         &mut self,
         key: &str,
@@ -157,41 +182,77 @@ impl AggregatesWriter {
         };
         serde_json::to_writer(&mut self.scratch, &line).map_err(io::Error::other)?;
         self.scratch.push(b'\n');
-        self.out.write_all(&self.scratch)?;
-        self.len += self.scratch.len() as u64;
-        self.dirty = true;
-        Ok(())
-    }
-
-    /// Hands buffered lines to the kernel (readers see them).
-    pub fn flush(&mut self) -> io::Result<()> {
-        if self.dirty {
-            self.out.flush()?;
-            self.dirty = false;
+        let was_full = self.staged.len() >= STAGED_BYTES_WRITE;
+        self.staged.extend_from_slice(&self.scratch);
+        if !was_full
+            && self.staged.len() >= STAGED_BYTES_WRITE
+            && let Err(e) = self.flush()
+        {
+            // Kept for the owner to see ([`take_error`](Self::take_error)); the row is
+            // staged, and the windows being closed close whole. When the stage was full
+            // already, writing failed before: the owner's retry writes.
+            self.error.get_or_insert(e);
         }
         Ok(())
     }
 
-    /// Hands buffered lines to the kernel and returns a handle that makes the first `len()`
-    /// bytes durable from another thread (checkpoints: the coordinator fsyncs, the core goes
-    /// on).
-    pub fn sync_handle(&mut self) -> io::Result<OutputSync> {
-        self.out.flush()?;
-        self.dirty = false;
-        Ok(OutputSync {
-            file: Arc::clone(&self.shared),
-            path: self.path.clone(),
-        })
+    /// The first write error met by [`write_window`](Self::write_window) since the last call.
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
     }
 
-    /// Bytes written so far (including buffered ones).
+    /// Writes the staged rows into the file (readers see them). On error the bytes not
+    /// written stay staged, in order, and the next call goes on from the file's end.
+    pub fn flush(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        while !self.staged.is_empty() {
+            let n = crate::fault::check(crate::fault::Op::Write)
+                .and_then(|()| self.file.write_at(&self.staged, self.written));
+            match n {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.written += n as u64;
+                    self.staged.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.staged.capacity() > 4 * STAGED_BYTES_WRITE {
+            // A long failure grew the stage: give the memory back once it is written.
+            self.staged.shrink_to(STAGED_BYTES_WRITE + 4096);
+        }
+        Ok(())
+    }
+
+    /// Writes the staged rows out (as [`flush`](Self::flush) does; a failure is returned
+    /// after the handle) and returns a handle that makes the first `len()` bytes durable
+    /// from another thread (checkpoints: the coordinator fsyncs, the core goes on). The
+    /// handle's sync fails while those bytes are not all in the file.
+    pub fn sync_handle(&mut self) -> (OutputSync, io::Result<()>) {
+        let flushed = self.flush();
+        let sync = OutputSync {
+            file: Arc::clone(&self.file),
+            path: self.path.clone(),
+            len: self.len(),
+        };
+        (sync, flushed)
+    }
+
+    /// Bytes written so far, staged ones included: the length of the file once they are in.
     pub fn len(&self) -> u64 {
-        self.len
+        self.written + self.staged.len() as u64
+    }
+
+    /// Bytes staged and not yet in the file (more than a write's worth only while writes
+    /// fail).
+    pub fn staged_bytes(&self) -> usize {
+        self.staged.len()
     }
 
     /// True when nothing has been written.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The file.

@@ -2,18 +2,19 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use super::storage::{Held, Storage};
 use super::{Control, ReplayTask, Report, WorkerSetup, parsers};
 use crate::checkpoint::PartitionState;
 use crate::config::{Format, ListenerConfig, Proto};
 use crate::deadletter::DeadLetter;
 use crate::framing::{Framing, StreamFramer, split_datagram};
-use crate::limits::{EVENT_TIME_FUTURE_MS_MAX, UDP_DROPS_POLL_MS};
+use crate::limits::{EVENT_TIME_FUTURE_MS_MAX, TICK_MS, UDP_DROPS_POLL_MS};
 use crate::log::{Appender, BatchInfo};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StorageOp};
 use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, ConnId, Handler};
 use crate::parse::{Parser, Reject};
@@ -23,6 +24,9 @@ use crate::window::{Shard, now_ms};
 /// A core with no event for this long (or the allowed lateness, if longer) is idle: it no
 /// longer holds back the combined watermark.
 const SOURCE_IDLE_MS_MIN: i64 = 1_000;
+
+/// The most one loop turn adds to a core's quiet time (see `Ingest::end_turn`).
+const QUIET_TURN_MAX: Duration = Duration::from_millis(5 * TICK_MS);
 
 /// Batches replayed per loop turn.
 const REPLAY_BATCHES_PER_TICK: usize = 16;
@@ -58,8 +62,13 @@ pub struct Ingest {
     committed: Vec<BatchInfo>,
     /// Largest event time routed from this core.
     max_event_ms: Option<i64>,
-    /// When the last event was routed from this core.
-    last_event_at: Instant,
+    /// Time this core spent finding nothing to read since it last routed an event (see
+    /// [`end_turn`](Self::end_turn)).
+    quiet: Duration,
+    /// When the current loop turn began.
+    turn_started: Instant,
+    /// Whether the current turn looked for input and found none.
+    pub(super) turn_quiet: bool,
     /// Bytes read from sockets since the loop last looked.
     pub(super) turn_bytes: usize,
     /// Watermark (and idleness) last sent to every shard.
@@ -67,9 +76,10 @@ pub struct Ingest {
     allowed_lateness_ms: i64,
     injected_epoch: u64,
     blocked_since: Option<Instant>,
+    /// Held input and failed writes (see `storage.rs`).
+    pub(super) storage: Storage,
     /// Background flushes (count, µs) already added to the metrics.
     flushes_seen: (u64, u64),
-    append_errors: u64,
     /// When the kernel's UDP drop counts were last read.
     udp_drops_read_at: Instant,
     pub(super) metrics: Arc<Metrics>,
@@ -106,14 +116,16 @@ impl Ingest {
             conns: Vec::new(),
             committed: Vec::new(),
             max_event_ms: setup.max_event_ms,
-            last_event_at: Instant::now(),
+            quiet: Duration::ZERO,
+            turn_started: Instant::now(),
+            turn_quiet: false,
             turn_bytes: 0,
             sent_watermark: None,
             allowed_lateness_ms: setup.allowed_lateness_ms,
             injected_epoch: setup.control.checkpoint_epoch.load(Ordering::Acquire),
             blocked_since: None,
+            storage: Storage::new(setup.id),
             flushes_seen: (0, 0),
-            append_errors: 0,
             udp_drops_read_at: Instant::now(),
             metrics: setup.metrics,
             control: setup.control,
@@ -124,7 +136,6 @@ impl Ingest {
 
     /// Parses and routes the batches just committed to the log.
     fn route_committed(&mut self) {
-        let now = Instant::now();
         for batch in self.committed.drain(..) {
             let Some(index) = self
                 .log_id_to_index
@@ -152,54 +163,152 @@ impl Ingest {
             self.metrics.cores[self.id as usize].listeners[index as usize]
                 .lines_total
                 .add(u64::from(batch.count));
-            self.last_event_at = now;
+            self.quiet = Duration::ZERO;
         }
         self.router.flush();
         self.note_blocked();
     }
 
-    /// Frames `bytes` from a listener into one log batch (several when a segment rolls).
+    /// Frames `bytes` from a listener into one log batch (several when a segment rolls),
+    /// and routes what the log took. Lines the log cannot take (a write failed) are held,
+    /// in order, and the core stops reading until they are in (see `storage.rs`).
     fn append_framed(
         &mut self,
         listener: u16,
         feed: impl FnOnce(&mut dyn FnMut(&[u8]), &mut dyn FnMut(Reject, &[u8])),
     ) {
         let now = now_ms();
+        if self.storage.holding() {
+            // Lines keep their order behind those already held.
+            let counters = &self.metrics.cores[self.id as usize].listeners[listener as usize];
+            let name = &self.listeners[listener as usize].name;
+            let (storage, deadletter) = (&mut self.storage, &mut self.deadletter);
+            feed(
+                &mut |line| storage.hold(listener, now, line),
+                &mut |reason, raw| {
+                    counters.rejected_total[reason.index()].add(1);
+                    deadletter.reject(now, name, reason, raw);
+                },
+            );
+            return;
+        }
+        let mut unappended = Storage::empty_held(listener, now);
+        let failure = self.append_lines(listener, now, &mut unappended, feed);
+        // Nothing was held before: these go first.
+        self.storage.put_back_front(unappended);
+        self.route_committed();
+        if let Some((op, e)) = failure {
+            self.storage_failed(op, &e);
+        }
+    }
+
+    /// Appends the lines `feed` gives, as batches of `listener` read at `ingest_ms`. Lines
+    /// the log could not take go to `unappended`, in order, with the failure returned
+    /// (`LogFlush` when the lines are in the log but could not be made durable under
+    /// `flush = always`).
+    fn append_lines(
+        &mut self,
+        listener: u16,
+        ingest_ms: i64,
+        unappended: &mut Held,
+        feed: impl FnOnce(&mut dyn FnMut(&[u8]), &mut dyn FnMut(Reject, &[u8])),
+    ) -> Option<(StorageOp, crate::log::Error)> {
         let counters = &self.metrics.cores[self.id as usize].listeners[listener as usize];
         let name = &self.listeners[listener as usize].name;
         let deadletter = &mut self.deadletter;
         let mut writer = self
             .appender
-            .begin(self.listener_log_ids[listener as usize], now);
+            .begin(self.listener_log_ids[listener as usize], ingest_ms);
         let mut error = None;
         feed(
             &mut |line| {
-                if error.is_none()
-                    && let Err(e) = writer.push(line)
-                {
-                    error = Some(e);
+                if error.is_none() {
+                    match writer.push(line) {
+                        Ok(()) => return,
+                        Err(crate::log::Error::LineTooLong { .. }) => {
+                            // Framing cuts lines at `max_line_bytes`, which config keeps
+                            // below the log's bound: not reached, but never held forever.
+                            counters.rejected_total[Reject::TooLong.index()].add(1);
+                            return;
+                        }
+                        Err(e) => {
+                            unappended_failed(&writer, unappended);
+                            error = Some((StorageOp::LogAppend, e));
+                        }
+                    }
                 }
+                unappended.push(line);
             },
             &mut |reason, raw| {
                 counters.rejected_total[reason.index()].add(1);
-                deadletter.reject(now, name, reason, raw);
+                deadletter.reject(ingest_ms, name, reason, raw);
             },
         );
-        let result = match error {
-            None => writer.finish(&mut self.committed),
-            Some(e) => {
-                // Commit what made it in; the error is reported below.
-                let _ = writer.finish(&mut self.committed);
-                Err(e)
-            }
-        };
-        if let Err(e) = result {
-            self.append_errors += 1;
-            if self.append_errors.is_power_of_two() {
-                tracing::error!(core = self.id, error = %e, errors = self.append_errors, "log append failed; input lost");
+        if error.is_none()
+            && let Err(e) = writer.seal()
+        {
+            if writer.failed_lines().is_some() {
+                unappended_failed(&writer, unappended);
+                error = Some((StorageOp::LogAppend, e));
+            } else {
+                error = Some((StorageOp::LogFlush, e));
             }
         }
-        self.route_committed();
+        // Sealed (or failed) already: this only hands over the committed batches.
+        let _ = writer.finish(&mut self.committed);
+        error
+    }
+
+    /// Records a failed write: input is held and retried (see `storage.rs`).
+    pub(super) fn storage_failed(&mut self, op: StorageOp, error: &dyn std::fmt::Display) {
+        match op {
+            StorageOp::LogFlush => self.storage.log_flush_failed = true,
+            StorageOp::Aggregates => self.storage.output_failed = true,
+            StorageOp::LogAppend => {}
+        }
+        self.storage
+            .failed(op, error, &self.metrics.cores[self.id as usize]);
+    }
+
+    /// Retries what failed, when its back-off has passed: failed flushes first, then the
+    /// held lines in order. Ends the episode when everything is written.
+    pub(super) fn retry_storage(&mut self, now: Instant) {
+        if !self.storage.retry_due(now) {
+            return;
+        }
+        if self.storage.log_flush_failed {
+            match self.appender.flush() {
+                Ok(()) => self.storage.log_flush_failed = false,
+                Err(e) => return self.storage_failed(StorageOp::LogFlush, &e),
+            }
+        }
+        if self.storage.output_failed {
+            match self.shard.output().flush() {
+                Ok(()) => self.storage.output_failed = false,
+                Err(e) => return self.storage_failed(StorageOp::Aggregates, &e),
+            }
+        }
+        while let Some(held) = self.storage.take_held() {
+            let mut unappended = Storage::empty_held(held.listener, held.ingest_ms);
+            let failure = self.append_lines(
+                held.listener,
+                held.ingest_ms,
+                &mut unappended,
+                |on_line, _| held.lines().for_each(on_line),
+            );
+            self.storage.put_back_front(unappended);
+            self.route_committed();
+            if let Some((op, e)) = failure {
+                return self.storage_failed(op, &e);
+            }
+        }
+        self.storage
+            .maybe_recovered(&self.metrics.cores[self.id as usize]);
+    }
+
+    /// When the next storage retry is due, while writes fail.
+    pub(super) fn storage_retry_at(&self) -> Option<Instant> {
+        self.storage.retry_at()
     }
 
     /// Replays a few batches of the partitions left to replay.
@@ -262,7 +371,7 @@ impl Ingest {
             self.metrics.cores[self.id as usize]
                 .replayed_lines_total
                 .add(u64::from(info.count));
-            self.last_event_at = Instant::now();
+            self.quiet = Duration::ZERO;
             self.router.flush();
             if self.router.blocked() {
                 break;
@@ -319,13 +428,24 @@ impl Ingest {
         Ok(())
     }
 
+    /// Ends a loop turn at `now`: a turn that looked for input and found none adds its
+    /// time to [`quiet`](Self::quiet), at most [`QUIET_TURN_MAX`] (a turn takes at most a
+    /// tick when idle; a longer one was a stop, a stall or a swap-in, not idleness).
+    pub(super) fn end_turn(&mut self, now: Instant) {
+        if std::mem::take(&mut self.turn_quiet) {
+            let turn = now.saturating_duration_since(self.turn_started);
+            self.quiet = self.quiet.saturating_add(turn.min(QUIET_TURN_MAX));
+        }
+        self.turn_started = now;
+    }
+
     /// Periodic work: watermark, flush policy, output flushes, metrics.
     pub(super) fn tick(&mut self, now: Instant, backend: &mut EpollBackend) -> Result<(), String> {
         if let Some(max) = self.max_event_ms {
-            // Event time advances with the data, and with wall-clock time while no data comes.
-            let idle_ms = now
-                .saturating_duration_since(self.last_event_at)
-                .as_millis() as i64;
+            // Event time advances with the data, and with the time this core spent finding
+            // nothing to read while no data comes (not the time since the last event: a
+            // stopped or starved process reads its backlog before windows close for it).
+            let idle_ms = self.quiet.as_millis() as i64;
             let ms = max
                 .saturating_sub(self.allowed_lateness_ms)
                 .saturating_add(idle_ms);
@@ -344,17 +464,18 @@ impl Ingest {
         let floor = self.control.retention_floors[self.id as usize].load(Ordering::Acquire);
         self.appender.set_retention_floor(crate::log::Offset(floor));
         if let Err(e) = self.appender.maybe_flush(now) {
-            tracing::error!(core = self.id, error = %e, "log flush failed");
+            self.storage_failed(StorageOp::LogFlush, &e);
         }
         let (flushes, flush_us) = self.appender.background_flushes();
         let m = &self.metrics.cores[self.id as usize];
         m.log_flushes_total.add(flushes - self.flushes_seen.0);
         m.log_flush_us_total.add(flush_us - self.flushes_seen.1);
         self.flushes_seen = (flushes, flush_us);
-        self.shard
-            .output()
-            .flush()
-            .map_err(|e| format!("aggregates output: {e}"))?;
+        if !self.storage.output_failed
+            && let Err(e) = self.shard.output().flush()
+        {
+            self.storage_failed(StorageOp::Aggregates, &e);
+        }
         self.deadletter.flush();
         let m = &self.metrics.cores[self.id as usize];
         m.log_next_offset.set(self.appender.next_offset().0 as i64);
@@ -404,6 +525,13 @@ impl Ingest {
 
     /// Last work before the thread ends.
     pub(super) fn finish(&mut self) {
+        if self.storage.held_lines() > 0 {
+            tracing::error!(
+                core = self.id,
+                lines = self.storage.held_lines(),
+                "exiting with lines read but never written to the log (writes kept failing)"
+            );
+        }
         if let Err(e) = self.appender.flush() {
             tracing::error!(core = self.id, error = %e, "final log flush failed");
         }
@@ -521,7 +649,7 @@ impl Handler for Ingest {
     }
 
     fn reading(&self) -> bool {
-        !self.router.blocked()
+        !self.router.blocked() && !self.storage.failing()
     }
 }
 
@@ -573,5 +701,12 @@ fn route_lines<'l>(ctx: RouteCtx<'_>, lines: impl Iterator<Item = &'l [u8]>, ing
     counters.events_total.add(events);
     if events > 0 {
         *ctx.max_event_ms = Some(ctx.max_event_ms.map_or(max_seen, |m| m.max(max_seen)));
+    }
+}
+
+/// Moves the lines of `writer`'s failed batch (if any) to `unappended`.
+fn unappended_failed(writer: &crate::log::BatchWriter<'_>, unappended: &mut Held) {
+    if let Some(lines) = writer.failed_lines() {
+        lines.for_each(|l| unappended.push(l));
     }
 }

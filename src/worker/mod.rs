@@ -24,6 +24,7 @@
 
 mod ingest;
 mod shard_side;
+mod storage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -302,8 +303,10 @@ impl Ingest {
         let mut drained = false;
         let mut stop_deadline: Option<Instant> = None;
         loop {
+            self.end_turn(Instant::now());
             let inbound_more = self.drain_inbound()?;
             self.retry_sends();
+            self.retry_storage(Instant::now());
             self.checkpoint_step()?;
 
             let stopping = self.control.stop.load(Ordering::Acquire);
@@ -364,6 +367,8 @@ impl Ingest {
                 || (backend.has_ready() && self.reading())
                 || (stop_deadline.is_some() && !drained);
             let read = std::mem::take(&mut self.turn_bytes);
+            self.turn_quiet =
+                read == 0 && serving && self.replay.is_empty() && !stopping && self.reading();
             if !busy && read > 0 && read < LINGER_BYTES {
                 // Input trickles in: let some gather before the next wake, so a read, a log
                 // append and a routed batch carry many lines instead of a few.
@@ -374,7 +379,10 @@ impl Ingest {
             } else if self.router.blocked() {
                 Some(Duration::from_millis(1))
             } else {
-                Some(next_tick.saturating_duration_since(Instant::now()))
+                let wake = self
+                    .storage_retry_at()
+                    .map_or(next_tick, |r| r.min(next_tick));
+                Some(wake.saturating_duration_since(Instant::now()))
             };
             self.sleep(backend, timeout)
                 .map_err(|e| format!("poll: {e}"))?;

@@ -11,7 +11,8 @@ use crossbeam_channel::TryRecvError;
 
 use super::Report;
 use crate::checkpoint::ShardState;
-use crate::limits::INBOUND_MESSAGES_PER_TICK_MAX;
+use crate::limits::{AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX};
+use crate::metrics::StorageOp;
 use crate::route::Msg;
 use crate::window::now_ms;
 
@@ -20,6 +21,11 @@ use super::Ingest;
 impl Ingest {
     /// Reads the inbound queues within a budget. Returns true when messages may remain.
     pub(super) fn drain_inbound(&mut self) -> Result<bool, String> {
+        if self.shard.output().staged_bytes() > AGGREGATES_STAGED_BYTES_MAX {
+            // The aggregates file takes no rows (a full disk): closing more windows would
+            // only grow memory. The sources' queues fill and they stop reading sockets.
+            return Ok(false);
+        }
         let sources = self.inbound.len();
         let mut budget = INBOUND_MESSAGES_PER_TICK_MAX;
         let mut more = false;
@@ -84,6 +90,9 @@ impl Ingest {
                 self.metrics.cores[self.id as usize]
                     .windows_closed_total
                     .add(closed as u64);
+                if let Some(e) = self.shard.output().take_error() {
+                    self.storage_failed(StorageOp::Aggregates, &e);
+                }
             }
             Msg::Barrier(epoch) => {
                 assert!(
@@ -105,11 +114,14 @@ impl Ingest {
     fn snapshot(&mut self, epoch: u64) -> Result<(), String> {
         let started = std::time::Instant::now();
         let output = self.shard.output();
-        // The coordinator fsyncs it before it commits; this core goes on meanwhile.
-        let output_sync = output
-            .sync_handle()
-            .map_err(|e| format!("aggregates output: {e}"))?;
+        // The coordinator fsyncs it before it commits; this core goes on meanwhile. Rows
+        // that cannot be written yet stay staged: that checkpoint fails (its sync finds them
+        // missing from the file), and a later one commits once they are in.
+        let (output_sync, written) = output.sync_handle();
         let aggregates_len = output.len();
+        if let Err(e) = written {
+            self.storage_failed(StorageOp::Aggregates, &e);
+        }
         let mut windows = Vec::with_capacity(self.snapshot_bytes_hint);
         let window_count = self.shard.snapshot_into(&mut windows);
         self.snapshot_bytes_hint = windows.len() + windows.len() / 8;
