@@ -20,7 +20,7 @@ pub enum Op {
     Write,
     /// A flush to the disk (msync, fsync, fdatasync).
     Sync,
-    /// Starting a new log segment.
+    /// Making a new log segment (after its file exists: a failure must clean it up).
     Roll,
 }
 

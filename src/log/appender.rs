@@ -136,6 +136,7 @@ impl Appender {
             recovered.next_offset,
             segment.base(),
         ));
+        tracker.set_spares_wanted(spares_that_fit(dir, options.segment_bytes));
         flusher::register(&tracker);
         let appender = Appender {
             dir: dir.to_path_buf(),
@@ -425,10 +426,6 @@ impl Appender {
     /// sealed segment is made durable in the background (see `flusher.rs`); only when
     /// `SEALS_IN_FLIGHT_MAX` segments already wait for the disk does the roll wait for them.
     fn roll(&mut self) -> Result<(), Error> {
-        crate::fault::check(crate::fault::Op::Roll).map_err(|source| Error::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
         self.tracker.drain_sealing_to(SEALS_IN_FLIGHT_MAX - 1)?;
         self.index.write_pending();
         let (dir, base, bytes) = (&self.dir, self.next_offset, self.options.segment_bytes);
@@ -530,6 +527,31 @@ impl Retention {
         }
         n
     }
+}
+
+/// How many spare segments (up to `SPARES_READY`) to keep for a partition in `dir`: fewer
+/// when the file system lacks room for them beside one more segment that a roll can make
+/// itself, so a small disk starts, and says so, rather than filling up with spares.
+fn spares_that_fit(dir: &Path, segment_bytes: u64) -> usize {
+    let wanted = super::SPARES_READY;
+    let free = match segment::free_bytes(dir) {
+        Ok(free) => free,
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), error = %e, "cannot read free disk space");
+            return wanted;
+        }
+    };
+    let fit = usize::try_from((free / segment_bytes).saturating_sub(1)).unwrap_or(usize::MAX);
+    if fit < wanted {
+        tracing::warn!(
+            dir = %dir.display(),
+            free_bytes = free,
+            segment_bytes,
+            spares = fit,
+            "too little free disk space for {wanted} spare log segments; keeping fewer"
+        );
+    }
+    fit.min(wanted)
 }
 
 /// Removes index files whose segment is gone (retention stopped between the two unlinks),
@@ -1372,5 +1394,120 @@ mod tests {
             .flat_map(|(_, l)| l)
             .collect();
         assert_eq!(all, lines);
+    }
+
+    /// Appends `lines` as the core does: whatever a writer could not take (its failed batch,
+    /// then every later line) is kept and appended again, in order, by the next attempt.
+    /// Returns the attempts it took.
+    fn append_holding_on_failure(appender: &mut Appender, lines: &[Vec<u8>]) -> usize {
+        let mut pending: Vec<Vec<u8>> = lines.to_vec();
+        let mut attempts = 0;
+        while !pending.is_empty() {
+            attempts += 1;
+            assert!(attempts < 1_000, "a fault plan that never clears");
+            let mut kept: Vec<Vec<u8>> = Vec::new();
+            let mut out = Vec::new();
+            let mut writer = appender.begin(7, 42);
+            let mut failed = false;
+            for line in &pending {
+                if !failed && writer.push(line).is_err() {
+                    failed = true;
+                    kept.extend(writer.failed_lines().unwrap().map(<[u8]>::to_vec));
+                }
+                if failed {
+                    kept.push(line.clone());
+                }
+            }
+            if !failed && writer.seal().is_err() {
+                kept.extend(writer.failed_lines().unwrap().map(<[u8]>::to_vec));
+            }
+            writer.finish(&mut out).unwrap();
+            let committed: usize = out.iter().map(|b| b.count as usize).sum();
+            assert_eq!(
+                committed + kept.len(),
+                pending.len(),
+                "every line is committed or kept"
+            );
+            pending = kept;
+        }
+        attempts
+    }
+
+    #[test]
+    fn a_failed_roll_leaves_no_segment_behind_and_the_next_roll_succeeds() {
+        use crate::fault::{Fault, Op};
+        let dir = tempfile::tempdir().unwrap();
+        let (mut appender, _) =
+            Appender::open(dir.path(), small_options(FlushPolicy::Never)).unwrap();
+        crate::fault::clear();
+        crate::fault::arm(Fault {
+            op: Op::Roll,
+            after: 0,
+            times: 3,
+            errno: libc::ENOSPC,
+        });
+        // 3 MiB of lines: several rolls, the first three of which fail.
+        let lines: Vec<Vec<u8>> = (0..300).map(|i| line(i, 10_000)).collect();
+        let attempts = append_holding_on_failure(&mut appender, &lines);
+        assert_eq!(attempts, 4);
+        assert_eq!(crate::fault::hits(), 3);
+        crate::fault::clear();
+        let read: Vec<Vec<u8>> = read_all(dir.path(), Offset(0))
+            .into_iter()
+            .flat_map(|(_, l)| l)
+            .collect();
+        assert_eq!(read, lines);
+        assert_eq!(appender.next_offset(), Offset(lines.len() as u64));
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let segments = list_segments(dir.path()).unwrap();
+        assert_eq!(
+            segments.last().unwrap().base,
+            appender.segment.base(),
+            "{names:?}"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        #[test]
+        fn failed_writes_and_rolls_lose_no_line_and_reuse_no_offset(
+            faults in proptest::collection::vec((0u8..2, 0u32..40, 1u32..4), 1..6),
+            sizes in proptest::collection::vec(1usize..20_000, 50..250),
+            flush_always in proptest::bool::ANY,
+        ) {
+            use crate::fault::{Fault, Op};
+            let dir = tempfile::tempdir().unwrap();
+            let policy = if flush_always { FlushPolicy::Always } else { FlushPolicy::Never };
+            let lines: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| line(i, n)).collect();
+            {
+                let (mut appender, _) = Appender::open(dir.path(), small_options(policy)).unwrap();
+                crate::fault::clear();
+                for (op, after, times) in faults {
+                    let op = if op == 0 { Op::Write } else { Op::Roll };
+                    crate::fault::arm(Fault { op, after, times, errno: libc::EIO });
+                }
+                // In chunks, as reads arrive.
+                for chunk in lines.chunks(17) {
+                    append_holding_on_failure(&mut appender, chunk);
+                }
+                crate::fault::clear();
+                proptest::prop_assert_eq!(appender.next_offset(), Offset(lines.len() as u64));
+            }
+            // Reopened (recovery), the log holds every line once, in order, offsets dense.
+            let (appender, report) = Appender::open(dir.path(), small_options(policy)).unwrap();
+            proptest::prop_assert_eq!(report.next_offset, Offset(lines.len() as u64));
+            drop(appender);
+            let batches = read_all(dir.path(), Offset(0));
+            let mut next = Offset(0);
+            for (info, _) in &batches {
+                proptest::prop_assert_eq!(info.first_offset, next);
+                next = info.end_offset();
+            }
+            let read: Vec<Vec<u8>> = batches.into_iter().flat_map(|(_, l)| l).collect();
+            proptest::prop_assert_eq!(read, lines);
+        }
     }
 }

@@ -93,6 +93,9 @@ pub(crate) struct Tracker {
     making_spare: Mutex<()>,
     /// Spares that could not be made (warned about at powers of two).
     spare_failures: AtomicU64,
+    /// Spares to keep ready: `SPARES_READY`, or fewer when the disk had no room for them
+    /// at start.
+    spares_wanted: std::sync::atomic::AtomicUsize,
     /// Flush period of the flusher thread; `None`: it does not flush this partition
     /// (policies other than `interval`).
     interval: Option<Duration>,
@@ -142,6 +145,7 @@ impl Tracker {
             spares: Mutex::new(Spares::default()),
             making_spare: Mutex::new(()),
             spare_failures: AtomicU64::new(0),
+            spares_wanted: std::sync::atomic::AtomicUsize::new(super::SPARES_READY),
             interval,
             written_pos: AtomicU64::new(written_pos),
             written: AtomicU64::new(written.0),
@@ -180,7 +184,8 @@ impl Tracker {
         loop {
             let slot = {
                 let spares = self.spares();
-                if spares.closed || spares.ready.len() >= super::SPARES_READY {
+                let wanted = self.spares_wanted.load(Ordering::Relaxed);
+                if spares.closed || spares.ready.len() >= wanted.min(super::SPARES_READY) {
                     return;
                 }
                 (0..super::SPARES_READY)
@@ -198,6 +203,12 @@ impl Tracker {
                 }
             }
         }
+    }
+
+    /// Keeps at most `n` spares ready (at most `SPARES_READY`); call before the flusher
+    /// thread first makes them.
+    pub(crate) fn set_spares_wanted(&self, n: usize) {
+        self.spares_wanted.store(n, Ordering::Relaxed);
     }
 
     /// Hands the oldest ready spare segment to `with` (which renames it into place) and

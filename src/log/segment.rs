@@ -158,6 +158,33 @@ fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), Error> {
     }
 }
 
+/// Bytes free for an unprivileged writer on the file system holding `dir`.
+#[cfg(unix)]
+pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stat` points
+    // to writable memory of the struct's size, which statvfs fills when it returns 0.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised the whole struct.
+    let stat = unsafe { stat.assume_init() };
+    // Both are u64 on 64-bit Linux, narrower elsewhere.
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize));
+    Ok(free)
+}
+
+/// Bytes free on the file system holding `dir` (unknown here: unbounded).
+#[cfg(not(unix))]
+pub(crate) fn free_bytes(_dir: &Path) -> io::Result<u64> {
+    Ok(u64::MAX)
+}
+
 #[cfg(target_os = "linux")]
 fn fallocate(file: &File, len: libc::off_t) -> io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -344,11 +371,17 @@ impl Segment {
                 path: path.clone(),
                 source,
             })?;
-        Segment::map(path.clone(), base, file, segment_bytes).inspect_err(|_| {
-            // A roll that fails (a full disk) must leave nothing behind: the next roll
-            // creates this same file again.
-            let _ = std::fs::remove_file(&path);
-        })
+        crate::fault::check(crate::fault::Op::Roll)
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })
+            .and_then(|()| Segment::map(path.clone(), base, file, segment_bytes))
+            .inspect_err(|_| {
+                // A roll that fails (a full disk) must leave nothing behind: the next roll
+                // creates this same file again.
+                let _ = std::fs::remove_file(&path);
+            })
     }
 
     /// Makes `spare` the segment of `dir` starting at `base`: renames it into place and maps
@@ -365,10 +398,13 @@ impl Segment {
             return Err(io_error(io::ErrorKind::AlreadyExists.into()));
         }
         std::fs::rename(&spare.path, &path).map_err(io_error)?;
-        Segment::map_preallocated(path.clone(), base, spare.file, spare.len).inspect_err(|_| {
-            // As in `create`: the next roll must find no segment of this base.
-            let _ = std::fs::remove_file(&path);
-        })
+        crate::fault::check(crate::fault::Op::Roll)
+            .map_err(io_error)
+            .and_then(|()| Segment::map_preallocated(path.clone(), base, spare.file, spare.len))
+            .inspect_err(|_| {
+                // As in `create`: the next roll must find no segment of this base.
+                let _ = std::fs::remove_file(&path);
+            })
     }
 
     /// Opens an existing segment, extending it (zeros) to `segment_bytes` if it is shorter

@@ -268,3 +268,84 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::{Fault, Op};
+
+    fn write_rows(w: &mut AggregatesWriter, from: i64, n: i64) {
+        let spec = WindowSpec::tumbling(10_000);
+        for i in from..from + n {
+            let agg = Agg::one(i as f64, i * 10_000);
+            w.write_window("room.temp", &spec, i * 10_000, &agg, &[])
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn rows_a_failed_write_could_not_take_are_written_once_in_order_when_writes_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s000.jsonl");
+        let mut w = AggregatesWriter::open(&path, 0).unwrap();
+        write_rows(&mut w, 0, 10);
+        w.flush().unwrap();
+        let before = w.len();
+        crate::fault::clear();
+        crate::fault::arm(Fault {
+            op: Op::Write,
+            after: 0,
+            times: u32::MAX,
+            errno: libc::ENOSPC,
+        });
+        // Enough rows to fill the stage: staging never fails, writing does.
+        write_rows(&mut w, 10, 1_000);
+        assert!(w.take_error().is_some());
+        assert!(w.flush().is_err());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), before);
+        assert!(w.staged_bytes() > STAGED_BYTES_WRITE);
+        // A checkpoint taken now must not vouch for the staged rows.
+        let (sync, written) = w.sync_handle();
+        assert!(written.is_err());
+        let refused = sync.sync().unwrap_err().to_string();
+        assert!(refused.contains("waiting to be written"), "{refused}");
+        crate::fault::clear();
+        w.flush().unwrap();
+        sync.sync().unwrap();
+        assert_eq!(w.staged_bytes(), 0);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), w.len());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let starts: Vec<i64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["start_ms"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(starts, (0..1_010).map(|i| i * 10_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_write_that_fails_midway_continues_from_where_the_file_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s000.jsonl");
+        let mut w = AggregatesWriter::open(&path, 0).unwrap();
+        for round in 0..5 {
+            crate::fault::clear();
+            crate::fault::arm(Fault {
+                op: Op::Write,
+                after: 0,
+                times: 1 + round,
+                errno: libc::EIO,
+            });
+            write_rows(&mut w, i64::from(round) * 100, 100);
+            for _ in 0..=round {
+                assert!(w.flush().is_err());
+            }
+            w.flush().unwrap();
+        }
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, 500);
+    }
+}

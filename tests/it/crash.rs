@@ -106,7 +106,7 @@ impl Load {
 }
 
 /// Recomputes every 1 s window from the log, with its own parsing and arithmetic.
-fn oracle(data: &std::path::Path) -> (Rows, u64) {
+pub(crate) fn oracle(data: &std::path::Path) -> (Rows, u64) {
     let dump = run(&["log", "dump", "--data-dir", data.to_str().unwrap()]);
     assert!(
         dump.status.success(),
@@ -155,7 +155,7 @@ fn start(data: &std::path::Path, args: &[String], target: &Mutex<Option<SocketAd
 /// load has stopped, but what it sent may still be on its way into the log (a sluice that
 /// is still replaying reads its sockets only afterwards): the log is read again after each
 /// wait until a reading finds no line the one before it did not.
-fn assert_exactly_once(data: &std::path::Path, sluice: &Sluice) {
+pub(crate) fn assert_exactly_once(data: &std::path::Path, sluice: &Sluice) {
     let (mut expected, mut lines) = oracle(data);
     let mut closed = false;
     for _ in 0..10 {

@@ -8,4 +8,5 @@ mod formats;
 mod harness;
 mod hostile;
 mod log;
+mod storage;
 mod udp;
