@@ -423,10 +423,15 @@ fn plan_partitions(
     let mut plans = Vec::new();
     for core in 0..cores as u16 {
         let dir = log::partition_dir(&config.data_dir, core);
-        let (appender, report) = Appender::open(&dir, options)?;
-        metrics.cores[core as usize]
+        // Offsets the checkpoint counted are never given to new lines (see log recovery).
+        let floor = Offset(body.map_or(0, |b| b.offset_of(core)));
+        let (appender, report) = Appender::open_from(&dir, options, floor)?;
+        let core_metrics = &metrics.cores[core as usize];
+        core_metrics
             .log_truncated_bytes_total
             .add(report.truncated_bytes);
+        core_metrics.log_bad_batches_total.add(report.bad_batches);
+        core_metrics.log_lost_lines_total.add(report.lost_lines);
         if report.truncated_bytes > 0 {
             tracing::warn!(
                 partition = core,

@@ -13,7 +13,7 @@ use crate::config::{Format, ListenerConfig, Proto};
 use crate::deadletter::DeadLetter;
 use crate::framing::{Framing, StreamFramer, split_datagram};
 use crate::limits::{EVENT_TIME_FUTURE_MS_MAX, TICK_MS, UDP_DROPS_POLL_MS};
-use crate::log::{Appender, BatchInfo};
+use crate::log::{Appender, BatchInfo, Damage};
 use crate::metrics::{Metrics, StorageOp};
 use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, ConnId, Handler};
@@ -325,6 +325,20 @@ impl Ingest {
                 .next_batch()
                 .map_err(|e| format!("replay of partition {}: {e}", task.partition))?;
             let Some(batch) = batch else {
+                let damage = task.reader.damage();
+                if damage != Damage::default() {
+                    let core = &self.metrics.cores[self.id as usize];
+                    core.log_bad_batches_total.add(damage.bad_batches);
+                    core.log_lost_lines_total.add(damage.lost_lines);
+                    tracing::error!(
+                        core = self.id,
+                        partition = task.partition,
+                        bad_batches = damage.bad_batches,
+                        lost_lines = damage.lost_lines,
+                        "replay found damage in the log; the lines of the damaged batches are \
+                         lost, every other line is counted"
+                    );
+                }
                 tracing::info!(core = self.id, partition = task.partition, "replay done");
                 let done = self.replay.pop().expect("a task is being replayed");
                 if done.partition != self.id
