@@ -125,14 +125,14 @@ impl Appender {
         })?;
         remove_orphan_indexes(dir)?;
         let recovered = recovery::recover(dir, options.segment_bytes, floor)?;
+        let (history, missing) = open_sealed(dir, recovered.segment.base())?;
         let report = RecoveryReport {
             next_offset: recovered.next_offset,
             truncated_bytes: recovered.truncated_bytes,
             bad_batches: recovered.bad_batches,
-            lost_lines: recovered.lost_lines,
+            lost_lines: recovered.lost_lines + missing,
             lost_below_floor: recovered.lost_below_floor,
         };
-        let history = open_sealed(dir, recovered.segment.base())?;
         let segment = recovered.segment;
         let (prefix, builder) = index::build_from_bytes(segment.bytes(), segment.base());
         let index = IndexWriter::start(dir, &prefix, builder);
@@ -591,13 +591,22 @@ fn remove_orphan_indexes(dir: &Path) -> Result<(), Error> {
 }
 
 /// The sealed segments of `dir` (every segment before `newest`), their indexes checked and
-/// rebuilt where missing, short or bad.
-fn open_sealed(dir: &Path, newest: Offset) -> Result<VecDeque<SealedSegment>, Error> {
+/// rebuilt where missing, short or bad; and the offsets missing between segments (a
+/// segment deleted or torn, lines lost below a checkpoint), each gap warned about.
+fn open_sealed(dir: &Path, newest: Offset) -> Result<(VecDeque<SealedSegment>, u64), Error> {
     let mut out = VecDeque::new();
-    for s in segment::list_segments(dir)?
+    let sealed: Vec<_> = segment::list_segments(dir)?
         .into_iter()
         .filter(|s| s.base < newest)
-    {
+        .collect();
+    let mut missing = 0;
+    let next_bases: Vec<Offset> = sealed
+        .iter()
+        .skip(1)
+        .map(|s| s.base)
+        .chain([newest])
+        .collect();
+    for (s, next_base) in sealed.into_iter().zip(next_bases) {
         let loaded = index::load(dir, s.base)?;
         let index = match loaded {
             l if l.is_complete() => l.index().expect("complete"),
@@ -625,6 +634,19 @@ fn open_sealed(dir: &Path, newest: Offset) -> Result<VecDeque<SealedSegment>, Er
                 source,
             })?
             .len();
+        if let Some(end) = index.seal.map(|seal| seal.offset())
+            && end < next_base
+        {
+            tracing::warn!(
+                segment = %s.path.display(),
+                end_offset = end.0,
+                next_base = next_base.0,
+                "log offsets {end}..{next_base} are missing after this segment (a segment \
+                 deleted or torn, or lines a checkpoint counted that are gone); readers step \
+                 over them"
+            );
+            missing += next_base.0 - end.0;
+        }
         out.push_back(SealedSegment {
             base: s.base,
             path: s.path,
@@ -632,7 +654,7 @@ fn open_sealed(dir: &Path, newest: Offset) -> Result<VecDeque<SealedSegment>, Er
             max_time_ms: index.sealed_max_time_ms().unwrap_or(i64::MIN),
         });
     }
-    Ok(out)
+    Ok((out, missing))
 }
 
 /// Why an index is rebuilt, for the log line.

@@ -153,8 +153,9 @@ pub(crate) struct Recovered {
     pub(crate) truncated_bytes: u64,
     /// Damaged stretches cut out of the newest segment, valid batches kept after them.
     pub(crate) bad_batches: u64,
-    /// Offsets with no line in the log found here: in stretches cut out, between the last
-    /// two segments, and below `floor`.
+    /// Offsets with no line in the log found here: in stretches cut out, and below `floor`
+    /// when no segment is left before the new one (gaps between segments are the
+    /// appender's to count, from the sealed segments' indexes).
     pub(crate) lost_lines: u64,
     /// Of those, offsets the checkpoint counted that are gone (`floor` minus the end of the
     /// data, when positive).
@@ -189,7 +190,7 @@ pub(crate) fn recover(dir: &Path, segment_bytes: u64, floor: Offset) -> Result<R
     };
     let mut lost_lines = 0;
     if let [.., previous, _] = segments.as_slice() {
-        lost_lines += check_follows(previous, newest)?;
+        check_follows(previous, newest)?;
     }
     let segment = Segment::open(&newest.path, newest.base, segment_bytes)?;
     let scan = scan(segment.bytes(), newest.base);
@@ -231,7 +232,10 @@ pub(crate) fn recover(dir: &Path, segment_bytes: u64, floor: Offset) -> Result<R
              gone; new lines start at the checkpoint's offset so that none reuses an offset"
         );
     }
-    lost_lines += lost_below_floor;
+    if scan.batches == 0 && segments.len() == 1 {
+        // No segment is left before the new one to show the gap.
+        lost_lines += lost_below_floor;
+    }
     let next_offset = scan.next_offset.max(floor);
     let recovered = |segment, write_pos| Recovered {
         segment,
@@ -262,10 +266,10 @@ pub(crate) fn recover(dir: &Path, segment_bytes: u64, floor: Offset) -> Result<R
     Ok(recovered(next, 0))
 }
 
-/// Checks that `newest` starts where `previous` (a sealed segment) ends and returns the
-/// offsets missing between them. Damage inside `previous` is only warned about (readers
-/// resync past it); a gap is reported; an overlap (offsets given out twice) is an error.
-fn check_follows(previous: &SegmentFile, newest: &SegmentFile) -> Result<u64, Error> {
+/// Checks that `newest` does not start before `previous` (a sealed segment) ends: an
+/// overlap would give offsets out twice. Damage inside `previous` is only warned about
+/// (readers resync past it); a gap is the appender's to report.
+fn check_follows(previous: &SegmentFile, newest: &SegmentFile) -> Result<(), Error> {
     let mut scanner = SegmentScanner::open(&previous.path, previous.base)?;
     loop {
         match scanner.step()? {
@@ -295,15 +299,7 @@ fn check_follows(previous: &SegmentFile, newest: &SegmentFile) -> Result<u64, Er
             expected: end,
         });
     }
-    if end < newest.base {
-        tracing::warn!(
-            segment = %newest.path.display(),
-            base_offset = newest.base.0,
-            previous_end = end.0,
-            "the newest log segment does not follow the one before it: offsets missing"
-        );
-    }
-    Ok(newest.base.0 - end.0)
+    Ok(())
 }
 
 #[cfg(test)]
