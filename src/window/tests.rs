@@ -656,3 +656,25 @@ fn keys_are_released_when_their_windows_close_and_invalid_utf8_keys_share_one_sl
         assert_eq!(count(OVERFLOW_KEY, t), Some(1));
     }
 }
+
+#[test]
+fn quantiles_inside_min_and_max() {
+    let mut agg = Agg::empty();
+    agg.add(22.0, 1, true);
+    agg.add(22.0, 2, true);
+    for q in [0.0, 0.5, 0.9, 0.99, 0.999, 1.0] {
+        assert_eq!(agg.quantile(q), Some(22.0), "q {q}");
+    }
+    let mut agg = Agg::empty();
+    for (i, v) in [21.5, 22.0, 1e-9, 1e9, -3.25].into_iter().enumerate() {
+        agg.add(v, i as i64, true);
+    }
+    for q in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let v = agg.quantile(q).unwrap();
+        assert!((agg.min..=agg.max).contains(&v), "q {q}: {v}");
+    }
+    assert_eq!(agg.quantile(1.0), Some(1e9));
+    assert_eq!(agg.quantile(0.0), Some(-3.25));
+    // An empty aggregate has no quantile, and asking does not panic.
+    assert_eq!(Agg::empty().quantile(0.5), None);
+}
