@@ -91,6 +91,7 @@ pub fn encode(metrics: &Metrics) -> Result<String, std::fmt::Error> {
     register_listeners(&mut registry, metrics);
     register_cores(&mut registry, metrics);
     register_process(&mut registry, metrics);
+    register_admin(&mut registry, metrics);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
@@ -306,6 +307,41 @@ fn register_process(registry: &mut Registry, metrics: &Metrics) {
     uptime.set(metrics.started.elapsed().as_secs_f64());
     let help = "Time since the process started";
     registry.register_with_unit("uptime", help, Unit::Seconds, uptime);
+}
+
+fn register_admin(registry: &mut Registry, metrics: &Metrics) {
+    let admin = &metrics.admin;
+    let one = |name: &str, help: &str, v: u64, registry: &mut Registry| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        registry.register(name, help, c);
+    };
+    let help = "Admin HTTP connections accepted";
+    one(
+        "admin_connections",
+        help,
+        admin.connections_total.get(),
+        registry,
+    );
+    let open = Gauge::<i64>::default();
+    open.set(admin.connections_open.get());
+    registry.register(
+        "admin_connections_open",
+        "Admin HTTP connections open now",
+        open,
+    );
+    let help = "Admin HTTP connections closed at once because every slot had a request in flight";
+    let refused = admin.connections_refused_total.get();
+    one("admin_connections_refused", help, refused, registry);
+    let help = "Idle admin HTTP connections closed to make room for a new one";
+    let evicted = admin.connections_evicted_total.get();
+    one("admin_connections_evicted", help, evicted, registry);
+    let help = "Admin HTTP connections closed because a request head did not come in time";
+    let timed_out = admin.connections_timed_out_total.get();
+    one("admin_connections_timed_out", help, timed_out, registry);
+    let help = "Admin HTTP requests answered 408 because they took too long";
+    let slow = admin.requests_timed_out_total.get();
+    one("admin_requests_timed_out", help, slow, registry);
 }
 
 fn counter<L: Labels>(
