@@ -336,7 +336,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
             partitions: plan.others,
             max_event_ms: plan.max_event_ms,
             shard: shards.remove(0),
-            deadletter: DeadLetter::open(&data_dir, id as u16)
+            deadletter: DeadLetter::open(&data_dir, id as u16, &config.deadletter, metrics.clone())
                 .map_err(io_err("cannot open dead-letter log in", &data_dir))?,
             allowed_lateness_ms: config.window.allowed_lateness.as_i64(),
             metrics: metrics.clone(),

@@ -58,6 +58,12 @@ struct StorageLabels {
     op: &'static str,
 }
 
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct DropLabels {
+    core: usize,
+    reason: &'static str,
+}
+
 /// Trait bounds a label set needs to go into registered [`Series`].
 trait Labels: EncodeLabelSet + Debug + Send + Sync + 'static {}
 impl<T: EncodeLabelSet + Debug + Send + Sync + 'static> Labels for T {}
@@ -259,6 +265,44 @@ fn register_cores(registry: &mut Registry, metrics: &Metrics) {
         })
     });
     counter(registry, "storage_errors", help, errors);
+    register_deadletter(registry, &rows);
+}
+
+fn register_deadletter(registry: &mut Registry, rows: &[(CoreLabels, &CoreMetrics)]) {
+    let help = "Rejections (lines, late events) written to the dead-letter log as their own record";
+    let written = per_core(rows, |c| c.deadletter.written_total.get());
+    counter(registry, "deadletter_written", help, written);
+    let help = "Rejections counted in a dead-letter repeat record instead of being copied";
+    let collapsed = per_core(rows, |c| c.deadletter.collapsed_total.get());
+    counter(registry, "deadletter_collapsed", help, collapsed);
+    let help = "Rejections not in the dead-letter log: cap (record over a file's share), \
+                error (write failed), rotated (deleted by rotation to keep the cap)";
+    let dropped = rows.iter().flat_map(|(l, c)| {
+        let d = &c.deadletter;
+        [
+            ("cap", d.cap_total.get()),
+            ("error", d.error_total.get()),
+            ("rotated", d.rotated_total.get()),
+        ]
+        .map(|(reason, v)| {
+            let labels = DropLabels {
+                core: l.core,
+                reason,
+            };
+            (labels, v)
+        })
+    });
+    counter(registry, "deadletter_dropped", help, dropped);
+    let help = "Dead-letter records written (own and repeat records)";
+    let records = per_core(rows, |c| c.deadletter.records_total.get());
+    counter(registry, "deadletter_records", help, records);
+    let help = "Bytes in the partition's dead-letter files";
+    let bytes = rows.iter().map(|(l, c)| {
+        let g = Gauge::<i64>::default();
+        g.set(c.deadletter.bytes.get());
+        (l.clone(), g)
+    });
+    registry.register_with_unit("deadletter", help, Unit::Bytes, Series(bytes.collect()));
 }
 
 fn per_core<T>(
@@ -560,5 +604,35 @@ mod tests {
             assert!(l.contains(&want), "missing `{want}` in\n{text}");
         }
         assert!(text.contains("\nsluice_uptime_seconds "), "{text}");
+    }
+
+    #[test]
+    fn deadletter_and_admin_figures_are_exposed() {
+        let m = metrics();
+        let d = &m.cores[1].deadletter;
+        d.written_total.add(10);
+        d.collapsed_total.add(90);
+        d.cap_total.add(2);
+        d.rotated_total.add(4);
+        d.bytes.set(4096);
+        m.admin.connections_open.set(3);
+        m.admin.connections_evicted_total.add(7);
+        let text = encode(&m).unwrap();
+        let l = lines(&text);
+        for want in [
+            r#"sluice_deadletter_written_total{core="1"} 10"#,
+            r#"sluice_deadletter_collapsed_total{core="1"} 90"#,
+            r#"sluice_deadletter_dropped_total{core="1",reason="cap"} 2"#,
+            r#"sluice_deadletter_dropped_total{core="1",reason="error"} 0"#,
+            r#"sluice_deadletter_dropped_total{core="1",reason="rotated"} 4"#,
+            r#"sluice_deadletter_bytes{core="1"} 4096"#,
+            r#"sluice_deadletter_bytes{core="0"} 0"#,
+            "sluice_admin_connections_open 3",
+            "sluice_admin_connections_evicted_total 7",
+            "sluice_admin_connections_refused_total 0",
+            "sluice_admin_connections_timed_out_total 0",
+        ] {
+            assert!(l.contains(&want), "missing `{want}` in\n{text}");
+        }
     }
 }
