@@ -21,9 +21,9 @@
 //!   `p{NNN}.log.1`, the older ones shift up (`.1` → `.2`, …) and the oldest is deleted.
 //!
 //! Each rejection ends in exactly one of the core's `deadletter` counters: written (a record
-//! of its own), collapsed (in a repeat record), or dropped for `error` (the write failed: a
-//! full disk is counted and never stops the core) or `cap` (a record larger than a file's
-//! share). Rejections whose records rotation later deletes are counted as dropped for
+//! of its own), collapsed (in a repeat record), or dropped for `error` (the write or a
+//! rotation failed: a full disk is counted and never stops the core) or `cap` (a record
+//! larger than a file's share). Rejections whose records rotation later deletes are counted as dropped for
 //! `rotated`. It is a diagnostic record, not part of the exactly-once state: replay after a
 //! crash may write a rejection again.
 
@@ -321,7 +321,8 @@ impl DeadLetter {
             let record = self.buf.split_off(start);
             self.write_out();
             if !self.rotate() {
-                self.counters().cap_total.add(written + collapsed);
+                // The file cannot take it and no new one can be started: a failed write.
+                self.counters().error_total.add(written + collapsed);
                 return;
             }
             self.buf = record;

@@ -176,7 +176,7 @@ pub struct DeadLetterCounters {
     pub written_total: Counter,
     /// Rejections counted in a repeat record instead of being copied.
     pub collapsed_total: Counter,
-    /// Rejections not written because the write failed (a full disk).
+    /// Rejections not written because the write (or a rotation) failed (a full disk).
     pub error_total: Counter,
     /// Rejections not written because their record alone exceeds a file's share of the cap.
     pub cap_total: Counter,
