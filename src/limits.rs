@@ -90,6 +90,8 @@ pub const ADMIN_REQUEST_TIMEOUT_MS: u64 = 10_000;
 pub const ADMIN_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// Largest admin request body.
 pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Listen backlog of the admin socket (the kernel caps it at `net.core.somaxconn`).
+pub const ADMIN_LISTEN_BACKLOG: i32 = 1024;
 /// Pause after a failed accept (descriptors exhausted) before the admin server tries again.
 pub const ADMIN_ACCEPT_BACKOFF_MS: u64 = 100;
 

@@ -37,10 +37,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
+use crate::limits;
 use crate::metrics::Metrics;
 
 /// How long [`AdminServer::stop`] waits for requests in flight before closing them.
 pub const SHUTDOWN_GRACE_MS: u64 = 2_000;
+
+/// Binds the admin listener with a backlog of [`limits::ADMIN_LISTEN_BACKLOG`], so a burst of
+/// connections waits in the kernel (not in memory of ours) instead of having its SYNs dropped.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does: a restart may bind while old connections linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(limits::ADMIN_LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
 
 /// What the admin server reads.
 #[derive(Debug, Clone)]
@@ -195,7 +208,7 @@ mod tests {
             format: "raw",
         }];
         let metrics = Arc::new(Metrics::new(2, listeners));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let state = AdminState::new(Arc::clone(&metrics));
         let server = AdminServer::start_with_limits(listener, state, limits).unwrap();
         (server, metrics)
