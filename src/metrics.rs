@@ -152,6 +152,12 @@ pub struct CoreMetrics {
     pub replayed_lines_total: Counter,
     /// Bytes cut from this core's log partition tail by recovery at start.
     pub log_truncated_bytes_total: Counter,
+    /// Damaged log batches found at start: cut out of the newest segment by recovery, or
+    /// skipped inside sealed segments by replay.
+    pub log_bad_batches_total: Counter,
+    /// Offsets found at start to have no line in the log (damaged batches, missing
+    /// segments, lines a checkpoint counted that are gone).
+    pub log_lost_lines_total: Counter,
     /// Longest time, in µs, this core spent on its share of a checkpoint.
     pub checkpoint_stall_us_max: Gauge,
     /// 1 while a write of this core fails and its input is held; 0 otherwise.
@@ -228,6 +234,8 @@ impl CoreMetrics {
             log_flush_us_total: Counter::default(),
             replayed_lines_total: Counter::default(),
             log_truncated_bytes_total: Counter::default(),
+            log_bad_batches_total: Counter::default(),
+            log_lost_lines_total: Counter::default(),
             checkpoint_stall_us_max: Gauge::default(),
             storage_failing: Gauge::default(),
             storage_errors_total: Default::default(),

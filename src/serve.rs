@@ -390,6 +390,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         epoch: first_epoch,
         in_flight: None,
         kept: std::collections::VecDeque::new(),
+        failures_in_a_row: 0,
         metrics: metrics.clone(),
         control: control.clone(),
     };
@@ -422,10 +423,15 @@ fn plan_partitions(
     let mut plans = Vec::new();
     for core in 0..cores as u16 {
         let dir = log::partition_dir(&config.data_dir, core);
-        let (appender, report) = Appender::open(&dir, options)?;
-        metrics.cores[core as usize]
+        // Offsets the checkpoint counted are never given to new lines (see log recovery).
+        let floor = Offset(body.map_or(0, |b| b.offset_of(core)));
+        let (appender, report) = Appender::open_from(&dir, options, floor)?;
+        let core_metrics = &metrics.cores[core as usize];
+        core_metrics
             .log_truncated_bytes_total
             .add(report.truncated_bytes);
+        core_metrics.log_bad_batches_total.add(report.bad_batches);
+        core_metrics.log_lost_lines_total.add(report.lost_lines);
         if report.truncated_bytes > 0 {
             tracing::warn!(
                 partition = core,
@@ -570,6 +576,9 @@ struct Coordinator {
     in_flight: Option<InFlight>,
     /// Partition offsets of the checkpoints kept on disk, oldest first.
     kept: std::collections::VecDeque<Vec<PartitionState>>,
+    /// Checkpoints failed since the last one committed (a failure is logged once per run of
+    /// them).
+    failures_in_a_row: u64,
     metrics: Arc<Metrics>,
     control: Arc<Control>,
 }
@@ -753,6 +762,14 @@ impl Coordinator {
                 m.last_duration_us
                     .set(f.started.elapsed().as_micros() as i64);
                 tracing::debug!(epoch = f.epoch, path = %path.display(), bytes = bytes.len(), "checkpoint committed");
+                if self.failures_in_a_row > 0 {
+                    tracing::info!(
+                        epoch = f.epoch,
+                        failed = self.failures_in_a_row,
+                        "checkpoints commit again"
+                    );
+                    self.failures_in_a_row = 0;
+                }
                 if let Err(e) = checkpoint::file::prune(&self.checkpoint_dir, self.keep) {
                     tracing::warn!(error = %e, "cannot prune old checkpoints");
                 }
@@ -764,7 +781,14 @@ impl Coordinator {
                 if f.final_one {
                     return Err(e);
                 }
-                tracing::error!(epoch = f.epoch, error = %e, "checkpoint failed; will retry at the next interval");
+                // Said once per episode (a full disk fails every interval until it is freed);
+                // sluice_checkpoint_failures_total counts each one.
+                if self.failures_in_a_row == 0 {
+                    tracing::error!(epoch = f.epoch, error = %e, "checkpoint failed; retrying at each interval");
+                } else {
+                    tracing::debug!(epoch = f.epoch, error = %e, "checkpoint failed again");
+                }
+                self.failures_in_a_row += 1;
                 Ok(())
             }
         }

@@ -239,6 +239,12 @@ fn register_cores(registry: &mut Registry, metrics: &Metrics) {
     let help = "Bytes cut from the log partition's torn tail by recovery at start";
     let truncated = per_core(&rows, |c| c.log_truncated_bytes_total.get());
     counter(registry, "log_truncated_bytes", help, truncated);
+    let help = "Damaged log batches found at start (cut out by recovery or skipped by replay)";
+    let bad = per_core(&rows, |c| c.log_bad_batches_total.get());
+    counter(registry, "log_bad_batches", help, bad);
+    let help = "Log offsets found at start to hold no line (damaged batches, missing segments)";
+    let lost = per_core(&rows, |c| c.log_lost_lines_total.get());
+    counter(registry, "log_lost_lines", help, lost);
     let help =
         "Longest time the core spent on its share of a checkpoint (flush, barrier, snapshot)";
     let stall = per_core(&rows, |c| {

@@ -100,6 +100,17 @@ impl Appender {
     /// rebuilds segment indexes that are missing, short or bad, and positions the appender
     /// after the intact prefix.
     pub fn open(dir: &Path, options: Options) -> Result<(Appender, RecoveryReport), Error> {
+        Appender::open_from(dir, options, Offset(0))
+    }
+
+    /// [`open`](Self::open), with the next offset at least `floor`: the offset a checkpoint
+    /// names for this partition. Offsets below it were counted, so they are never given to
+    /// new lines, even when the log lost them (see `recovery.rs`).
+    pub fn open_from(
+        dir: &Path,
+        options: Options,
+        floor: Offset,
+    ) -> Result<(Appender, RecoveryReport), Error> {
         assert!(
             (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&options.segment_bytes)
                 && options
@@ -113,12 +124,15 @@ impl Appender {
             source,
         })?;
         remove_orphan_indexes(dir)?;
-        let recovered = recovery::recover(dir, options.segment_bytes)?;
+        let recovered = recovery::recover(dir, options.segment_bytes, floor)?;
+        let (history, missing) = open_sealed(dir, recovered.segment.base())?;
         let report = RecoveryReport {
             next_offset: recovered.next_offset,
             truncated_bytes: recovered.truncated_bytes,
+            bad_batches: recovered.bad_batches,
+            lost_lines: recovered.lost_lines + missing,
+            lost_below_floor: recovered.lost_below_floor,
         };
-        let history = open_sealed(dir, recovered.segment.base())?;
         let segment = recovered.segment;
         let (prefix, builder) = index::build_from_bytes(segment.bytes(), segment.base());
         let index = IndexWriter::start(dir, &prefix, builder);
@@ -577,13 +591,22 @@ fn remove_orphan_indexes(dir: &Path) -> Result<(), Error> {
 }
 
 /// The sealed segments of `dir` (every segment before `newest`), their indexes checked and
-/// rebuilt where missing, short or bad.
-fn open_sealed(dir: &Path, newest: Offset) -> Result<VecDeque<SealedSegment>, Error> {
+/// rebuilt where missing, short or bad; and the offsets missing between segments (a
+/// segment deleted or torn, lines lost below a checkpoint), each gap warned about.
+fn open_sealed(dir: &Path, newest: Offset) -> Result<(VecDeque<SealedSegment>, u64), Error> {
     let mut out = VecDeque::new();
-    for s in segment::list_segments(dir)?
+    let sealed: Vec<_> = segment::list_segments(dir)?
         .into_iter()
         .filter(|s| s.base < newest)
-    {
+        .collect();
+    let mut missing = 0;
+    let next_bases: Vec<Offset> = sealed
+        .iter()
+        .skip(1)
+        .map(|s| s.base)
+        .chain([newest])
+        .collect();
+    for (s, next_base) in sealed.into_iter().zip(next_bases) {
         let loaded = index::load(dir, s.base)?;
         let index = match loaded {
             l if l.is_complete() => l.index().expect("complete"),
@@ -611,6 +634,19 @@ fn open_sealed(dir: &Path, newest: Offset) -> Result<VecDeque<SealedSegment>, Er
                 source,
             })?
             .len();
+        if let Some(end) = index.seal.map(|seal| seal.offset())
+            && end < next_base
+        {
+            tracing::warn!(
+                segment = %s.path.display(),
+                end_offset = end.0,
+                next_base = next_base.0,
+                "log offsets {end}..{next_base} are missing after this segment (a segment \
+                 deleted or torn, or lines a checkpoint counted that are gone); readers step \
+                 over them"
+            );
+            missing += next_base.0 - end.0;
+        }
         out.push_back(SealedSegment {
             base: s.base,
             path: s.path,
@@ -618,7 +654,7 @@ fn open_sealed(dir: &Path, newest: Offset) -> Result<VecDeque<SealedSegment>, Er
             max_time_ms: index.sealed_max_time_ms().unwrap_or(i64::MIN),
         });
     }
-    Ok(out)
+    Ok((out, missing))
 }
 
 /// Why an index is rebuilt, for the log line.
@@ -1175,7 +1211,37 @@ mod tests {
     }
 
     #[test]
-    fn a_segment_that_does_not_follow_the_one_before_is_an_error() {
+    fn a_missing_segment_before_the_newest_is_a_reported_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = small_options(FlushPolicy::Never);
+        let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
+        let written = write_batches(&mut appender, &many_batches(120));
+        appender.flush().unwrap();
+        let next = appender.next_offset();
+        drop(appender);
+        let segments = list_segments(dir.path()).unwrap();
+        assert!(segments.len() >= 3);
+        let (gone, after) = (&segments[segments.len() - 2], &segments[segments.len() - 1]);
+        std::fs::remove_file(&gone.path).unwrap();
+        let (_, report) = Appender::open(dir.path(), options).unwrap();
+        assert_eq!(report.next_offset, next);
+        assert_eq!(report.lost_lines, after.base.0 - gone.base.0);
+        // The reader reads what is there and counts what is not.
+        let mut reader = Reader::open(dir.path(), Offset(0)).unwrap();
+        let mut lines = 0;
+        while let Some(batch) = reader.next_batch().unwrap() {
+            lines += u64::from(batch.info.count);
+        }
+        let lost = after.base.0 - gone.base.0;
+        assert_eq!(
+            lines + lost,
+            written.iter().map(|(i, _)| u64::from(i.count)).sum::<u64>()
+        );
+        assert_eq!(reader.damage().lost_lines, lost);
+    }
+
+    #[test]
+    fn a_segment_overlapping_the_one_before_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let options = small_options(FlushPolicy::Never);
         let (mut appender, _) = Appender::open(dir.path(), options).unwrap();
@@ -1183,15 +1249,13 @@ mod tests {
         appender.flush().unwrap();
         drop(appender);
         let segments = list_segments(dir.path()).unwrap();
-        assert!(segments.len() >= 3);
-        std::fs::remove_file(&segments[segments.len() - 2].path).unwrap();
+        let newest = segments.last().unwrap();
+        let moved = segment_path(dir.path(), Offset(newest.base.0 - 1));
+        std::fs::rename(&newest.path, moved).unwrap();
         assert!(matches!(
             Appender::open(dir.path(), options),
             Err(Error::Discontinuity { .. })
         ));
-        // The reader still reads what is there.
-        let mut reader = Reader::open(dir.path(), Offset(0)).unwrap();
-        while reader.next_batch().unwrap().is_some() {}
     }
 
     fn sealed(bases: &[u64], times: &[i64]) -> Vec<SealedSegment> {

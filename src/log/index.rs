@@ -310,6 +310,8 @@ pub(crate) fn build_from_file(path: &Path, base: Offset) -> Result<SegmentIndex,
             ScanStep::Batch { pos, header, .. } => {
                 index.entries.extend(builder.on_batch(pos, &header));
             }
+            // Readers resync past a bad stretch of a sealed segment; so does its index.
+            ScanStep::End { .. } | ScanStep::Defect { .. } if scanner.resync()?.is_some() => {}
             ScanStep::End { pos } | ScanStep::Defect { pos, .. } => {
                 index.seal = Some(builder.seal(pos, scanner.expected()));
                 return Ok(index);

@@ -95,7 +95,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::config::FlushPolicy;
 pub use appender::{Appender, BatchWriter};
 pub use flusher::{FlushTicket, Offsets};
-pub use reader::{Batch, Reader};
+pub use reader::{Batch, Damage, Reader};
 pub use record::Lines;
 pub use tail::{TAIL_POLL_MS, tail};
 pub use verify::{
@@ -250,6 +250,13 @@ pub struct RecoveryReport {
     pub next_offset: Offset,
     /// Bytes cut from the tail (a torn or corrupt tail), 0 when clean.
     pub truncated_bytes: u64,
+    /// Bad batches cut out of the newest segment, with valid batches kept after them.
+    pub bad_batches: u64,
+    /// Offsets found to have no line in the log: in the batches cut out, between the last
+    /// two segments, and below the floor.
+    pub lost_lines: u64,
+    /// Of those, offsets below the floor (lines a checkpoint counted that are gone).
+    pub lost_below_floor: u64,
 }
 
 /// A batch that was committed by [`BatchWriter::finish`].

@@ -12,9 +12,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::index::{self, SegmentIndex};
-use super::record::{self, BatchHeader, Defect, HEADER_BYTES};
+use super::record::{self, BATCH_ALIGN_BYTES, BatchHeader, Defect, Expect, HEADER_BYTES};
 use super::segment::{self, SegmentFile};
 use super::{BatchInfo, Error, Lines, Offset};
+
+/// Bytes the largest batch takes in a segment.
+const BATCH_BYTES_MAX: u64 = HEADER_BYTES as u64 + super::BATCH_PAYLOAD_BYTES_MAX as u64;
 
 /// Bytes read at a time when the batch needs less.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -32,6 +35,24 @@ pub(crate) enum ScanStep {
     End { pos: u64 },
     /// An invalid batch at `pos`.
     Defect { pos: u64, defect: Defect },
+}
+
+/// Where [`SegmentScanner::resync`] found valid data again after a damaged stretch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resynced {
+    /// Where the damaged stretch starts (the position of the bad batch).
+    pub(crate) bad_pos: u64,
+    /// Where the next valid batch starts.
+    pub(crate) pos: u64,
+    /// Offsets of the lines lost with the damaged stretch (possibly empty).
+    pub(crate) lost: Range<u64>,
+}
+
+impl Resynced {
+    /// Lines lost with the damaged stretch.
+    pub(crate) fn lost_lines(&self) -> u64 {
+        self.lost.end - self.lost.start
+    }
 }
 
 /// Walks the batches of one segment file with buffered positional reads.
@@ -162,7 +183,53 @@ impl SegmentScanner {
         Ok(step)
     }
 
+    /// After a defect at the current position (or nonzero bytes after the end of data):
+    /// looks for the next valid batch, at a batch alignment after it, whose first offset is
+    /// at least the expected one (the lines of the damaged stretch are lost, so the next
+    /// valid batch starts at a later offset). Moves there and returns what was skipped;
+    /// stays put and returns `None` when nothing valid follows. A match needs the magic, a
+    /// plausible header, the CRC over header and payload, and consistent line framing, so
+    /// bytes of a damaged batch are not taken for a batch by chance.
+    pub(crate) fn resync(&mut self) -> Result<Option<Resynced>, Error> {
+        self.resync_within(u64::MAX)
+    }
+
+    /// [`resync`](Self::resync), looking at most `window` bytes past the current position.
+    pub(crate) fn resync_within(&mut self, window: u64) -> Result<Option<Resynced>, Error> {
+        let bad_pos = self.pos;
+        let limit = bad_pos.saturating_add(window);
+        let mut pos = bad_pos + BATCH_ALIGN_BYTES;
+        loop {
+            if pos > limit {
+                return Ok(None);
+            }
+            let Some(at) = self.fill(pos, HEADER_BYTES)? else {
+                self.buf.clear();
+                return Ok(None);
+            };
+            let magic = u32::from_le_bytes(
+                self.buf[at..at + 4]
+                    .try_into()
+                    .expect("the buffer holds a header"),
+            );
+            if magic == record::MAGIC
+                && let ScanStep::Batch { header, .. } =
+                    self.check_with(pos, Expect::AtLeast(self.expected))?
+            {
+                let lost = self.expected.0..header.first_offset;
+                self.pos = pos;
+                self.expected = Offset(header.first_offset);
+                return Ok(Some(Resynced { bad_pos, pos, lost }));
+            }
+            pos += BATCH_ALIGN_BYTES;
+        }
+    }
+
     fn check(&mut self, pos: u64) -> Result<ScanStep, Error> {
+        self.check_with(pos, Expect::Exactly(self.expected))
+    }
+
+    fn check_with(&mut self, pos: u64, expected: Expect) -> Result<ScanStep, Error> {
         let Some(at) = self.fill(pos, HEADER_BYTES)? else {
             return Ok(ScanStep::End { pos });
         };
@@ -181,7 +248,7 @@ impl SegmentScanner {
             return Ok(ScanStep::Defect { pos, defect });
         };
         let rest = &self.buf[at + HEADER_BYTES..at + batch_bytes as usize];
-        match record::check_batch(&header, rest, self.expected) {
+        match record::check_batch(&header, rest, expected) {
             Ok(()) => {
                 let start = at + HEADER_BYTES;
                 Ok(ScanStep::Batch {
@@ -282,6 +349,18 @@ pub struct Reader {
     sealed: bool,
     /// Offset after the last batch returned.
     position: Offset,
+    /// Damage stepped over so far.
+    damage: Damage,
+}
+
+/// Damage a [`Reader`] stepped over: bad batches inside sealed segments (skipped by
+/// resyncing on the next valid batch) and offsets missing between segments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// Damaged stretches (bad batches, or a run of them) skipped.
+    pub bad_batches: u64,
+    /// Offsets of lines that are not in the log: in damaged stretches or missing segments.
+    pub lost_lines: u64,
 }
 
 impl Reader {
@@ -294,6 +373,7 @@ impl Reader {
             scanner: None,
             sealed: false,
             position: from,
+            damage: Damage::default(),
         };
         reader.find_start()?;
         Ok(reader)
@@ -340,6 +420,11 @@ impl Reader {
     /// Offset after the last batch returned (`from` before the first).
     pub fn position(&self) -> Offset {
         self.position
+    }
+
+    /// The damage stepped over so far (each stretch is also logged when it is met).
+    pub fn damage(&self) -> Damage {
+        self.damage
     }
 
     /// Where the next step of the current segment starts (tests check the seek).
@@ -409,12 +494,36 @@ impl Reader {
                 }
                 ScanStep::End { .. } | ScanStep::Defect { .. } => {
                     let Some(next) = self.next_segment(base)? else {
+                        // The segment being written: a bad batch here is either one being
+                        // written right now (nothing valid after it yet) or damage that the
+                        // appender's recovery cuts out at its next start. Until then, step
+                        // over a single bad batch (the next one starts within one batch).
+                        let resynced = match (&step, self.scanner.as_mut()) {
+                            (ScanStep::Defect { .. }, Some(scanner)) => {
+                                scanner.resync_within(BATCH_BYTES_MAX)?
+                            }
+                            _ => None,
+                        };
+                        if let Some(resynced) = resynced {
+                            self.note_resync(&resynced, &step);
+                            continue;
+                        }
                         return Ok(None);
                     };
                     if !self.sealed {
                         // The segment was sealed before `next` existed: look once more, so a
                         // batch committed just before the roll is not taken for a defect.
                         self.sealed = true;
+                        continue;
+                    }
+                    // A sealed segment is final: a bad batch in it (or a stretch of zeros
+                    // where one should be) is skipped alone when valid batches follow.
+                    let resynced = match self.scanner.as_mut() {
+                        Some(scanner) => scanner.resync()?,
+                        None => None,
+                    };
+                    if let Some(resynced) = resynced {
+                        self.note_resync(&resynced, &step);
                         continue;
                     }
                     self.leave_segment(&step, &next);
@@ -430,26 +539,52 @@ impl Reader {
         }))
     }
 
-    /// Warns about what is skipped when moving from the current segment to `next`.
-    fn leave_segment(&self, step: &ScanStep, next: &SegmentFile) {
+    /// Counts and reports a bad stretch of a sealed segment skipped by a resync.
+    fn note_resync(&mut self, resynced: &Resynced, step: &ScanStep) {
+        let reason = match step {
+            ScanStep::Defect { defect, .. } => defect.to_string(),
+            _ => "zeros where a batch should be".into(),
+        };
+        self.damage.bad_batches += 1;
+        self.damage.lost_lines += resynced.lost_lines();
+        if let Some(scanner) = self.scanner.as_ref() {
+            tracing::warn!(
+                segment = %scanner.path().display(),
+                file_pos = resynced.bad_pos,
+                resync_pos = resynced.pos,
+                lost_offsets = %format_args!("{}..{}", resynced.lost.start, resynced.lost.end),
+                reason = %reason,
+                "corrupt record batch skipped; reading on from the next valid batch"
+            );
+        }
+    }
+
+    /// Counts and warns about what is skipped when moving from the current segment to
+    /// `next`.
+    fn leave_segment(&mut self, step: &ScanStep, next: &SegmentFile) {
         let Some(scanner) = self.scanner.as_ref() else {
             return;
         };
-        match step {
-            ScanStep::Defect { pos, defect } => tracing::warn!(
+        let expected = scanner.expected();
+        if let ScanStep::Defect { pos, defect } = step {
+            self.damage.bad_batches += 1;
+            tracing::warn!(
                 segment = %scanner.path().display(),
                 file_pos = pos,
-                offset = scanner.expected().0,
+                offset = expected.0,
                 reason = %defect,
-                "corrupt record batch in a sealed segment; skipping to the next segment"
-            ),
-            _ if scanner.expected() != next.base => tracing::warn!(
+                "corrupt record batch at the end of a sealed segment; reading on from the next \
+                 segment"
+            );
+        }
+        if expected != next.base {
+            self.damage.lost_lines += next.base.0.saturating_sub(expected.0);
+            tracing::warn!(
                 segment = %next.path.display(),
                 base_offset = next.base.0,
-                expected = scanner.expected().0,
-                "segment does not follow the one before it"
-            ),
-            _ => {}
+                expected = expected.0,
+                "segment does not follow the one before it: offsets missing"
+            );
         }
     }
 }
@@ -534,7 +669,7 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_batch_in_a_sealed_segment_skips_to_the_next_segment() {
+    fn a_corrupt_batch_in_a_sealed_segment_is_skipped_alone() {
         let dir = tempfile::tempdir().unwrap();
         let mut appender = appender(dir.path());
         let written = write_batches(&mut appender, &batches(200, 10_000));
@@ -551,10 +686,15 @@ mod tests {
         let got = read_all(dir.path(), Offset(0));
         let expected: Vec<_> = written
             .iter()
-            .filter(|(info, _)| info.first_offset < Offset(6) || info.first_offset >= second.base)
+            .filter(|(info, _)| info.first_offset != Offset(6))
             .cloned()
             .collect();
         assert_eq!(got, expected);
+        assert!(second.base > Offset(9));
+        let mut reader = Reader::open(dir.path(), Offset(0)).unwrap();
+        while reader.next_batch().unwrap().is_some() {}
+        let damage = reader.damage();
+        assert_eq!((damage.bad_batches, damage.lost_lines), (1, 3));
     }
 
     #[test]

@@ -129,8 +129,6 @@ pub(crate) enum Defect {
     Offset { expected: Offset, found: Offset },
     /// The line lengths do not add up to the payload and count.
     Framing,
-    /// The padding after the payload is not zero.
-    Padding,
 }
 
 impl fmt::Display for Defect {
@@ -164,7 +162,6 @@ impl fmt::Display for Defect {
                 write!(f, "first offset {found}, expected {expected}")
             }
             Defect::Framing => write!(f, "line lengths do not match the payload"),
-            Defect::Padding => write!(f, "nonzero padding after the payload"),
         }
     }
 }
@@ -198,15 +195,41 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Option<BatchHeader>, Defect>
     Ok(Some(header))
 }
 
-/// Checks a decoded header against its payload and padding (`rest` holds at least the
-/// payload and padding that follow the header) and against the offset expected here.
+/// Which first offset a batch may have where it is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// Exactly this one: the batch follows a valid batch (or starts its segment).
+    Exactly(Offset),
+    /// This one or any later one: the batch follows a damaged stretch whose lines are lost,
+    /// so it only has to keep offsets rising.
+    AtLeast(Offset),
+}
+
+impl Expect {
+    fn admits(self, found: Offset) -> bool {
+        match self {
+            Expect::Exactly(o) => found == o,
+            Expect::AtLeast(o) => found >= o,
+        }
+    }
+
+    fn offset(self) -> Offset {
+        match self {
+            Expect::Exactly(o) | Expect::AtLeast(o) => o,
+        }
+    }
+}
+
+/// Checks a decoded header against its payload (`rest` holds at least the payload and
+/// padding that follow the header) and against the offset expected here. The padding is
+/// outside the CRC and carries no data, so whatever it holds does not invalidate a batch
+/// (it is never read; the appender writes zeros there).
 pub(crate) fn check_batch(
     header: &BatchHeader,
     rest: &[u8],
-    expected: Offset,
+    expected: Expect,
 ) -> Result<(), Defect> {
     let payload_bytes = header.payload_bytes as usize;
-    let padded = header.batch_bytes() as usize - HEADER_BYTES;
     let payload = &rest[..payload_bytes];
     let computed = header.compute_crc(payload);
     if computed != header.crc {
@@ -215,14 +238,11 @@ pub(crate) fn check_batch(
             computed,
         });
     }
-    if header.first_offset != expected.0 {
+    if !expected.admits(Offset(header.first_offset)) {
         return Err(Defect::Offset {
-            expected,
+            expected: expected.offset(),
             found: Offset(header.first_offset),
         });
-    }
-    if rest[payload_bytes..padded].iter().any(|&b| b != 0) {
-        return Err(Defect::Padding);
     }
     if framed_lines(payload) != Some(header.count) {
         return Err(Defect::Framing);
@@ -260,8 +280,14 @@ pub(crate) enum Step {
     Defect(Defect),
 }
 
-/// Checks the batch at `pos` of `segment` (the whole segment in memory).
+/// Checks the batch at `pos` of `segment` (the whole segment in memory), which must start
+/// at offset `expected`.
 pub(crate) fn check_at(segment: &[u8], pos: u64, expected: Offset) -> Step {
+    check_at_with(segment, pos, Expect::Exactly(expected))
+}
+
+/// [`check_at`] under any [`Expect`] rule.
+pub(crate) fn check_at_with(segment: &[u8], pos: u64, expected: Expect) -> Step {
     let segment_bytes = segment.len() as u64;
     if segment_bytes.saturating_sub(pos) < HEADER_BYTES as u64 {
         return Step::End;
@@ -388,12 +414,37 @@ mod tests {
     }
 
     #[test]
-    fn nonzero_padding_is_a_defect() {
+    fn junk_in_the_padding_leaves_the_batch_valid() {
         let payload = payload_of(&[b"a"]);
         let h = BatchHeader::new(&info(0, 1), &payload);
         let mut seg = segment_with(&h, &payload);
-        seg[HEADER_BYTES + payload.len()] = 1;
-        assert_eq!(check_at(&seg, 0, Offset(0)), Step::Defect(Defect::Padding));
+        let padding = HEADER_BYTES + payload.len()..h.batch_bytes() as usize;
+        assert!(!padding.is_empty());
+        seg[padding].fill(0xa5);
+        assert_eq!(check_at(&seg, 0, Offset(0)), Step::Batch(h));
+    }
+
+    #[test]
+    fn after_damage_a_batch_may_start_at_any_later_offset_but_never_an_earlier_one() {
+        let payload = payload_of(&[b"a"]);
+        let h = BatchHeader::new(&info(7, 1), &payload);
+        let seg = segment_with(&h, &payload);
+        assert_eq!(
+            check_at_with(&seg, 0, Expect::AtLeast(Offset(3))),
+            Step::Batch(h)
+        );
+        assert_eq!(
+            check_at_with(&seg, 0, Expect::AtLeast(Offset(7))),
+            Step::Batch(h)
+        );
+        assert!(matches!(
+            check_at_with(&seg, 0, Expect::AtLeast(Offset(8))),
+            Step::Defect(Defect::Offset { .. })
+        ));
+        assert!(matches!(
+            check_at(&seg, 0, Offset(3)),
+            Step::Defect(Defect::Offset { .. })
+        ));
     }
 
     proptest! {
@@ -414,7 +465,7 @@ mod tests {
         }
 
         #[test]
-        fn any_flipped_bit_is_a_defect(
+        fn any_flipped_bit_of_header_or_payload_is_a_defect(
             lines in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..8),
             bit in any::<prop::sample::Index>(),
         ) {
@@ -422,7 +473,7 @@ mod tests {
             let payload = payload_of(&refs);
             let h = BatchHeader::new(&info(0, refs.len() as u32), &payload);
             let mut seg = segment_with(&h, &payload);
-            let bits = h.batch_bytes() as usize * 8;
+            let bits = (HEADER_BYTES + payload.len()) * 8;
             let bit = bit.index(bits);
             seg[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(matches!(check_at(&seg, 0, Offset(0)), Step::Defect(_)));

@@ -147,46 +147,70 @@ fn verify_listed(
             });
         }
         scanned = true;
-        let problem = verify_segment(&mut scanner, &mut report)?;
-        report.next_offset = scanner.expected();
-        if let Some((file_pos, reason)) = problem {
+        let tail_kind = if sealed {
+            ProblemKind::Corrupt
+        } else {
+            ProblemKind::TornTail
+        };
+        for (kind, file_pos, offset, reason) in
+            verify_segment(&mut scanner, &mut report, tail_kind)?
+        {
             report.problems.push(Problem {
-                kind: if sealed {
-                    ProblemKind::Corrupt
-                } else {
-                    ProblemKind::TornTail
-                },
+                kind,
                 segment: seg.path.clone(),
                 file_pos,
-                offset: scanner.expected(),
+                offset,
                 reason,
             });
         }
+        report.next_offset = scanner.expected();
     }
     Ok(report)
 }
 
-/// Counts the valid batches of one segment into `report`; returns the problem that ended
-/// them, if any.
+/// Counts the valid batches of one segment into `report`, resyncing past damaged
+/// stretches as readers do; returns every problem found, in file order: each damaged
+/// stretch with valid batches after it (lost data), then what ends the data, if it is not
+/// a clean end (`tail_kind`).
 fn verify_segment(
     scanner: &mut SegmentScanner,
     report: &mut PartitionReport,
-) -> Result<Option<(u64, String)>, Error> {
+    tail_kind: ProblemKind,
+) -> Result<Vec<(ProblemKind, u64, Offset, String)>, Error> {
+    let mut problems = Vec::new();
     loop {
-        match scanner.step()? {
+        let (pos, defect) = match scanner.step()? {
             ScanStep::Batch { header, .. } => {
                 report.batches += 1;
                 report.lines += u64::from(header.count);
                 report.bytes += header.batch_bytes();
+                continue;
             }
-            ScanStep::Defect { pos, defect } => return Ok(Some((pos, defect.to_string()))),
-            ScanStep::End { pos } => {
-                return Ok(scanner.nonzero_end_after(pos)?.map(|end| {
-                    let reason = format!("{} nonzero bytes after the end of data", end - pos);
-                    (pos, reason)
-                }));
-            }
+            ScanStep::Defect { pos, defect } => (pos, Some(defect)),
+            ScanStep::End { pos } => (pos, None),
+        };
+        let expected = scanner.expected();
+        if let Some(resynced) = scanner.resync()? {
+            let what = defect.map_or_else(|| "zeros".to_string(), |d| d.to_string());
+            let reason = format!(
+                "{what}; {} bytes skipped to the next valid batch; offsets {}..{} lost",
+                resynced.pos - resynced.bad_pos,
+                resynced.lost.start,
+                resynced.lost.end
+            );
+            problems.push((ProblemKind::Corrupt, pos, expected, reason));
+            continue;
         }
+        let reason = match defect {
+            Some(defect) => Some(defect.to_string()),
+            None => scanner
+                .nonzero_end_after(pos)?
+                .map(|end| format!("{} nonzero bytes after the end of data", end - pos)),
+        };
+        if let Some(reason) = reason {
+            problems.push((tail_kind, pos, expected, reason));
+        }
+        return Ok(problems);
     }
 }
 

@@ -2,18 +2,19 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
+use super::quiet::QuietClock;
 use super::storage::{Held, Storage};
 use super::{Control, ReplayTask, Report, WorkerSetup, parsers};
 use crate::checkpoint::PartitionState;
 use crate::config::{Format, ListenerConfig, Proto};
 use crate::deadletter::DeadLetter;
 use crate::framing::{Framing, StreamFramer, split_datagram};
-use crate::limits::{EVENT_TIME_FUTURE_MS_MAX, TICK_MS, UDP_DROPS_POLL_MS};
-use crate::log::{Appender, BatchInfo};
+use crate::limits::{EVENT_TIME_FUTURE_MS_MAX, UDP_DROPS_POLL_MS};
+use crate::log::{Appender, BatchInfo, Damage};
 use crate::metrics::{Metrics, StorageOp};
 use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, ConnId, Handler};
@@ -24,9 +25,6 @@ use crate::window::{Shard, now_ms};
 /// A core with no event for this long (or the allowed lateness, if longer) is idle: it no
 /// longer holds back the combined watermark.
 const SOURCE_IDLE_MS_MIN: i64 = 1_000;
-
-/// The most one loop turn adds to a core's quiet time (see `Ingest::end_turn`).
-const QUIET_TURN_MAX: Duration = Duration::from_millis(5 * TICK_MS);
 
 /// Batches replayed per loop turn.
 const REPLAY_BATCHES_PER_TICK: usize = 16;
@@ -62,13 +60,8 @@ pub struct Ingest {
     committed: Vec<BatchInfo>,
     /// Largest event time routed from this core.
     max_event_ms: Option<i64>,
-    /// Time this core spent finding nothing to read since it last routed an event (see
-    /// [`end_turn`](Self::end_turn)).
-    quiet: Duration,
-    /// When the current loop turn began.
-    turn_started: Instant,
-    /// Whether the current turn looked for input and found none.
-    pub(super) turn_quiet: bool,
+    /// Time this core spent finding nothing to read since it last routed an event.
+    pub(super) quiet: QuietClock,
     /// Bytes read from sockets since the loop last looked.
     pub(super) turn_bytes: usize,
     /// Watermark (and idleness) last sent to every shard.
@@ -116,9 +109,7 @@ impl Ingest {
             conns: Vec::new(),
             committed: Vec::new(),
             max_event_ms: setup.max_event_ms,
-            quiet: Duration::ZERO,
-            turn_started: Instant::now(),
-            turn_quiet: false,
+            quiet: QuietClock::new(Instant::now()),
             turn_bytes: 0,
             sent_watermark: None,
             allowed_lateness_ms: setup.allowed_lateness_ms,
@@ -163,7 +154,7 @@ impl Ingest {
             self.metrics.cores[self.id as usize].listeners[index as usize]
                 .lines_total
                 .add(u64::from(batch.count));
-            self.quiet = Duration::ZERO;
+            self.quiet.reset();
         }
         self.router.flush();
         self.note_blocked();
@@ -325,6 +316,20 @@ impl Ingest {
                 .next_batch()
                 .map_err(|e| format!("replay of partition {}: {e}", task.partition))?;
             let Some(batch) = batch else {
+                let damage = task.reader.damage();
+                if damage != Damage::default() {
+                    let core = &self.metrics.cores[self.id as usize];
+                    core.log_bad_batches_total.add(damage.bad_batches);
+                    core.log_lost_lines_total.add(damage.lost_lines);
+                    tracing::error!(
+                        core = self.id,
+                        partition = task.partition,
+                        bad_batches = damage.bad_batches,
+                        lost_lines = damage.lost_lines,
+                        "replay found damage in the log; the lines of the damaged batches are \
+                         lost, every other line is counted"
+                    );
+                }
                 tracing::info!(core = self.id, partition = task.partition, "replay done");
                 let done = self.replay.pop().expect("a task is being replayed");
                 if done.partition != self.id
@@ -371,7 +376,7 @@ impl Ingest {
             self.metrics.cores[self.id as usize]
                 .replayed_lines_total
                 .add(u64::from(info.count));
-            self.quiet = Duration::ZERO;
+            self.quiet.reset();
             self.router.flush();
             if self.router.blocked() {
                 break;
@@ -428,24 +433,13 @@ impl Ingest {
         Ok(())
     }
 
-    /// Ends a loop turn at `now`: a turn that looked for input and found none adds its
-    /// time to [`quiet`](Self::quiet), at most [`QUIET_TURN_MAX`] (a turn takes at most a
-    /// tick when idle; a longer one was a stop, a stall or a swap-in, not idleness).
-    pub(super) fn end_turn(&mut self, now: Instant) {
-        if std::mem::take(&mut self.turn_quiet) {
-            let turn = now.saturating_duration_since(self.turn_started);
-            self.quiet = self.quiet.saturating_add(turn.min(QUIET_TURN_MAX));
-        }
-        self.turn_started = now;
-    }
-
     /// Periodic work: watermark, flush policy, output flushes, metrics.
     pub(super) fn tick(&mut self, now: Instant, backend: &mut EpollBackend) -> Result<(), String> {
         if let Some(max) = self.max_event_ms {
             // Event time advances with the data, and with the time this core spent finding
             // nothing to read while no data comes (not the time since the last event: a
             // stopped or starved process reads its backlog before windows close for it).
-            let idle_ms = self.quiet.as_millis() as i64;
+            let idle_ms = self.quiet.quiet().as_millis() as i64;
             let ms = max
                 .saturating_sub(self.allowed_lateness_ms)
                 .saturating_add(idle_ms);

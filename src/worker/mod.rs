@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod ingest;
+mod quiet;
 mod shard_side;
 mod storage;
 
@@ -303,7 +304,7 @@ impl Ingest {
         let mut drained = false;
         let mut stop_deadline: Option<Instant> = None;
         loop {
-            self.end_turn(Instant::now());
+            self.quiet.end_turn(Instant::now());
             let inbound_more = self.drain_inbound()?;
             self.retry_sends();
             self.retry_storage(Instant::now());
@@ -367,8 +368,9 @@ impl Ingest {
                 || (backend.has_ready() && self.reading())
                 || (stop_deadline.is_some() && !drained);
             let read = std::mem::take(&mut self.turn_bytes);
-            self.turn_quiet =
-                read == 0 && serving && self.replay.is_empty() && !stopping && self.reading();
+            self.quiet.set_turn_quiet(
+                read == 0 && serving && self.replay.is_empty() && !stopping && self.reading(),
+            );
             if !busy && read > 0 && read < LINGER_BYTES {
                 // Input trickles in: let some gather before the next wake, so a read, a log
                 // append and a routed batch carry many lines instead of a few.
