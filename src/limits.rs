@@ -55,8 +55,45 @@ pub const KEY_BYTES_MAX: usize = 1024;
 /// one far-future timestamp would otherwise drag the watermark ahead of every other input.
 pub const EVENT_TIME_FUTURE_MS_MAX: i64 = 60 * 60 * 1000;
 
-/// Raw bytes of a rejected line kept in its dead-letter record.
-pub const DEADLETTER_LINE_BYTES_MAX: usize = 1024;
+/// Raw bytes of a rejected line kept in its dead-letter record: with JSON escaping a record
+/// stays within a small constant of this, whatever the line.
+pub const DEADLETTER_LINE_BYTES_MAX: usize = 256;
+/// Default `deadletter.max_bytes`: dead-letter bytes kept per partition, all files together.
+pub const DEADLETTER_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Smallest accepted share of `deadletter.max_bytes` per file.
+pub const DEADLETTER_FILE_BYTES_MIN: u64 = 64 * 1024;
+/// Largest accepted `deadletter.max_bytes`.
+pub const DEADLETTER_BYTES_MAX: u64 = 1024 * 1024 * 1024 * 1024;
+/// Default `deadletter.files`: the file being written plus the rotated ones.
+pub const DEADLETTER_FILES_DEFAULT: u32 = 4;
+/// Largest accepted `deadletter.files`.
+pub const DEADLETTER_FILES_MAX: u32 = 100;
+/// Default `deadletter.repeats`: full records of one (listener, reason) per second before
+/// further ones are only counted in a repeat record.
+pub const DEADLETTER_REPEATS_DEFAULT: u32 = 10;
+/// Largest accepted `deadletter.repeats`.
+pub const DEADLETTER_REPEATS_MAX: u32 = 1_000_000;
+/// Span over which repeats of one (listener, reason) are collapsed.
+pub const DEADLETTER_REPEAT_WINDOW_MS: i64 = 1_000;
+/// Records buffered before a dead-letter log writes them out without waiting for the tick.
+pub const DEADLETTER_BUFFER_BYTES: usize = 32 * 1024;
+
+/// Admin connections open at once. At the cap, a new connection closes the oldest idle one
+/// (no request in flight); when every one is busy it is refused (closed with a 503).
+pub const ADMIN_CONNECTIONS_MAX: usize = 128;
+/// Time an admin client has to send a complete request head, on a new connection and
+/// between requests of a kept-alive one; then the connection is closed.
+pub const ADMIN_HEADER_READ_TIMEOUT_MS: u64 = 5_000;
+/// Longest an admin request may take, body included, before it is answered 408.
+pub const ADMIN_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Largest admin request head (request line and headers); hyper's read buffer bound.
+pub const ADMIN_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Largest admin request body.
+pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Listen backlog of the admin socket (the kernel caps it at `net.core.somaxconn`).
+pub const ADMIN_LISTEN_BACKLOG: i32 = 1024;
+/// Pause after a failed accept (descriptors exhausted) before the admin server tries again.
+pub const ADMIN_ACCEPT_BACKOFF_MS: u64 = 100;
 
 /// How often a core runs its periodic work (watermarks, flushes, metrics) when idle.
 pub const TICK_MS: u64 = 20;
@@ -84,6 +121,16 @@ const _: () = assert!(READ_CHUNK_BYTES <= READ_BYTES_PER_TICK_MAX);
 const _: () = assert!(CORES_MAX <= u16::MAX as usize);
 const _: () = assert!(QUEUE_BATCHES_MAX >= 2);
 const _: () = assert!(UDP_DROPS_POLL_MS >= TICK_MS);
+// A record (escaped line, names, reason) always fits in a file's smallest share of the cap.
+const _: () = assert!((DEADLETTER_LINE_BYTES_MAX as u64) * 8 <= DEADLETTER_FILE_BYTES_MIN);
+const _: () = assert!(DEADLETTER_BUFFER_BYTES as u64 <= DEADLETTER_FILE_BYTES_MIN);
+const _: () = assert!(
+    DEADLETTER_BYTES_DEFAULT >= DEADLETTER_FILE_BYTES_MIN * DEADLETTER_FILES_DEFAULT as u64
+);
+const _: () = assert!(DEADLETTER_REPEATS_DEFAULT <= DEADLETTER_REPEATS_MAX);
+// hyper refuses a read buffer below 8 KiB.
+const _: () = assert!(ADMIN_HEAD_BYTES_MAX >= 8192);
+const _: () = assert!(ADMIN_CONNECTIONS_MAX >= 2);
 
 /// First wait before a core retries a write that failed (ENOSPC, EIO, EPERM); it doubles
 /// with each failure up to [`STORAGE_RETRY_MS_MAX`].

@@ -41,6 +41,11 @@ impl Gauge {
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Adds `d` (which may be negative).
+    #[inline]
+    pub fn add(&self, d: i64) {
+        self.0.fetch_add(d, Ordering::Relaxed);
+    }
     /// Raises the value to `v` if `v` is larger.
     pub fn raise(&self, v: i64) {
         self.0.fetch_max(v, Ordering::Relaxed);
@@ -163,6 +168,47 @@ pub struct CoreMetrics {
     pub storage_blocked_ns_total: Counter,
     /// Lines read from sockets and held because the log could not take them.
     pub held_lines: Gauge,
+    /// What became of the rejections this core sent to its dead-letter log.
+    pub deadletter: DeadLetterCounters,
+}
+
+/// What one core's dead-letter log did with the rejections (lines and late events) it was
+/// given. Every rejection ends in exactly one of `written`, `collapsed` or `error` once its
+/// record is handed to the kernel (repeat summaries wait up to a second); `rotated` counts
+/// rejections whose records were later deleted by rotation to keep the size cap.
+#[derive(Debug, Default)]
+pub struct DeadLetterCounters {
+    /// Rejections written as a record of their own.
+    pub written_total: Counter,
+    /// Rejections counted in a repeat record instead of being copied.
+    pub collapsed_total: Counter,
+    /// Rejections not written because the write (or a rotation) failed (a full disk).
+    pub error_total: Counter,
+    /// Rejections not written because their record alone exceeds a file's share of the cap.
+    pub cap_total: Counter,
+    /// Rejections whose records rotation deleted to keep the partition under its cap.
+    pub rotated_total: Counter,
+    /// Records (own and repeat) handed to the kernel.
+    pub records_total: Counter,
+    /// Bytes in this partition's dead-letter files now.
+    pub bytes: Gauge,
+}
+
+/// Admin HTTP server figures, written by the admin thread.
+#[derive(Debug, Default)]
+pub struct AdminMetrics {
+    /// Connections accepted.
+    pub connections_total: Counter,
+    /// Connections open now.
+    pub connections_open: Gauge,
+    /// Connections closed at once because every slot held a request in flight.
+    pub connections_refused_total: Counter,
+    /// Idle connections (no request in flight) closed to make room for a new one.
+    pub connections_evicted_total: Counter,
+    /// Connections closed because the request head or the next request did not come in time.
+    pub connections_timed_out_total: Counter,
+    /// Requests answered 408 because they took longer than the request timeout.
+    pub requests_timed_out_total: Counter,
 }
 
 impl CoreMetrics {
@@ -195,6 +241,7 @@ impl CoreMetrics {
             storage_errors_total: Default::default(),
             storage_blocked_ns_total: Counter::default(),
             held_lines: Gauge::default(),
+            deadletter: DeadLetterCounters::default(),
         }
     }
 }
@@ -223,6 +270,8 @@ pub struct Metrics {
     pub listeners: Vec<ListenerInfo>,
     /// Checkpoint coordinator figures.
     pub checkpoint: CheckpointMetrics,
+    /// Admin HTTP server figures.
+    pub admin: AdminMetrics,
     /// Process start.
     pub started: Instant,
     /// True once recovery is done and every listener is serving.
@@ -240,6 +289,7 @@ impl Metrics {
                 .collect(),
             listeners,
             checkpoint: CheckpointMetrics::default(),
+            admin: AdminMetrics::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),

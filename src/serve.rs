@@ -242,13 +242,12 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
     let log_ids = Arc::new(listener_ids(&data_dir, &names)?);
     let (mut sockets, addrs) = bind_all(&config, cores)?;
-    let admin_listener =
-        std::net::TcpListener::bind(config.admin.addr).map_err(|source| Error::Bind {
-            listener: "admin".into(),
-            proto: "tcp",
-            addr: config.admin.addr,
-            source,
-        })?;
+    let admin_listener = crate::admin::bind(config.admin.addr).map_err(|source| Error::Bind {
+        listener: "admin".into(),
+        proto: "tcp",
+        addr: config.admin.addr,
+        source,
+    })?;
     let admin_addr = admin_listener
         .local_addr()
         .map_err(io_err("cannot read address of", Path::new("admin")))?;
@@ -336,7 +335,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
             partitions: plan.others,
             max_event_ms: plan.max_event_ms,
             shard: shards.remove(0),
-            deadletter: DeadLetter::open(&data_dir, id as u16)
+            deadletter: DeadLetter::open(&data_dir, id as u16, &config.deadletter, metrics.clone())
                 .map_err(io_err("cannot open dead-letter log in", &data_dir))?,
             allowed_lateness_ms: config.window.allowed_lateness.as_i64(),
             metrics: metrics.clone(),

@@ -58,6 +58,12 @@ struct StorageLabels {
     op: &'static str,
 }
 
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct DropLabels {
+    core: usize,
+    reason: &'static str,
+}
+
 /// Trait bounds a label set needs to go into registered [`Series`].
 trait Labels: EncodeLabelSet + Debug + Send + Sync + 'static {}
 impl<T: EncodeLabelSet + Debug + Send + Sync + 'static> Labels for T {}
@@ -91,6 +97,7 @@ pub fn encode(metrics: &Metrics) -> Result<String, std::fmt::Error> {
     register_listeners(&mut registry, metrics);
     register_cores(&mut registry, metrics);
     register_process(&mut registry, metrics);
+    register_admin(&mut registry, metrics);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
@@ -264,6 +271,44 @@ fn register_cores(registry: &mut Registry, metrics: &Metrics) {
         })
     });
     counter(registry, "storage_errors", help, errors);
+    register_deadletter(registry, &rows);
+}
+
+fn register_deadletter(registry: &mut Registry, rows: &[(CoreLabels, &CoreMetrics)]) {
+    let help = "Rejections (lines, late events) written to the dead-letter log as their own record";
+    let written = per_core(rows, |c| c.deadletter.written_total.get());
+    counter(registry, "deadletter_written", help, written);
+    let help = "Rejections counted in a dead-letter repeat record instead of being copied";
+    let collapsed = per_core(rows, |c| c.deadletter.collapsed_total.get());
+    counter(registry, "deadletter_collapsed", help, collapsed);
+    let help = "Rejections not in the dead-letter log: cap (record over a file's share), \
+                error (write failed), rotated (deleted by rotation to keep the cap)";
+    let dropped = rows.iter().flat_map(|(l, c)| {
+        let d = &c.deadletter;
+        [
+            ("cap", d.cap_total.get()),
+            ("error", d.error_total.get()),
+            ("rotated", d.rotated_total.get()),
+        ]
+        .map(|(reason, v)| {
+            let labels = DropLabels {
+                core: l.core,
+                reason,
+            };
+            (labels, v)
+        })
+    });
+    counter(registry, "deadletter_dropped", help, dropped);
+    let help = "Dead-letter records written (own and repeat records)";
+    let records = per_core(rows, |c| c.deadletter.records_total.get());
+    counter(registry, "deadletter_records", help, records);
+    let help = "Bytes in the partition's dead-letter files";
+    let bytes = rows.iter().map(|(l, c)| {
+        let g = Gauge::<i64>::default();
+        g.set(c.deadletter.bytes.get());
+        (l.clone(), g)
+    });
+    registry.register_with_unit("deadletter", help, Unit::Bytes, Series(bytes.collect()));
 }
 
 fn per_core<T>(
@@ -312,6 +357,41 @@ fn register_process(registry: &mut Registry, metrics: &Metrics) {
     uptime.set(metrics.started.elapsed().as_secs_f64());
     let help = "Time since the process started";
     registry.register_with_unit("uptime", help, Unit::Seconds, uptime);
+}
+
+fn register_admin(registry: &mut Registry, metrics: &Metrics) {
+    let admin = &metrics.admin;
+    let one = |name: &str, help: &str, v: u64, registry: &mut Registry| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        registry.register(name, help, c);
+    };
+    let help = "Admin HTTP connections accepted";
+    one(
+        "admin_connections",
+        help,
+        admin.connections_total.get(),
+        registry,
+    );
+    let open = Gauge::<i64>::default();
+    open.set(admin.connections_open.get());
+    registry.register(
+        "admin_connections_open",
+        "Admin HTTP connections open now",
+        open,
+    );
+    let help = "Admin HTTP connections closed at once because every slot had a request in flight";
+    let refused = admin.connections_refused_total.get();
+    one("admin_connections_refused", help, refused, registry);
+    let help = "Idle admin HTTP connections closed to make room for a new one";
+    let evicted = admin.connections_evicted_total.get();
+    one("admin_connections_evicted", help, evicted, registry);
+    let help = "Admin HTTP connections closed because a request head did not come in time";
+    let timed_out = admin.connections_timed_out_total.get();
+    one("admin_connections_timed_out", help, timed_out, registry);
+    let help = "Admin HTTP requests answered 408 because they took too long";
+    let slow = admin.requests_timed_out_total.get();
+    one("admin_requests_timed_out", help, slow, registry);
 }
 
 fn counter<L: Labels>(
@@ -530,5 +610,35 @@ mod tests {
             assert!(l.contains(&want), "missing `{want}` in\n{text}");
         }
         assert!(text.contains("\nsluice_uptime_seconds "), "{text}");
+    }
+
+    #[test]
+    fn deadletter_and_admin_figures_are_exposed() {
+        let m = metrics();
+        let d = &m.cores[1].deadletter;
+        d.written_total.add(10);
+        d.collapsed_total.add(90);
+        d.cap_total.add(2);
+        d.rotated_total.add(4);
+        d.bytes.set(4096);
+        m.admin.connections_open.set(3);
+        m.admin.connections_evicted_total.add(7);
+        let text = encode(&m).unwrap();
+        let l = lines(&text);
+        for want in [
+            r#"sluice_deadletter_written_total{core="1"} 10"#,
+            r#"sluice_deadletter_collapsed_total{core="1"} 90"#,
+            r#"sluice_deadletter_dropped_total{core="1",reason="cap"} 2"#,
+            r#"sluice_deadletter_dropped_total{core="1",reason="error"} 0"#,
+            r#"sluice_deadletter_dropped_total{core="1",reason="rotated"} 4"#,
+            r#"sluice_deadletter_bytes{core="1"} 4096"#,
+            r#"sluice_deadletter_bytes{core="0"} 0"#,
+            "sluice_admin_connections_open 3",
+            "sluice_admin_connections_evicted_total 7",
+            "sluice_admin_connections_refused_total 0",
+            "sluice_admin_connections_timed_out_total 0",
+        ] {
+            assert!(l.contains(&want), "missing `{want}` in\n{text}");
+        }
     }
 }

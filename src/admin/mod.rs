@@ -15,27 +15,45 @@
 //! Handlers may use `anyhow`; an error becomes a 500 whose body is the error chain.
 //! [`AdminServer::stop`] stops accepting, lets requests in flight finish for up to
 //! [`SHUTDOWN_GRACE_MS`], then drops whatever is left and joins the thread.
+//!
+//! The server is bounded (connections, head and body size, header, idle and request
+//! timeouts; see `server.rs` and [`AdminLimits`]), so slow or many clients cannot grow its
+//! memory and `/metrics` keeps answering while they are connected.
 
 #![forbid(unsafe_code)]
 
 pub mod exposition;
+mod server;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+pub use server::AdminLimits;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
+use crate::limits;
 use crate::metrics::Metrics;
 
 /// How long [`AdminServer::stop`] waits for requests in flight before closing them.
 pub const SHUTDOWN_GRACE_MS: u64 = 2_000;
+
+/// Binds the admin listener with a backlog of [`limits::ADMIN_LISTEN_BACKLOG`], so a burst of
+/// connections waits in the kernel (not in memory of ours) instead of having its SYNs dropped.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does: a restart may bind while old connections linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(limits::ADMIN_LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
 
 /// What the admin server reads.
 #[derive(Debug, Clone)]
@@ -61,10 +79,19 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Serves the admin API on `listener` from its own thread.
+    /// Serves the admin API on `listener` from its own thread, within the default limits.
     pub fn start(
         listener: std::net::TcpListener,
         state: AdminState,
+    ) -> std::io::Result<AdminServer> {
+        AdminServer::start_with_limits(listener, state, AdminLimits::default())
+    }
+
+    /// Serves the admin API on `listener` from its own thread, within `limits`.
+    pub fn start_with_limits(
+        listener: std::net::TcpListener,
+        state: AdminState,
+        limits: AdminLimits,
     ) -> std::io::Result<AdminServer> {
         let local_addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
@@ -78,11 +105,12 @@ impl AdminServer {
             tokio::net::TcpListener::from_std(listener)?
         };
         let (stop, stopped) = watch::channel(false);
-        let app = router(state);
+        let metrics = Arc::clone(&state.metrics);
+        let app = server::limited(router(state), &limits);
         let thread = std::thread::Builder::new()
             .name("sluice-admin".into())
             .spawn(move || {
-                runtime.block_on(serve(listener, app, stopped));
+                runtime.block_on(server::serve(listener, app, limits, metrics, stopped));
                 // Dropping the runtime here cancels connections still open after the grace.
             })?;
         tracing::info!(addr = %local_addr, "admin HTTP listening");
@@ -108,29 +136,6 @@ impl AdminServer {
             tracing::error!("admin thread panicked");
         }
     }
-}
-
-/// Serves until `stopped` turns true (or its sender is dropped), then drains for at most
-/// [`SHUTDOWN_GRACE_MS`].
-async fn serve(listener: tokio::net::TcpListener, app: Router, stopped: watch::Receiver<bool>) {
-    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
-        // Err: the AdminServer was dropped, which means stop as well.
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(wait_stop(stopped.clone()));
-    let grace = async {
-        wait_stop(stopped).await;
-        tokio::time::sleep(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
-    };
-    tokio::select! {
-        served = server => {
-            if let Err(e) = served {
-                tracing::error!(error = %e, "admin HTTP server failed");
-            }
-        }
-        () = grace => tracing::warn!("admin HTTP: requests still open after the grace period"),
-    }
-    tracing::debug!("admin HTTP stopped");
 }
 
 /// Every route of the admin API.
@@ -189,17 +194,23 @@ mod tests {
     use super::*;
     use crate::metrics::ListenerInfo;
     use std::io::{Read, Write};
-    use std::net::TcpStream;
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
 
     fn start() -> (AdminServer, Arc<Metrics>) {
+        start_limited(AdminLimits::default())
+    }
+
+    fn start_limited(limits: AdminLimits) -> (AdminServer, Arc<Metrics>) {
         let listeners = vec![ListenerInfo {
             name: "raw-tcp".into(),
             proto: "tcp",
             format: "raw",
         }];
         let metrics = Arc::new(Metrics::new(2, listeners));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let server = AdminServer::start(listener, AdminState::new(Arc::clone(&metrics))).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let state = AdminState::new(Arc::clone(&metrics));
+        let server = AdminServer::start_with_limits(listener, state, limits).unwrap();
         (server, metrics)
     }
 
@@ -274,6 +285,112 @@ mod tests {
         server.stop();
         assert!(started.elapsed() < Duration::from_millis(SHUTDOWN_GRACE_MS + 3_000));
         drop(idle);
+    }
+
+    fn short_limits() -> AdminLimits {
+        AdminLimits {
+            connections_max: 4,
+            header_read_timeout: Duration::from_millis(300),
+            ..AdminLimits::default()
+        }
+    }
+
+    /// Reads until the peer closes (or `limit` passes); returns what came and whether it closed.
+    fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+        stream.set_read_timeout(Some(limit)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                // A reset is a close too.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return (String::from_utf8_lossy(&got).into_owned(), true);
+                }
+                Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+            }
+        }
+    }
+
+    #[test]
+    fn a_partial_head_is_closed_after_the_header_timeout() {
+        let (server, metrics) = start_limited(short_limits());
+        let mut slow = TcpStream::connect(server.local_addr()).unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        let started = std::time::Instant::now();
+        let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(5));
+        assert!(closed, "a stalled head was kept open");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(metrics.admin.connections_timed_out_total.get(), 1);
+        server.stop();
+    }
+
+    #[test]
+    fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
+        let (server, _) = start_limited(short_limits());
+        let mut conn = TcpStream::connect(server.local_addr()).unwrap();
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let (got, closed) = read_until_closed(&mut conn, Duration::from_secs(5));
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(closed, "an idle kept-alive connection was kept open");
+        server.stop();
+    }
+
+    #[test]
+    fn oversized_heads_and_bodies_are_refused() {
+        let (server, _) = start();
+        let addr = server.local_addr();
+        let mut conn = TcpStream::connect(addr).unwrap();
+        let big = "a".repeat(crate::limits::ADMIN_HEAD_BYTES_MAX * 2);
+        // The server may close before taking all of it.
+        let _ = write!(
+            conn,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"
+        );
+        let (got, _) = read_until_closed(&mut conn, Duration::from_secs(5));
+        assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+
+        let mut conn = TcpStream::connect(addr).unwrap();
+        let length = crate::limits::ADMIN_BODY_BYTES_MAX + 1;
+        write!(
+            conn,
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+        )
+        .unwrap();
+        let (got, _) = read_until_closed(&mut conn, Duration::from_secs(5));
+        assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+        server.stop();
+    }
+
+    #[test]
+    fn metrics_answer_while_every_slot_holds_a_stalled_client() {
+        let limits = AdminLimits {
+            header_read_timeout: Duration::from_secs(30),
+            ..short_limits()
+        };
+        let (server, metrics) = start_limited(limits);
+        let addr = server.local_addr();
+        let stalled: Vec<TcpStream> = (0..limits.connections_max * 3)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+                s
+            })
+            .collect();
+        let (status, _, body) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("sluice_admin_connections_evicted_total"),
+            "{body}"
+        );
+        let open = metrics.admin.connections_open.get();
+        assert!(open <= limits.connections_max as i64 + 1, "{open} open");
+        assert!(metrics.admin.connections_evicted_total.get() >= limits.connections_max as u64);
+        drop(stalled);
+        server.stop();
     }
 
     #[test]

@@ -334,6 +334,49 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[deadletter]`: how much of the rejected input each partition keeps.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// Dead-letter bytes kept per partition, all its files together.
+    #[serde(deserialize_with = "values::deadletter_bytes")]
+    pub max_bytes: u64,
+    /// Files per partition: the one being written and the rotated ones.
+    #[serde(deserialize_with = "values::deadletter_files")]
+    pub files: u32,
+    /// Full records of one (listener, reason) per second; further ones in that second are
+    /// counted in one repeat record.
+    #[serde(deserialize_with = "values::deadletter_repeats")]
+    pub repeats: u32,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            max_bytes: limits::DEADLETTER_BYTES_DEFAULT,
+            files: limits::DEADLETTER_FILES_DEFAULT,
+            repeats: limits::DEADLETTER_REPEATS_DEFAULT,
+        }
+    }
+}
+
+impl DeadLetterConfig {
+    /// Checks the relation between the keys (each is range-checked when read).
+    fn check(&self) -> Result<(), String> {
+        let share = self.max_bytes / u64::from(self.files.max(1));
+        if share < limits::DEADLETTER_FILE_BYTES_MIN {
+            return Err(format!(
+                "deadletter.max_bytes = {} over files = {} leaves {share} bytes per file; \
+                 each file needs at least {}",
+                self.max_bytes,
+                self.files,
+                limits::DEADLETTER_FILE_BYTES_MIN
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -355,6 +398,8 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// `[deadletter]`.
+    pub deadletter: DeadLetterConfig,
 }
 
 impl Default for Config {
@@ -368,6 +413,7 @@ impl Default for Config {
             window: WindowConfig::default(),
             checkpoint: CheckpointConfig::default(),
             admin: AdminConfig::default(),
+            deadletter: DeadLetterConfig::default(),
         }
     }
 }
@@ -408,6 +454,13 @@ impl Config {
                 .unwrap_or_default();
             format!("{line}[[listener]] #{}: {message}", index + 1)
         })?;
+        config.deadletter.check().map_err(|message| {
+            let line = key_line(text, "[deadletter]", "max_bytes")
+                .or_else(|| nth_table_line(text, "[deadletter]", 0))
+                .map(|l| format!("line {l}: "))
+                .unwrap_or_default();
+            format!("{line}{message}")
+        })?;
         Ok(config)
     }
 
@@ -435,6 +488,7 @@ impl Config {
         if self.log.flush_interval_ms == 0 {
             return Err(Error::Invalid("log.flush_interval_ms must be > 0".into()));
         }
+        self.deadletter.check().map_err(Error::Invalid)?;
         if self.checkpoint.interval_ms == 0 || self.checkpoint.keep == 0 {
             return Err(Error::Invalid(
                 "checkpoint.interval_ms and checkpoint.keep must be > 0".into(),
@@ -536,6 +590,21 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         }
         None => message,
     }
+}
+
+/// Line number (1-based) of `key = ...` inside the first table `header`.
+fn key_line(text: &str, header: &str, key: &str) -> Option<usize> {
+    let start = nth_table_line(text, header, 0)?;
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .take_while(|(_, l)| !l.trim_start().starts_with('['))
+        .find(|(_, l)| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|(i, _)| i + 1)
 }
 
 /// Line number (1-based) of the `n`th occurrence of a table header.
@@ -668,6 +737,33 @@ keep = 2
         ] {
             let err = Config::from_toml(&listener(format, options)).unwrap_err();
             assert!(err.contains(needle) && err.contains("line 1"), "{err}");
+        }
+    }
+
+    #[test]
+    fn deadletter_keys_are_range_checked_with_their_line() {
+        let c = Config::from_toml("[deadletter]\nmax_bytes = \"1MiB\"\nfiles = 2\nrepeats = 0\n")
+            .unwrap();
+        assert_eq!(c.deadletter.max_bytes, 1 << 20);
+        assert_eq!((c.deadletter.files, c.deadletter.repeats), (2, 0));
+        for (text, line, key) in [
+            ("[deadletter]\nfiles = 0\n", "line 2", "files"),
+            ("[deadletter]\n\nfiles = 1000\n", "line 3", "files"),
+            ("[deadletter]\nrepeats = 99999999\n", "line 2", "repeats"),
+            (
+                "[deadletter]\nmax_bytes = \"1KiB\"\n",
+                "line 2",
+                "max_bytes",
+            ),
+            ("[deadletter]\nmax_bytes = \"5TiB\"\n", "line 2", "size"),
+            (
+                "[deadletter]\nfiles = 100\nmax_bytes = \"1MiB\"\n",
+                "line 3",
+                "max_bytes",
+            ),
+        ] {
+            let err = Config::from_toml(text).unwrap_err();
+            assert!(err.contains(line) && err.contains(key), "{text}: {err}");
         }
     }
 

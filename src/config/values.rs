@@ -198,6 +198,40 @@ pub(super) fn segment_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::E
     Ok(n)
 }
 
+pub(super) fn deadletter_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = ByteSize::deserialize(d)?.0;
+    if !(limits::DEADLETTER_FILE_BYTES_MIN..=limits::DEADLETTER_BYTES_MAX).contains(&n) {
+        return Err(de::Error::custom(format!(
+            "max_bytes = {n}: must be between {} and {}",
+            limits::DEADLETTER_FILE_BYTES_MIN,
+            limits::DEADLETTER_BYTES_MAX
+        )));
+    }
+    Ok(n)
+}
+
+pub(super) fn deadletter_files<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u64::deserialize(d)?;
+    if n == 0 || n > u64::from(limits::DEADLETTER_FILES_MAX) {
+        return Err(de::Error::custom(format!(
+            "files = {n}: must be 1..={}",
+            limits::DEADLETTER_FILES_MAX
+        )));
+    }
+    Ok(n as u32)
+}
+
+pub(super) fn deadletter_repeats<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u64::deserialize(d)?;
+    if n > u64::from(limits::DEADLETTER_REPEATS_MAX) {
+        return Err(de::Error::custom(format!(
+            "repeats = {n}: must be 0..={}",
+            limits::DEADLETTER_REPEATS_MAX
+        )));
+    }
+    Ok(n as u32)
+}
+
 /// Checks a list of window sizes: each positive, at most a day, no duplicates.
 pub fn check_window_sizes(sizes: &[Millis]) -> Result<(), String> {
     for (i, s) in sizes.iter().enumerate() {

@@ -8,6 +8,7 @@ mod e2e;
 mod formats;
 mod harness;
 mod hostile;
+mod limits;
 mod log;
 mod storage;
 mod udp;
