@@ -1,15 +1,15 @@
-//! `sluice serve`: recovery, the cores, the admin server and the checkpoint coordinator.
+//! `sluice serve`: recovery, the cores, the admin server and the supervisor.
 //!
 //! Start-up, in order: bind every listener on every core (`SO_REUSEPORT`; a port 0 is chosen
 //! once and shared), load the newest valid checkpoint, open every log partition (recovering
-//! torn tails), cut each aggregates file back to its checkpointed length, restore the shards'
-//! open windows, then start the cores. Each core replays its partition from the checkpointed
-//! offset before it serves its sockets; `/readyz` turns ready when every core has.
+//! torn tails, never below the checkpoint's offsets), cut each aggregates file back to its
+//! checkpointed length, restore the shards' open windows, then start the cores. Each core
+//! replays its partition from the checkpointed offset before it serves its sockets;
+//! `/readyz` turns ready when every core has.
 //!
-//! The coordinator (the calling thread) asks for a checkpoint every `checkpoint.interval_ms`:
-//! it raises the epoch, the cores inject barriers and report their flushed log offsets, the
-//! shards align and report their snapshots, and the coordinator writes the checkpoint file
-//! once it has every report. SIGTERM/SIGINT: stop reading, drain, final checkpoint, exit.
+//! The supervisor (the calling thread) follows the cores' reports and drives the checkpoint
+//! protocol (`checkpoint::coordinator`) every `checkpoint.interval_ms`. SIGTERM/SIGINT: stop
+//! reading, drain, final checkpoint, exit.
 
 #![forbid(unsafe_code)]
 
@@ -24,16 +24,17 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{AdminServer, AdminState};
+use crate::checkpoint::coordinator::{Coordinator, Outcome};
 use crate::checkpoint::{self, BODY_VERSION, Body, PartitionState, ShardState};
 use crate::config::Config;
 use crate::deadletter::DeadLetter;
-use crate::log::{self, Appender, FlushTicket, Offset, Reader};
+use crate::log::{self, Appender, Offset, Reader};
 use crate::metrics::{ListenerInfo, Metrics};
 use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, bind};
 use crate::ops::{self, Signals};
 use crate::route::{self, Doorbell, owner};
-use crate::window::{AggregatesWriter, OutputSync, Params, Shard, aggregates_path, now_ms};
+use crate::window::{AggregatesWriter, Params, Shard, aggregates_path};
 use crate::worker::{self, Control, ReplayTask, Report, WorkerSetup};
 
 /// Why `serve` stopped with a failure.
@@ -381,20 +382,24 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     }
     tracing::info!(addr = %admin_addr, cores, "admin listening");
 
-    let mut coordinator = Coordinator {
+    let coordinator = Coordinator::new(
+        checkpoint::coordinator::Settings {
+            cores,
+            dir: checkpoint_dir,
+            keep: config.checkpoint.keep as usize,
+            window_sizes_ms: config.window.sizes.iter().map(|s| s.as_i64()).collect(),
+            last_epoch: first_epoch,
+        },
+        metrics.clone(),
+    );
+    let mut supervisor = Supervisor {
         cores,
-        checkpoint_dir,
-        keep: config.checkpoint.keep as usize,
         interval: Duration::from_millis(config.checkpoint.interval_ms),
-        window_sizes_ms: config.window.sizes.iter().map(|s| s.as_i64()).collect(),
-        epoch: first_epoch,
-        in_flight: None,
-        kept: std::collections::VecDeque::new(),
-        failures_in_a_row: 0,
+        coordinator,
         metrics: metrics.clone(),
         control: control.clone(),
     };
-    let result = coordinator.run(&report_rx, &signals);
+    let result = supervisor.run(&report_rx, &signals);
     control.exit.store(true, Ordering::Release);
     control.wake_all();
     for t in threads {
@@ -553,37 +558,17 @@ fn open_shards(config: &Config, cores: usize, body: Option<&Body>) -> Result<Vec
     Ok(shards)
 }
 
-struct InFlight {
-    epoch: u64,
-    started: Instant,
-    partitions: Vec<PartitionState>,
-    /// Per core that reported: its partition's log up to its offset, made durable at commit.
-    logs: Vec<FlushTicket>,
-    partition_reports: usize,
-    shards: Vec<ShardState>,
-    /// Per shard that reported: its aggregates file, fsynced at commit.
-    outputs: Vec<OutputSync>,
-    final_one: bool,
-}
-
-struct Coordinator {
+/// The calling thread once the cores run: follows their reports, drives the checkpoint
+/// protocol ([`Coordinator`]) at each interval, and stops on a signal.
+struct Supervisor {
     cores: usize,
-    checkpoint_dir: PathBuf,
-    keep: usize,
     interval: Duration,
-    window_sizes_ms: Vec<i64>,
-    epoch: u64,
-    in_flight: Option<InFlight>,
-    /// Partition offsets of the checkpoints kept on disk, oldest first.
-    kept: std::collections::VecDeque<Vec<PartitionState>>,
-    /// Checkpoints failed since the last one committed (a failure is logged once per run of
-    /// them).
-    failures_in_a_row: u64,
+    coordinator: Coordinator,
     metrics: Arc<Metrics>,
     control: Arc<Control>,
 }
 
-impl Coordinator {
+impl Supervisor {
     fn run(&mut self, reports: &Receiver<Report>, signals: &Signals) -> Result<(), Error> {
         let mut replayed = 0;
         let mut drained = 0;
@@ -607,23 +592,12 @@ impl Coordinator {
                     partitions,
                     log,
                     ..
-                }) => {
-                    if let Some(f) = self.in_flight.as_mut().filter(|f| f.epoch == epoch) {
-                        f.partitions.extend(partitions);
-                        f.logs.push(log);
-                        f.partition_reports += 1;
-                    }
-                }
+                }) => self.coordinator.partitions_reported(epoch, partitions, log),
                 Ok(Report::Shard {
                     epoch,
                     state,
                     output,
-                }) => {
-                    if let Some(f) = self.in_flight.as_mut().filter(|f| f.epoch == epoch) {
-                        f.shards.push(state);
-                        f.outputs.push(output);
-                    }
-                }
+                }) => self.coordinator.shard_reported(epoch, state, output),
                 Ok(Report::Drained { core }) => {
                     drained += 1;
                     tracing::debug!(core, "core drained");
@@ -638,15 +612,27 @@ impl Coordinator {
                 }
             }
 
-            if let Some(f) = &self.in_flight
-                && f.partition_reports == self.cores
-                && f.shards.len() == self.cores
-            {
-                let final_one = f.final_one;
-                self.commit()?;
-                if final_one {
-                    tracing::info!(epoch = self.epoch, "final checkpoint written; exiting");
-                    return Ok(());
+            if self.coordinator.complete() {
+                match self.coordinator.commit()? {
+                    Outcome::Committed {
+                        epoch,
+                        final_one,
+                        floors,
+                    } => {
+                        for (floor, offset) in self
+                            .control
+                            .retention_floors
+                            .iter()
+                            .zip(floors.unwrap_or_default())
+                        {
+                            floor.fetch_max(offset, Ordering::AcqRel);
+                        }
+                        if final_one {
+                            tracing::info!(epoch, "final checkpoint written; exiting");
+                            return Ok(());
+                        }
+                    }
+                    Outcome::Failed { .. } => {}
                 }
             }
 
@@ -663,133 +649,25 @@ impl Coordinator {
                 tracing::info!("SIGHUP: nothing to reopen (logs go to stderr)");
             }
             let now = Instant::now();
-            if self.in_flight.is_none() {
-                if stopping && drained == self.cores {
-                    self.begin(true);
+            if !self.coordinator.in_flight() {
+                let begun = if stopping && drained == self.cores {
+                    self.coordinator.begin(true)
                 } else if !stopping && now >= next_checkpoint {
-                    self.begin(false);
                     next_checkpoint = now + self.interval;
+                    self.coordinator.begin(false)
+                } else {
+                    None
+                };
+                if let Some(epoch) = begun {
+                    self.control
+                        .checkpoint_epoch
+                        .store(epoch, Ordering::Release);
+                    self.control.wake_all();
                 }
             }
             if let Some(interval) = watchdog.filter(|_| now >= next_watchdog) {
                 ops::notify_watchdog();
                 next_watchdog = now + interval;
-            }
-        }
-    }
-
-    fn begin(&mut self, final_one: bool) {
-        self.epoch += 1;
-        self.in_flight = Some(InFlight {
-            epoch: self.epoch,
-            started: Instant::now(),
-            partitions: Vec::new(),
-            logs: Vec::new(),
-            partition_reports: 0,
-            shards: Vec::new(),
-            outputs: Vec::new(),
-            final_one,
-        });
-        self.control
-            .checkpoint_epoch
-            .store(self.epoch, Ordering::Release);
-        self.control.wake_all();
-    }
-
-    /// Lets retention delete log only below what every kept checkpoint replays from, so a
-    /// restart can fall back to the oldest kept checkpoint. Until this run has committed `keep`
-    /// checkpoints (the older ones on disk came from an earlier run), it deletes nothing.
-    fn raise_retention_floors(&mut self, partitions: Vec<PartitionState>) {
-        self.kept.push_back(partitions);
-        while self.kept.len() > self.keep {
-            self.kept.pop_front();
-        }
-        if self.kept.len() < self.keep {
-            return;
-        }
-        for (core, floor) in self.control.retention_floors.iter().enumerate() {
-            let oldest = self
-                .kept
-                .iter()
-                .map(|ps| {
-                    ps.iter()
-                        .find(|p| p.partition as usize == core)
-                        .map_or(0, |p| p.next_offset)
-                })
-                .min()
-                .unwrap_or(0);
-            floor.fetch_max(oldest, Ordering::AcqRel);
-        }
-    }
-
-    fn commit(&mut self) -> Result<(), Error> {
-        let f = self.in_flight.take().expect("a checkpoint is in flight");
-        let mut partitions = f.partitions;
-        partitions.sort_by_key(|p| p.partition);
-        let mut shards = f.shards;
-        shards.sort_by_key(|s| s.shard);
-        let body = Body {
-            version: BODY_VERSION,
-            epoch: f.epoch,
-            created_ms: now_ms(),
-            cores: self.cores as u16,
-            window_sizes_ms: self.window_sizes_ms.clone(),
-            partitions,
-            shards,
-        };
-        let bytes = body.encode()?;
-        let m = &self.metrics.checkpoint;
-        // The log and the aggregates files first: a checkpoint never names an offset or a
-        // length whose bytes are not durable. Here, off the cores, which read on meanwhile.
-        let written = f
-            .logs
-            .iter()
-            .try_for_each(FlushTicket::make_durable)
-            .map_err(Error::from)
-            .and_then(|()| {
-                f.outputs
-                    .iter()
-                    .try_for_each(|o| o.sync().map_err(io_err("cannot fsync", o.path())))
-            })
-            .and_then(|()| {
-                checkpoint::file::write(&self.checkpoint_dir, f.epoch, &bytes).map_err(Error::from)
-            });
-        match written {
-            Ok(path) => {
-                m.committed_total.add(1);
-                m.last_epoch.set(f.epoch as i64);
-                m.last_bytes.set(bytes.len() as i64);
-                m.last_duration_us
-                    .set(f.started.elapsed().as_micros() as i64);
-                tracing::debug!(epoch = f.epoch, path = %path.display(), bytes = bytes.len(), "checkpoint committed");
-                if self.failures_in_a_row > 0 {
-                    tracing::info!(
-                        epoch = f.epoch,
-                        failed = self.failures_in_a_row,
-                        "checkpoints commit again"
-                    );
-                    self.failures_in_a_row = 0;
-                }
-                if let Err(e) = checkpoint::file::prune(&self.checkpoint_dir, self.keep) {
-                    tracing::warn!(error = %e, "cannot prune old checkpoints");
-                }
-                self.raise_retention_floors(body.partitions);
-                Ok(())
-            }
-            Err(e) => {
-                m.failed_total.add(1);
-                if f.final_one {
-                    return Err(e);
-                }
-                // Said once per episode (a full disk fails every interval until it is freed);
-                // sluice_checkpoint_failures_total counts each one.
-                if self.failures_in_a_row == 0 {
-                    tracing::error!(epoch = f.epoch, error = %e, "checkpoint failed; retrying at each interval");
-                } else {
-                    tracing::debug!(epoch = f.epoch, error = %e, "checkpoint failed again");
-                }
-                self.failures_in_a_row += 1;
-                Ok(())
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Checkpoints: aligned snapshots of every shard's open windows and every partition's log
 //! position, so that after a crash the appliance resumes with each logged event counted once.
 
+pub mod coordinator;
 pub mod file;
 
 use std::path::PathBuf;
@@ -27,6 +28,9 @@ pub enum Error {
     /// The body could not be decoded.
     #[error("checkpoint body does not decode: {0}")]
     Decode(String),
+    /// The log could not be made durable up to a reported offset.
+    #[error(transparent)]
+    Log(#[from] crate::log::Error),
     /// The body was written by a build with another body version.
     #[error("checkpoint body version {found} (this build reads {BODY_VERSION})")]
     Version {
