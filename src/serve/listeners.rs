@@ -1,0 +1,86 @@
+//! The listener registry (`data_dir/listeners.json`) and binding every listener on every
+//! core.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Error, io_err};
+use crate::config::Config;
+use crate::net::{BoundSocket, bind};
+
+/// The stable ids of listener names, kept in `data_dir/listeners.json`: log batches carry the
+/// id, so replay finds the right parser even when listeners are added, removed or reordered.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ListenerIds {
+    ids: BTreeMap<String, u16>,
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename).
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io_err("cannot write", &tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("cannot fsync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("cannot rename", path))
+}
+
+pub(super) fn listener_ids(data_dir: &Path, names: &[String]) -> Result<Vec<u16>, Error> {
+    let path = data_dir.join("listeners.json");
+    let mut ids: ListenerIds = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "listener id file unreadable; starting a new one");
+            ListenerIds::default()
+        }),
+        Err(_) => ListenerIds::default(),
+    };
+    let mut changed = false;
+    let out = names
+        .iter()
+        .map(|name| {
+            let next = ids.ids.values().max().map_or(0, |m| m + 1);
+            *ids.ids.entry(name.clone()).or_insert_with(|| {
+                changed = true;
+                next
+            })
+        })
+        .collect();
+    if changed {
+        let json = serde_json::to_vec_pretty(&ids).expect("a map of strings to numbers encodes");
+        write_atomic(&path, &json)?;
+    }
+    Ok(out)
+}
+
+/// Binds every listener on every core. Returns the sockets per core and the bound addresses.
+#[allow(clippy::type_complexity)]
+pub(super) fn bind_all(
+    config: &Config,
+    cores: usize,
+) -> Result<(Vec<Vec<(u16, BoundSocket)>>, Vec<SocketAddr>), Error> {
+    let mut per_core: Vec<Vec<(u16, BoundSocket)>> = (0..cores).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for (index, l) in config.listeners.iter().enumerate() {
+        let mut addr = l.addr;
+        for sockets in per_core.iter_mut() {
+            let socket = bind(l.proto, addr).map_err(|source| Error::Bind {
+                listener: l.name.clone(),
+                proto: l.proto.as_str(),
+                addr,
+                source,
+            })?;
+            // Port 0: the first core's socket picks the port, the others share it.
+            addr = socket
+                .local_addr()
+                .map_err(io_err("cannot read address of", Path::new(&l.name)))?;
+            sockets.push((index as u16, socket));
+        }
+        addrs.push(addr);
+    }
+    Ok((per_core, addrs))
+}

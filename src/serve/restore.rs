@@ -1,0 +1,167 @@
+//! Restore planning: each core's log partition opened (recovered, never below the
+//! checkpoint's offsets), the replay of every partition on disk planned, and every shard's
+//! output cut back to the checkpoint and its open windows restored.
+
+#![forbid(unsafe_code)]
+
+use super::{Error, io_err};
+use crate::checkpoint::{Body, PartitionState, ShardState};
+use crate::config::Config;
+use crate::log::{self, Appender, Offset, Reader};
+use crate::metrics::Metrics;
+use crate::route::owner;
+use crate::window::{AggregatesWriter, Params, Shard, aggregates_path};
+use crate::worker::ReplayTask;
+
+pub(super) struct PartitionPlan {
+    pub(super) appender: Appender,
+    pub(super) replay: Vec<ReplayTask>,
+    pub(super) others: Vec<PartitionState>,
+    pub(super) max_event_ms: Option<i64>,
+}
+
+/// Opens each core's partition and plans the replay of every partition on disk: partition `p`
+/// is replayed by core `p % cores` (partitions beyond `cores` were left by a larger instance).
+pub(super) fn plan_partitions(
+    config: &Config,
+    cores: usize,
+    body: Option<&Body>,
+    metrics: &Metrics,
+) -> Result<Vec<PartitionPlan>, Error> {
+    let options = log::Options::from(&config.log);
+    let mut plans = Vec::new();
+    for core in 0..cores as u16 {
+        let dir = log::partition_dir(&config.data_dir, core);
+        // Offsets the checkpoint counted are never given to new lines (see log recovery).
+        let floor = Offset(body.map_or(0, |b| b.offset_of(core)));
+        let (appender, report) = Appender::open_from(&dir, options, floor)?;
+        let core_metrics = &metrics.cores[core as usize];
+        core_metrics
+            .log_truncated_bytes_total
+            .add(report.truncated_bytes);
+        core_metrics.log_bad_batches_total.add(report.bad_batches);
+        core_metrics.log_lost_lines_total.add(report.lost_lines);
+        if report.truncated_bytes > 0 {
+            tracing::warn!(
+                partition = core,
+                cut_bytes = report.truncated_bytes,
+                "torn log tail cut"
+            );
+        }
+        plans.push(PartitionPlan {
+            appender,
+            replay: Vec::new(),
+            others: Vec::new(),
+            max_event_ms: None,
+        });
+    }
+    let mut on_disk = log::partitions(&config.data_dir)?;
+    on_disk.retain(|p| (*p as usize) < crate::limits::CORES_MAX);
+    for partition in on_disk {
+        let core = partition as usize % cores;
+        let from = Offset(body.map_or(0, |b| b.offset_of(partition)));
+        let reader = Reader::open(&log::partition_dir(&config.data_dir, partition), from)?;
+        let plan = &mut plans[core];
+        let state = body.and_then(|b| b.partitions.iter().find(|p| p.partition == partition));
+        if let Some(max) = state.and_then(|s| s.max_event_ms) {
+            plan.max_event_ms = Some(plan.max_event_ms.map_or(max, |m| m.max(max)));
+        }
+        if partition as usize >= cores {
+            plan.others.push(PartitionState {
+                partition,
+                next_offset: from.0,
+                max_event_ms: None,
+            });
+        }
+        plan.replay.push(ReplayTask {
+            partition,
+            from,
+            reader,
+        });
+    }
+    Ok(plans)
+}
+
+/// Opens every shard's output (cut back to the checkpoint) and restores the open windows, each
+/// to the core that owns its key now.
+pub(super) fn open_shards(
+    config: &Config,
+    cores: usize,
+    body: Option<&Body>,
+) -> Result<Vec<Shard>, Error> {
+    let data_dir = &config.data_dir;
+    let empty = Vec::new();
+    let states: &Vec<ShardState> = body.map_or(&empty, |b| &b.shards);
+    let same_layout = body.is_some_and(|b| b.cores as usize == cores);
+    // Files the checkpoint does not know were written after it: cut to nothing.
+    let agg_dir = data_dir.join("aggregates");
+    for entry in std::fs::read_dir(&agg_dir).map_err(io_err("cannot list", &agg_dir))? {
+        let entry = entry.map_err(io_err("cannot list", &agg_dir))?;
+        let name = entry.file_name();
+        let Some(shard) = name.to_str().and_then(|n| {
+            n.strip_prefix('s')?
+                .strip_suffix(".jsonl")?
+                .parse::<u16>()
+                .ok()
+        }) else {
+            continue;
+        };
+        if shard as usize >= cores {
+            let len = states
+                .iter()
+                .find(|s| s.shard == shard)
+                .map_or(0, |s| s.aggregates_len);
+            AggregatesWriter::open(&entry.path(), len)
+                .map_err(io_err("cannot cut", &entry.path()))?;
+        }
+    }
+    let global_frontier = states
+        .iter()
+        .map(|s| s.closed_through_ms)
+        .max()
+        .unwrap_or(i64::MIN);
+    let lowest_frontier = states
+        .iter()
+        .map(|s| s.closed_through_ms)
+        .min()
+        .unwrap_or(i64::MIN);
+    let params = Params {
+        windows: config.window.specs(),
+        quantiles: config.window.quantiles.clone(),
+        max_keys: config.window.max_keys_per_shard as usize,
+    };
+    let mut shards = Vec::new();
+    for core in 0..cores as u16 {
+        let path = aggregates_path(data_dir, core);
+        let state = states.iter().find(|s| s.shard == core);
+        let len = state.map_or(0, |s| s.aggregates_len);
+        let output = AggregatesWriter::open(&path, len).map_err(io_err("cannot open", &path))?;
+        // Keys move between shards when the core count changed: restore onto the lowest old
+        // frontier and close through the highest once every record is in (`Shard::restore`).
+        let frontier = if same_layout {
+            state.map_or(i64::MIN, |s| s.closed_through_ms)
+        } else {
+            lowest_frontier
+        };
+        shards.push(Shard::new(&params, cores, frontier, output));
+    }
+    for state in states {
+        for record in state.windows() {
+            let record = record?;
+            let core = owner(record.key.as_bytes(), cores) as usize;
+            shards[core].restore(record).map_err(io_err(
+                "cannot write",
+                &aggregates_path(data_dir, core as u16),
+            ))?;
+        }
+    }
+    if !same_layout {
+        for (core, shard) in shards.iter_mut().enumerate() {
+            shard.close_restored(global_frontier).map_err(io_err(
+                "cannot write",
+                &aggregates_path(data_dir, core as u16),
+            ))?;
+        }
+    }
+    Ok(shards)
+}
