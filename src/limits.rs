@@ -101,6 +101,13 @@ pub const TICK_MS: u64 = 20;
 /// How often a core reads the kernel's drop counts of its UDP sockets (`/proc/self/net/udp`).
 pub const UDP_DROPS_POLL_MS: u64 = 250;
 
+/// Default size of one results record segment.
+pub const RESULTS_SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Smallest accepted `results.segment_bytes`.
+pub const RESULTS_SEGMENT_BYTES_MIN: u64 = 4096;
+/// Largest accepted `results.segment_bytes`.
+pub const RESULTS_SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
 /// Checkpoints kept by default.
 pub const CHECKPOINTS_KEPT_DEFAULT: u32 = 3;
 /// Default checkpoint interval.

@@ -75,6 +75,9 @@ pub enum Outcome {
         final_one: bool,
         /// When they rose: per partition of a core, the new retention floor.
         floors: Option<Vec<u64>>,
+        /// Per shard, the position of its results record that the checkpoint recorded:
+        /// the record's retention keeps what follows.
+        results: Vec<(u16, u64)>,
     },
     /// It could not be written (see [`Coordinator::commit`]); nothing changed.
     Failed {
@@ -237,6 +240,11 @@ impl Coordinator {
                 Ok(Outcome::Committed {
                     epoch: f.epoch,
                     final_one: f.final_one,
+                    results: body
+                        .shards
+                        .iter()
+                        .map(|s| (s.shard, s.aggregates_len))
+                        .collect(),
                     floors: self.raise_retention_floors(body.partitions),
                 })
             }
@@ -490,7 +498,7 @@ mod tests {
         // The file lost its row (cut from outside): the checkpoint must not name it.
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .open(rig.dir.join("s000.jsonl"))
+            .open(rig.dir.join("s000.jsonl").join(format!("{:020}.jsonl", 0)))
             .unwrap();
         file.set_len(0).unwrap();
         assert_eq!(rig.coordinator.commit().unwrap(), Outcome::Failed { epoch });

@@ -334,6 +334,41 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[results]`: how the results record (`aggregates/`) is segmented and how much is kept.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResultsConfig {
+    /// A segment is sealed once it holds this much.
+    #[serde(deserialize_with = "values::results_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Bytes of sealed segments kept per shard (0: keep all). Segments a reader or the
+    /// newest checkpoint still needs are kept even above it.
+    #[serde(deserialize_with = "values::byte_size")]
+    pub retention_bytes: u64,
+    /// Hours a sealed segment is kept after its last row (0: keep all).
+    pub retention_hours: u64,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        ResultsConfig {
+            segment_bytes: limits::RESULTS_SEGMENT_BYTES_DEFAULT,
+            retention_bytes: 0,
+            retention_hours: 0,
+        }
+    }
+}
+
+impl From<&ResultsConfig> for crate::results::Options {
+    fn from(c: &ResultsConfig) -> crate::results::Options {
+        crate::results::Options {
+            segment_bytes: c.segment_bytes,
+            retention_bytes: c.retention_bytes,
+            retention_hours: c.retention_hours,
+        }
+    }
+}
+
 /// `[deadletter]`: how much of the rejected input each partition keeps.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -400,6 +435,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[deadletter]`.
     pub deadletter: DeadLetterConfig,
+    /// `[results]`.
+    pub results: ResultsConfig,
 }
 
 impl Default for Config {
@@ -414,6 +451,7 @@ impl Default for Config {
             checkpoint: CheckpointConfig::default(),
             admin: AdminConfig::default(),
             deadletter: DeadLetterConfig::default(),
+            results: ResultsConfig::default(),
         }
     }
 }

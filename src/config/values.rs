@@ -198,6 +198,18 @@ pub(super) fn segment_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::E
     Ok(n)
 }
 
+pub(super) fn results_segment_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = ByteSize::deserialize(d)?.0;
+    if !(limits::RESULTS_SEGMENT_BYTES_MIN..=limits::RESULTS_SEGMENT_BYTES_MAX).contains(&n) {
+        return Err(de::Error::custom(format!(
+            "segment_bytes = {n}: must be between {} and {}",
+            limits::RESULTS_SEGMENT_BYTES_MIN,
+            limits::RESULTS_SEGMENT_BYTES_MAX
+        )));
+    }
+    Ok(n)
+}
+
 pub(super) fn deadletter_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let n = ByteSize::deserialize(d)?.0;
     if !(limits::DEADLETTER_FILE_BYTES_MIN..=limits::DEADLETTER_BYTES_MAX).contains(&n) {

@@ -185,7 +185,8 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         })
         .collect();
     let metrics = Arc::new(Metrics::new(cores, listener_infos));
-    let mut shards = open_shards(&config, cores, body.as_ref())?;
+    let results = crate::worker::ResultsHandles::new(cores);
+    let mut shards = open_shards(&config, cores, body.as_ref(), &results)?;
     let mut partition_plan = plan_partitions(&config, cores, body.as_ref(), &metrics)?;
 
     let backends: Vec<EpollBackend> = (0..cores)
@@ -209,6 +210,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
         balance: crate::worker::Balance::new(cores),
+        results,
     });
     let (report_tx, report_rx) = unbounded();
     let listeners = Arc::new(config.listeners.clone());

@@ -11,7 +11,7 @@ use crate::log::{self, Appender, Offset, Reader};
 use crate::metrics::Metrics;
 use crate::route::owner;
 use crate::window::{AggregatesWriter, Params, Shard, aggregates_path};
-use crate::worker::ReplayTask;
+use crate::worker::{ReplayTask, ResultsHandles};
 
 pub(super) struct PartitionPlan {
     pub(super) appender: Appender,
@@ -88,21 +88,22 @@ pub(super) fn open_shards(
     config: &Config,
     cores: usize,
     body: Option<&Body>,
+    results: &ResultsHandles,
 ) -> Result<Vec<Shard>, Error> {
     let data_dir = &config.data_dir;
     let empty = Vec::new();
     let states: &Vec<ShardState> = body.map_or(&empty, |b| &b.shards);
     let same_layout = body.is_some_and(|b| b.cores as usize == cores);
-    // Files the checkpoint does not know were written after it: cut to nothing.
+    // Records of shards beyond the core count (a larger instance left them): cut back to
+    // the checkpoint (to nothing when it does not know them). A record is a directory
+    // `s{NNN}`, or a file `s{NNN}.jsonl` of the one-file layout.
     let agg_dir = data_dir.join("aggregates");
     for entry in std::fs::read_dir(&agg_dir).map_err(io_err("cannot list", &agg_dir))? {
         let entry = entry.map_err(io_err("cannot list", &agg_dir))?;
         let name = entry.file_name();
         let Some(shard) = name.to_str().and_then(|n| {
-            n.strip_prefix('s')?
-                .strip_suffix(".jsonl")?
-                .parse::<u16>()
-                .ok()
+            let n = n.strip_prefix('s')?;
+            n.strip_suffix(".jsonl").unwrap_or(n).parse::<u16>().ok()
         }) else {
             continue;
         };
@@ -111,8 +112,8 @@ pub(super) fn open_shards(
                 .iter()
                 .find(|s| s.shard == shard)
                 .map_or(0, |s| s.aggregates_len);
-            AggregatesWriter::open(&entry.path(), len)
-                .map_err(io_err("cannot cut", &entry.path()))?;
+            let dir = aggregates_path(data_dir, shard);
+            AggregatesWriter::open(&dir, len).map_err(io_err("cannot cut", &dir))?;
         }
     }
     let global_frontier = states
@@ -135,7 +136,14 @@ pub(super) fn open_shards(
         let path = aggregates_path(data_dir, core);
         let state = states.iter().find(|s| s.shard == core);
         let len = state.map_or(0, |s| s.aggregates_len);
-        let output = AggregatesWriter::open(&path, len).map_err(io_err("cannot open", &path))?;
+        let output = AggregatesWriter::open_with(
+            &path,
+            len,
+            (&config.results).into(),
+            results.cursors[core as usize].clone(),
+            results.committed[core as usize].clone(),
+        )
+        .map_err(io_err("cannot open", &path))?;
         // Keys move between shards when the core count changed: restore onto the lowest old
         // frontier and close through the highest once every record is in (`Shard::restore`).
         let frontier = if same_layout {

@@ -78,7 +78,13 @@ impl Supervisor {
                         epoch,
                         final_one,
                         floors,
+                        results,
                     } => {
+                        for (shard, position) in results {
+                            if let Some(c) = self.control.results.committed.get(shard as usize) {
+                                c.fetch_max(position, Ordering::AcqRel);
+                            }
+                        }
                         for (floor, offset) in self
                             .control
                             .retention_floors

@@ -920,11 +920,9 @@ pub fn decode_records(
     })
 }
 
-/// Path of shard `shard`'s aggregates file.
+/// Directory of shard `shard`'s aggregates record.
 pub fn aggregates_path(data_dir: &Path, shard: u16) -> std::path::PathBuf {
-    data_dir
-        .join("aggregates")
-        .join(format!("s{shard:03}.jsonl"))
+    crate::results::record_dir(data_dir, crate::results::Kind::Aggregates, shard)
 }
 
 #[cfg(test)]

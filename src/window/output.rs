@@ -1,11 +1,11 @@
-//! The aggregates output: `aggregates/s{NNN}.jsonl`, one JSON object per closed (key, window),
-//! appended, never rewritten. Its length in bytes is part of every checkpoint; on recovery the
-//! file is cut back to that length before replay re-emits what followed.
+//! The aggregates output: one JSON object per closed (key, window), appended to the shard's
+//! results record (`aggregates/s{NNN}/`, see `results`). Its position is part of every
+//! checkpoint; on recovery the record is cut back to it before replay re-emits what followed.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -13,62 +13,18 @@ use serde::ser::SerializeMap;
 
 use super::{Agg, WindowSpec};
 use crate::config::Millis;
+use crate::results::{self, Cursors, RecordWriter};
 
-/// Appends closed windows to one shard's aggregates file.
-///
-/// Rows are staged in memory and written at [`flush`](Self::flush). A write that fails
-/// (ENOSPC, EIO, EPERM) loses nothing: the unwritten bytes stay staged, in order, and the
-/// next flush writes them from where the file ends. [`len`](Self::len) counts staged bytes
-/// too: it is the length the file will have once they are written, which is what a
-/// checkpoint records; [`OutputSync::sync`] refuses to vouch for bytes not yet in the file.
+/// The results record's durability handle, as the checkpoint sees it.
+pub type OutputSync = results::RecordSync;
+
+/// Appends closed windows to one shard's aggregates record: formats each row and hands it
+/// to the [`RecordWriter`], which stages, writes, rolls and keeps rows through failed
+/// writes (see there).
 #[derive(Debug)]
 pub struct AggregatesWriter {
-    path: PathBuf,
-    file: Arc<File>,
-    /// Bytes in the file.
-    written: u64,
-    /// Rows after `written`, not yet in the file.
-    staged: Vec<u8>,
-    /// A write error met while staging a row, for the owner to see.
-    error: Option<io::Error>,
+    record: RecordWriter,
     scratch: Vec<u8>,
-}
-
-/// Staged bytes after which [`AggregatesWriter::write_window`] writes them out.
-const STAGED_BYTES_WRITE: usize = 64 * 1024;
-
-/// An aggregates file whose written bytes another thread makes durable (see
-/// [`AggregatesWriter::sync_handle`]).
-#[derive(Debug)]
-pub struct OutputSync {
-    file: Arc<File>,
-    path: PathBuf,
-    /// The length the snapshot recorded: the file must hold this much.
-    len: u64,
-}
-
-impl OutputSync {
-    /// fsyncs the file: everything written before the handle was taken is durable. Fails
-    /// when the file does not yet hold the recorded length (its last rows could not be
-    /// written): a checkpoint never names rows that are not in the file.
-    pub fn sync(&self) -> io::Result<()> {
-        crate::fault::check(crate::fault::Op::Sync)?;
-        // The length first, then the sync: bytes in the file now are covered by it.
-        let in_file = self.file.metadata()?.len();
-        if in_file < self.len {
-            return Err(io::Error::other(format!(
-                "{} holds {in_file} bytes; {} are still waiting to be written",
-                self.path.display(),
-                self.len - in_file
-            )));
-        }
-        self.file.sync_data()
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// One output line; fields in the documented order, quantiles as configured.
@@ -123,47 +79,35 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 impl AggregatesWriter {
-    /// Opens `path` for appending after cutting it to `len` bytes (the length recorded by the
-    /// checkpoint being resumed; 0 without one). A file shorter than `len` is an error: the
-    /// checkpoint promised output that is not there.
-    pub fn open(path: &Path, len: u64) -> io::Result<AggregatesWriter> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(path)?;
-        let actual = file.metadata()?.len();
-        if actual < len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{} is {actual} bytes, shorter than the {len} its checkpoint recorded",
-                    path.display()
-                ),
-            ));
-        }
-        if actual > len {
-            tracing::info!(path = %path.display(), cut_bytes = actual - len, "aggregates cut back to the checkpoint");
-            file.set_len(len)?;
-            file.sync_all()?;
-        }
+    /// Opens the record in `dir` at `position` (the checkpoint's; 0 without one) with the
+    /// default options and no readers (tests, tools).
+    pub fn open(dir: &Path, position: u64) -> io::Result<AggregatesWriter> {
+        AggregatesWriter::open_with(
+            dir,
+            position,
+            results::Options::default(),
+            Arc::default(),
+            Arc::new(AtomicU64::new(0)),
+        )
+    }
+
+    /// Opens the record in `dir` at `position`, cut back there (see
+    /// [`RecordWriter::open`]), with its retention, readers and committed position.
+    pub fn open_with(
+        dir: &Path,
+        position: u64,
+        options: results::Options,
+        cursors: Arc<Cursors>,
+        committed: Arc<AtomicU64>,
+    ) -> io::Result<AggregatesWriter> {
         Ok(AggregatesWriter {
-            path: path.to_path_buf(),
-            file: Arc::new(file),
-            written: len,
-            staged: Vec::with_capacity(STAGED_BYTES_WRITE + 4096),
-            error: None,
+            record: RecordWriter::open(dir, position, options, cursors, committed)?,
             scratch: Vec::with_capacity(512),
         })
     }
 
-    /// Stages one closed window, with the given quantiles (value and field name), and
-    /// writes the staged rows out once they fill a write. A failed write keeps them staged
-    /// (see [`flush`](Self::flush)); the row is never lost.
+    /// Stages one closed window, with the given quantiles (value and field name). A failed
+    /// write keeps it staged (see [`RecordWriter::flush`]); the row is never lost.
     pub fn write_window(
         &mut self,
         key: &str,
@@ -182,72 +126,34 @@ impl AggregatesWriter {
         };
         serde_json::to_writer(&mut self.scratch, &line).map_err(io::Error::other)?;
         self.scratch.push(b'\n');
-        let was_full = self.staged.len() >= STAGED_BYTES_WRITE;
-        self.staged.extend_from_slice(&self.scratch);
-        if !was_full
-            && self.staged.len() >= STAGED_BYTES_WRITE
-            && let Err(e) = self.flush()
-        {
-            // Kept for the owner to see ([`take_error`](Self::take_error)); the row is
-            // staged, and the windows being closed close whole. When the stage was full
-            // already, writing failed before: the owner's retry writes.
-            self.error.get_or_insert(e);
-        }
+        self.record.append(&self.scratch);
         Ok(())
     }
 
-    /// The first write error met by [`write_window`](Self::write_window) since the last call.
+    /// The first write error met while staging rows since the last call.
     pub fn take_error(&mut self) -> Option<io::Error> {
-        self.error.take()
+        self.record.take_error()
     }
 
-    /// Writes the staged rows into the file (readers see them). On error the bytes not
-    /// written stay staged, in order, and the next call goes on from the file's end.
+    /// Writes the staged rows out (see [`RecordWriter::flush`]).
     pub fn flush(&mut self) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        while !self.staged.is_empty() {
-            let n = crate::fault::check(crate::fault::Op::Write)
-                .and_then(|()| self.file.write_at(&self.staged, self.written));
-            match n {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.written += n as u64;
-                    self.staged.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if self.staged.capacity() > 4 * STAGED_BYTES_WRITE {
-            // A long failure grew the stage: give the memory back once it is written.
-            self.staged.shrink_to(STAGED_BYTES_WRITE + 4096);
-        }
-        Ok(())
+        self.record.flush()
     }
 
-    /// Writes the staged rows out (as [`flush`](Self::flush) does; a failure is returned
-    /// after the handle) and returns a handle that makes the first `len()` bytes durable
-    /// from another thread (checkpoints: the coordinator fsyncs, the core goes on). The
-    /// handle's sync fails while those bytes are not all in the file.
+    /// Writes the staged rows out and returns the handle that makes them durable (see
+    /// [`RecordWriter::sync_handle`]).
     pub fn sync_handle(&mut self) -> (OutputSync, io::Result<()>) {
-        let flushed = self.flush();
-        let sync = OutputSync {
-            file: Arc::clone(&self.file),
-            path: self.path.clone(),
-            len: self.len(),
-        };
-        (sync, flushed)
+        self.record.sync_handle()
     }
 
-    /// Bytes written so far, staged ones included: the length of the file once they are in.
+    /// Where the record ends, staged rows included: the position a checkpoint records.
     pub fn len(&self) -> u64 {
-        self.written + self.staged.len() as u64
+        self.record.position()
     }
 
-    /// Bytes staged and not yet in the file (more than a write's worth only while writes
-    /// fail).
+    /// Bytes staged and not yet written.
     pub fn staged_bytes(&self) -> usize {
-        self.staged.len()
+        self.record.staged_bytes()
     }
 
     /// True when nothing has been written.
@@ -255,9 +161,9 @@ impl AggregatesWriter {
         self.len() == 0
     }
 
-    /// The file.
+    /// The record's directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.record.dir()
     }
 }
 
@@ -274,6 +180,23 @@ mod tests {
     use super::*;
     use crate::fault::{Fault, Op};
 
+    fn record_text(dir: &Path) -> String {
+        let mut reader = crate::results::RecordReader::open(dir, 0, None);
+        let mut text = String::new();
+        while let Some((_, line)) = reader.next_line().unwrap() {
+            text.push_str(std::str::from_utf8(line).unwrap());
+            text.push('\n');
+        }
+        text
+    }
+
+    fn record_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
     fn write_rows(w: &mut AggregatesWriter, from: i64, n: i64) {
         let spec = WindowSpec::tumbling(10_000);
         for i in from..from + n {
@@ -286,7 +209,7 @@ mod tests {
     #[test]
     fn rows_a_failed_write_could_not_take_are_written_once_in_order_when_writes_succeed() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s000.jsonl");
+        let path = dir.path().join("s000");
         let mut w = AggregatesWriter::open(&path, 0).unwrap();
         write_rows(&mut w, 0, 10);
         w.flush().unwrap();
@@ -302,8 +225,8 @@ mod tests {
         write_rows(&mut w, 10, 1_000);
         assert!(w.take_error().is_some());
         assert!(w.flush().is_err());
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), before);
-        assert!(w.staged_bytes() > STAGED_BYTES_WRITE);
+        assert_eq!(record_bytes(&path), before);
+        assert!(w.staged_bytes() > 64 * 1024);
         // A checkpoint taken now must not vouch for the staged rows.
         let (sync, written) = w.sync_handle();
         assert!(written.is_err());
@@ -313,8 +236,8 @@ mod tests {
         w.flush().unwrap();
         sync.sync().unwrap();
         assert_eq!(w.staged_bytes(), 0);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), w.len());
-        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(record_bytes(&path), w.len());
+        let text = record_text(&path);
         let starts: Vec<i64> = text
             .lines()
             .map(|l| {
@@ -329,7 +252,7 @@ mod tests {
     #[test]
     fn a_write_that_fails_midway_continues_from_where_the_file_ends() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s000.jsonl");
+        let path = dir.path().join("s000");
         let mut w = AggregatesWriter::open(&path, 0).unwrap();
         for round in 0..5 {
             crate::fault::clear();
@@ -345,7 +268,7 @@ mod tests {
             }
             w.flush().unwrap();
         }
-        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        let lines = record_text(&path).lines().count();
         assert_eq!(lines, 500);
     }
 }

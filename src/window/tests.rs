@@ -11,11 +11,29 @@ fn shard(dir: &Path, sizes: &[i64], max_keys: usize, sources: usize) -> Shard {
 }
 
 fn lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("s000.jsonl"))
-        .unwrap()
+    record_text(&dir.join("s000.jsonl"))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The rows of the record in `dir`, one per line.
+fn record_text(dir: &Path) -> String {
+    let mut reader = crate::results::RecordReader::open(dir, 0, None);
+    let mut text = String::new();
+    while let Some((_, line)) = reader.next_line().unwrap() {
+        text.push_str(std::str::from_utf8(line).unwrap());
+        text.push('\n');
+    }
+    text
+}
+
+/// Bytes the record in `dir` holds.
+fn record_len(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
 }
 
 #[test]
@@ -140,11 +158,12 @@ fn snapshot_and_restore_round_trip() {
 #[test]
 fn output_cut_back_to_checkpointed_length() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s000.jsonl");
-    std::fs::write(&path, b"{\"a\":1}\n{\"torn").unwrap();
+    let path = dir.path().join("s000");
+    std::fs::create_dir_all(&path).unwrap();
+    std::fs::write(path.join(format!("{:020}.jsonl", 0)), b"{\"a\":1}\n{\"torn").unwrap();
     let w = AggregatesWriter::open(&path, 8).unwrap();
     assert_eq!(w.len(), 8);
-    assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n");
+    assert_eq!(record_text(&path), "{\"a\":1}\n");
     assert!(AggregatesWriter::open(&path, 100).is_err());
 }
 
@@ -426,7 +445,7 @@ mod composed {
     /// fields.
     fn rows(dir: &Path, file: &str) -> BTreeMap<(String, String, String, i64), serde_json::Value> {
         let mut out = BTreeMap::new();
-        for l in std::fs::read_to_string(dir.join(file)).unwrap().lines() {
+        for l in record_text(&dir.join(file)).lines() {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             let k = (
                 v["key"].as_str().unwrap().to_string(),
@@ -488,7 +507,7 @@ mod composed {
                     let mut bytes = Vec::new();
                     composed.snapshot_into(&mut bytes);
                     composed.output().flush().unwrap();
-                    let len = std::fs::metadata(dir.path().join("c.jsonl")).unwrap().len();
+                    let len = record_len(&dir.path().join("c.jsonl"));
                     let out = AggregatesWriter::open(&dir.path().join("c.jsonl"), len).unwrap();
                     let params = Params { windows: specs.clone(), quantiles: vec![0.5, 0.99], max_keys: 1000 };
                     let mut restored = Shard::new(&params, 1, composed.closed_through_ms(), out);

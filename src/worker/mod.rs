@@ -68,6 +68,28 @@ pub struct Control {
     pub retention_floors: Vec<AtomicU64>,
     /// Where accepted TCP connections go.
     pub balance: Balance,
+    /// Per shard, what its results record's retention must keep.
+    pub results: ResultsHandles,
+}
+
+/// Per shard: the readers of its results record and the position of the newest committed
+/// checkpoint in it, which its retention never passes.
+#[derive(Debug)]
+pub struct ResultsHandles {
+    /// The record's readers (the query API's stream, notifiers, outputs register here).
+    pub cursors: Vec<Arc<crate::results::Cursors>>,
+    /// Position the newest committed checkpoint recorded.
+    pub committed: Vec<Arc<AtomicU64>>,
+}
+
+impl ResultsHandles {
+    /// Handles for `shards` shards, with no reader and nothing committed.
+    pub fn new(shards: usize) -> ResultsHandles {
+        ResultsHandles {
+            cursors: (0..shards).map(|_| Arc::default()).collect(),
+            committed: (0..shards).map(|_| Arc::new(AtomicU64::new(0))).collect(),
+        }
+    }
 }
 
 /// A TCP connection accepted by one core and passed, before anything was read from it, to a

@@ -4,7 +4,9 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{bin, have, http_get, now_secs, signal, wait_for, wait_timeout};
+use crate::harness::{
+    aggregate_lines, bin, have, http_get, now_secs, signal, wait_for, wait_timeout,
+};
 
 #[test]
 fn the_readme_quick_start_works_on_the_default_ports() {
@@ -43,19 +45,12 @@ fn the_readme_quick_start_works_on_the_default_ports() {
 
     let aggregates = cwd.path().join("sluice-data/aggregates");
     let found = wait_for(Duration::from_secs(45), || {
-        std::fs::read_dir(&aggregates)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| {
-                std::fs::read_to_string(e.path())
-                    .unwrap_or_default()
-                    .lines()
-                    .any(|l| {
-                        l.contains("\"key\":\"room.temp\"")
-                            && l.contains("\"window\":\"10s\"")
-                            && l.contains("\"sum\":21.5")
-                    })
+        aggregate_lines(&cwd.path().join("sluice-data"))
+            .iter()
+            .any(|(_, l)| {
+                l.contains("\"key\":\"room.temp\"")
+                    && l.contains("\"window\":\"10s\"")
+                    && l.contains("\"sum\":21.5")
             })
     });
     signal(child.id(), "TERM");

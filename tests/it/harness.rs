@@ -1,7 +1,7 @@
 //! Starting, feeding and stopping a real `sluice serve` child.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -218,38 +218,64 @@ pub fn expect_1s(rows: &mut Rows, key: &str, t_secs: i64, value: f64) {
     row.max = row.max.max(value);
 }
 
+/// Every line of the aggregates records under `data_dir` (`aggregates/s{NNN}/`, segments
+/// in position order), with the segment file it is in.
+pub fn aggregate_lines(data_dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let Ok(shards) = std::fs::read_dir(data_dir.join("aggregates")) else {
+        return out;
+    };
+    let mut shards: Vec<PathBuf> = shards
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    shards.sort();
+    for shard in shards {
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&shard)
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        segments.sort();
+        for path in segments {
+            // A segment may be deleted (retention) or cut (recovery) while it is read.
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            out.extend(
+                text.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| (path.clone(), l.to_string())),
+            );
+        }
+    }
+    out
+}
+
 /// Every aggregates row, keyed by (key, window, start_ms); panics on a duplicate.
 pub fn read_aggregates(data_dir: &Path) -> BTreeMap<(String, String, i64), Row> {
     let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(data_dir.join("aggregates")) else {
-        return out;
-    };
-    for entry in dir {
-        let path = entry.unwrap().path();
-        let file = std::fs::File::open(&path).unwrap();
-        for line in BufReader::new(file).lines() {
-            let line = line.unwrap();
-            if line.is_empty() {
-                continue;
-            }
-            let v: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{path:?}: {e}: {line}"));
-            let key = (
-                v["key"].as_str().unwrap().to_string(),
-                v["window"].as_str().unwrap().to_string(),
-                v["start_ms"].as_i64().unwrap(),
-            );
-            let row = Row {
-                count: v["count"].as_u64().unwrap(),
-                sum: v["sum"].as_f64().unwrap(),
-                min: v["min"].as_f64().unwrap(),
-                max: v["max"].as_f64().unwrap(),
-            };
-            assert!(
-                out.insert(key.clone(), row).is_none(),
-                "duplicate aggregate row {key:?}"
-            );
-        }
+    for (path, line) in aggregate_lines(data_dir) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            // The last row of a segment being written may be torn for a moment.
+            continue;
+        };
+        let key = (
+            v["key"].as_str().unwrap().to_string(),
+            v["window"].as_str().unwrap().to_string(),
+            v["start_ms"].as_i64().unwrap(),
+        );
+        let row = Row {
+            count: v["count"].as_u64().unwrap(),
+            sum: v["sum"].as_f64().unwrap(),
+            min: v["min"].as_f64().unwrap(),
+            max: v["max"].as_f64().unwrap(),
+        };
+        assert!(
+            out.insert(key.clone(), row).is_none(),
+            "duplicate aggregate row {key:?} in {path:?}"
+        );
     }
     out
 }

@@ -10,5 +10,6 @@ mod harness;
 mod hostile;
 mod limits;
 mod log;
+mod results;
 mod storage;
 mod udp;
