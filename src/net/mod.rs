@@ -13,6 +13,7 @@
 // of the module forbids it.
 #![deny(unsafe_code)]
 
+pub mod conns;
 pub mod epoll;
 pub mod mmsg;
 pub mod udp_drops;
@@ -43,8 +44,20 @@ pub trait Handler {
     ) -> Option<std::net::TcpStream> {
         Some(stream)
     }
-    /// A connection was refused (over `max_connections`).
+    /// A connection was refused (over `max_connections` or the descriptor budget, with no
+    /// connection idle long enough to make room).
     fn refused(&mut self, listener: u16);
+    /// An idle connection of `listener` is about to be closed to make room for a new one
+    /// (`closed` follows).
+    fn displaced(&mut self, listener: u16);
+    /// A connection of `listener` sent nothing for its idle timeout and is about to be closed
+    /// (`closed` follows).
+    fn timed_out(&mut self, listener: u16);
+    /// `accept` failed on `listener`, which now pauses; `episode_began` on the first failure
+    /// since it last accepted.
+    fn accept_failed(&mut self, listener: u16, error: &io::Error, episode_began: bool);
+    /// `listener` accepts again after failed accepts.
+    fn accepting_again(&mut self, listener: u16);
     /// Bytes arrived on a connection.
     fn data(&mut self, conn: ConnId, bytes: &[u8]);
     /// The peer closed the connection (or it failed); no more data will come.

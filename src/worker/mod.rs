@@ -319,7 +319,7 @@ impl Ingest {
             if !serving && self.replay.is_empty() && !stopping {
                 for (listener, socket) in sockets.drain(..) {
                     backend
-                        .add_listener(listener, socket)
+                        .add_listener(listener, socket, self.idle_timeout(listener))
                         .map_err(|e| format!("listener: {e}"))?;
                 }
                 serving = true;
@@ -379,9 +379,10 @@ impl Ingest {
             } else if self.router.blocked() {
                 Some(Duration::from_millis(1))
             } else {
-                let wake = self
-                    .storage_retry_at()
-                    .map_or(next_tick, |r| r.min(next_tick));
+                let wake = [self.storage_retry_at(), backend.wake_at()]
+                    .into_iter()
+                    .flatten()
+                    .fold(next_tick, Instant::min);
                 Some(wake.saturating_duration_since(Instant::now()))
             };
             self.sleep(backend, timeout)
