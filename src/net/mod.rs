@@ -5,6 +5,11 @@
 //! framing and parsing do not depend on how the bytes were read. [`epoll::EpollBackend`] drives
 //! mio (epoll); an io_uring backend can drive the same handler.
 //!
+//! Connections are bounded ([`conns`]): per listener by `max_connections` and `idle_timeout`,
+//! per process by a descriptor budget that keeps a reserve for files and admin; a full
+//! listener makes room by closing its longest-idle connection, and a listener whose `accept`
+//! fails pauses with a growing back-off instead of spinning.
+//!
 //! Backpressure: the backend reads only while [`Handler::reading`] is true. Readiness is
 //! remembered (mio is edge-triggered), so a paused socket is read again as soon as the core has
 //! room, without waiting for new data to arrive.

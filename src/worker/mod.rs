@@ -9,7 +9,8 @@
 //!  control        ─ inject a requested checkpoint barrier; begin stopping
 //!  replay | I/O   ─ replay the log after the checkpoint, then read sockets:
 //!                   frame → append to the log → parse → route
-//!  tick           ─ watermark, log flush policy, output flushes, metrics
+//!  tick           ─ watermark, log flush policy, output flushes, idle connections
+//!                   (a sweep at most once a second), metrics
 //!  poll           ─ sleep until I/O, a doorbell or the next tick (after lingering
 //!                   100 µs when the turn read only a little, so reads come in batches)
 //! ```
