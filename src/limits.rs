@@ -44,6 +44,27 @@ pub const QUEUE_BATCHES_MAX: usize = 64;
 
 /// Default open connections per TCP listener per core.
 pub const CONNECTIONS_DEFAULT: u32 = 1024;
+/// Default `idle_timeout` of a TCP listener: a connection that sends nothing for this long is
+/// closed by its core, so silent or abandoned peers cannot hold the listener's slots.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 5 * 60 * 1000;
+/// How often a core looks for connections past their listener's `idle_timeout`: a connection
+/// is closed between `idle_timeout` and `idle_timeout + IDLE_SWEEP_MS` after its last read.
+pub const IDLE_SWEEP_MS: u64 = 1_000;
+/// Idle connections one sweep closes at most; the rest go at the next tick.
+pub const IDLE_CLOSES_PER_SWEEP_MAX: usize = 1024;
+/// At `max_connections` a new connection closes the longest-idle one, if that one has been
+/// idle at least this long (so a burst of connects cannot close senders mid-stream).
+pub const DISPLACE_IDLE_MS_MIN: u64 = 1_000;
+/// First pause of a listener after `accept` fails (out of descriptors or memory); it doubles
+/// with each failure up to [`ACCEPT_BACKOFF_MS_MAX`].
+pub const ACCEPT_BACKOFF_MS_MIN: u64 = 10;
+/// Longest pause of a listener between two failed `accept`s.
+pub const ACCEPT_BACKOFF_MS_MAX: u64 = 1_000;
+/// Descriptors kept out of reach of TCP connections, for everything else the process opens:
+/// log segments, checkpoints, aggregates and dead-letter files, the admin server's
+/// connections, listeners and pollers. At most a quarter of `RLIMIT_NOFILE` (see
+/// `net::FdBudget`).
+pub const FDS_RESERVED: u64 = 256;
 /// Default live keys per shard before events go to the overflow key.
 pub const KEYS_PER_SHARD_DEFAULT: u32 = 1_000_000;
 /// Key under which events beyond `max_keys_per_shard` are counted.
@@ -138,6 +159,8 @@ const _: () = assert!(DEADLETTER_REPEATS_DEFAULT <= DEADLETTER_REPEATS_MAX);
 // hyper refuses a read buffer below 8 KiB.
 const _: () = assert!(ADMIN_HEAD_BYTES_MAX >= 8192);
 const _: () = assert!(ADMIN_CONNECTIONS_MAX >= 2);
+const _: () = assert!(IDLE_SWEEP_MS >= TICK_MS);
+const _: () = assert!(ACCEPT_BACKOFF_MS_MIN > 0 && ACCEPT_BACKOFF_MS_MIN <= ACCEPT_BACKOFF_MS_MAX);
 
 /// First wait before a core retries a write that failed (ENOSPC, EIO, EPERM); it doubles
 /// with each failure up to [`STORAGE_RETRY_MS_MAX`].

@@ -84,6 +84,13 @@ pub struct ListenerCounters {
     pub connections_open: Gauge,
     /// Connections accepted here and passed to a core with fewer connections.
     pub connections_handed_off_total: Counter,
+    /// Idle connections closed to make room for a new one (at `max_connections` or at the
+    /// process's descriptor budget).
+    pub connections_displaced_total: Counter,
+    /// Connections closed because they sent nothing for the listener's `idle_timeout`.
+    pub connections_timed_out_total: Counter,
+    /// Failed `accept` calls (out of descriptors or memory), each followed by a pause.
+    pub accept_errors_total: Counter,
 }
 
 /// A kind of write whose failure holds a core's input (see `worker::storage`).

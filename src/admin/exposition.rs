@@ -165,6 +165,15 @@ fn register_listeners(registry: &mut Registry, metrics: &Metrics) {
     let help = "TCP connections accepted on this core and passed to a core with fewer";
     let handed = tcp().map(|(l, c)| (l.clone(), c.connections_handed_off_total.get()));
     counter(registry, "connections_handed_off", help, handed);
+    let help = "Idle TCP connections closed to make room for a new one";
+    let displaced = tcp().map(|(l, c)| (l.clone(), c.connections_displaced_total.get()));
+    counter(registry, "connections_displaced", help, displaced);
+    let help = "TCP connections closed after sending nothing for the listener's idle_timeout";
+    let timed_out = tcp().map(|(l, c)| (l.clone(), c.connections_timed_out_total.get()));
+    counter(registry, "connections_timed_out", help, timed_out);
+    let help = "Failed accepts (out of descriptors or memory); the listener pauses after each";
+    let accept_errors = tcp().map(|(l, c)| (l.clone(), c.accept_errors_total.get()));
+    counter(registry, "accept_errors", help, accept_errors);
     let help = "TCP connections open now";
     let open = tcp().map(|(l, c)| (l.clone(), c.connections_open.get()));
     gauge(registry, "connections_open", help, open);

@@ -1,10 +1,11 @@
 //! `--listen` specs: `FORMAT+PROTO://HOST:PORT[?option=value&...]`, for example
 //! `graphite+tcp://0.0.0.0:2003` or `raw+tcp://127.0.0.1:7070?key=first_token&name=app`.
 //!
-//! Options: `name`, `key`, `value`, `time`, `max_line_bytes`, `max_connections`; which of
+//! Options: `name`, `key`, `value`, `time`, `max_line_bytes`, `max_connections`,
+//! `idle_timeout` (a duration, `0` for none); which of
 //! `key`, `value` and `time` a format takes is checked with the rest of the configuration.
 
-use super::values::{ByteSize, resolve_addr};
+use super::values::{ByteSize, parse_duration_ms, resolve_addr};
 use super::{Error, Format, ListenerConfig, Proto};
 use crate::limits;
 
@@ -72,6 +73,7 @@ pub fn parse_listen_spec(spec: &str) -> Result<ListenerConfig, Error> {
                     bad(format!("max_connections `{v}` is not a positive number"))
                 })?;
             }
+            "idle_timeout" => listener.idle_timeout = parse_duration_ms(v).map_err(bad)?,
             other => return Err(bad(format!("unknown option `{other}`"))),
         }
     }
@@ -112,6 +114,22 @@ mod tests {
     }
 
     #[test]
+    fn idle_timeout_takes_a_duration_and_zero_means_none() {
+        let l = parse_listen_spec("raw+tcp://127.0.0.1:0").unwrap();
+        let default = std::time::Duration::from_millis(limits::IDLE_TIMEOUT_MS_DEFAULT);
+        assert_eq!(l.idle_timeout(), Some(default));
+        let l = parse_listen_spec("raw+tcp://127.0.0.1:0?idle_timeout=30s").unwrap();
+        assert_eq!(l.idle_timeout(), Some(std::time::Duration::from_secs(30)));
+        let l = parse_listen_spec("raw+tcp://127.0.0.1:0?idle_timeout=1500").unwrap();
+        assert_eq!(
+            l.idle_timeout(),
+            Some(std::time::Duration::from_millis(1500))
+        );
+        let l = parse_listen_spec("raw+tcp://127.0.0.1:0?idle_timeout=0").unwrap();
+        assert_eq!(l.idle_timeout(), None);
+    }
+
+    #[test]
     fn bad_specs_say_what_is_wrong() {
         for (spec, needle) in [
             ("graphite://x:1", "FORMAT+PROTO"),
@@ -120,6 +138,7 @@ mod tests {
             ("raw+tcp://127.0.0.1", "bad address"),
             ("raw+tcp://127.0.0.1:1?colour=red", "unknown option"),
             ("raw+tcp://127.0.0.1:1?max_connections=0", "max_connections"),
+            ("raw+tcp://127.0.0.1:1?idle_timeout=soon", "bad duration"),
         ] {
             let err = parse_listen_spec(spec).unwrap_err().to_string();
             assert!(err.contains(needle) && err.contains(spec), "{spec}: {err}");

@@ -183,9 +183,13 @@ pub struct ListenerConfig {
         deserialize_with = "values::line_bytes"
     )]
     pub max_line_bytes: u32,
-    /// Most open connections per core (TCP).
+    /// Most open connections per core (TCP). At the cap a new connection displaces the
+    /// longest-idle one (idle at least `DISPLACE_IDLE_MS_MIN`), or is refused.
     #[serde(default = "default_connections")]
     pub max_connections: u32,
+    /// A TCP connection that sends nothing for this long is closed (0: never).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Millis,
 }
 
 fn default_line_bytes() -> u32 {
@@ -193,6 +197,9 @@ fn default_line_bytes() -> u32 {
 }
 fn default_connections() -> u32 {
     limits::CONNECTIONS_DEFAULT
+}
+fn default_idle_timeout() -> Millis {
+    Millis(limits::IDLE_TIMEOUT_MS_DEFAULT)
 }
 
 impl ListenerConfig {
@@ -206,7 +213,13 @@ impl ListenerConfig {
             options: FormatOptions::default(),
             max_line_bytes: default_line_bytes(),
             max_connections: default_connections(),
+            idle_timeout: default_idle_timeout(),
         }
+    }
+
+    /// The idle timeout, `None` when connections may stay silent forever.
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        (self.idle_timeout.0 > 0).then(|| std::time::Duration::from_millis(self.idle_timeout.0))
     }
 }
 

@@ -5,17 +5,21 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::conns::{
+    AcceptBackoff, AcceptFailure, FdBudget, IdleView, SweepClock, accept_failure, longest_idle,
+    timed_out,
+};
 use super::mmsg::{self, DATAGRAMS_PER_CALL};
 use super::udp_drops::UdpDropWatch;
 use super::{BoundSocket, ConnId, Handler};
 use crate::limits::{
-    DATAGRAM_BYTES_MAX, DATAGRAMS_PER_TICK_MAX, READ_BYTES_PER_TICK_MAX, READ_CHUNK_BYTES,
-    READS_PER_CONNECTION_MAX,
+    DATAGRAM_BYTES_MAX, DATAGRAMS_PER_TICK_MAX, DISPLACE_IDLE_MS_MIN, IDLE_CLOSES_PER_SWEEP_MAX,
+    IDLE_SWEEP_MS, READ_BYTES_PER_TICK_MAX, READ_CHUNK_BYTES, READS_PER_CONNECTION_MAX,
 };
 
 const WAKER: Token = Token(usize::MAX);
@@ -38,13 +42,32 @@ enum Socket {
 struct Listener {
     id: u16,
     socket: Socket,
+    /// In the ready queue, or known ready (also while parked).
     queued: bool,
+    /// Pausing after failed accepts.
+    backoff: AcceptBackoff,
+    /// Out of the ready queue until its back-off passes.
+    parked: bool,
 }
 
 #[derive(Debug)]
 struct Conn {
     stream: TcpStream,
+    /// In the ready queue: input may be waiting.
     queued: bool,
+    listener: u16,
+    /// Turn time of the last read that returned bytes (or of the accept).
+    last_read: Instant,
+}
+
+impl Conn {
+    fn idle_view(&self) -> IdleView {
+        IdleView {
+            listener: self.listener,
+            last_read: self.last_read,
+            pending: self.queued,
+        }
+    }
 }
 
 /// One core's sockets on mio.
@@ -61,6 +84,15 @@ pub struct EpollBackend {
     dgram_buf: Box<[u8]>,
     dgram_lens: Vec<u32>,
     udp_drops: UdpDropWatch,
+    /// The turn clock: read once per poll, so reads stamp connections without a syscall.
+    now: Instant,
+    /// Idle timeout of each listener id (TCP), as added.
+    idle_timeouts: Vec<Option<Duration>>,
+    sweep: SweepClock,
+    /// Descriptors connections may hold, shared with the other cores.
+    fds: Arc<FdBudget>,
+    /// Listeners parked by a back-off.
+    parked: usize,
 }
 
 /// Wakes an [`EpollBackend`] from another thread.
@@ -75,9 +107,15 @@ impl crate::route::Wake for EpollWaker {
 }
 
 impl EpollBackend {
-    /// A backend with no sockets yet.
+    /// A backend with no sockets yet and no limit on connection descriptors.
     pub fn new() -> io::Result<EpollBackend> {
+        EpollBackend::with_fd_budget(Arc::new(FdBudget::for_limit(None)))
+    }
+
+    /// A backend with no sockets yet whose connections share `fds` with other backends.
+    pub fn with_fd_budget(fds: Arc<FdBudget>) -> io::Result<EpollBackend> {
         let poll = Poll::new()?;
+        let now = Instant::now();
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(EpollBackend {
             poll,
@@ -91,6 +129,11 @@ impl EpollBackend {
             dgram_buf: vec![0; DATAGRAM_BUF_BYTES].into_boxed_slice(),
             dgram_lens: Vec::with_capacity(DATAGRAMS_PER_TICK_MAX),
             udp_drops: UdpDropWatch::default(),
+            now,
+            idle_timeouts: Vec::new(),
+            sweep: SweepClock::new(now, Duration::from_millis(IDLE_SWEEP_MS)),
+            fds,
+            parked: 0,
         })
     }
 
@@ -101,45 +144,108 @@ impl EpollBackend {
 
     /// Takes a connection accepted on listener `id` by another core.
     pub fn adopt(&mut self, id: u16, stream: std::net::TcpStream, handler: &mut impl Handler) {
-        if !handler.may_accept(id) {
-            handler.refused(id);
-            return;
-        }
-        self.add_conn(id, TcpStream::from_std(stream), handler);
+        // Its descriptor was counted when the other core accepted it.
+        self.admit(id, stream, handler, false);
     }
 
     /// Accepts connections on TCP listener `index` (id `id`), keeping those the handler
     /// does not pass to another core. Returns true when it may have more.
     fn accept(&mut self, index: usize, id: u16, handler: &mut impl Handler) -> bool {
         for _ in 0..ACCEPTS_PER_TICK_MAX {
-            let Some(Listener {
-                socket: Socket::Tcp(listener),
-                queued,
-                ..
-            }) = self.listeners.get_mut(index).and_then(Option::as_mut)
-            else {
+            let Some(l) = self.listeners.get_mut(index).and_then(Option::as_mut) else {
+                return false;
+            };
+            let Socket::Tcp(listener) = &l.socket else {
                 return false;
             };
             match listener.accept() {
                 Ok((stream, _)) => {
-                    if !handler.may_accept(id) {
-                        handler.refused(id);
-                        drop(stream);
-                        continue;
+                    if l.backoff.succeeded() {
+                        handler.accepting_again(id);
                     }
-                    if let Some(stream) = handler.place(id, stream.into()) {
-                        self.add_conn(id, TcpStream::from_std(stream), handler);
-                    }
+                    self.fds.take();
+                    self.admit(id, stream.into(), handler, true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    *queued = false;
+                    l.queued = false;
+                    if l.backoff.succeeded() {
+                        handler.accepting_again(id);
+                    }
                     return false;
                 }
-                // EMFILE and friends: try again next turn rather than spin.
-                Err(_) => return true,
+                Err(e) => match accept_failure(&e) {
+                    AcceptFailure::Retry => {}
+                    AcceptFailure::BackOff => {
+                        // EMFILE and friends: the connection stays in the backlog, and
+                        // retrying at once would spin the core. Park the listener (still
+                        // `queued`, so readiness is not lost) until its back-off passes.
+                        let (_, began) = l.backoff.failed(self.now);
+                        l.parked = true;
+                        self.parked += 1;
+                        handler.accept_failed(id, &e, began);
+                        return false;
+                    }
+                },
             }
         }
         true
+    }
+
+    /// Keeps (or passes on) a connection whose descriptor is counted in the budget: under the
+    /// listener's cap and the descriptor budget it is kept; over either, it displaces the
+    /// longest-idle connection in scope, or is refused.
+    fn admit(
+        &mut self,
+        id: u16,
+        stream: std::net::TcpStream,
+        handler: &mut impl Handler,
+        may_place: bool,
+    ) {
+        let scope = if !handler.may_accept(id) {
+            Some(Some(id))
+        } else if self.fds.over() {
+            // Any listener's idle connection frees a descriptor.
+            Some(None)
+        } else {
+            None
+        };
+        if let Some(scope) = scope {
+            // A scan of this core's connections, bounded by the listeners' caps, and only
+            // when a cap is reached.
+            let victim = longest_idle(
+                self.idle_views(),
+                scope,
+                self.now,
+                Duration::from_millis(DISPLACE_IDLE_MS_MIN),
+            );
+            let Some(victim) = victim else {
+                handler.refused(id);
+                drop(stream);
+                self.fds.give_back();
+                return;
+            };
+            if let Some(c) = self.conns.get(victim).and_then(Option::as_ref) {
+                handler.displaced(c.listener);
+            }
+            self.close(victim, handler);
+            // Room was made here: keep it here.
+            self.add_conn(id, TcpStream::from_std(stream), handler);
+            return;
+        }
+        if may_place {
+            if let Some(stream) = handler.place(id, stream) {
+                self.add_conn(id, TcpStream::from_std(stream), handler);
+            }
+        } else {
+            self.add_conn(id, TcpStream::from_std(stream), handler);
+        }
+    }
+
+    fn idle_views(&self) -> impl Iterator<Item = (ConnId, IdleView)> + '_ {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c.idle_view())))
     }
 
     /// Registers an accepted connection and looks at it once (data may have come already).
@@ -156,18 +262,28 @@ impl EpollBackend {
             .is_err()
         {
             self.free_conns.push(conn);
+            drop(stream);
+            self.fds.give_back();
             return;
         }
         self.conns[conn] = Some(Conn {
             stream,
             queued: true,
+            listener: id,
+            last_read: self.now,
         });
         self.ready.push_back(token);
         handler.opened(conn, id);
     }
 
-    /// Starts serving listener `id` on `socket`.
-    pub fn add_listener(&mut self, id: u16, socket: BoundSocket) -> io::Result<()> {
+    /// Starts serving listener `id` on `socket`; its TCP connections that send nothing for
+    /// `idle_timeout` are closed.
+    pub fn add_listener(
+        &mut self,
+        id: u16,
+        socket: BoundSocket,
+        idle_timeout: Option<Duration>,
+    ) -> io::Result<()> {
         let token = Token(self.listeners.len());
         assert!(token.0 < CONN_BASE);
         let mut socket = match socket {
@@ -194,7 +310,13 @@ impl EpollBackend {
             id,
             socket,
             queued: true,
+            backoff: AcceptBackoff::default(),
+            parked: false,
         }));
+        if self.idle_timeouts.len() <= id as usize {
+            self.idle_timeouts.resize(id as usize + 1, None);
+        }
+        self.idle_timeouts[id as usize] = idle_timeout;
         // Something may have arrived before registration: look once.
         self.ready.push_back(token);
         Ok(())
@@ -209,6 +331,7 @@ impl EpollBackend {
     /// Stops accepting connections and receiving datagrams (shutdown).
     pub fn close_listeners(&mut self) {
         self.udp_drops.clear();
+        self.parked = 0;
         for slot in &mut self.listeners {
             if let Some(mut l) = slot.take() {
                 let _ = match &mut l.socket {
@@ -232,9 +355,55 @@ impl EpollBackend {
     pub fn close(&mut self, conn: ConnId, handler: &mut impl Handler) {
         if let Some(mut c) = self.conns.get_mut(conn).and_then(Option::take) {
             let _ = self.poll.registry().deregister(&mut c.stream);
+            drop(c);
+            self.fds.give_back();
             self.free_conns.push(conn);
             handler.closed(conn);
         }
+    }
+
+    /// Closes connections past their listener's idle timeout (counted through
+    /// [`Handler::timed_out`]). Does nothing until a sweep is due (every `IDLE_SWEEP_MS`),
+    /// so calling it every tick costs a comparison.
+    pub fn sweep_idle(&mut self, handler: &mut impl Handler) {
+        let now = self.now;
+        if !self.sweep.due(now) {
+            return;
+        }
+        let mut closed = 0;
+        for conn in 0..self.conns.len() {
+            let Some(c) = self.conns[conn].as_ref() else {
+                continue;
+            };
+            let timeout = self
+                .idle_timeouts
+                .get(c.listener as usize)
+                .copied()
+                .flatten();
+            if !timed_out(&c.idle_view(), now, timeout) {
+                continue;
+            }
+            if closed == IDLE_CLOSES_PER_SWEEP_MAX {
+                self.sweep.again(now);
+                break;
+            }
+            handler.timed_out(c.listener);
+            self.close(conn, handler);
+            closed += 1;
+        }
+    }
+
+    /// When a parked listener may accept again, if any is parked.
+    pub fn wake_at(&self) -> Option<Instant> {
+        if self.parked == 0 {
+            return None;
+        }
+        self.listeners
+            .iter()
+            .flatten()
+            .filter(|l| l.parked)
+            .filter_map(|l| l.backoff.paused_until())
+            .min()
     }
 
     /// True when sockets are known to have input waiting.
@@ -249,6 +418,10 @@ impl EpollBackend {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
+        }
+        self.now = Instant::now();
+        if self.parked > 0 {
+            self.unpark();
         }
         for event in self.events.iter() {
             let token = event.token();
@@ -274,6 +447,20 @@ impl EpollBackend {
             }
         }
         Ok(())
+    }
+
+    /// Puts listeners whose back-off has passed back in the ready queue.
+    fn unpark(&mut self) {
+        for (index, slot) in self.listeners.iter_mut().enumerate() {
+            if let Some(l) = slot
+                && l.parked
+                && !l.backoff.paused(self.now)
+            {
+                l.parked = false;
+                self.parked -= 1;
+                self.ready.push_back(Token(index));
+            }
+        }
     }
 
     /// Services ready sockets while the handler is reading, within this turn's budget.
@@ -302,6 +489,7 @@ impl EpollBackend {
 
     /// Reads what one connection has. Returns true when it may have more.
     fn read_conn(&mut self, conn: ConnId, handler: &mut impl Handler, budget: &mut usize) -> bool {
+        let now = self.now;
         for _ in 0..READS_PER_CONNECTION_MAX {
             let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
                 return false;
@@ -312,6 +500,7 @@ impl EpollBackend {
                     return false;
                 }
                 Ok(n) => {
+                    c.last_read = now;
                     *budget = budget.saturating_sub(n);
                     handler.data(conn, &self.buf[..n]);
                     if *budget == 0 || !handler.reading() {
@@ -418,6 +607,10 @@ mod tests {
         }
         fn opened(&mut self, _: ConnId, _: u16) {}
         fn refused(&mut self, _: u16) {}
+        fn displaced(&mut self, _: u16) {}
+        fn timed_out(&mut self, _: u16) {}
+        fn accept_failed(&mut self, _: u16, _: &io::Error, _: bool) {}
+        fn accepting_again(&mut self, _: u16) {}
         fn data(&mut self, _: ConnId, _: &[u8]) {}
         fn closed(&mut self, _: ConnId) {}
         fn datagrams(&mut self, listener: u16, buf: &[u8], lens: &[u32]) {
@@ -440,7 +633,7 @@ mod tests {
         let socket = crate::net::bind(Proto::Udp, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = socket.local_addr().unwrap();
         let mut backend = EpollBackend::new().unwrap();
-        backend.add_listener(7, socket).unwrap();
+        backend.add_listener(7, socket, None).unwrap();
         // More than two `recvmmsg` batches, queued before the first turn: empty ones,
         // one-byte ones and large ones, each filled with its own byte.
         let sizes = [0, 1, 9_000, 17, 0, 1_500, 30_000, 3, 64, 200];

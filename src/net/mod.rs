@@ -5,6 +5,11 @@
 //! framing and parsing do not depend on how the bytes were read. [`epoll::EpollBackend`] drives
 //! mio (epoll); an io_uring backend can drive the same handler.
 //!
+//! Connections are bounded ([`conns`]): per listener by `max_connections` and `idle_timeout`,
+//! per process by a descriptor budget that keeps a reserve for files and admin; a full
+//! listener makes room by closing its longest-idle connection, and a listener whose `accept`
+//! fails pauses with a growing back-off instead of spinning.
+//!
 //! Backpressure: the backend reads only while [`Handler::reading`] is true. Readiness is
 //! remembered (mio is edge-triggered), so a paused socket is read again as soon as the core has
 //! room, without waiting for new data to arrive.
@@ -13,6 +18,7 @@
 // of the module forbids it.
 #![deny(unsafe_code)]
 
+pub mod conns;
 pub mod epoll;
 pub mod mmsg;
 pub mod udp_drops;
@@ -43,8 +49,20 @@ pub trait Handler {
     ) -> Option<std::net::TcpStream> {
         Some(stream)
     }
-    /// A connection was refused (over `max_connections`).
+    /// A connection was refused (over `max_connections` or the descriptor budget, with no
+    /// connection idle long enough to make room).
     fn refused(&mut self, listener: u16);
+    /// An idle connection of `listener` is about to be closed to make room for a new one
+    /// (`closed` follows).
+    fn displaced(&mut self, listener: u16);
+    /// A connection of `listener` sent nothing for its idle timeout and is about to be closed
+    /// (`closed` follows).
+    fn timed_out(&mut self, listener: u16);
+    /// `accept` failed on `listener`, which now pauses; `episode_began` on the first failure
+    /// since it last accepted.
+    fn accept_failed(&mut self, listener: u16, error: &io::Error, episode_began: bool);
+    /// `listener` accepts again after failed accepts.
+    fn accepting_again(&mut self, listener: u16);
     /// Bytes arrived on a connection.
     fn data(&mut self, conn: ConnId, bytes: &[u8]);
     /// The peer closed the connection (or it failed); no more data will come.

@@ -1,7 +1,8 @@
-//! Operations: tracing setup, signals, systemd notification.
+//! Operations: tracing setup, signals, systemd notification, the descriptor limit.
 //!
 //! Owns the process-wide hooks an operator sees: the `tracing` subscriber (stderr, filtered by
-//! `RUST_LOG`), the signal flags, and the `sd_notify` messages of a `Type=notify` unit.
+//! `RUST_LOG`), the signal flags, the `sd_notify` messages of a `Type=notify` unit, and the
+//! soft `RLIMIT_NOFILE`, raised to the hard limit at start.
 //!
 //! Invariants:
 //! - Signal handlers only set atomic flags ([`Signals`]); whoever owns the loop polls them.
@@ -41,6 +42,36 @@ pub fn init_tracing() {
     if let Err(e) = installed {
         tracing::debug!(error = %e, "tracing subscriber already installed");
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (the kernel's default soft limit, 1024,
+/// is far below what a listener with thousands of senders needs; the hard limit is what the
+/// administrator allows), logs both, and returns the soft limit in force (`None`: unlimited).
+/// A failure to raise it is logged and the old limit kept.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    let mut soft = before.current;
+    if let Some(hard) = before.maximum
+        && before.current.is_some_and(|s| s < hard)
+    {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => soft = Some(hard),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+        }
+    }
+    let show = |l: Option<u64>| l.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+    tracing::info!(
+        soft = %show(soft),
+        hard = %show(before.maximum),
+        was = %show(before.current),
+        "open files limit (RLIMIT_NOFILE)"
+    );
+    soft
 }
 
 /// Flags set by signals.

@@ -39,8 +39,9 @@ use crate::config::Config;
 use crate::deadletter::DeadLetter;
 use crate::log;
 use crate::metrics::{ListenerInfo, Metrics};
+use crate::net::conns::FdBudget;
 use crate::net::epoll::EpollBackend;
-use crate::ops::Signals;
+use crate::ops::{self, Signals};
 use crate::route::{self, Doorbell};
 use crate::worker::{self, Control, WorkerSetup};
 
@@ -189,8 +190,13 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     let mut shards = open_shards(&config, cores, body.as_ref(), &results)?;
     let mut partition_plan = plan_partitions(&config, cores, body.as_ref(), &metrics)?;
 
+    let fds = Arc::new(FdBudget::for_limit(ops::raise_fd_limit()));
+    tracing::info!(
+        descriptors = fds.max(),
+        "TCP connections may hold this many descriptors; the rest are kept for files and admin"
+    );
     let backends: Vec<EpollBackend> = (0..cores)
-        .map(|_| EpollBackend::new())
+        .map(|_| EpollBackend::with_fd_budget(fds.clone()))
         .collect::<Result<_, _>>()
         .map_err(io_err("cannot create poller", &data_dir))?;
     let doorbells: Vec<Doorbell> = backends

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -433,8 +433,18 @@ impl Ingest {
         Ok(())
     }
 
-    /// Periodic work: watermark, flush policy, output flushes, metrics.
+    /// The idle timeout of listener `listener`'s connections.
+    pub(super) fn idle_timeout(&self, listener: u16) -> Option<Duration> {
+        let config = &self.listeners[listener as usize];
+        match config.proto {
+            Proto::Tcp => config.idle_timeout(),
+            Proto::Udp => None,
+        }
+    }
+
+    /// Periodic work: watermark, flush policy, output flushes, idle connections, metrics.
     pub(super) fn tick(&mut self, now: Instant, backend: &mut EpollBackend) -> Result<(), String> {
+        backend.sweep_idle(self);
         if let Some(max) = self.max_event_ms {
             // Event time advances with the data, and with the time this core spent finding
             // nothing to read while no data comes (not the time since the last event: a
@@ -584,6 +594,40 @@ impl Handler for Ingest {
         self.metrics.cores[self.id as usize].listeners[listener as usize]
             .connections_refused_total
             .add(1);
+    }
+
+    fn displaced(&mut self, listener: u16) {
+        self.metrics.cores[self.id as usize].listeners[listener as usize]
+            .connections_displaced_total
+            .add(1);
+    }
+
+    fn timed_out(&mut self, listener: u16) {
+        self.metrics.cores[self.id as usize].listeners[listener as usize]
+            .connections_timed_out_total
+            .add(1);
+    }
+
+    fn accept_failed(&mut self, listener: u16, error: &std::io::Error, episode_began: bool) {
+        self.metrics.cores[self.id as usize].listeners[listener as usize]
+            .accept_errors_total
+            .add(1);
+        if episode_began {
+            tracing::warn!(
+                core = self.id,
+                listener = %self.listeners[listener as usize].name,
+                %error,
+                "accept failed: pausing the listener, retrying with a growing pause (logged once)"
+            );
+        }
+    }
+
+    fn accepting_again(&mut self, listener: u16) {
+        tracing::info!(
+            core = self.id,
+            listener = %self.listeners[listener as usize].name,
+            "accepting connections again"
+        );
     }
 
     fn data(&mut self, conn: ConnId, bytes: &[u8]) {

@@ -9,7 +9,8 @@
 //!  control        ─ inject a requested checkpoint barrier; begin stopping
 //!  replay | I/O   ─ replay the log after the checkpoint, then read sockets:
 //!                   frame → append to the log → parse → route
-//!  tick           ─ watermark, log flush policy, output flushes, metrics
+//!  tick           ─ watermark, log flush policy, output flushes, idle connections
+//!                   (a sweep at most once a second), metrics
 //!  poll           ─ sleep until I/O, a doorbell or the next tick (after lingering
 //!                   100 µs when the turn read only a little, so reads come in batches)
 //! ```
@@ -342,7 +343,7 @@ impl Ingest {
             if !serving && self.replay.is_empty() && !stopping {
                 for (listener, socket) in sockets.drain(..) {
                     backend
-                        .add_listener(listener, socket)
+                        .add_listener(listener, socket, self.idle_timeout(listener))
                         .map_err(|e| format!("listener: {e}"))?;
                 }
                 serving = true;
@@ -403,9 +404,10 @@ impl Ingest {
             } else if self.router.blocked() {
                 Some(Duration::from_millis(1))
             } else {
-                let wake = self
-                    .storage_retry_at()
-                    .map_or(next_tick, |r| r.min(next_tick));
+                let wake = [self.storage_retry_at(), backend.wake_at()]
+                    .into_iter()
+                    .flatten()
+                    .fold(next_tick, Instant::min);
                 Some(wake.saturating_duration_since(Instant::now()))
             };
             self.sleep(backend, timeout)

@@ -28,6 +28,21 @@ pub struct Sluice {
 impl Sluice {
     /// Starts `sluice serve --data-dir DIR --admin 127.0.0.1:0 ARGS` and waits until ready.
     pub fn start(data_dir: &Path, args: &[&str]) -> Sluice {
+        Sluice::spawn(data_dir, args, Command::new(bin()))
+    }
+
+    /// Like [`start`](Self::start), with soft and hard `RLIMIT_NOFILE` set to `nofile` (by the
+    /// shell's `ulimit`, which then execs sluice: same pid, no `unsafe` pre-exec hook).
+    pub fn start_with_nofile(data_dir: &Path, args: &[&str], nofile: u64) -> Sluice {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(bin());
+        Sluice::spawn(data_dir, args, cmd)
+    }
+
+    /// Runs `cmd serve ...` (`cmd` ends up executing the sluice binary) and waits until ready.
+    fn spawn(data_dir: &Path, args: &[&str], mut cmd: Command) -> Sluice {
         let stderr_log = data_dir.with_extension("stderr.log");
         let _ = std::fs::remove_file(data_dir.join("endpoints.json"));
         let stderr = std::fs::OpenOptions::new()
@@ -35,7 +50,7 @@ impl Sluice {
             .append(true)
             .open(&stderr_log)
             .unwrap();
-        let child = Command::new(bin())
+        let child = cmd
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
