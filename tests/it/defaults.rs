@@ -5,18 +5,17 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::{
-    aggregate_lines, bin, have, http_get, now_secs, signal, wait_for, wait_timeout,
+    aggregate_lines, bin, have, http_get, now_secs, require, signal, wait_for, wait_timeout,
 };
 
 #[test]
 fn the_readme_quick_start_works_on_the_default_ports() {
-    if !have("nc") {
-        eprintln!("skipped: nc (netcat-openbsd) is not installed");
+    if !require(have("nc"), "nc (netcat-openbsd)") {
         return;
     }
     for port in [2003, 7070, 5140, 9900] {
-        if TcpListener::bind(("127.0.0.1", port)).is_err() {
-            eprintln!("skipped: default port {port} is in use on this machine");
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if !require(free, &format!("a free default port {port}")) {
             return;
         }
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{Sluice, have, noise, now_secs, read_aggregates, wait_for};
+use crate::harness::{Sluice, have, noise, now_secs, read_aggregates, require, wait_for};
 
 /// Windows of 1 s that close 5 s after their end: tests send events with the ingest time or
 /// a minute in the past, in bursts well under 5 s apart.
@@ -90,8 +90,7 @@ fn numbered_lines(n: usize) -> Vec<u8> {
 
 #[test]
 fn logger_over_tcp_and_udp_is_counted_under_app_and_severity() {
-    if !have("logger") {
-        eprintln!("skipping: logger (util-linux) not found");
+    if !require(have("logger"), "logger (bsdutils)") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -159,8 +158,7 @@ fn pypi_statsd_client_counters_timers_gauges_and_pipelines_are_counted() {
         .args(["-c", "import statsd"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !has_client {
-        eprintln!("skipping: python3 with the PyPI statsd package not found");
+    if !require(has_client, "python3 with the PyPI statsd package") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -196,8 +194,7 @@ fn pypi_statsd_client_counters_timers_gauges_and_pipelines_are_counted() {
 
 #[test]
 fn influx_json_and_logfmt_through_nc_are_counted_exactly() {
-    if !have("nc") {
-        eprintln!("skipping: nc (netcat-openbsd) not found");
+    if !require(have("nc"), "nc (netcat-openbsd)") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -318,6 +318,21 @@ pub fn now_secs() -> i64 {
 }
 
 /// Is a command on PATH?
+/// Whether a test may go on without something it needs: yes when `present`; otherwise it
+/// says so and skips on a developer's machine, and fails under `CI=true` (`.ci/run` installs
+/// everything the tests need, so a skip there would read as a pass).
+pub fn require(present: bool, what: &str) -> bool {
+    if present {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{what} is missing under CI=true; .ci/run installs it"
+    );
+    eprintln!("skipped: {what} is missing");
+    false
+}
+
 pub fn have(cmd: &str) -> bool {
     Command::new("sh")
         .arg("-c")

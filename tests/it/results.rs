@@ -87,6 +87,11 @@ fn a_small_retention_keeps_the_aggregates_directory_near_its_bound_over_a_long_r
     assert!(wait_for(Duration::from_secs(30), || {
         sluice.metric("sluice_windows_closed_total", &[]) >= all
     }));
+    // Closed rows are staged and written out at the latest by the next checkpoint.
+    let epoch = sluice.metric("sluice_checkpoint_last_epoch", &[]);
+    assert!(wait_for(Duration::from_secs(30), || {
+        sluice.metric("sluice_checkpoint_last_epoch", &[]) >= epoch + 2.0
+    }));
 
     // Each wave writes ~35 KB of rows per shard, ~420 KB in all; retention keeps the bound,
     // the segment being written and one wave not yet behind a checkpoint.

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::crash::{assert_exactly_once, oracle};
-use crate::harness::{Sluice, now_secs, signal, wait_for};
+use crate::harness::{Sluice, now_secs, require, signal, wait_for};
 
 /// A tmpfs mounted for one test, unmounted (lazily) when dropped.
 struct Tmpfs {
@@ -42,6 +42,7 @@ impl Tmpfs {
                 eprintln!(
                     "cannot mount a tmpfs ({why}); the fault layer's unit tests cover this path"
                 );
+                require(false, "permission to mount a tmpfs (root)");
                 None
             }
         }
