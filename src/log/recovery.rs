@@ -194,18 +194,7 @@ pub(crate) fn recover(dir: &Path, segment_bytes: u64, floor: Offset) -> Result<R
     }
     let segment = Segment::open(&newest.path, newest.base, segment_bytes)?;
     let scan = scan(segment.bytes(), newest.base);
-    for stretch in &scan.stretches {
-        tracing::error!(
-            segment = %newest.path.display(),
-            file_pos = stretch.bad_pos,
-            resync_pos = stretch.resync_pos,
-            lost_offsets = %format_args!("{}..{}", stretch.lost.start, stretch.lost.end),
-            reason = %stretch.reason,
-            "corrupt record batch in the newest log segment cut out; the valid batches after \
-             it are kept"
-        );
-        lost_lines += stretch.lost.end - stretch.lost.start;
-    }
+    lost_lines += report_stretches(&newest.path, &scan.stretches);
     let end_pos = scan.end_pos as usize;
     let cut_end = end_pos + nonzero_end(&segment.bytes()[end_pos..]);
     let truncated_bytes = (cut_end - end_pos) as u64;
@@ -250,8 +239,30 @@ pub(crate) fn recover(dir: &Path, segment_bytes: u64, floor: Offset) -> Result<R
         return Ok(recovered(segment, scan.end_pos));
     }
     // The segment being written must hold consecutive offsets and no damage: seal this one
-    // as it is (durable first: a new segment claims its predecessor is) and start another.
-    if scan.batches == 0 {
+    // as it is and start another.
+    let next = seal_and_start(
+        dir,
+        newest,
+        segment,
+        scan.batches,
+        next_offset,
+        segment_bytes,
+    )?;
+    Ok(recovered(next, 0))
+}
+
+/// Seals the recovered newest segment as it is (durable first: a new segment claims its
+/// predecessor is; removed instead when it holds no valid batch) and creates the next one
+/// at `next_offset`.
+fn seal_and_start(
+    dir: &Path,
+    newest: &SegmentFile,
+    segment: Segment,
+    batches: u64,
+    next_offset: Offset,
+    segment_bytes: u64,
+) -> Result<Segment, Error> {
+    if batches == 0 {
         // Nothing valid in it: nothing to keep either.
         drop(segment);
         segment::remove_if_exists(&newest.path)?;
@@ -263,7 +274,23 @@ pub(crate) fn recover(dir: &Path, segment_bytes: u64, floor: Offset) -> Result<R
     }
     let next = Segment::create(dir, next_offset, segment_bytes)?;
     segment::sync_dir(dir)?;
-    Ok(recovered(next, 0))
+    Ok(next)
+}
+
+/// Logs each stretch cut out of the newest segment; returns the lines they held.
+fn report_stretches(path: &Path, stretches: &[Stretch]) -> u64 {
+    for stretch in stretches {
+        tracing::error!(
+            segment = %path.display(),
+            file_pos = stretch.bad_pos,
+            resync_pos = stretch.resync_pos,
+            lost_offsets = %format_args!("{}..{}", stretch.lost.start, stretch.lost.end),
+            reason = %stretch.reason,
+            "corrupt record batch in the newest log segment cut out; the valid batches after \
+             it are kept"
+        );
+    }
+    stretches.iter().map(|s| s.lost.end - s.lost.start).sum()
 }
 
 /// Checks that `newest` does not start before `previous` (a sealed segment) ends: an

@@ -149,44 +149,7 @@ impl RecordWriter {
             tracing::info!(from = %legacy.display(), to = %first.display(), "results record moved into segments");
             segments = list_segments(dir)?;
         }
-        let mut cut = false;
-        while let Some(last) = segments.last().filter(|s| s.base > position) {
-            tracing::info!(segment = %last.path.display(), "results segment after the checkpoint removed");
-            std::fs::remove_file(&last.path)?;
-            segments.pop();
-            cut = true;
-        }
-        let (base, path, file) = match segments.pop() {
-            Some(current) => {
-                let file = open_rw(&current.path, false)?;
-                let actual = file.metadata()?.len();
-                let len = position - current.base;
-                if actual < len {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "{} is {actual} bytes, shorter than the {len} its checkpoint recorded",
-                            current.path.display()
-                        ),
-                    ));
-                }
-                if actual > len {
-                    tracing::info!(path = %current.path.display(), cut_bytes = actual - len, "results cut back to the checkpoint");
-                    file.set_len(len)?;
-                    file.sync_all()?;
-                }
-                (current.base, current.path, file)
-            }
-            None => {
-                if position > 0 {
-                    tracing::info!(dir = %dir.display(), position, "results record starts a new segment at the checkpoint's position");
-                }
-                let path = segment_path(dir, position);
-                let file = open_rw(&path, true)?;
-                cut = true;
-                (position, path, file)
-            }
-        };
+        let (base, path, file, cut) = cut_back(dir, &mut segments, position)?;
         if cut {
             File::open(dir)?.sync_all()?;
         }
@@ -389,4 +352,54 @@ impl RecordWriter {
     pub fn cursors(&self) -> &Arc<Cursors> {
         &self.cursors
     }
+}
+
+/// Cuts the record in `dir` (its `segments`) back to `position`: deletes the segments after
+/// it and cuts the one holding it, or starts a new segment there when there is none. Returns
+/// the segment to write (base, path, file) and whether the directory changed. The segments
+/// left in `segments` are the sealed ones.
+fn cut_back(
+    dir: &Path,
+    segments: &mut Vec<super::SegmentFile>,
+    position: u64,
+) -> io::Result<(u64, PathBuf, File, bool)> {
+    let mut cut = false;
+    while let Some(last) = segments.last().filter(|s| s.base > position) {
+        tracing::info!(segment = %last.path.display(), "results segment after the checkpoint removed");
+        std::fs::remove_file(&last.path)?;
+        segments.pop();
+        cut = true;
+    }
+    let (base, path, file) = match segments.pop() {
+        Some(current) => {
+            let file = open_rw(&current.path, false)?;
+            let actual = file.metadata()?.len();
+            let len = position - current.base;
+            if actual < len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} is {actual} bytes, shorter than the {len} its checkpoint recorded",
+                        current.path.display()
+                    ),
+                ));
+            }
+            if actual > len {
+                tracing::info!(path = %current.path.display(), cut_bytes = actual - len, "results cut back to the checkpoint");
+                file.set_len(len)?;
+                file.sync_all()?;
+            }
+            (current.base, current.path, file)
+        }
+        None => {
+            if position > 0 {
+                tracing::info!(dir = %dir.display(), position, "results record starts a new segment at the checkpoint's position");
+            }
+            let path = segment_path(dir, position);
+            let file = open_rw(&path, true)?;
+            cut = true;
+            (position, path, file)
+        }
+    };
+    Ok((base, path, file, cut))
 }

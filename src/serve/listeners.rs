@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, io_err};
+use super::{EndpointListener, Endpoints, Error, io_err};
 use crate::config::Config;
 use crate::net::{BoundSocket, bind};
 
@@ -83,4 +83,37 @@ pub(super) fn bind_all(
         addrs.push(addr);
     }
     Ok((per_core, addrs))
+}
+
+/// Writes `data_dir/endpoints.json` (the pid and every bound address; useful with port 0)
+/// and logs each listener.
+pub(super) fn write_endpoints(
+    config: &Config,
+    data_dir: &Path,
+    addrs: &[SocketAddr],
+    admin: SocketAddr,
+) -> Result<(), Error> {
+    let endpoints = Endpoints {
+        pid: std::process::id(),
+        admin,
+        listeners: config
+            .listeners
+            .iter()
+            .zip(addrs)
+            .map(|(l, a)| EndpointListener {
+                name: l.name.clone(),
+                proto: l.proto.as_str().into(),
+                format: l.format.as_str().into(),
+                addr: *a,
+            })
+            .collect(),
+    };
+    write_atomic(
+        &data_dir.join("endpoints.json"),
+        &serde_json::to_vec_pretty(&endpoints).expect("encodes"),
+    )?;
+    for e in &endpoints.listeners {
+        tracing::info!(listener = %e.name, proto = %e.proto, format = %e.format, addr = %e.addr, "listening");
+    }
+    Ok(())
 }

@@ -13,37 +13,32 @@
 
 #![forbid(unsafe_code)]
 
+mod cores;
 mod listeners;
 mod lock;
 mod restore;
 mod supervisor;
 
-use listeners::{bind_all, listener_ids, write_atomic};
+use cores::{Started, start_cores};
+use listeners::{bind_all, listener_ids, write_endpoints};
 use lock::lock_data_dir;
-use restore::{open_shards, plan_partitions};
+use restore::{load_checkpoint, open_shards, plan_partitions};
 use supervisor::Supervisor;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crossbeam_channel::unbounded;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{AdminServer, AdminState};
-use crate::checkpoint::coordinator::Coordinator;
-use crate::checkpoint::{self, BODY_VERSION, Body};
+use crate::checkpoint::{self, coordinator::Coordinator};
 use crate::config::Config;
-use crate::deadletter::DeadLetter;
 use crate::log;
 use crate::metrics::{ListenerInfo, Metrics};
-use crate::net::conns::FdBudget;
-use crate::net::epoll::EpollBackend;
-use crate::ops::{self, Signals};
-use crate::route::{self, Doorbell};
-use crate::worker::{self, Control, WorkerSetup};
+use crate::ops::Signals;
 
 /// Why `serve` stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +122,33 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     }
 }
 
+/// Binds the admin server's socket; returns it with its address.
+fn bind_admin(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), Error> {
+    let listener = crate::admin::bind(addr).map_err(|source| Error::Bind {
+        listener: "admin".into(),
+        proto: "tcp",
+        addr,
+        source,
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_err(io_err("cannot read address of", Path::new("admin")))?;
+    Ok((listener, bound))
+}
+
+/// What the metrics say of each listener.
+fn listener_infos(config: &Config) -> Vec<ListenerInfo> {
+    config
+        .listeners
+        .iter()
+        .map(|l| ListenerInfo {
+            name: l.name.clone(),
+            proto: l.proto.as_str(),
+            format: l.format.as_str(),
+        })
+        .collect()
+}
+
 /// Runs the appliance until a stop signal; returns after the final checkpoint.
 pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     let cores = config.core_count();
@@ -140,121 +162,29 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     }
     let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
     let log_ids = Arc::new(listener_ids(&data_dir, &names)?);
-    let (mut sockets, addrs) = bind_all(&config, cores)?;
-    let admin_listener = crate::admin::bind(config.admin.addr).map_err(|source| Error::Bind {
-        listener: "admin".into(),
-        proto: "tcp",
-        addr: config.admin.addr,
-        source,
-    })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(io_err("cannot read address of", Path::new("admin")))?;
+    let (sockets, addrs) = bind_all(&config, cores)?;
+    let (admin_listener, admin_addr) = bind_admin(config.admin.addr)?;
 
     let checkpoint_dir = data_dir.join("checkpoint");
-    let loaded = checkpoint::file::load_newest(&checkpoint_dir)?;
-    // New checkpoints number on from the newest file, whether or not it could be used, so
-    // they are the newest from now on.
-    let first_epoch = loaded.as_ref().map_or(0, |l| l.epoch);
-    let body = match loaded {
-        Some(loaded) => match Body::decode(&loaded.body) {
-            Ok(body) => {
-                tracing::info!(epoch = body.epoch, path = %loaded.path.display(), "resuming from checkpoint");
-                Some(body)
-            }
-            // Another build's window state cannot be restored exactly; the log can.
-            Err(checkpoint::Error::Version { found }) => {
-                tracing::warn!(path = %loaded.path.display(), found, expected = BODY_VERSION,
-                    "checkpoint written by another version of sluice: replaying the whole log");
-                None
-            }
-            Err(e) => return Err(e.into()),
-        },
-        None => {
-            tracing::info!("no checkpoint: replaying the whole log");
-            None
-        }
-    };
+    let (first_epoch, body) = load_checkpoint(&checkpoint_dir)?;
 
-    let listener_infos = config
-        .listeners
-        .iter()
-        .map(|l| ListenerInfo {
-            name: l.name.clone(),
-            proto: l.proto.as_str(),
-            format: l.format.as_str(),
-        })
-        .collect();
-    let metrics = Arc::new(Metrics::new(cores, listener_infos));
+    let metrics = Arc::new(Metrics::new(cores, listener_infos(&config)));
     let results = crate::worker::ResultsHandles::new(cores);
-    let mut shards = open_shards(&config, cores, body.as_ref(), &results)?;
-    let mut partition_plan = plan_partitions(&config, cores, body.as_ref(), &metrics)?;
+    let shards = open_shards(&config, cores, body.as_ref(), &results)?;
+    let partition_plan = plan_partitions(&config, cores, body.as_ref(), &metrics)?;
 
-    let fds = Arc::new(FdBudget::for_limit(ops::raise_fd_limit()));
-    tracing::info!(
-        descriptors = fds.max(),
-        "TCP connections may hold this many descriptors; the rest are kept for files and admin"
-    );
-    let backends: Vec<EpollBackend> = (0..cores)
-        .map(|_| EpollBackend::with_fd_budget(fds.clone()))
-        .collect::<Result<_, _>>()
-        .map_err(io_err("cannot create poller", &data_dir))?;
-    let doorbells: Vec<Doorbell> = backends
-        .iter()
-        .map(|b| Doorbell {
-            sleeping: Arc::new(AtomicBool::new(false)),
-            waker: Arc::new(b.waker()),
-        })
-        .collect();
-    let mesh = route::mesh(&doorbells);
-    let control = Arc::new(Control {
-        checkpoint_epoch: std::sync::atomic::AtomicU64::new(first_epoch),
-        stop: AtomicBool::new(false),
-        exit: AtomicBool::new(false),
-        doorbells,
-        retention_floors: (0..cores)
-            .map(|_| std::sync::atomic::AtomicU64::new(0))
-            .collect(),
-        balance: crate::worker::Balance::new(cores),
-        results,
-    });
-    let (report_tx, report_rx) = unbounded();
-    let listeners = Arc::new(config.listeners.clone());
-    let pins = core_affinity::get_core_ids().unwrap_or_default();
-
-    let mut threads = Vec::new();
-    let mut routers = mesh.routers.into_iter();
-    let mut inbounds = mesh.inbounds.into_iter();
-    for (id, backend) in backends.into_iter().enumerate() {
-        let plan = partition_plan.remove(0);
-        let setup = WorkerSetup {
-            id: id as u16,
-            pin: pins.get(id % pins.len().max(1)).copied(),
-            listeners: listeners.clone(),
-            listener_log_ids: log_ids.clone(),
-            sockets: std::mem::take(&mut sockets[id]),
-            backend,
-            router: routers.next().expect("one router per core"),
-            inbound: inbounds.next().expect("one inbound set per core"),
-            appender: plan.appender,
-            replay: plan.replay,
-            partitions: plan.others,
-            max_event_ms: plan.max_event_ms,
-            shard: shards.remove(0),
-            deadletter: DeadLetter::open(&data_dir, id as u16, &config.deadletter, metrics.clone())
-                .map_err(io_err("cannot open dead-letter log in", &data_dir))?,
-            allowed_lateness_ms: config.window.allowed_lateness.as_i64(),
+    let (threads, control, report_rx) = start_cores(
+        &config,
+        Started {
+            first_epoch,
+            log_ids,
+            sockets,
+            shards,
+            plans: partition_plan,
+            results,
             metrics: metrics.clone(),
-            control: control.clone(),
-            reports: report_tx.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("sluice-core-{id}"))
-            .spawn(move || worker::run(setup))
-            .map_err(io_err("cannot start core thread for", &data_dir))?;
-        threads.push(thread);
-    }
-    drop(report_tx);
+        },
+    )?;
 
     let admin = AdminServer::start(
         admin_listener,
@@ -263,28 +193,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         },
     )
     .map_err(io_err("cannot start admin server on", Path::new("admin")))?;
-    let endpoints = Endpoints {
-        pid: std::process::id(),
-        admin: admin_addr,
-        listeners: config
-            .listeners
-            .iter()
-            .zip(&addrs)
-            .map(|(l, a)| EndpointListener {
-                name: l.name.clone(),
-                proto: l.proto.as_str().into(),
-                format: l.format.as_str().into(),
-                addr: *a,
-            })
-            .collect(),
-    };
-    write_atomic(
-        &data_dir.join("endpoints.json"),
-        &serde_json::to_vec_pretty(&endpoints).expect("encodes"),
-    )?;
-    for e in &endpoints.listeners {
-        tracing::info!(listener = %e.name, proto = %e.proto, format = %e.format, addr = %e.addr, "listening");
-    }
+    write_endpoints(&config, &data_dir, &addrs, admin_addr)?;
     tracing::info!(addr = %admin_addr, cores, "admin listening");
 
     let coordinator = Coordinator::new(

@@ -5,7 +5,9 @@
 #![forbid(unsafe_code)]
 
 use super::{Error, io_err};
-use crate::checkpoint::{Body, PartitionState, ShardState};
+use std::path::Path;
+
+use crate::checkpoint::{self, BODY_VERSION, Body, PartitionState, ShardState};
 use crate::config::Config;
 use crate::log::{self, Appender, Offset, Reader};
 use crate::metrics::Metrics;
@@ -172,4 +174,35 @@ pub(super) fn open_shards(
         }
     }
     Ok(shards)
+}
+
+/// Loads the newest valid checkpoint in `dir`: the epoch to number on from (the newest
+/// file's, whether or not it could be used, so new checkpoints are the newest from now on)
+/// and its body, `None` when there is none or it was written by another body version.
+pub(super) fn load_checkpoint(dir: &Path) -> Result<(u64, Option<Body>), Error> {
+    let loaded = checkpoint::file::load_newest(dir)?;
+    // New checkpoints number on from the newest file, whether or not it could be used, so
+    // they are the newest from now on.
+    let first_epoch = loaded.as_ref().map_or(0, |l| l.epoch);
+    let body = match loaded {
+        Some(loaded) => match Body::decode(&loaded.body) {
+            Ok(body) => {
+                tracing::info!(epoch = body.epoch, path = %loaded.path.display(), "resuming from checkpoint");
+                Some(body)
+            }
+            // Another build's window state cannot be restored exactly; the log can.
+            Err(checkpoint::Error::Version { found }) => {
+                tracing::warn!(path = %loaded.path.display(), found, expected = BODY_VERSION,
+                    "checkpoint written by another version of sluice: replaying the whole log");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => {
+            tracing::info!("no checkpoint: replaying the whole log");
+            None
+        }
+    };
+
+    Ok((first_epoch, body))
 }

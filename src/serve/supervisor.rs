@@ -24,45 +24,27 @@ pub(super) struct Supervisor {
     pub(super) control: Arc<Control>,
 }
 
+/// What the supervisor has seen of the cores.
+#[derive(Debug, Default)]
+struct Seen {
+    replayed: usize,
+    drained: usize,
+    stopping: bool,
+}
+
 impl Supervisor {
     pub(super) fn run(
         &mut self,
         reports: &Receiver<Report>,
         signals: &Signals,
     ) -> Result<(), Error> {
-        let mut replayed = 0;
-        let mut drained = 0;
-        let mut stopping = false;
+        let mut seen = Seen::default();
         let mut next_checkpoint = Instant::now() + self.interval;
         let watchdog = ops::watchdog_interval();
         let mut next_watchdog = Instant::now();
         loop {
             match reports.recv_timeout(Duration::from_millis(50)) {
-                Ok(Report::Replayed { core }) => {
-                    replayed += 1;
-                    tracing::debug!(core, "core serving");
-                    if replayed == self.cores {
-                        self.metrics.ready.store(true, Ordering::Release);
-                        ops::notify_ready(&format!("serving on {} cores", self.cores));
-                        tracing::info!("ready");
-                    }
-                }
-                Ok(Report::Partitions {
-                    epoch,
-                    partitions,
-                    log,
-                    ..
-                }) => self.coordinator.partitions_reported(epoch, partitions, log),
-                Ok(Report::Shard {
-                    epoch,
-                    state,
-                    output,
-                }) => self.coordinator.shard_reported(epoch, state, output),
-                Ok(Report::Drained { core }) => {
-                    drained += 1;
-                    tracing::debug!(core, "core drained");
-                }
-                Ok(Report::Failed { core, error }) => return Err(Error::Core { core, error }),
+                Ok(report) => self.on_report(report, &mut seen)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(Error::Core {
@@ -71,54 +53,21 @@ impl Supervisor {
                     });
                 }
             }
-
-            if self.coordinator.complete() {
-                match self.coordinator.commit()? {
-                    Outcome::Committed {
-                        epoch,
-                        final_one,
-                        floors,
-                        results,
-                    } => {
-                        for (shard, position) in results {
-                            if let Some(c) = self.control.results.committed.get(shard as usize) {
-                                c.fetch_max(position, Ordering::AcqRel);
-                            }
-                        }
-                        for (floor, offset) in self
-                            .control
-                            .retention_floors
-                            .iter()
-                            .zip(floors.unwrap_or_default())
-                        {
-                            floor.fetch_max(offset, Ordering::AcqRel);
-                        }
-                        if final_one {
-                            tracing::info!(epoch, "final checkpoint written; exiting");
-                            return Ok(());
-                        }
-                    }
-                    Outcome::Failed { .. } => {}
-                }
+            if self.coordinator.complete() && self.commit()? {
+                return Ok(());
             }
-
-            if signals.stop.load(Ordering::Acquire) && !stopping {
-                stopping = true;
-                tracing::info!("stopping: draining input");
-                ops::notify_stopping();
-                self.metrics.stopping.store(true, Ordering::Release);
-                self.metrics.ready.store(false, Ordering::Release);
-                self.control.stop.store(true, Ordering::Release);
-                self.control.wake_all();
+            if signals.stop.load(Ordering::Acquire) && !seen.stopping {
+                seen.stopping = true;
+                self.stop();
             }
             if signals.hangup.swap(false, Ordering::AcqRel) {
                 tracing::info!("SIGHUP: nothing to reopen (logs go to stderr)");
             }
             let now = Instant::now();
             if !self.coordinator.in_flight() {
-                let begun = if stopping && drained == self.cores {
+                let begun = if seen.stopping && seen.drained == self.cores {
                     self.coordinator.begin(true)
-                } else if !stopping && now >= next_checkpoint {
+                } else if !seen.stopping && now >= next_checkpoint {
                     next_checkpoint = now + self.interval;
                     self.coordinator.begin(false)
                 } else {
@@ -136,5 +85,73 @@ impl Supervisor {
                 next_watchdog = now + interval;
             }
         }
+    }
+
+    fn on_report(&mut self, report: Report, seen: &mut Seen) -> Result<(), Error> {
+        match report {
+            Report::Replayed { core } => {
+                seen.replayed += 1;
+                tracing::debug!(core, "core serving");
+                if seen.replayed == self.cores {
+                    self.metrics.ready.store(true, Ordering::Release);
+                    ops::notify_ready(&format!("serving on {} cores", self.cores));
+                    tracing::info!("ready");
+                }
+            }
+            Report::Partitions {
+                epoch,
+                partitions,
+                log,
+                ..
+            } => self.coordinator.partitions_reported(epoch, partitions, log),
+            Report::Shard {
+                epoch,
+                state,
+                output,
+            } => self.coordinator.shard_reported(epoch, state, output),
+            Report::Drained { core } => {
+                seen.drained += 1;
+                tracing::debug!(core, "core drained");
+            }
+            Report::Failed { core, error } => return Err(Error::Core { core, error }),
+        }
+        Ok(())
+    }
+
+    /// Commits the complete checkpoint and raises the retention floors it allows; true when
+    /// it was the final one (time to exit).
+    fn commit(&mut self) -> Result<bool, Error> {
+        let Outcome::Committed {
+            epoch,
+            final_one,
+            floors,
+            results,
+        } = self.coordinator.commit()?
+        else {
+            return Ok(false);
+        };
+        for (shard, position) in results {
+            if let Some(c) = self.control.results.committed.get(shard as usize) {
+                c.fetch_max(position, Ordering::AcqRel);
+            }
+        }
+        let floors = floors.unwrap_or_default();
+        for (floor, offset) in self.control.retention_floors.iter().zip(floors) {
+            floor.fetch_max(offset, Ordering::AcqRel);
+        }
+        if final_one {
+            tracing::info!(epoch, "final checkpoint written; exiting");
+        }
+        Ok(final_one)
+    }
+
+    /// A stop signal: not ready, stop reading, drain.
+    fn stop(&self) {
+        tracing::info!("stopping: draining input");
+        ops::notify_stopping();
+        self.metrics.stopping.store(true, Ordering::Release);
+        self.metrics.ready.store(false, Ordering::Release);
+        self.control.stop.store(true, Ordering::Release);
+        self.control.wake_all();
     }
 }
