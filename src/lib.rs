@@ -25,5 +25,6 @@ pub mod parse;
 pub mod results;
 pub mod route;
 pub mod serve;
+pub mod units;
 pub mod window;
 pub mod worker;

@@ -75,90 +75,8 @@ pub enum IoMode {
     Epoll,
 }
 
-/// Transport of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP stream, newline (or octet-counted) framing.
-    Tcp,
-    /// UDP datagrams, one or more lines each.
-    Udp,
-}
-
-impl Proto {
-    /// `tcp` or `udp`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-}
-
-/// Input format of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// Raw lines, value 1 each.
-    Raw,
-    /// Graphite plaintext.
-    Graphite,
-    /// StatsD.
-    Statsd,
-    /// Syslog (RFC 5424 / RFC 3164).
-    Syslog,
-    /// InfluxDB line protocol.
-    Influx,
-    /// JSON lines.
-    Json,
-    /// logfmt lines.
-    Logfmt,
-}
-
-impl Format {
-    /// The format's name as written in configuration.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::Graphite => "graphite",
-            Format::Statsd => "statsd",
-            Format::Syslog => "syslog",
-            Format::Influx => "influx",
-            Format::Json => "json",
-            Format::Logfmt => "logfmt",
-        }
-    }
-
-    /// Parses a format name.
-    pub fn from_name(name: &str) -> Option<Format> {
-        Some(match name {
-            "raw" => Format::Raw,
-            "graphite" => Format::Graphite,
-            "statsd" => Format::Statsd,
-            "syslog" => Format::Syslog,
-            "influx" => Format::Influx,
-            "json" => Format::Json,
-            "logfmt" => Format::Logfmt,
-            _ => return None,
-        })
-    }
-}
-
-/// Format options: which fields make the key, the value and the time.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FormatOptions {
-    /// Key fields (`raw`: `first_token`; `syslog`: host, app, severity, facility, msgid;
-    /// `json`: dotted paths; `logfmt`: names). `json` and `logfmt` without it: the listener name.
-    #[serde(default, deserialize_with = "values::comma_list")]
-    pub key: Option<Vec<String>>,
-    /// Value field (`json`, `logfmt`).
-    #[serde(default)]
-    pub value: Option<String>,
-    /// Time field (`json`, `logfmt`).
-    #[serde(default)]
-    pub time: Option<String>,
-}
+pub use crate::net::Proto;
+pub use crate::parse::{Format, FormatOptions};
 
 /// One `[[listener]]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -223,18 +141,7 @@ impl ListenerConfig {
     }
 }
 
-/// When the log is flushed to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum FlushPolicy {
-    /// Every batch is durable before anything depends on it.
-    Always,
-    /// Every `flush_interval_ms`.
-    #[default]
-    Interval,
-    /// Left to the kernel.
-    Never,
-}
+pub use crate::log::FlushPolicy;
 
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -665,6 +572,18 @@ fn nth_table_line(text: &str, header: &str, n: usize) -> Option<usize> {
         .filter(|(_, l)| l.trim_start().starts_with(header))
         .nth(n)
         .map(|(i, _)| i + 1)
+}
+
+impl From<&LogConfig> for crate::log::Options {
+    fn from(c: &LogConfig) -> crate::log::Options {
+        crate::log::Options {
+            segment_bytes: c.segment_bytes,
+            flush: c.flush,
+            flush_interval_ms: c.flush_interval_ms,
+            retention_bytes: c.retention_bytes,
+            retention_hours: c.retention_hours,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,41 +2,13 @@
 //! ms), byte sizes (`"64MiB"` or a number), addresses, comma lists. Each one fails inside
 //! deserialization, so the error carries the key's position.
 
-use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::limits;
 
-/// A duration in whole milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Millis(pub u64);
-
-impl Millis {
-    /// The duration as `i64` ms (durations are capped far below `i64::MAX` when parsed).
-    pub fn as_i64(self) -> i64 {
-        self.0 as i64
-    }
-}
-
-impl fmt::Display for Millis {
-    /// Shortest unit that divides the value: `10s`, `1m`, `250ms`, `1h`, `1d`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0;
-        for (unit, name) in [
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1_000, "s"),
-        ] {
-            if ms != 0 && ms.is_multiple_of(unit) {
-                return write!(f, "{}{}", ms / unit, name);
-            }
-        }
-        write!(f, "{ms}ms")
-    }
-}
+pub use crate::units::Millis;
 
 /// Longest duration accepted anywhere (a year), so `i64` arithmetic on times cannot overflow.
 const DURATION_MS_MAX: u64 = 366 * 86_400_000;
@@ -146,26 +118,6 @@ pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
 pub(super) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let s = String::deserialize(d)?;
     resolve_addr(&s).map_err(de::Error::custom)
-}
-
-pub(super) fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        One(String),
-        Many(Vec<String>),
-    }
-    let list = match Raw::deserialize(d)? {
-        Raw::One(s) => s
-            .split(',')
-            .map(|p| p.trim().to_string())
-            .collect::<Vec<_>>(),
-        Raw::Many(v) => v,
-    };
-    if list.is_empty() || list.iter().any(|k| k.is_empty()) {
-        return Err(de::Error::custom("empty key field name"));
-    }
-    Ok(Some(list))
 }
 
 pub(super) fn line_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

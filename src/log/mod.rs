@@ -92,7 +92,29 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::FlushPolicy;
+/// When the log is flushed to disk.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushPolicy {
+    /// Every batch is durable before anything depends on it.
+    Always,
+    /// Every `flush_interval_ms`.
+    #[default]
+    Interval,
+    /// Left to the kernel.
+    Never,
+}
+
 pub use appender::{Appender, BatchWriter};
 pub use flusher::{FlushTicket, Offsets};
 pub use reader::{Batch, Damage, Reader};
@@ -229,18 +251,6 @@ pub struct Options {
     pub retention_bytes: u64,
     /// Hours of ingest time kept per partition (0: no bound).
     pub retention_hours: u64,
-}
-
-impl From<&crate::config::LogConfig> for Options {
-    fn from(c: &crate::config::LogConfig) -> Options {
-        Options {
-            segment_bytes: c.segment_bytes,
-            flush: c.flush,
-            flush_interval_ms: c.flush_interval_ms,
-            retention_bytes: c.retention_bytes,
-            retention_hours: c.retention_hours,
-        }
-    }
 }
 
 /// What opening a partition found and repaired.

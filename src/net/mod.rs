@@ -28,7 +28,6 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::Proto;
 use crate::limits::UDP_RCVBUF_BYTES;
 
 /// Identifies an open connection within one core.
@@ -114,6 +113,26 @@ pub fn bind(proto: Proto, addr: SocketAddr) -> io::Result<BoundSocket> {
             let _ = s.set_recv_buffer_size(UDP_RCVBUF_BYTES);
             s.bind(&addr.into())?;
             Ok(BoundSocket::Udp(s.into()))
+        }
+    }
+}
+
+/// Transport of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP stream, newline (or octet-counted) framing.
+    Tcp,
+    /// UDP datagrams, one or more lines each.
+    Udp,
+}
+
+impl Proto {
+    /// `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
         }
     }
 }

@@ -12,8 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+use super::FormatOptions;
 use super::{Reject, TIME_MS_MAX, parse_finite};
-use crate::config::FormatOptions;
 
 /// Most `key` fields a listener may name.
 pub const KEY_FIELDS_MAX: usize = 16;

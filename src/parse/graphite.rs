@@ -6,8 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+use super::FormatOptions;
 use super::{Event, Kind, Reject, TIME_MS_MAX, check_key, parse_finite};
-use crate::config::FormatOptions;
 
 /// Parser for the Graphite plaintext protocol.
 #[derive(Debug, Default)]

@@ -46,8 +46,8 @@
 
 #![forbid(unsafe_code)]
 
+use super::FormatOptions;
 use super::{Event, Kind, Reject, TIME_MS_MAX, check_key, check_utf8};
-use crate::config::FormatOptions;
 
 /// Most tags on one line.
 pub const TAGS_PER_LINE_MAX: usize = 256;

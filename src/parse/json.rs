@@ -41,9 +41,9 @@ use serde::de::{
     self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
 
+use super::FormatOptions;
 use super::fields::{self, FieldNames};
 use super::{Event, Kind, Reject, check_key};
-use crate::config::FormatOptions;
 
 /// What a wanted field held.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -27,9 +27,9 @@
 
 #![forbid(unsafe_code)]
 
+use super::FormatOptions;
 use super::fields::{self, FieldNames};
 use super::{Event, Kind, Reject, check_key};
-use crate::config::FormatOptions;
 
 /// Where a wanted value is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

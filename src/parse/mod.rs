@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fields;
+mod format;
 pub mod graphite;
 pub mod influx;
 pub mod json;
@@ -20,7 +21,7 @@ pub mod raw;
 pub mod statsd;
 pub mod syslog;
 
-use crate::config::{Format, FormatOptions};
+pub use format::{Format, FormatOptions};
 
 /// What an event's value means, as its format says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -303,8 +304,8 @@ fn is_ascii(bytes: &[u8]) -> bool {
 /// Test inputs shared by the parser and framing tests.
 #[cfg(test)]
 pub(crate) mod testdata {
+    use super::FormatOptions;
     use super::{Event, Kind, Reject};
-    use crate::config::FormatOptions;
 
     /// The events a parse emits, as (key, value, time, kind); checks the count it returns.
     /// `parse` is called with the sink: `events(|sink| p.parse(line, 42_000, &mut |e| sink(e)))`.

@@ -3,8 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+use super::FormatOptions;
 use super::{Event, Kind, Reject, check_key};
-use crate::config::FormatOptions;
 
 /// Parser for the `raw` format.
 #[derive(Debug)]

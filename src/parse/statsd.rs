@@ -38,8 +38,8 @@
 
 #![forbid(unsafe_code)]
 
+use super::FormatOptions;
 use super::{Event, Kind, Reject, TIME_MS_MAX, check_key, check_utf8, parse_finite};
-use crate::config::FormatOptions;
 
 /// Most values for one name on one line (`name:1|c:2|c:...`).
 pub const VALUES_PER_LINE_MAX: usize = 16;

@@ -50,8 +50,8 @@
 
 #![forbid(unsafe_code)]
 
+use super::FormatOptions;
 use super::{Event, Kind, Reject, TIME_MS_MAX, check_key};
-use crate::config::FormatOptions;
 
 /// The field names `?key=` accepts.
 pub const KEY_FIELDS: &[&str] = &["host", "app", "severity", "facility", "msgid"];

@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::{Agg, WindowSpec};
-use crate::config::Millis;
 use crate::results::{self, Cursors, RecordWriter};
+use crate::units::Millis;
 
 /// The results record's durability handle, as the checkpoint sees it.
 pub type OutputSync = results::RecordSync;
