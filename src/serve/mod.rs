@@ -80,13 +80,17 @@ pub enum Error {
         pid: Option<u32>,
     },
     /// A core failed.
-    #[error("core {core} failed: {error}")]
+    #[error("core {core} failed")]
     Core {
         /// Core.
         core: u16,
         /// What happened.
-        error: String,
+        #[source]
+        error: crate::worker::Error,
     },
+    /// Every core exited without saying why.
+    #[error("every core has exited")]
+    CoresGone,
 }
 
 /// Where the running instance can be reached: written to `data_dir/endpoints.json` once every

@@ -47,10 +47,7 @@ impl Supervisor {
                 Ok(report) => self.on_report(report, &mut seen)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Core {
-                        core: u16::MAX,
-                        error: "every core has exited".into(),
-                    });
+                    return Err(Error::CoresGone);
                 }
             }
             if self.coordinator.complete() && self.commit()? {

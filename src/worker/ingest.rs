@@ -8,7 +8,7 @@ use crossbeam_channel::Sender;
 
 use super::quiet::QuietClock;
 use super::storage::{Held, Storage};
-use super::{Control, ReplayTask, Report, WorkerSetup, parsers};
+use super::{Control, Error, ReplayTask, Report, WorkerSetup, parsers};
 use crate::checkpoint::PartitionState;
 use crate::config::{Format, ListenerConfig, Proto};
 use crate::deadletter::DeadLetter;
@@ -303,7 +303,7 @@ impl Ingest {
     }
 
     /// Replays a few batches of the partitions left to replay.
-    pub(super) fn replay_step(&mut self) -> Result<(), String> {
+    pub(super) fn replay_step(&mut self) -> Result<(), Error> {
         if self.router.blocked() {
             return Ok(());
         }
@@ -311,10 +311,10 @@ impl Ingest {
             let Some(task) = self.replay.last_mut() else {
                 return Ok(());
             };
-            let batch = task
-                .reader
-                .next_batch()
-                .map_err(|e| format!("replay of partition {}: {e}", task.partition))?;
+            let batch = task.reader.next_batch().map_err(|source| Error::Replay {
+                partition: task.partition,
+                source,
+            })?;
             let Some(batch) = batch else {
                 let damage = task.reader.damage();
                 if damage != Damage::default() {
@@ -387,7 +387,7 @@ impl Ingest {
     }
 
     /// Injects a requested checkpoint barrier.
-    pub(super) fn checkpoint_step(&mut self) -> Result<(), String> {
+    pub(super) fn checkpoint_step(&mut self) -> Result<(), Error> {
         let requested = self.control.checkpoint_epoch.load(Ordering::Acquire);
         if requested <= self.injected_epoch {
             return Ok(());
@@ -443,7 +443,7 @@ impl Ingest {
     }
 
     /// Periodic work: watermark, flush policy, output flushes, idle connections, metrics.
-    pub(super) fn tick(&mut self, now: Instant, backend: &mut EpollBackend) -> Result<(), String> {
+    pub(super) fn tick(&mut self, now: Instant, backend: &mut EpollBackend) -> Result<(), Error> {
         backend.sweep_idle(self);
         if let Some(max) = self.max_event_ms {
             // Event time advances with the data, and with the time this core spent finding

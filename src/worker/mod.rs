@@ -244,7 +244,39 @@ pub enum Report {
         /// Core.
         core: u16,
         /// What happened.
-        error: String,
+        error: Error,
+    },
+}
+
+/// Why a core stopped: each keeps its source, so the exit message carries the whole chain.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener's socket could not be registered with the poller.
+    #[error("cannot serve listener {listener}")]
+    Listener {
+        /// Listener index.
+        listener: u16,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Waiting for input failed.
+    #[error("cannot poll the sockets")]
+    Poll(#[source] std::io::Error),
+    /// A partition could not be read back for replay.
+    #[error("replay of partition {partition}")]
+    Replay {
+        /// Partition.
+        partition: u16,
+        /// Why.
+        source: crate::log::Error,
+    },
+    /// The results record could not take a closed window.
+    #[error("cannot write the results record {}", path.display())]
+    Results {
+        /// The record.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
 }
 
@@ -316,64 +348,55 @@ pub fn run(setup: WorkerSetup) {
     }
 }
 
+/// Where a core's run loop is. It only moves forward:
+/// `Replaying → Serving → Draining → Drained`, or `Replaying → Draining` when a stop comes
+/// during replay (replay then pauses where it is: the final checkpoint records its cursor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Replaying its partitions; its listeners are not served yet.
+    Replaying,
+    /// Serving its listeners.
+    Serving,
+    /// A stop was asked: no new connections; open ones are read until they are quiet or the
+    /// deadline passes.
+    Draining {
+        /// When the connections still open are closed anyway.
+        deadline: Instant,
+    },
+    /// Input drained; the core folds what its queues hold until the final checkpoint.
+    Drained,
+}
+
+/// How long a stopping core reads its open connections before it closes them.
+const DRAIN_MAX: Duration = Duration::from_secs(2);
+
 impl Ingest {
     fn run(
         &mut self,
         backend: &mut EpollBackend,
         mut sockets: Vec<(u16, BoundSocket)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let mut next_tick = Instant::now();
-        let mut serving = false;
-        let mut drained = false;
-        let mut stop_deadline: Option<Instant> = None;
+        let mut phase = Phase::Replaying;
         loop {
             self.quiet.end_turn(Instant::now());
             let inbound_more = self.drain_inbound()?;
             self.retry_sends();
             self.retry_storage(Instant::now());
             self.checkpoint_step()?;
+            phase = self.advance_phase(phase, backend, &mut sockets)?;
 
-            let stopping = self.control.stop.load(Ordering::Acquire);
-            if stopping && stop_deadline.is_none() {
-                self.control.balance.set_serving(self.id as usize, false);
-                stop_deadline = Some(Instant::now() + Duration::from_secs(2));
-                backend.close_listeners();
-                sockets.clear();
-            }
-            if !serving && self.replay.is_empty() && !stopping {
-                for (listener, socket) in sockets.drain(..) {
-                    backend
-                        .add_listener(listener, socket, self.idle_timeout(listener))
-                        .map_err(|e| format!("listener: {e}"))?;
-                }
-                serving = true;
-                self.control.balance.set_serving(self.id as usize, true);
-                self.report(Report::Replayed { core: self.id });
-            }
-            if serving {
-                while let Some(h) = self.control.balance.take(self.id as usize) {
-                    backend.adopt(h.listener, h.stream, self);
-                }
-            }
-            if !self.replay.is_empty() {
-                // On stop, replay pauses where it is: the final checkpoint records the cursor.
-                if !stopping {
-                    self.replay_step()?;
-                }
-            } else {
-                backend.service(self);
-            }
-            if let Some(deadline) = stop_deadline.filter(|_| !drained) {
-                let quiet = !backend.has_ready() && !self.router.blocked();
-                if quiet || Instant::now() >= deadline {
-                    let conns: Vec<_> = backend.connections().collect();
-                    for conn in conns {
-                        backend.close(conn, self);
+            match phase {
+                Phase::Replaying => self.replay_step()?,
+                Phase::Serving | Phase::Draining { .. } => {
+                    while let Some(h) = self.control.balance.take(self.id as usize) {
+                        backend.adopt(h.listener, h.stream, self);
                     }
-                    self.router.flush();
-                    drained = true;
-                    self.report(Report::Drained { core: self.id });
+                    if self.replay.is_empty() {
+                        backend.service(self);
+                    }
                 }
+                Phase::Drained => {}
             }
 
             let now = Instant::now();
@@ -387,13 +410,12 @@ impl Ingest {
             }
 
             let busy = inbound_more
-                || (!self.replay.is_empty() && !stopping && !self.router.blocked())
+                || (phase == Phase::Replaying && !self.router.blocked())
                 || (backend.has_ready() && self.reading())
-                || (stop_deadline.is_some() && !drained);
+                || matches!(phase, Phase::Draining { .. });
             let read = std::mem::take(&mut self.turn_bytes);
-            self.quiet.set_turn_quiet(
-                read == 0 && serving && self.replay.is_empty() && !stopping && self.reading(),
-            );
+            self.quiet
+                .set_turn_quiet(read == 0 && phase == Phase::Serving && self.reading());
             if !busy && read > 0 && read < LINGER_BYTES {
                 // Input trickles in: let some gather before the next wake, so a read, a log
                 // append and a routed batch carry many lines instead of a few.
@@ -410,8 +432,52 @@ impl Ingest {
                     .fold(next_tick, Instant::min);
                 Some(wake.saturating_duration_since(Instant::now()))
             };
-            self.sleep(backend, timeout)
-                .map_err(|e| format!("poll: {e}"))?;
+            self.sleep(backend, timeout).map_err(Error::Poll)?;
+        }
+    }
+
+    /// The phase after this turn's checks: serving once replay is done, draining once a stop
+    /// is asked, drained once the open connections are quiet (or the drain's deadline passed).
+    fn advance_phase(
+        &mut self,
+        phase: Phase,
+        backend: &mut EpollBackend,
+        sockets: &mut Vec<(u16, BoundSocket)>,
+    ) -> Result<Phase, Error> {
+        let stopping = self.control.stop.load(Ordering::Acquire);
+        match phase {
+            Phase::Replaying | Phase::Serving if stopping => {
+                self.control.balance.set_serving(self.id as usize, false);
+                backend.close_listeners();
+                sockets.clear();
+                Ok(Phase::Draining {
+                    deadline: Instant::now() + DRAIN_MAX,
+                })
+            }
+            Phase::Replaying if self.replay.is_empty() => {
+                for (listener, socket) in sockets.drain(..) {
+                    backend
+                        .add_listener(listener, socket, self.idle_timeout(listener))
+                        .map_err(|source| Error::Listener { listener, source })?;
+                }
+                self.control.balance.set_serving(self.id as usize, true);
+                self.report(Report::Replayed { core: self.id });
+                Ok(Phase::Serving)
+            }
+            Phase::Draining { deadline } => {
+                let quiet = !backend.has_ready() && !self.router.blocked();
+                if !quiet && Instant::now() < deadline {
+                    return Ok(phase);
+                }
+                let conns: Vec<_> = backend.connections().collect();
+                for conn in conns {
+                    backend.close(conn, self);
+                }
+                self.router.flush();
+                self.report(Report::Drained { core: self.id });
+                Ok(Phase::Drained)
+            }
+            other => Ok(other),
         }
     }
 

@@ -9,7 +9,7 @@
 
 use crossbeam_channel::TryRecvError;
 
-use super::Report;
+use super::{Error, Report};
 use crate::checkpoint::ShardState;
 use crate::limits::{AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX};
 use crate::metrics::StorageOp;
@@ -20,7 +20,7 @@ use super::Ingest;
 
 impl Ingest {
     /// Reads the inbound queues within a budget. Returns true when messages may remain.
-    pub(super) fn drain_inbound(&mut self) -> Result<bool, String> {
+    pub(super) fn drain_inbound(&mut self) -> Result<bool, Error> {
         if self.shard.output().staged_bytes() > AGGREGATES_STAGED_BYTES_MAX {
             // The aggregates file takes no rows (a full disk): closing more windows would
             // only grow memory. The sources' queues fill and they stop reading sockets.
@@ -55,7 +55,7 @@ impl Ingest {
             .any(|(i, aligned)| !aligned && !i.rx.is_empty())
     }
 
-    fn handle(&mut self, src: usize, msg: Msg) -> Result<(), String> {
+    fn handle(&mut self, src: usize, msg: Msg) -> Result<(), Error> {
         match msg {
             Msg::Events(mut batch) => {
                 let m = &self.metrics.cores[self.id as usize];
@@ -83,10 +83,13 @@ impl Ingest {
                 let _ = self.inbound[src].free.try_send(batch);
             }
             Msg::Watermark { ms, idle } => {
-                let closed = self
-                    .shard
-                    .advance(src, ms, idle)
-                    .map_err(|e| format!("aggregates output: {e}"))?;
+                let closed =
+                    self.shard
+                        .advance(src, ms, idle)
+                        .map_err(|source| Error::Results {
+                            path: self.shard.output().path().to_path_buf(),
+                            source,
+                        })?;
                 self.metrics.cores[self.id as usize]
                     .windows_closed_total
                     .add(closed as u64);
@@ -111,7 +114,7 @@ impl Ingest {
         Ok(())
     }
 
-    fn snapshot(&mut self, epoch: u64) -> Result<(), String> {
+    fn snapshot(&mut self, epoch: u64) -> Result<(), Error> {
         let started = std::time::Instant::now();
         let output = self.shard.output();
         // The coordinator fsyncs it before it commits; this core goes on meanwhile. Rows
