@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use super::owner::Owner;
 use super::quiet::QuietClock;
 use super::storage::{Held, Storage};
 use super::{Control, Error, ReplayTask, Report, WorkerSetup, parsers};
@@ -19,8 +20,8 @@ use crate::metrics::{Metrics, StorageOp};
 use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, ConnId, Handler};
 use crate::parse::{Parser, Reject};
-use crate::route::{Inbound, Msg, Router};
-use crate::window::{Shard, now_ms};
+use crate::route::{Msg, Router};
+use crate::window::now_ms;
 
 /// A core with no event for this long (or the allowed lateness, if longer) is idle: it no
 /// longer holds back the combined watermark.
@@ -45,12 +46,8 @@ pub struct Ingest {
     log_id_to_index: Vec<Option<u16>>,
     parsers: Vec<Parser>,
     pub(super) router: Router,
-    pub(super) inbound: Vec<Inbound>,
-    pub(super) aligned: Vec<bool>,
-    pub(super) aligned_count: usize,
-    /// Size of the last snapshot, to size the next one's buffer.
-    pub(super) snapshot_bytes_hint: usize,
-    pub(super) shard: Shard,
+    /// The owner side: shard, inbound queues, barrier alignment.
+    pub(super) owner: Owner,
     pub(super) appender: Appender,
     pub(super) replay: Vec<ReplayTask>,
     other_partitions: Vec<PartitionState>,
@@ -83,7 +80,6 @@ pub struct Ingest {
 impl Ingest {
     /// Splits a setup into the backend, the sockets still to serve, and the core state.
     pub(super) fn new(setup: WorkerSetup) -> (EpollBackend, Vec<(u16, BoundSocket)>, Ingest) {
-        let cores = setup.inbound.len();
         let max_log_id = setup.listener_log_ids.iter().copied().max().unwrap_or(0) as usize;
         let mut log_id_to_index = vec![None; max_log_id + 1];
         for (index, id) in setup.listener_log_ids.iter().enumerate() {
@@ -97,11 +93,13 @@ impl Ingest {
             listener_log_ids: setup.listener_log_ids,
             log_id_to_index,
             router: setup.router,
-            inbound: setup.inbound,
-            aligned: vec![false; cores],
-            aligned_count: 0,
-            snapshot_bytes_hint: 0,
-            shard: setup.shard,
+            owner: Owner::new(
+                setup.id,
+                setup.shard,
+                setup.inbound,
+                setup.metrics.clone(),
+                setup.reports.clone(),
+            ),
             appender: setup.appender,
             replay: setup.replay,
             other_partitions: setup.partitions,
@@ -274,7 +272,7 @@ impl Ingest {
             }
         }
         if self.storage.output_failed {
-            match self.shard.output().flush() {
+            match self.owner.shard.output().flush() {
                 Ok(()) => self.storage.output_failed = false,
                 Err(e) => return self.storage_failed(StorageOp::Aggregates, &e),
             }
@@ -476,7 +474,7 @@ impl Ingest {
         m.log_flush_us_total.add(flush_us - self.flushes_seen.1);
         self.flushes_seen = (flushes, flush_us);
         if !self.storage.output_failed
-            && let Err(e) = self.shard.output().flush()
+            && let Err(e) = self.owner.shard.output().flush()
         {
             self.storage_failed(StorageOp::Aggregates, &e);
         }
@@ -487,10 +485,10 @@ impl Ingest {
             .set(self.appender.flushed_offset().0 as i64);
         m.pending_batches.set(self.router.pending_len() as i64);
         m.queue_depth
-            .set(self.inbound.iter().map(|i| i.rx.len()).sum::<usize>() as i64);
-        m.windows_open.set(self.shard.open_windows() as i64);
-        m.keys.set(self.shard.keys() as i64);
-        m.watermark_ms.set(self.shard.closed_through_ms());
+            .set(self.owner.inbound.iter().map(|i| i.rx.len()).sum::<usize>() as i64);
+        m.windows_open.set(self.owner.shard.open_windows() as i64);
+        m.keys.set(self.owner.shard.keys() as i64);
+        m.watermark_ms.set(self.owner.shard.closed_through_ms());
         if now
             .saturating_duration_since(self.udp_drops_read_at)
             .as_millis()
@@ -539,7 +537,7 @@ impl Ingest {
         if let Err(e) = self.appender.flush() {
             tracing::error!(core = self.id, error = %e, "final log flush failed");
         }
-        if let Err(e) = self.shard.output().flush() {
+        if let Err(e) = self.owner.shard.output().flush() {
             tracing::error!(core = self.id, error = %e, "final aggregates flush failed");
         }
         self.deadletter.flush();

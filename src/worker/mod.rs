@@ -18,14 +18,19 @@
 //! A TCP connection may be read by another core than the one that accepted it: see
 //! [`Balance`].
 //!
+//! The two sides of a core: the input side (`ingest.rs`: framing, the log, parsing,
+//! routing, replay, held input while storage fails) and the owner side (`owner.rs`: the
+//! shard, its inbound queues, barrier alignment and the results record). They share only
+//! the dead-letter file and the core's reports; the loop (`Phase`) drives both.
+//!
 //! A checkpoint barrier is injected at the top of a turn, when every appended line has been
 //! parsed and routed, so the recorded offset and the events sent before the barrier agree.
 
 #![forbid(unsafe_code)]
 
 mod ingest;
+mod owner;
 mod quiet;
-mod shard_side;
 mod storage;
 
 use std::sync::Arc;
@@ -380,7 +385,10 @@ impl Ingest {
         let mut phase = Phase::Replaying;
         loop {
             self.quiet.end_turn(Instant::now());
-            let inbound_more = self.drain_inbound()?;
+            let inbound_more = self.owner.drain_inbound(&mut self.deadletter)?;
+            if let Some(e) = self.owner.take_results_error() {
+                self.storage_failed(crate::metrics::StorageOp::Aggregates, &e);
+            }
             self.retry_sends();
             self.retry_storage(Instant::now());
             self.checkpoint_step()?;
@@ -494,11 +502,12 @@ impl Ingest {
         doorbell.sleeping.store(true, Ordering::Release);
         // Pairs with the fence in `Doorbell::ring` (see there).
         std::sync::atomic::fence(Ordering::SeqCst);
-        let timeout = if self.inbound_waiting() || self.control.balance.waiting(self.id as usize) {
-            Some(Duration::ZERO)
-        } else {
-            timeout
-        };
+        let timeout =
+            if self.owner.inbound_waiting() || self.control.balance.waiting(self.id as usize) {
+                Some(Duration::ZERO)
+            } else {
+                timeout
+            };
         let result = backend.poll(timeout);
         doorbell.sleeping.store(false, Ordering::Release);
         result

@@ -7,20 +7,69 @@
 //! read again. Sources never block on a full queue (they keep the message pending and stop
 //! reading their sockets), so alignment always completes.
 
-use crossbeam_channel::TryRecvError;
+use std::sync::Arc;
+
+use crossbeam_channel::{Sender, TryRecvError};
 
 use super::{Error, Report};
 use crate::checkpoint::ShardState;
+use crate::deadletter::DeadLetter;
 use crate::limits::{AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX};
-use crate::metrics::StorageOp;
+use crate::metrics::Metrics;
+use crate::route::Inbound;
 use crate::route::Msg;
+use crate::window::Shard;
 use crate::window::now_ms;
 
-use super::Ingest;
+/// A core's owner side: its shard of the key space, the queues that bring it events from
+/// every core, and the alignment of checkpoint barriers. It shares nothing with the input
+/// side but the dead-letter file (for late events) and what it reports.
+#[derive(Debug)]
+pub(super) struct Owner {
+    id: u16,
+    pub(super) shard: Shard,
+    /// One queue from each core (this one included).
+    pub(super) inbound: Vec<Inbound>,
+    /// Per source: its barrier of the checkpoint being aligned has arrived.
+    aligned: Vec<bool>,
+    aligned_count: usize,
+    /// Size of the last snapshot, to size the next one's buffer.
+    snapshot_bytes_hint: usize,
+    /// The first results write error met since the input side last looked.
+    results_error: Option<std::io::Error>,
+    metrics: Arc<Metrics>,
+    reports: Sender<Report>,
+}
 
-impl Ingest {
+impl Owner {
+    pub(super) fn new(
+        id: u16,
+        shard: Shard,
+        inbound: Vec<Inbound>,
+        metrics: Arc<Metrics>,
+        reports: Sender<Report>,
+    ) -> Owner {
+        Owner {
+            id,
+            shard,
+            aligned: vec![false; inbound.len()],
+            inbound,
+            aligned_count: 0,
+            snapshot_bytes_hint: 0,
+            results_error: None,
+            metrics,
+            reports,
+        }
+    }
+
+    /// A results write that failed since the last call (the core holds its input and
+    /// retries, see `storage.rs`).
+    pub(super) fn take_results_error(&mut self) -> Option<std::io::Error> {
+        self.results_error.take()
+    }
+
     /// Reads the inbound queues within a budget. Returns true when messages may remain.
-    pub(super) fn drain_inbound(&mut self) -> Result<bool, Error> {
+    pub(super) fn drain_inbound(&mut self, deadletter: &mut DeadLetter) -> Result<bool, Error> {
         if self.shard.output().staged_bytes() > AGGREGATES_STAGED_BYTES_MAX {
             // The aggregates file takes no rows (a full disk): closing more windows would
             // only grow memory. The sources' queues fill and they stop reading sockets.
@@ -37,7 +86,7 @@ impl Ingest {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 };
                 taken += 1;
-                self.handle(src, msg)?;
+                self.handle(src, msg, deadletter)?;
             }
             budget = budget.saturating_sub(taken);
             if !self.aligned[src] && !self.inbound[src].rx.is_empty() {
@@ -55,7 +104,7 @@ impl Ingest {
             .any(|(i, aligned)| !aligned && !i.rx.is_empty())
     }
 
-    fn handle(&mut self, src: usize, msg: Msg) -> Result<(), Error> {
+    fn handle(&mut self, src: usize, msg: Msg, deadletter: &mut DeadLetter) -> Result<(), Error> {
         match msg {
             Msg::Events(mut batch) => {
                 let m = &self.metrics.cores[self.id as usize];
@@ -67,8 +116,7 @@ impl Ingest {
                     let folded = folding.fold(key, e.value, e.time_ms, e.kind);
                     if folded.late > 0 {
                         late += 1;
-                        self.deadletter
-                            .late(now, key, e.time_ms, e.value, folded.late);
+                        deadletter.late(now, key, e.time_ms, e.value, folded.late);
                     }
                     overflow += u64::from(folded.overflow);
                 }
@@ -94,7 +142,7 @@ impl Ingest {
                     .windows_closed_total
                     .add(closed as u64);
                 if let Some(e) = self.shard.output().take_error() {
-                    self.storage_failed(StorageOp::Aggregates, &e);
+                    self.results_error.get_or_insert(e);
                 }
             }
             Msg::Barrier(epoch) => {
@@ -123,7 +171,7 @@ impl Ingest {
         let (output_sync, written) = output.sync_handle();
         let aggregates_len = output.len();
         if let Err(e) = written {
-            self.storage_failed(StorageOp::Aggregates, &e);
+            self.results_error.get_or_insert(e);
         }
         let mut windows = Vec::with_capacity(self.snapshot_bytes_hint);
         let window_count = self.shard.snapshot_into(&mut windows);
