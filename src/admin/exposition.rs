@@ -230,44 +230,55 @@ fn register_cores(registry: &mut Registry, metrics: &Metrics) {
     let watermark = known.map(|(l, c)| (l.clone(), ms_to_seconds(c.watermark_ms.get())));
     let help = "The shard's combined watermark, as seconds since the Unix epoch";
     gauge_f64(registry, "watermark", help, Unit::Seconds, watermark);
+    register_log(registry, &rows);
+    register_storage(registry, &rows);
+    register_deadletter(registry, &rows);
+}
+
+/// The log's per-core series.
+fn register_log(registry: &mut Registry, rows: &[(CoreLabels, &CoreMetrics)]) {
     let help = "Next log offset of the core's partition";
-    let next = per_core(&rows, |c| c.log_next_offset.get());
+    let next = per_core(rows, |c| c.log_next_offset.get());
     gauge(registry, "log_next_offset", help, next);
     let help = "Log offset up to which the core's partition is flushed";
-    let flushed = per_core(&rows, |c| c.log_flushed_offset.get());
+    let flushed = per_core(rows, |c| c.log_flushed_offset.get());
     gauge(registry, "log_flushed_offset", help, flushed);
     let help = "Log flushes performed";
-    let flushes = per_core(&rows, |c| c.log_flushes_total.get());
+    let flushes = per_core(rows, |c| c.log_flushes_total.get());
     counter(registry, "log_flushes", help, flushes);
     let help = "Time spent in log flushes";
-    let flush_time = per_core(&rows, |c| us_to_seconds(c.log_flush_us_total.get()));
+    let flush_time = per_core(rows, |c| us_to_seconds(c.log_flush_us_total.get()));
     counter_seconds(registry, "log_flush", help, flush_time);
     let help = "Log records replayed at start";
-    let replayed = per_core(&rows, |c| c.replayed_lines_total.get());
+    let replayed = per_core(rows, |c| c.replayed_lines_total.get());
     counter(registry, "replayed_lines", help, replayed);
     let help = "Bytes cut from the log partition's torn tail by recovery at start";
-    let truncated = per_core(&rows, |c| c.log_truncated_bytes_total.get());
+    let truncated = per_core(rows, |c| c.log_truncated_bytes_total.get());
     counter(registry, "log_truncated_bytes", help, truncated);
     let help = "Damaged log batches found at start (cut out by recovery or skipped by replay)";
-    let bad = per_core(&rows, |c| c.log_bad_batches_total.get());
+    let bad = per_core(rows, |c| c.log_bad_batches_total.get());
     counter(registry, "log_bad_batches", help, bad);
     let help = "Log offsets found at start to hold no line (damaged batches, missing segments)";
-    let lost = per_core(&rows, |c| c.log_lost_lines_total.get());
+    let lost = per_core(rows, |c| c.log_lost_lines_total.get());
     counter(registry, "log_lost_lines", help, lost);
     let help =
         "Longest time the core spent on its share of a checkpoint (flush, barrier, snapshot)";
-    let stall = per_core(&rows, |c| {
+    let stall = per_core(rows, |c| {
         us_to_seconds(c.checkpoint_stall_us_max.get().max(0) as u64)
     });
     gauge_f64(registry, "checkpoint_stall_max", help, Unit::Seconds, stall);
+}
+
+/// Per-core series of failing writes.
+fn register_storage(registry: &mut Registry, rows: &[(CoreLabels, &CoreMetrics)]) {
     let help = "1 while a write of the core fails and its input is held (not read)";
-    let failing = per_core(&rows, |c| c.storage_failing.get());
+    let failing = per_core(rows, |c| c.storage_failing.get());
     gauge(registry, "storage_failing", help, failing);
     let help = "Time socket reads were paused because a write (log, aggregates) failed";
-    let blocked = per_core(&rows, |c| ns_to_seconds(c.storage_blocked_ns_total.get()));
+    let blocked = per_core(rows, |c| ns_to_seconds(c.storage_blocked_ns_total.get()));
     counter_seconds(registry, "storage_blocked", help, blocked);
     let help = "Lines read and held because the log could not take them yet";
-    let held = per_core(&rows, |c| c.held_lines.get());
+    let held = per_core(rows, |c| c.held_lines.get());
     gauge(registry, "held_lines", help, held);
     let help = "Writes that failed (the input was held and the write retried), by operation";
     let errors = rows.iter().flat_map(|(l, c)| {
@@ -280,7 +291,6 @@ fn register_cores(registry: &mut Registry, metrics: &Metrics) {
         })
     });
     counter(registry, "storage_errors", help, errors);
-    register_deadletter(registry, &rows);
 }
 
 fn register_deadletter(registry: &mut Registry, rows: &[(CoreLabels, &CoreMetrics)]) {

@@ -195,21 +195,7 @@ pub(crate) fn recover(dir: &Path, segment_bytes: u64, floor: Offset) -> Result<R
     let segment = Segment::open(&newest.path, newest.base, segment_bytes)?;
     let scan = scan(segment.bytes(), newest.base);
     lost_lines += report_stretches(&newest.path, &scan.stretches);
-    let end_pos = scan.end_pos as usize;
-    let cut_end = end_pos + nonzero_end(&segment.bytes()[end_pos..]);
-    let truncated_bytes = (cut_end - end_pos) as u64;
-    if truncated_bytes > 0 {
-        tracing::warn!(
-            segment = %newest.path.display(),
-            file_pos = scan.end_pos,
-            offset = scan.next_offset.0,
-            truncated_bytes,
-            reason = %scan.defect.as_ref().map_or("bytes after the end of data".into(), |d| d.to_string()),
-            "log tail cut after the last valid batch"
-        );
-        segment.zero(scan.end_pos, truncated_bytes)?;
-        segment.flush_range(scan.end_pos, truncated_bytes)?;
-    }
+    let truncated_bytes = cut_tail(&segment, &newest.path, &scan)?;
     let lost_below_floor = floor.0.saturating_sub(scan.next_offset.0);
     if lost_below_floor > 0 {
         tracing::error!(
@@ -249,6 +235,26 @@ pub(crate) fn recover(dir: &Path, segment_bytes: u64, floor: Offset) -> Result<R
         segment_bytes,
     )?;
     Ok(recovered(next, 0))
+}
+
+/// Zeroes what follows the last valid batch of the newest `segment`; returns the bytes cut.
+fn cut_tail(segment: &Segment, path: &Path, scan: &Scan) -> Result<u64, Error> {
+    let end_pos = scan.end_pos as usize;
+    let cut_end = end_pos + nonzero_end(&segment.bytes()[end_pos..]);
+    let truncated_bytes = (cut_end - end_pos) as u64;
+    if truncated_bytes > 0 {
+        tracing::warn!(
+            segment = %path.display(),
+            file_pos = scan.end_pos,
+            offset = scan.next_offset.0,
+            truncated_bytes,
+            reason = %scan.defect.as_ref().map_or("bytes after the end of data".into(), |d| d.to_string()),
+            "log tail cut after the last valid batch"
+        );
+        segment.zero(scan.end_pos, truncated_bytes)?;
+        segment.flush_range(scan.end_pos, truncated_bytes)?;
+    }
+    Ok(truncated_bytes)
 }
 
 /// Seals the recovered newest segment as it is (durable first: a new segment claims its

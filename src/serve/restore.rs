@@ -96,28 +96,7 @@ pub(super) fn open_shards(
     let empty = Vec::new();
     let states: &Vec<ShardState> = body.map_or(&empty, |b| &b.shards);
     let same_layout = body.is_some_and(|b| b.cores as usize == cores);
-    // Records of shards beyond the core count (a larger instance left them): cut back to
-    // the checkpoint (to nothing when it does not know them). A record is a directory
-    // `s{NNN}`, or a file `s{NNN}.jsonl` of the one-file layout.
-    let agg_dir = data_dir.join("aggregates");
-    for entry in std::fs::read_dir(&agg_dir).map_err(io_err("cannot list", &agg_dir))? {
-        let entry = entry.map_err(io_err("cannot list", &agg_dir))?;
-        let name = entry.file_name();
-        let Some(shard) = name.to_str().and_then(|n| {
-            let n = n.strip_prefix('s')?;
-            n.strip_suffix(".jsonl").unwrap_or(n).parse::<u16>().ok()
-        }) else {
-            continue;
-        };
-        if shard as usize >= cores {
-            let len = states
-                .iter()
-                .find(|s| s.shard == shard)
-                .map_or(0, |s| s.aggregates_len);
-            let dir = aggregates_path(data_dir, shard);
-            AggregatesWriter::open(&dir, len).map_err(io_err("cannot cut", &dir))?;
-        }
-    }
+    cut_extra_records(data_dir, cores, states)?;
     let global_frontier = states
         .iter()
         .map(|s| s.closed_through_ms)
@@ -205,4 +184,34 @@ pub(super) fn load_checkpoint(dir: &Path) -> Result<(u64, Option<Body>), Error> 
     };
 
     Ok((first_epoch, body))
+}
+
+/// Cuts the records of shards beyond the core count (a larger instance left them) back to
+/// the checkpoint, to nothing when it does not know them. A record is a directory `s{NNN}`,
+/// or a file `s{NNN}.jsonl` of the one-file layout.
+fn cut_extra_records(
+    data_dir: &std::path::Path,
+    cores: usize,
+    states: &[ShardState],
+) -> Result<(), Error> {
+    let agg_dir = data_dir.join("aggregates");
+    for entry in std::fs::read_dir(&agg_dir).map_err(io_err("cannot list", &agg_dir))? {
+        let entry = entry.map_err(io_err("cannot list", &agg_dir))?;
+        let name = entry.file_name();
+        let Some(shard) = name.to_str().and_then(|n| {
+            let n = n.strip_prefix('s')?;
+            n.strip_suffix(".jsonl").unwrap_or(n).parse::<u16>().ok()
+        }) else {
+            continue;
+        };
+        if shard as usize >= cores {
+            let len = states
+                .iter()
+                .find(|s| s.shard == shard)
+                .map_or(0, |s| s.aggregates_len);
+            let dir = aggregates_path(data_dir, shard);
+            AggregatesWriter::open(&dir, len).map_err(io_err("cannot cut", &dir))?;
+        }
+    }
+    Ok(())
 }

@@ -300,6 +300,38 @@ impl Ingest {
         self.storage.retry_at()
     }
 
+    /// The partition being replayed has no more batches: reports the damage its reader
+    /// stepped over and drops the task.
+    fn replay_done(&mut self) {
+        let Some(task) = self.replay.last() else {
+            return;
+        };
+        let damage = task.reader.damage();
+        if damage != Damage::default() {
+            let core = &self.metrics.cores[self.id as usize];
+            core.log_bad_batches_total.add(damage.bad_batches);
+            core.log_lost_lines_total.add(damage.lost_lines);
+            tracing::error!(
+                core = self.id,
+                partition = task.partition,
+                bad_batches = damage.bad_batches,
+                lost_lines = damage.lost_lines,
+                "replay found damage in the log; the lines of the damaged batches are \
+                 lost, every other line is counted"
+            );
+        }
+        tracing::info!(core = self.id, partition = task.partition, "replay done");
+        let done = self.replay.pop().expect("a task is being replayed");
+        if done.partition != self.id
+            && let Some(p) = self
+                .other_partitions
+                .iter_mut()
+                .find(|p| p.partition == done.partition)
+        {
+            p.next_offset = done.from.0;
+        }
+    }
+
     /// Replays a few batches of the partitions left to replay.
     pub(super) fn replay_step(&mut self) -> Result<(), Error> {
         if self.router.blocked() {
@@ -314,30 +346,7 @@ impl Ingest {
                 source,
             })?;
             let Some(batch) = batch else {
-                let damage = task.reader.damage();
-                if damage != Damage::default() {
-                    let core = &self.metrics.cores[self.id as usize];
-                    core.log_bad_batches_total.add(damage.bad_batches);
-                    core.log_lost_lines_total.add(damage.lost_lines);
-                    tracing::error!(
-                        core = self.id,
-                        partition = task.partition,
-                        bad_batches = damage.bad_batches,
-                        lost_lines = damage.lost_lines,
-                        "replay found damage in the log; the lines of the damaged batches are \
-                         lost, every other line is counted"
-                    );
-                }
-                tracing::info!(core = self.id, partition = task.partition, "replay done");
-                let done = self.replay.pop().expect("a task is being replayed");
-                if done.partition != self.id
-                    && let Some(p) = self
-                        .other_partitions
-                        .iter_mut()
-                        .find(|p| p.partition == done.partition)
-                {
-                    p.next_offset = done.from.0;
-                }
+                self.replay_done();
                 continue;
             };
             let info = batch.info;
