@@ -467,14 +467,7 @@ mod tests {
         let mut rig = rig(1, 3);
         let epoch = rig.coordinator.begin(false).unwrap();
         rig.report_all(epoch);
-        fault::arm(Fault {
-            op: Op::Sync,
-            after: 0,
-            times: 1,
-            errno: libc_enospc(),
-        });
-        let outcome = rig.coordinator.commit().unwrap();
-        fault::clear();
+        let outcome = commit_with_a_failing_sync(&mut rig).unwrap();
         assert_eq!(outcome, Outcome::Failed { epoch });
         assert!(rig.newest_on_disk().is_none(), "nothing committed");
         assert_eq!(rig.coordinator.metrics.checkpoint.failed_total.get(), 1);
@@ -510,14 +503,7 @@ mod tests {
         let mut rig = rig(1, 3);
         let epoch = rig.coordinator.begin(true).unwrap();
         rig.report_all(epoch);
-        fault::arm(Fault {
-            op: Op::Sync,
-            after: 0,
-            times: 1,
-            errno: libc_enospc(),
-        });
-        let result = rig.coordinator.commit();
-        fault::clear();
+        let result = commit_with_a_failing_sync(&mut rig);
         assert!(result.is_err());
         assert!(rig.newest_on_disk().is_none());
     }
@@ -555,7 +541,16 @@ mod tests {
         assert_eq!(files, 3);
     }
 
-    fn libc_enospc() -> i32 {
-        28
+    /// Commits while the first durability call fails with ENOSPC (the fault layer).
+    fn commit_with_a_failing_sync(rig: &mut Rig) -> Result<Outcome, Error> {
+        fault::arm(Fault {
+            op: Op::Sync,
+            after: 0,
+            times: 1,
+            errno: 28,
+        });
+        let result = rig.coordinator.commit();
+        fault::clear();
+        result
     }
 }

@@ -159,5 +159,23 @@ impl Cursors {
     }
 }
 
+/// The rows of the record in `dir`, each with its newline, and the bytes its segments hold
+/// (tests of the modules that write records).
+#[cfg(test)]
+pub(crate) fn read_record(dir: &Path) -> (String, u64) {
+    let mut reader = RecordReader::open(dir, 0, None);
+    let mut text = String::new();
+    while let Some((_, line)) = reader.next_line().expect("readable") {
+        text.push_str(std::str::from_utf8(line).expect("rows are UTF-8"));
+        text.push('\n');
+    }
+    let bytes = list_segments(dir)
+        .expect("listable")
+        .iter()
+        .map(|s| std::fs::metadata(&s.path).map_or(0, |m| m.len()))
+        .sum();
+    (text, bytes)
+}
+
 #[cfg(test)]
 mod tests;

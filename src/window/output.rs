@@ -181,20 +181,11 @@ mod tests {
     use crate::fault::{Fault, Op};
 
     fn record_text(dir: &Path) -> String {
-        let mut reader = crate::results::RecordReader::open(dir, 0, None);
-        let mut text = String::new();
-        while let Some((_, line)) = reader.next_line().unwrap() {
-            text.push_str(std::str::from_utf8(line).unwrap());
-            text.push('\n');
-        }
-        text
+        crate::results::read_record(dir).0
     }
 
     fn record_bytes(dir: &Path) -> u64 {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().len())
-            .sum()
+        crate::results::read_record(dir).1
     }
 
     fn write_rows(w: &mut AggregatesWriter, from: i64, n: i64) {

@@ -19,21 +19,12 @@ fn lines(dir: &Path) -> Vec<serde_json::Value> {
 
 /// The rows of the record in `dir`, one per line.
 fn record_text(dir: &Path) -> String {
-    let mut reader = crate::results::RecordReader::open(dir, 0, None);
-    let mut text = String::new();
-    while let Some((_, line)) = reader.next_line().unwrap() {
-        text.push_str(std::str::from_utf8(line).unwrap());
-        text.push('\n');
-    }
-    text
+    crate::results::read_record(dir).0
 }
 
 /// Bytes the record in `dir` holds.
 fn record_len(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum()
+    crate::results::read_record(dir).1
 }
 
 #[test]
