@@ -36,7 +36,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::DeadLetterConfig;
 use crate::limits::{
     DEADLETTER_BUFFER_BYTES, DEADLETTER_FILES_MAX, DEADLETTER_LINE_BYTES_MAX,
     DEADLETTER_REPEAT_WINDOW_MS,
@@ -128,6 +127,27 @@ pub fn file_path(dir: &Path, core: u16, index: u32) -> PathBuf {
     }
 }
 
+/// How much of the rejected input a partition keeps (`[deadletter]`, checked there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Bytes kept, all files together.
+    pub max_bytes: u64,
+    /// Files: the one being written and the rotated ones.
+    pub files: u32,
+    /// Full records of one (listener, reason) per second.
+    pub repeats: u32,
+}
+
+impl Default for Bounds {
+    fn default() -> Bounds {
+        Bounds {
+            max_bytes: crate::limits::DEADLETTER_BYTES_DEFAULT,
+            files: crate::limits::DEADLETTER_FILES_DEFAULT,
+            repeats: crate::limits::DEADLETTER_REPEATS_DEFAULT,
+        }
+    }
+}
+
 impl DeadLetter {
     /// Opens (appending) `data_dir/deadletter/p{core:03}.log` and takes stock of the rotated
     /// files beside it; files beyond `config.files` (a smaller setting than before) are
@@ -135,7 +155,7 @@ impl DeadLetter {
     pub fn open(
         data_dir: &Path,
         core: u16,
-        config: &DeadLetterConfig,
+        config: &Bounds,
         metrics: Arc<Metrics>,
     ) -> io::Result<DeadLetter> {
         assert!(config.files >= 1 && config.files <= DEADLETTER_FILES_MAX);
@@ -465,8 +485,8 @@ mod tests {
         Arc::new(Metrics::new(4, Vec::<ListenerInfo>::new()))
     }
 
-    fn config(max_bytes: u64, files: u32, repeats: u32) -> DeadLetterConfig {
-        DeadLetterConfig {
+    fn config(max_bytes: u64, files: u32, repeats: u32) -> Bounds {
+        Bounds {
             max_bytes,
             files,
             repeats,
@@ -498,8 +518,7 @@ mod tests {
     fn records_are_json_lines_with_cut_raw_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let m = metrics();
-        let mut d =
-            DeadLetter::open(dir.path(), 3, &DeadLetterConfig::default(), m.clone()).unwrap();
+        let mut d = DeadLetter::open(dir.path(), 3, &Bounds::default(), m.clone()).unwrap();
         d.reject(1, "g", Reject::BadNumber, b"a.b x\xff 1");
         d.reject(
             2,
@@ -595,8 +614,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let m = metrics();
-        let mut d =
-            DeadLetter::open(dir.path(), 2, &DeadLetterConfig::default(), m.clone()).unwrap();
+        let mut d = DeadLetter::open(dir.path(), 2, &Bounds::default(), m.clone()).unwrap();
         d.file = Some(full);
         d.reject(1, "g", Reject::BadNumber, b"x");
         d.reject(2, "g", Reject::BadNumber, b"y");

@@ -315,6 +315,16 @@ impl Default for DeadLetterConfig {
     }
 }
 
+impl From<&DeadLetterConfig> for crate::deadletter::Bounds {
+    fn from(c: &DeadLetterConfig) -> crate::deadletter::Bounds {
+        crate::deadletter::Bounds {
+            max_bytes: c.max_bytes,
+            files: c.files,
+            repeats: c.repeats,
+        }
+    }
+}
+
 impl DeadLetterConfig {
     /// Checks the relation between the keys (each is range-checked when read).
     fn check(&self) -> Result<(), String> {

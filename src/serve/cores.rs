@@ -96,7 +96,7 @@ pub(super) fn start_cores(
             deadletter: DeadLetter::open(
                 data_dir,
                 id as u16,
-                &config.deadletter,
+                &(&config.deadletter).into(),
                 started.metrics.clone(),
             )
             .map_err(io_err("cannot open dead-letter log in", data_dir))?,

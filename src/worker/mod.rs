@@ -18,7 +18,7 @@
 //! A TCP connection may be read by another core than the one that accepted it: see
 //! [`Balance`].
 //!
-//! The two sides of a core: the input side (`ingest.rs`: framing, the log, parsing,
+//! The two sides of a core: the input side (`input.rs`: framing, the log, parsing,
 //! routing, replay, held input while storage fails) and the owner side (`owner.rs`: the
 //! shard, its inbound queues, barrier alignment and the results record). They share only
 //! the dead-letter file and the core's reports; the loop (`Phase`) drives both.
@@ -28,7 +28,7 @@
 
 #![forbid(unsafe_code)]
 
-mod ingest;
+mod input;
 mod owner;
 mod quiet;
 mod storage;
@@ -51,7 +51,7 @@ use crate::parse::Parser;
 use crate::route::{Doorbell, Inbound, Router};
 use crate::window::{OutputSync, Shard};
 
-pub use ingest::Ingest;
+pub use input::Input;
 
 /// A turn that read less than this (but something) lingers before polling again.
 const LINGER_BYTES: usize = 16 * 1024;
@@ -346,7 +346,7 @@ pub fn run(setup: WorkerSetup) {
     {
         tracing::debug!(core, "could not pin the thread to its CPU");
     }
-    let (mut backend, sockets, mut ingest) = Ingest::new(setup);
+    let (mut backend, sockets, mut ingest) = Input::new(setup);
     if let Err(error) = ingest.run(&mut backend, sockets) {
         tracing::error!(core, %error, "core failed");
         let _ = reports.send(Report::Failed { core, error });
@@ -375,7 +375,7 @@ enum Phase {
 /// How long a stopping core reads its open connections before it closes them.
 const DRAIN_MAX: Duration = Duration::from_secs(2);
 
-impl Ingest {
+impl Input {
     fn run(
         &mut self,
         backend: &mut EpollBackend,

@@ -1,5 +1,5 @@
 //! The quiet clock: how long a core has found nothing to read since it last routed an event.
-//! The watermark advances by it while no data comes (see `Ingest::tick`), so it must count
+//! The watermark advances by it while no data comes (see `Input::tick`), so it must count
 //! idleness only: a turn that looked and found nothing adds its length, capped at
 //! [`QUIET_TURN_MAX`]; a turn that read or could not read adds nothing. A process stopped
 //! (SIGSTOP), descheduled or swapping in the middle of a turn thus adds at most the cap,

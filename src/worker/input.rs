@@ -36,9 +36,10 @@ struct ConnState {
     framer: StreamFramer,
 }
 
-/// A core's state (everything but its backend, which drives it as a [`Handler`]).
+/// A core's input side: framing, the log, parsing, routing and replay (the owner side is
+/// [`Owner`]); it drives the backend as its [`Handler`].
 #[derive(Debug)]
-pub struct Ingest {
+pub struct Input {
     pub(super) id: u16,
     listeners: Arc<Vec<ListenerConfig>>,
     listener_log_ids: Arc<Vec<u16>>,
@@ -77,15 +78,15 @@ pub struct Ingest {
     pub(super) reports: Sender<Report>,
 }
 
-impl Ingest {
+impl Input {
     /// Splits a setup into the backend, the sockets still to serve, and the core state.
-    pub(super) fn new(setup: WorkerSetup) -> (EpollBackend, Vec<(u16, BoundSocket)>, Ingest) {
+    pub(super) fn new(setup: WorkerSetup) -> (EpollBackend, Vec<(u16, BoundSocket)>, Input) {
         let max_log_id = setup.listener_log_ids.iter().copied().max().unwrap_or(0) as usize;
         let mut log_id_to_index = vec![None; max_log_id + 1];
         for (index, id) in setup.listener_log_ids.iter().enumerate() {
             log_id_to_index[*id as usize] = Some(index as u16);
         }
-        let ingest = Ingest {
+        let ingest = Input {
             id: setup.id,
             parsers: parsers(&setup.listeners),
             open_per_listener: vec![0; setup.listeners.len()],
@@ -553,7 +554,7 @@ impl Ingest {
     }
 }
 
-impl Handler for Ingest {
+impl Handler for Input {
     fn may_accept(&mut self, listener: u16) -> bool {
         self.open_per_listener[listener as usize]
             < self.listeners[listener as usize].max_connections
