@@ -11,6 +11,7 @@
 
 mod payload;
 mod probe;
+mod udp;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use sluice::net::mmsg::{self, DATAGRAMS_PER_CALL, SEGMENTED_BYTES_MAX, SEGMENTS_PER_SEND};
+use udp::{DATAGRAMS_PER_CALL, SEGMENTED_BYTES_MAX, SEGMENTS_PER_SEND};
 
 use payload::{Chunk, Format, Keys, Spec, StampCache};
 use probe::{Counters, Latency, Scraper};
@@ -332,7 +333,7 @@ fn send_udp(s: &UdpSocket, datagrams: &[&[u8]], gso: &mut bool) {
             0
         };
         if run > 0 {
-            let send = || mmsg::send_segmented(s, &datagrams[at..at + run]);
+            let send = || udp::send_segmented(s, &datagrams[at..at + run]);
             match send() {
                 Err(e)
                     if matches!(
@@ -351,7 +352,7 @@ fn send_udp(s: &UdpSocket, datagrams: &[&[u8]], gso: &mut bool) {
             at += run;
             continue;
         }
-        match mmsg::send_batch(s, &datagrams[at..]) {
+        match udp::send_batch(s, &datagrams[at..]) {
             Ok(k) => at += k.max(1),
             Err(_) => at += 1,
         }
