@@ -242,7 +242,15 @@ fn checkpointed_then_killed(tmp: &std::path::Path) -> Checkpointed {
     let target = Arc::new(Mutex::new(None));
     let sluice = start(&data, &args, &target);
     let load = Load::start(target.clone(), 2);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Several checkpoints under load, so a newest one and one before it exist.
+    let epoch = sluice.metric("sluice_checkpoint_last_epoch", &[]);
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            sluice.metric("sluice_checkpoint_last_epoch", &[]) >= epoch + 3.0
+                && sluice.metric("sluice_window_events_total", &[]) > 0.0
+        }),
+        "no checkpoints under load"
+    );
     *target.lock().unwrap() = None;
     drop(sluice);
     Checkpointed {
@@ -258,7 +266,14 @@ impl Checkpointed {
     /// event sent was counted exactly once.
     fn resume(self) -> Sluice {
         let sluice = start(&self.data, &self.args, &self.target);
-        std::thread::sleep(Duration::from_millis(800));
+        // The load reaches the new instance before it stops.
+        let before = self.load.sent.load(Ordering::Relaxed);
+        assert!(
+            wait_for(Duration::from_secs(30), || {
+                self.load.sent.load(Ordering::Relaxed) > before + 1_000
+            }),
+            "the load never reached the restarted instance"
+        );
         self.load.finish();
         assert_exactly_once(&self.data, &sluice);
         sluice
