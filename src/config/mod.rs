@@ -193,6 +193,25 @@ pub struct WindowConfig {
     pub max_keys_per_shard: u32,
 }
 
+impl WindowConfig {
+    /// Checks the relation between the keys: a hop is positive and divides every size.
+    fn check(&self) -> Result<(), String> {
+        let Some(hop) = self.hop else {
+            return Ok(());
+        };
+        if hop.0 == 0 {
+            return Err("window.hop = 0: a hop must be longer than zero".into());
+        }
+        if let Some(size) = self.sizes.iter().find(|s| s.0 % hop.0 != 0) {
+            return Err(format!(
+                "window.hop = {hop} does not divide the window size {size}: each window must \
+                 start a whole number of hops after the one before"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for WindowConfig {
     fn default() -> Self {
         WindowConfig {
@@ -422,6 +441,12 @@ impl Config {
                 .unwrap_or_default();
             format!("{line}[[listener]] #{}: {message}", index + 1)
         })?;
+        config.window.check().map_err(|message| {
+            let line = key_line(text, "[window]", "hop")
+                .map(|l| format!("line {l}: "))
+                .unwrap_or_default();
+            format!("{line}{message}")
+        })?;
         config.deadletter.check().map_err(|message| {
             let line = key_line(text, "[deadletter]", "max_bytes")
                 .or_else(|| nth_table_line(text, "[deadletter]", 0))
@@ -456,6 +481,7 @@ impl Config {
         if self.log.flush_interval_ms == 0 {
             return Err(Error::Invalid("log.flush_interval_ms must be > 0".into()));
         }
+        self.window.check().map_err(Error::Invalid)?;
         self.deadletter.check().map_err(Error::Invalid)?;
         if self.checkpoint.interval_ms == 0 || self.checkpoint.keep == 0 {
             return Err(Error::Invalid(
@@ -718,6 +744,20 @@ keep = 2
             let err = Config::from_toml(&listener(format, options)).unwrap_err();
             assert!(err.contains(needle) && err.contains("line 1"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_bad_window_hop_is_refused_naming_the_key_and_line() {
+        for (hop, says) in [("\"0s\"", "hop = 0"), ("\"3s\"", "does not divide")] {
+            let text = format!("[window]\nsizes = [\"10s\", \"1m\"]\nhop = {hop}\n");
+            let e = Config::from_toml(&text).unwrap_err();
+            assert!(e.contains("line 3") && e.contains(says), "{e}");
+        }
+        assert!(Config::from_toml("[window]\nsizes = [\"10s\"]\nhop = \"5s\"\n").is_ok());
+        // Sizes given on the command line are checked against the file's hop too.
+        let mut c = Config::from_toml("[window]\nsizes = [\"10s\"]\nhop = \"5s\"\n").unwrap();
+        c.window.sizes = vec![Millis(7_000)];
+        assert!(c.finish().is_err());
     }
 
     #[test]

@@ -50,6 +50,25 @@ fn a_bad_flag_exits_2() {
 }
 
 #[test]
+fn a_bad_window_hop_exits_2_naming_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    for hop in ["\"0s\"", "\"3s\""] {
+        std::fs::write(&path, format!("[window]\nsizes = [\"10s\"]\nhop = {hop}\n")).unwrap();
+        let o = run(&[
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(e.contains("hop") && e.contains("line 3"), "{e}");
+    }
+}
+
+#[test]
 fn a_config_error_names_the_key_and_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.toml");
