@@ -20,24 +20,33 @@ struct ListenerIds {
     ids: BTreeMap<String, u16>,
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename).
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, directory fsync).
 pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(io_err("cannot write", &tmp))?;
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(io_err("cannot fsync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err("cannot rename", path))
+    std::fs::rename(&tmp, path).map_err(io_err("cannot rename", path))?;
+    // The rename is durable once the directory is.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("cannot fsync", dir))
 }
 
 pub(super) fn listener_ids(data_dir: &Path, names: &[String]) -> Result<Vec<u16>, Error> {
     let path = data_dir.join("listeners.json");
+    // The log stores these ids: a file that cannot be read or parsed is an error, never
+    // replaced, since new ids would make replay parse old lines with the wrong format.
     let mut ids: ListenerIds = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            tracing::warn!(path = %path.display(), error = %e, "listener id file unreadable; starting a new one");
-            ListenerIds::default()
-        }),
-        Err(_) => ListenerIds::default(),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Io {
+            what: "cannot parse (the log's listener ids; restore it from a backup)",
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ListenerIds::default(),
+        Err(e) => return Err(io_err("cannot read", &path)(e)),
     };
     let mut changed = false;
     let out = names

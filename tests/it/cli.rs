@@ -50,6 +50,38 @@ fn a_bad_flag_exits_2() {
 }
 
 #[test]
+fn a_corrupt_listeners_json_stops_the_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("listeners.json"), b"{\"ids\": {\"g\": 0, ").unwrap();
+    // Before this was refused, sluice rewrote the file and served: bound the wait.
+    let mut child = std::process::Command::new(crate::harness::bin())
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--admin",
+            "127.0.0.1:0",
+            "--listen",
+            "graphite+tcp://127.0.0.1:0?name=g",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = crate::harness::wait_timeout(&mut child, std::time::Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let mut e = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut e).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{e}");
+    assert!(e.contains("listeners.json"), "{e}");
+    // The file is left as it was, for the operator to restore.
+    let kept = std::fs::read(data.join("listeners.json")).unwrap();
+    assert_eq!(kept, b"{\"ids\": {\"g\": 0, ");
+}
+
+#[test]
 fn a_bad_window_hop_exits_2_naming_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.toml");
