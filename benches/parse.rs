@@ -29,11 +29,13 @@ fn options(format: Format) -> FormatOptions {
             key: names(&["service", "http.status"]),
             value: Some("latency_ms".into()),
             time: None,
+            strict: None,
         },
         Format::Logfmt => FormatOptions {
             key: names(&["service", "status"]),
             value: Some("latency_ms".into()),
             time: Some("ts".into()),
+            strict: None,
         },
         _ => FormatOptions::default(),
     }

@@ -58,6 +58,12 @@ pub fn parse_listen_spec(spec: &str) -> Result<ListenerConfig, Error> {
             }
             "value" => listener.options.value = Some(v.to_string()),
             "time" => listener.options.time = Some(v.to_string()),
+            "strict" => {
+                listener.options.strict = Some(
+                    v.parse()
+                        .map_err(|_| bad(format!("strict `{v}` is not true or false")))?,
+                );
+            }
             "max_line_bytes" => {
                 let n = ByteSize::parse(v).map_err(bad)?.0;
                 if n == 0 || n > u64::from(limits::LINE_BYTES_MAX) {
@@ -83,6 +89,12 @@ pub fn parse_listen_spec(spec: &str) -> Result<ListenerConfig, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strict_syslog_is_a_listener_option() {
+        let l = parse_listen_spec("syslog+tcp://127.0.0.1:5140?strict=true").unwrap();
+        assert_eq!(l.options.strict, Some(true));
+    }
 
     #[test]
     fn specs_from_the_design() {
@@ -138,6 +150,7 @@ mod tests {
             ("raw+tcp://127.0.0.1", "bad address"),
             ("raw+tcp://127.0.0.1:1?colour=red", "unknown option"),
             ("raw+tcp://127.0.0.1:1?max_connections=0", "max_connections"),
+            ("syslog+tcp://127.0.0.1:1?strict=maybe", "strict"),
             ("raw+tcp://127.0.0.1:1?idle_timeout=soon", "bad duration"),
         ] {
             let err = parse_listen_spec(spec).unwrap_err().to_string();

@@ -543,6 +543,11 @@ fn check_format_options(format: Format, options: &FormatOptions) -> Result<(), S
             "format {name} takes no `value` or `time` option (json and logfmt do)"
         ));
     }
+    if options.strict.is_some() && format != Format::Syslog {
+        return Err(format!(
+            "format {name} takes no `strict` option (syslog does)"
+        ));
+    }
     match (format, &options.key) {
         (Format::Json, _) => crate::parse::fields::check_options(options, true),
         (Format::Logfmt, _) => crate::parse::fields::check_options(options, false),
@@ -744,6 +749,14 @@ keep = 2
             let err = Config::from_toml(&listener(format, options)).unwrap_err();
             assert!(err.contains(needle) && err.contains("line 1"), "{err}");
         }
+    }
+
+    #[test]
+    fn strict_is_for_syslog_only() {
+        let text = "[[listener]]\nproto = \"tcp\"\naddr = \"127.0.0.1:1\"\nformat = \"FMT\"\nstrict = true\n";
+        assert!(Config::from_toml(&text.replace("FMT", "syslog")).is_ok());
+        let e = Config::from_toml(&text.replace("FMT", "graphite")).unwrap_err();
+        assert!(e.contains("strict") && e.contains("line 1"), "{e}");
     }
 
     #[test]

@@ -211,6 +211,7 @@ mod tests {
             key: Some(key.iter().map(|s| s.to_string()).collect()),
             value: value.map(str::to_string),
             time: None,
+            strict: None,
         };
         assert!(check_options(&opts(&["service", "http.status"], Some("ms")), true).is_ok());
         assert!(check_options(&opts(&["a..b"], None), true).is_err());

@@ -68,6 +68,10 @@ pub struct FormatOptions {
     /// Time field (`json`, `logfmt`).
     #[serde(default)]
     pub time: Option<String>,
+    /// `syslog`: reject a line without a `<PRI>` as `bad_syntax` (default: lenient, as
+    /// rsyslog is: any text is an RFC 3164 message from `user.notice`).
+    #[serde(default)]
+    pub strict: Option<bool>,
 }
 
 /// A comma list (`"a,b"`) or an array of field names; none may be empty.

@@ -180,11 +180,13 @@ pub fn test_options(format: Format) -> FormatOptions {
             key: Some(vec!["service".into(), "http.status".into()]),
             value: Some("latency_ms".into()),
             time: Some("ts".into()),
+            strict: None,
         },
         Format::Logfmt => FormatOptions {
             key: Some(vec!["service".into(), "status".into()]),
             value: Some("latency_ms".into()),
             time: Some("ts".into()),
+            strict: None,
         },
         Format::Raw => FormatOptions {
             key: Some(vec!["first_token".into()]),
@@ -372,6 +374,7 @@ pub(crate) mod testdata {
             key: (!key.is_empty()).then(|| key.split(',').map(str::to_string).collect()),
             value: value.map(str::to_string),
             time: time.map(str::to_string),
+            strict: None,
         }
     }
 }

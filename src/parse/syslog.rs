@@ -142,6 +142,8 @@ pub fn check_key_fields(fields: &[String]) -> Result<(), String> {
 #[derive(Debug)]
 pub struct SyslogParser {
     key_fields: Vec<KeyField>,
+    /// Lines without a `<PRI>` are `bad_syntax` (`?strict=true`).
+    strict: bool,
     scratch: Vec<u8>,
 }
 
@@ -149,6 +151,7 @@ impl Default for SyslogParser {
     fn default() -> Self {
         SyslogParser {
             key_fields: vec![KeyField::App, KeyField::Severity],
+            strict: false,
             scratch: Vec::new(),
         }
     }
@@ -181,7 +184,10 @@ impl SyslogParser {
     /// names not in [`KEY_FIELDS`] are skipped here (configuration rejects them with
     /// [`check_key_fields`]).
     pub fn new(options: &FormatOptions) -> Self {
-        let mut parser = SyslogParser::default();
+        let mut parser = SyslogParser {
+            strict: options.strict.unwrap_or(false),
+            ..SyslogParser::default()
+        };
         if let Some(names) = &options.key {
             let fields: Vec<KeyField> = names
                 .iter()
@@ -201,7 +207,7 @@ impl SyslogParser {
         ingest_ms: i64,
         sink: &mut impl FnMut(Event<'_>),
     ) -> Result<u32, Reject> {
-        let header = read_header(line, ingest_ms)?;
+        let header = read_header(line, ingest_ms, self.strict)?;
         self.scratch.clear();
         for (i, field) in self.key_fields.iter().enumerate() {
             if i > 0 {
@@ -229,7 +235,7 @@ impl SyslogParser {
 }
 
 /// Reads a message's header by the rules in the module doc.
-fn read_header(line: &[u8], ingest_ms: i64) -> Result<Header<'_>, Reject> {
+fn read_header(line: &[u8], ingest_ms: i64, strict: bool) -> Result<Header<'_>, Reject> {
     let mut line = line;
     while let [rest @ .., b'\r' | b'\n' | 0] = line {
         line = rest;
@@ -241,6 +247,9 @@ fn read_header(line: &[u8], ingest_ms: i64) -> Result<Header<'_>, Reject> {
             Some(rest) => read_rfc5424(pri, rest),
             None => read_rfc3164(pri, rest, ingest_ms),
         };
+    }
+    if strict {
+        return Err(Reject::BadSyntax);
     }
     if starts_with_timestamp(line)
         && let Ok(header) = read_rfc3164(PRI_DEFAULT, line, ingest_ms)
@@ -858,6 +867,42 @@ mod tests {
             assert_eq!(parse(text), Ok(("-.notice".into(), INGEST_MS)));
         }
         assert_eq!(parse(b"\xff\xfe binary"), Err(Reject::BadUtf8));
+    }
+
+    #[test]
+    fn strict_syslog_rejects_lines_without_a_pri() {
+        let mut strict = SyslogParser::new(&FormatOptions {
+            strict: Some(true),
+            ..FormatOptions::default()
+        });
+        for text in [
+            &b"x"[..],
+            b"Jun 14 15:16:01 combo sshd[19939]: no PRI",
+            b"<999>too big a PRI",
+            b"<html>",
+        ] {
+            assert_eq!(
+                parse_with(&mut strict, text, INGEST_MS),
+                Err(Reject::BadSyntax),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            parse_with(
+                &mut strict,
+                b"<13>1 2025-11-28T20:00:00Z vm app - - - msg",
+                INGEST_MS
+            )
+            .unwrap()
+            .0,
+            "app.notice"
+        );
+        assert_eq!(
+            parse_with(&mut strict, b"<34>Nov 28 20:04:44 vm su: msg", INGEST_MS)
+                .unwrap()
+                .0,
+            "su.crit"
+        );
     }
 
     #[test]
