@@ -147,10 +147,24 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(Failure { code, error }) => {
-            eprintln!("sluice: {error:#}");
+            eprintln!("sluice: {}", describe(&error));
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes, each said once: an error whose message already ends with its
+/// cause's (`cannot open X: No such file…`) does not repeat it.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Builds the configuration: embedded defaults, then the file, then the flags.

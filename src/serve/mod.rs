@@ -157,6 +157,13 @@ fn listener_infos(config: &Config) -> Vec<ListenerInfo> {
 pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     let cores = config.core_count();
     let data_dir = config.data_dir.clone();
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(Error::Io {
+            what: "cannot use the data dir",
+            path: data_dir,
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "it is not a directory"),
+        });
+    }
     std::fs::create_dir_all(&data_dir).map_err(io_err("cannot create", &data_dir))?;
     // Held until this returns (the lock goes with the process, however it ends).
     let _lock = lock_data_dir(&data_dir)?;

@@ -82,6 +82,43 @@ fn a_corrupt_listeners_json_stops_the_start_naming_the_file() {
 }
 
 #[test]
+fn errors_say_each_thing_once_and_a_data_dir_that_is_a_file_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let o = run(&[
+        "serve",
+        "--data-dir",
+        file.to_str().unwrap(),
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("not a directory"), "{e}");
+    assert!(!e.contains("File exists"), "{e}");
+    for line in e.lines().filter(|l| l.starts_with("sluice:")) {
+        let parts: Vec<&str> = line.split(": ").collect();
+        assert!(parts.windows(2).all(|w| w[0] != w[1]), "said twice: {line}");
+    }
+    // An I/O error's OS message appears once.
+    let o = run(&[
+        "log",
+        "dump",
+        "--data-dir",
+        file.to_str().unwrap(),
+        "--partition",
+        "0",
+    ]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    for line in e.lines().filter(|l| l.starts_with("sluice:")) {
+        let parts: Vec<&str> = line.split(": ").collect();
+        assert!(parts.windows(2).all(|w| w[0] != w[1]), "said twice: {line}");
+    }
+}
+
+#[test]
 fn a_bad_window_hop_exits_2_naming_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.toml");
