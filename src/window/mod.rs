@@ -195,7 +195,7 @@ impl Agg {
     #[inline]
     fn tally(&mut self, value: f64, time_ms: i64) {
         self.count += 1;
-        self.sum += value;
+        self.sum = saturating_sum(self.sum, value);
         self.min = self.min.min(value);
         self.max = self.max.max(value);
         if time_ms >= self.last_time_ms {
@@ -232,7 +232,7 @@ impl Agg {
             (a, b) => a.or(b),
         };
         self.count += other.count;
-        self.sum += other.sum;
+        self.sum = saturating_sum(self.sum, other.sum);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         if other.last_time_ms >= self.last_time_ms {
@@ -271,6 +271,14 @@ impl Agg {
         // max/min rather than clamp: no panic even for an empty aggregate (min > max).
         Some(v.max(self.min).min(self.max))
     }
+}
+
+/// `a + b` for finite values, saturated at ±`f64::MAX`: a sum of values near the top of the
+/// range (three of 1.7e308) stays a finite number in the row (`"sum_saturated": true`
+/// then says it is a bound, not the sum) instead of becoming infinity, which JSON cannot hold.
+#[inline]
+pub fn saturating_sum(a: f64, b: f64) -> f64 {
+    (a + b).clamp(f64::MIN, f64::MAX)
 }
 
 /// Serde for sketches: DDSketch's standard binary encoding (sparse bins, varints), a tenth of

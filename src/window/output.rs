@@ -52,6 +52,9 @@ impl Serialize for Line<'_> {
         let a = self.agg;
         m.serialize_entry("count", &a.count)?;
         m.serialize_entry("sum", &a.sum)?;
+        if a.sum.abs() == f64::MAX {
+            m.serialize_entry("sum_saturated", &true)?;
+        }
         m.serialize_entry("min", &a.min)?;
         m.serialize_entry("max", &a.max)?;
         m.serialize_entry("mean", &a.mean())?;

@@ -688,3 +688,32 @@ fn quantiles_inside_min_and_max() {
     // An empty aggregate has no quantile, and asking does not panic.
     assert_eq!(Agg::empty().quantile(0.5), None);
 }
+
+#[test]
+fn aggregates_stay_finite() {
+    let mut agg = Agg::empty();
+    for t in 0..3 {
+        agg.add(1.7e308, t, true);
+    }
+    assert_eq!(agg.sum, f64::MAX);
+    assert!(agg.mean().is_finite());
+    let mut other = Agg::empty();
+    other.add(-1.7e308, 5, true);
+    other.add(-1.7e308, 6, true);
+    let mut merged = agg.clone();
+    merged.absorb(other);
+    assert!(merged.sum.is_finite());
+    // The row is valid JSON with numbers, and says the sum is a bound.
+    let dir = tempfile::tempdir().unwrap();
+    let mut out = AggregatesWriter::open(&dir.path().join("s000"), 0).unwrap();
+    let spec = WindowSpec::tumbling(1_000);
+    out.write_window("k", &spec, 0, &agg, &[(0.5, "p50".into())])
+        .unwrap();
+    out.flush().unwrap();
+    let text = record_text(&dir.path().join("s000"));
+    let row: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    for field in ["sum", "mean", "min", "max", "p50"] {
+        assert!(row[field].is_f64(), "{field}: {text}");
+    }
+    assert_eq!(row["sum_saturated"], true);
+}
