@@ -185,6 +185,17 @@ impl std::fmt::Display for Offset {
     }
 }
 
+fn list(partitions: &[u16]) -> String {
+    if partitions.is_empty() {
+        return "none".into();
+    }
+    partitions
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Errors of the log.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -229,6 +240,22 @@ pub enum Error {
         line_bytes: usize,
         /// The limit.
         line_bytes_max: u32,
+    },
+    /// The data dir holds no log.
+    #[error("no log under {}", data_dir.display())]
+    NoLog {
+        /// The data dir.
+        data_dir: PathBuf,
+    },
+    /// The partition asked for is not in the log.
+    #[error("no partition {partition} in the log under {} (partitions: {})", data_dir.display(), list(existing))]
+    NoPartition {
+        /// The partition asked for.
+        partition: u16,
+        /// The data dir.
+        data_dir: PathBuf,
+        /// The partitions there are.
+        existing: Vec<u16>,
     },
     /// Writing the output of [`dump`] failed.
     #[error("log dump output: {source}")]

@@ -38,6 +38,21 @@ pub fn tail(
     out: &mut impl Write,
     stop: &AtomicBool,
 ) -> Result<DumpStats, Error> {
+    let existing = partitions(data_dir)?;
+    if existing.is_empty() {
+        return Err(Error::NoLog {
+            data_dir: data_dir.to_path_buf(),
+        });
+    }
+    if let Some(p) = partition
+        && !existing.contains(&p)
+    {
+        return Err(Error::NoPartition {
+            partition: p,
+            data_dir: data_dir.to_path_buf(),
+            existing,
+        });
+    }
     let mut followed: BTreeMap<u16, Followed> = BTreeMap::new();
     let mut stats = DumpStats::default();
     let mut first_round = true;

@@ -90,19 +90,23 @@ pub fn verify(data_dir: &Path, partition: Option<u16>) -> Result<VerifyReport, E
     Ok(report)
 }
 
+/// The partitions a command reads: `partition`, or all. A data dir with no log, or a
+/// partition that is not there, is an error (a tool must not report "ok" of nothing).
 fn selected(data_dir: &Path, partition: Option<u16>) -> Result<Vec<u16>, Error> {
+    let existing = partitions(data_dir)?;
+    if existing.is_empty() {
+        return Err(Error::NoLog {
+            data_dir: data_dir.to_path_buf(),
+        });
+    }
     match partition {
-        Some(p) => {
-            let dir = partition_dir(data_dir, p);
-            if !dir.is_dir() {
-                return Err(Error::Io {
-                    path: dir,
-                    source: std::io::ErrorKind::NotFound.into(),
-                });
-            }
-            Ok(vec![p])
-        }
-        None => partitions(data_dir),
+        Some(p) if !partition_dir(data_dir, p).is_dir() => Err(Error::NoPartition {
+            partition: p,
+            data_dir: data_dir.to_path_buf(),
+            existing,
+        }),
+        Some(p) => Ok(vec![p]),
+        None => Ok(existing),
     }
 }
 

@@ -119,6 +119,29 @@ fn errors_say_each_thing_once_and_a_data_dir_that_is_a_file_says_so() {
 }
 
 #[test]
+fn the_log_tools_say_when_there_is_no_log_or_no_such_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().to_str().unwrap();
+    for cmd in ["verify", "dump", "tail"] {
+        let o = run(&["log", cmd, "--data-dir", empty]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {e}");
+        assert!(e.contains("no log under"), "{cmd}: {e}");
+    }
+    std::fs::create_dir_all(dir.path().join("log/p000")).unwrap();
+    std::fs::create_dir_all(dir.path().join("log/p001")).unwrap();
+    for cmd in ["verify", "dump", "tail"] {
+        let o = run(&["log", cmd, "--data-dir", empty, "--partition", "7"]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {e}");
+        assert!(
+            e.contains("no partition 7") && e.contains("0, 1"),
+            "{cmd}: {e}"
+        );
+    }
+}
+
+#[test]
 fn a_bad_window_hop_exits_2_naming_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.toml");
@@ -221,10 +244,11 @@ fn a_second_instance_on_a_data_dir_in_use_exits_1_naming_the_holder() {
 fn log_and_checkpoint_tools_on_an_empty_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
+    // The log tools say there is no log (see the_log_tools_say_when_there_is_no_log…).
     let o = run(&["log", "verify", "--data-dir", d]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let o = run(&["log", "dump", "--data-dir", d]);
-    assert!(o.status.success() && o.stdout.is_empty());
+    assert!(o.status.code() == Some(1) && o.stdout.is_empty());
     let o = run(&["checkpoint", "inspect", "--data-dir", d]);
     assert_eq!(o.status.code(), Some(1));
 }
