@@ -40,6 +40,7 @@ fn body(windows: Vec<u8>, window_count: u64) -> Body {
             closed_through_ms: i64::MIN,
             windows,
             window_count,
+            gauges: Vec::new(),
         }],
     }
 }

@@ -340,6 +340,7 @@ fn inspect(data_dir: &std::path::Path) -> Result<ExitCode, Failure> {
                 "agg": {
                     "count": a.count, "sum": a.sum, "min": a.min, "max": a.max, "last": a.last,
                     "last_time_ms": a.last_time_ms,
+                    "members": a.members, "distinct": a.distinct.estimate(),
                     "p50": a.quantile(0.5), "p99": a.quantile(0.99),
                 },
             }));

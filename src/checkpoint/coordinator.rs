@@ -383,6 +383,7 @@ mod tests {
                 closed_through_ms: 0,
                 windows: Vec::new(),
                 window_count: 0,
+                gauges: Vec::new(),
             };
             self.coordinator.shard_reported(epoch, state, sync);
         }

@@ -45,8 +45,9 @@ use crate::window::WindowRecord;
 
 /// Version of the body encoding. 2: larger windows composed from smaller ones hold only the
 /// smaller windows that closed (version 1 folded every event into every window), so a
-/// version-1 body's windows would count the open smaller windows twice.
-pub const BODY_VERSION: u16 = 2;
+/// version-1 body's windows would count the open smaller windows twice. 3: aggregates count
+/// distinct set members, and shards keep running gauge values.
+pub const BODY_VERSION: u16 = 3;
 
 /// One partition's position in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +75,8 @@ pub struct ShardState {
     pub windows: Vec<u8>,
     /// Number of records in `windows`.
     pub window_count: u64,
+    /// Running StatsD gauge values (key, value), restored to each key's owner.
+    pub gauges: Vec<(String, f64)>,
 }
 
 impl ShardState {
@@ -166,6 +169,7 @@ mod tests {
                 closed_through_ms: i64::MIN,
                 windows,
                 window_count: 1,
+                gauges: vec![("queue".into(), 114.0)],
             }],
         };
         let bytes = body.encode().unwrap();

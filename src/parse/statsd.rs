@@ -11,17 +11,21 @@
 //!   ([`Kind::Gauge`]; a value written with a leading `+` or `-` is a [`Kind::GaugeDelta`] by
 //!   that signed amount, as in etsy StatsD), `ms`, `h`, `d` timer / histogram / distribution
 //!   ([`Kind::Timer`], the rate is checked but not applied), `s` set ([`Kind::Set`]).
-//! - Sets: the value is `xxh3_64(member) as f64` and each line counts once; distinct counting
-//!   belongs to a sketch in the window stage, fed with this hash. (An `f64` holds 53 of the 64
-//!   bits, plenty to tell members apart in a sketch.)
+//! - Sets: the value is the top 53 bits of `xxh3_64(member)` ([`set_member_hash`], exact in
+//!   an `f64`); the window stage counts distinct members per window from it.
+//! - DogStatsD events `_e{TITLE_LEN,TEXT_LEN}:title|text[|d:ts|h:host|k:..|p:..|s:..|t:..|#tags]`
+//!   and service checks `_sc|name|status[|d:ts|h:host|#tags|m:message]` are counted: one
+//!   [`Kind::Counter`] event of value 1 keyed by the title or check name (tags appended as
+//!   for metrics), at `d:` when given. A status outside 0–3 is `bad_number`; lengths that do
+//!   not match the line are `bad_syntax`.
 //! - Key: the name, or with DogStatsD tags `name;k=v;k2=v2`: each tag `k:v` becomes `k=v` (at
 //!   its first `:`), a bare tag `k` stays `k`, empty tags are dropped, and the tags are sorted
 //!   by their bytes as written in the key, the same convention as Graphite 1.1 tags in
 //!   [`super::graphite`]. So `a:1|c|#z:1,b` and `a:1|c|#b,z:1` both count under `a;b;z=1`.
 //!   At most [`TAGS_PER_METRIC_MAX`] tags.
 //! - Other fields: `@rate` must be in (0, 1]; `T<unix seconds>` (DogStatsD 1.3) sets the event
-//!   time; DogStatsD extension fields `x:...` (container id `c:`, external data `e:`) are
-//!   ignored. Anything else after the type is `bad_syntax`. Without `T` the time is the ingest
+//!   time; DogStatsD extension fields `name:...` (container id `c:`, external data `e:`,
+//!   cardinality `card:`) are ignored. Anything else after the type is `bad_syntax`. Without `T` the time is the ingest
 //!   time.
 //! - Several values for one name on one line, as etsy StatsD accepts them:
 //!   `gorets:1|c:2|c|@0.5:320|ms` gives three events. A `:` after the type, a rate or a
@@ -84,6 +88,12 @@ impl StatsdParser {
         if line.is_empty() {
             return Err(Reject::NoKey);
         }
+        if let Some(rest) = line.strip_prefix(b"_e{") {
+            return self.parse_event(rest, ingest_ms, sink);
+        }
+        if let Some(rest) = line.strip_prefix(b"_sc|") {
+            return self.parse_service_check(rest, ingest_ms, sink);
+        }
         let colon = memchr::memchr(b':', line).ok_or(Reject::NoValue)?;
         let name = check_key(&line[..colon])?;
         self.scratch.clear();
@@ -110,6 +120,98 @@ impl StatsdParser {
         let n = samples.len() as u32;
         self.samples = samples;
         result.map(|()| n)
+    }
+
+    /// A DogStatsD event, after its `_e{`: `TITLE_LEN,TEXT_LEN}:title|text[|field]...`, the
+    /// lengths in bytes. One [`Kind::Counter`] event of value 1 keyed by the title (and tags).
+    fn parse_event(
+        &mut self,
+        s: &[u8],
+        ingest_ms: i64,
+        sink: &mut impl FnMut(Event<'_>),
+    ) -> Result<u32, Reject> {
+        let brace = find(s, |b| b == b'}').ok_or(Reject::BadSyntax)?;
+        let (title_len, text_len) = {
+            let lens = &s[..brace];
+            let comma = find(lens, |b| b == b',').ok_or(Reject::BadSyntax)?;
+            (parse_len(&lens[..comma])?, parse_len(&lens[comma + 1..])?)
+        };
+        let body = s[brace + 1..].strip_prefix(b":").ok_or(Reject::BadSyntax)?;
+        let title = body.get(..title_len).ok_or(Reject::BadSyntax)?;
+        let after_title = body
+            .get(title_len..)
+            .and_then(|r| r.strip_prefix(b"|"))
+            .ok_or(Reject::BadSyntax)?;
+        let fields = after_title.get(text_len..).ok_or(Reject::BadSyntax)?;
+        let name = check_key(title)?;
+        self.emit_check_or_event(name, fields, ingest_ms, sink)
+    }
+
+    /// A DogStatsD service check, after its `_sc|`: `name|status[|field]...`, the status 0
+    /// (ok) to 3 (unknown). One [`Kind::Counter`] event of value 1 keyed by the check name
+    /// (and tags); the message field `m:` runs to the end of the line.
+    fn parse_service_check(
+        &mut self,
+        s: &[u8],
+        ingest_ms: i64,
+        sink: &mut impl FnMut(Event<'_>),
+    ) -> Result<u32, Reject> {
+        let bar = find(s, |b| b == b'|').ok_or(Reject::NoValue)?;
+        let name = check_key(&s[..bar])?;
+        let rest = &s[bar + 1..];
+        let status_end = find(rest, |b| b == b'|').unwrap_or(rest.len());
+        match &rest[..status_end] {
+            [] => return Err(Reject::NoValue),
+            [b'0'..=b'3'] => {}
+            _ => return Err(Reject::BadNumber),
+        }
+        // The message is last and may hold anything, `|` included.
+        let mut fields = &rest[status_end..];
+        if let Some(m) = memchr::memmem::find(fields, b"|m:") {
+            fields = &fields[..m];
+        }
+        self.emit_check_or_event(name, fields, ingest_ms, sink)
+    }
+
+    /// Reads the `|field` list of an event or service check (`d:` the Unix time, `#` tags,
+    /// other `x:` fields ignored) and emits its one event.
+    fn emit_check_or_event(
+        &mut self,
+        name: &[u8],
+        mut fields: &[u8],
+        ingest_ms: i64,
+        sink: &mut impl FnMut(Event<'_>),
+    ) -> Result<u32, Reject> {
+        self.scratch.clear();
+        let mut tags: &[u8] = &[];
+        let mut time_ms = ingest_ms;
+        while let [b'|', field @ ..] = fields {
+            let end = find(field, |b| b == b'|').unwrap_or(field.len());
+            let body = &field[..end];
+            match body {
+                [b'#', t @ ..] => tags = t,
+                [b'd', b':', t @ ..] => time_ms = parse_unix_seconds(t)?,
+                _ if is_extension_field(body) => {}
+                _ => return Err(Reject::BadSyntax),
+            }
+            fields = &field[end..];
+        }
+        if !fields.is_empty() {
+            return Err(Reject::BadSyntax);
+        }
+        let (key_start, key_end) = self.tagged_key(name, tags)?;
+        let key = if key_start == key_end {
+            name
+        } else {
+            &self.scratch[key_start..key_end]
+        };
+        sink(Event {
+            key,
+            value: 1.0,
+            time_ms,
+            kind: Kind::Counter,
+        });
+        Ok(1)
     }
 
     /// Checks every value of a line into `samples`.
@@ -166,7 +268,7 @@ impl StatsdParser {
                 Some(b'@') => rate = parse_rate(&body[1..])?,
                 Some(b'T') => time_ms = parse_unix_seconds(&body[1..])?,
                 Some(b'#') => tags = &body[1..],
-                Some(b'a'..=b'z') if body.get(1) == Some(&b':') => {}
+                _ if is_extension_field(body) => {}
                 _ => return Err(Reject::BadSyntax),
             }
             s = &field[end..];
@@ -181,7 +283,7 @@ impl StatsdParser {
             Kind::Gauge if matches!(value[0], b'+' | b'-') => {
                 (parse_finite(value)?, Kind::GaugeDelta)
             }
-            Kind::Set => (xxhash_rust::xxh3::xxh3_64(value) as f64, kind),
+            Kind::Set => (set_member_hash(value), kind),
             _ => (parse_finite(value)?, kind),
         };
         if !value.is_finite() {
@@ -339,6 +441,29 @@ fn key_tag(tag: &[u8]) -> impl Iterator<Item = u8> + '_ {
         .map(move |(i, b)| if Some(i) == colon { b'=' } else { *b })
 }
 
+/// A DogStatsD extension field: a lowercase name, `:`, anything (`c:` container id, `e:`
+/// external data, `card:` cardinality, and the event fields `h:`, `k:`, `p:`, `s:`, `t:`).
+fn is_extension_field(body: &[u8]) -> bool {
+    let name_len = body.iter().take_while(|b| b.is_ascii_lowercase()).count();
+    name_len > 0 && body.get(name_len) == Some(&b':')
+}
+
+/// The hash of a set member, as the event's value: the top 53 bits of `xxh3_64(member)`, so
+/// the `f64` holds it exactly and the window's distinct counter gets every bit back.
+pub fn set_member_hash(member: &[u8]) -> f64 {
+    (xxhash_rust::xxh3::xxh3_64(member) >> 11) as f64
+}
+
+/// An event's title or text length: decimal digits, at most the longest line.
+fn parse_len(bytes: &[u8]) -> Result<usize, Reject> {
+    if bytes.is_empty() || bytes.len() > 7 || !bytes.iter().all(u8::is_ascii_digit) {
+        return Err(Reject::BadSyntax);
+    }
+    Ok(bytes
+        .iter()
+        .fold(0usize, |acc, b| acc * 10 + usize::from(b - b'0')))
+}
+
 /// A sample rate in (0, 1].
 fn parse_rate(bytes: &[u8]) -> Result<f64, Reject> {
     let rate = parse_finite(bytes)?;
@@ -395,8 +520,74 @@ mod tests {
         assert_eq!(one("a:4|d"), ("a".into(), 4.0, Kind::Timer));
         let (key, value, kind) = one("users:alice|s");
         assert_eq!((key.as_str(), kind), ("users", Kind::Set));
-        assert_eq!(value, xxhash_rust::xxh3::xxh3_64(b"alice") as f64);
+        assert_eq!(value, (xxhash_rust::xxh3::xxh3_64(b"alice") >> 11) as f64);
+        assert_eq!(value, value.trunc(), "an integer, exact in the f64");
         assert_ne!(value, one("users:bob|s").1);
+    }
+
+    fn at(line: &str) -> (String, f64, i64, Kind) {
+        let mut v = parse(line.as_bytes()).unwrap();
+        assert_eq!(v.len(), 1, "{line}");
+        v.remove(0)
+    }
+
+    #[test]
+    fn dogstatsd_events_are_counted_by_title() {
+        assert_eq!(
+            at("_e{9,4}:Man down!|help"),
+            ("Man down!".into(), 1.0, 42_000, Kind::Counter)
+        );
+        // As the datadog client writes one: every field, tags sorted into the key.
+        assert_eq!(
+            at(
+                "_e{6,9}:deploy|v1.2 done|d:1700000000|h:web1|k:agg|p:low|s:src|t:success|#z:1,env:prod|c:ci-123|card:low"
+            ),
+            (
+                "deploy;env=prod;z=1".into(),
+                1.0,
+                1_700_000_000_000,
+                Kind::Counter
+            )
+        );
+        // Lengths are bytes, and the text may hold `|`.
+        assert_eq!(at("_e{6,3}:héllo|a|b").0, "héllo");
+        for bad in [
+            "_e{5,4}:abc|text",
+            "_e{3,9}:abc|text",
+            "_e{3}:abc|d",
+            "_e{x,1}:abc|d",
+            "_e{3,1}abc|d",
+            "_e{3,1}:abcd",
+            "_e{3,1}:abc|d|zz",
+            "_e{12345678,1}:abc|d",
+        ] {
+            assert_eq!(parse(bad.as_bytes()), Err(Reject::BadSyntax), "{bad}");
+        }
+        assert_eq!(parse(b"_e{0,1}:|d"), Err(Reject::NoKey));
+        assert_eq!(parse(b"_e{3,1}:abc|d|d:x"), Err(Reject::BadTimestamp));
+    }
+
+    #[test]
+    fn dogstatsd_service_checks_are_counted_by_name() {
+        assert_eq!(
+            at("_sc|db.up|0"),
+            ("db.up".into(), 1.0, 42_000, Kind::Counter)
+        );
+        assert_eq!(
+            at("_sc|db.up|2|d:1700000000|h:db1|#role:primary|m:replica lag | high"),
+            (
+                "db.up;role=primary".into(),
+                1.0,
+                1_700_000_000_000,
+                Kind::Counter
+            )
+        );
+        assert_eq!(parse(b"_sc|db.up|4"), Err(Reject::BadNumber));
+        assert_eq!(parse(b"_sc|db.up|ok"), Err(Reject::BadNumber));
+        assert_eq!(parse(b"_sc|db.up|"), Err(Reject::NoValue));
+        assert_eq!(parse(b"_sc|db.up"), Err(Reject::NoValue));
+        assert_eq!(parse(b"_sc||0"), Err(Reject::NoKey));
+        assert_eq!(parse(b"_sc|db.up|0|zz"), Err(Reject::BadSyntax));
     }
 
     #[test]

@@ -135,6 +135,9 @@ pub(super) fn open_shards(
         shards.push(Shard::new(&params, cores, frontier, output));
     }
     for state in states {
+        for (key, value) in &state.gauges {
+            shards[owner(key.as_bytes(), cores) as usize].restore_gauge(key, *value);
+        }
         for record in state.windows() {
             let record = record?;
             let core = owner(record.key.as_bytes(), cores) as usize;

@@ -102,7 +102,15 @@ pub struct Agg {
     /// The one value so far (`min`) is a sketched value not yet in a sketch.
     #[serde(default)]
     pub single_pending: bool,
+    /// Of `count`, the StatsD set members: they feed `distinct`, not the sum, min, max or
+    /// last, which hold the other events' values.
+    pub members: u64,
+    /// Distinct set members (exact up to 128, then HyperLogLog++ with 1.6% error).
+    pub distinct: Distinct,
 }
+
+/// A distinct counter of StatsD set members, fed with their hashes.
+pub type Distinct = cardinality_estimator::CardinalityEstimator<[u8]>;
 
 impl std::fmt::Debug for Agg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +120,8 @@ impl std::fmt::Debug for Agg {
             .field("min", &self.min)
             .field("max", &self.max)
             .field("last", &self.last)
+            .field("members", &self.members)
+            .field("distinct", &self.distinct.estimate())
             .field("sketch_bins", &self.sketch.as_ref().map(|s| s.length()))
             .finish()
     }
@@ -139,6 +149,8 @@ impl PartialEq for Agg {
             other.last,
             other.last_time_ms,
         ) && self.single_pending == other.single_pending
+            && self.members == other.members
+            && self.distinct == other.distinct
             && sketch_bytes(self) == sketch_bytes(other)
     }
 }
@@ -155,7 +167,25 @@ impl Agg {
             last_time_ms: i64::MIN,
             sketch: None,
             single_pending: false,
+            members: 0,
+            distinct: Distinct::new(),
         }
+    }
+
+    /// Folds one StatsD set member in, by its hash ([`crate::parse::statsd::set_member_hash`]).
+    #[inline]
+    pub fn add_member(&mut self, hash: f64) {
+        self.count += 1;
+        self.members += 1;
+        // The parser's 53 bits, spread over 64 again: the counter takes its register index
+        // from the low bits and the rank from the high ones.
+        self.distinct
+            .insert_hash((hash as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
+
+    /// Events that were not set members: the ones `sum`, `min`, `max` and `last` are of.
+    pub fn values(&self) -> u64 {
+        self.count - self.members
     }
 
     /// The aggregate of one event.
@@ -172,9 +202,10 @@ impl Agg {
     #[inline]
     pub fn add(&mut self, value: f64, time_ms: i64, sketch: bool) {
         if sketch {
+            let first = self.values() == 0;
             match &mut self.sketch {
                 Some(s) => s.add(value),
-                None if self.count == 0 => self.single_pending = true,
+                None if first => self.single_pending = true,
                 None => {
                     let mut s = Sketch::new();
                     if std::mem::take(&mut self.single_pending) {
@@ -214,6 +245,15 @@ impl Agg {
             *self = other;
             return;
         }
+        self.distinct.merge(&other.distinct);
+        self.members += other.members;
+        if other.members == other.count {
+            self.count += other.count;
+            return;
+        }
+        let other_members = std::mem::take(&mut other.members);
+        other.count -= other_members;
+        self.count += other_members;
         if other.count == 1 {
             // One event: folding it is cheaper than materialising a sketch to merge. Its
             // value is `last` (`sum` would turn -0.0 into 0.0).
@@ -251,12 +291,11 @@ impl Agg {
         self.sketch.take()
     }
 
-    /// Mean value.
+    /// Mean value (of the events that were not set members).
     pub fn mean(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.sum / self.count as f64
+        match self.values() {
+            0 => 0.0,
+            n => self.sum / n as f64,
         }
     }
 
@@ -458,6 +497,8 @@ pub struct Shard {
     output: AggregatesWriter,
     /// Sketch adds put off to the end of a [`FoldBatch`]; empty outside one.
     deferred: Vec<DeferredAdd>,
+    /// Running StatsD gauge values by key (see [`Shard::gauge`]).
+    gauges: hashbrown::HashTable<(Box<str>, f64)>,
 }
 
 /// A value for the sketch of window `pos` of slot `slot`.
@@ -534,6 +575,7 @@ impl Shard {
             closed_through_ms,
             output,
             deferred: Vec::new(),
+            gauges: hashbrown::HashTable::new(),
         }
     }
 
@@ -617,7 +659,15 @@ impl Shard {
         kind: Kind,
         defer: bool,
     ) -> Folded {
-        let (slot, overflow) = self.slot_for(key, false);
+        let (value, kind, gauge_overflow) = match kind {
+            Kind::Gauge | Kind::GaugeDelta => self.gauge(key, value, kind),
+            _ => (value, kind, false),
+        };
+        let (slot, overflow) = if gauge_overflow {
+            (self.slot_for(OVERFLOW_KEY.as_bytes(), true).0, true)
+        } else {
+            self.slot_for(key, false)
+        };
         let mut folded = Folded { late: 0, overflow };
         let sketch =
             !self.quantiles.is_empty() && matches!(kind, Kind::Sample | Kind::Timer | Kind::Gauge);
@@ -640,10 +690,17 @@ impl Shard {
                     continue;
                 }
                 let windows = &mut self.slots[slot as usize].windows;
-                match windows
+                let pos = windows
                     .iter()
-                    .position(|w| w.spec_idx == spec_idx as u8 && w.start_ms == start)
-                {
+                    .position(|w| w.spec_idx == spec_idx as u8 && w.start_ms == start);
+                if kind == Kind::Set {
+                    match pos {
+                        Some(pos) => windows[pos].agg.add_member(value),
+                        None => self.open(slot, spec_idx as u8, start).add_member(value),
+                    }
+                    continue;
+                }
+                match pos {
                     Some(pos) if defer && sketch && windows[pos].agg.sketch.is_some() => {
                         windows[pos].agg.tally(value, time_ms);
                         self.deferred.push(DeferredAdd {
@@ -663,6 +720,51 @@ impl Shard {
             self.release_if_empty(slot);
         }
         folded
+    }
+
+    /// Resolves a gauge event against the key's running gauge: a set (`Gauge`) replaces it, a
+    /// delta (`GaugeDelta`) moves it (from 0 when the key has none), and the event folds as
+    /// a `Gauge` of the running value, so a window's `last` is the gauge and its min, max
+    /// and quantiles are of the values the gauge took. The running value outlives windows
+    /// (and restarts, in the checkpoint), as etsy StatsD keeps gauges between flushes. At
+    /// most `max_keys` gauges are kept; a new one past that folds under the overflow key
+    /// (third value true), its delta taken from 0.
+    fn gauge(&mut self, key: &[u8], value: f64, kind: Kind) -> (f64, Kind, bool) {
+        let hash = self.hasher.hash_one(key);
+        let full = self.gauges.len() >= self.max_keys;
+        let found = self.gauges.find_mut(hash, |(k, _)| k.as_bytes() == key);
+        let value = match (found, kind) {
+            (Some((_, g)), Kind::GaugeDelta) => {
+                *g = saturating_sum(*g, value);
+                *g
+            }
+            (Some((_, g)), _) => {
+                *g = value;
+                value
+            }
+            (None, _) if full => return (value, Kind::Gauge, true),
+            (None, _) => {
+                let key: Box<str> = String::from_utf8_lossy(key).into();
+                let hasher = &self.hasher;
+                self.gauges
+                    .insert_unique(hash, (key, value), |(k, _)| hasher.hash_one(k.as_bytes()));
+                value
+            }
+        };
+        (value, Kind::Gauge, false)
+    }
+
+    /// Every running gauge value, for a checkpoint.
+    pub fn gauges(&self) -> Vec<(String, f64)> {
+        self.gauges
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect()
+    }
+
+    /// Restores a running gauge value from a checkpoint.
+    pub fn restore_gauge(&mut self, key: &str, value: f64) {
+        self.gauge(key.as_bytes(), value, Kind::Gauge);
     }
 
     /// Records source `source`'s watermark (and whether it is idle) and closes every window the

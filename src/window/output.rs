@@ -51,14 +51,20 @@ impl Serialize for Line<'_> {
         m.serialize_entry("end_ms", &end_ms)?;
         let a = self.agg;
         m.serialize_entry("count", &a.count)?;
-        m.serialize_entry("sum", &a.sum)?;
-        if a.sum.abs() == f64::MAX {
-            m.serialize_entry("sum_saturated", &true)?;
+        if a.members > 0 {
+            m.serialize_entry("distinct", &a.distinct.estimate())?;
         }
-        m.serialize_entry("min", &a.min)?;
-        m.serialize_entry("max", &a.max)?;
-        m.serialize_entry("mean", &a.mean())?;
-        m.serialize_entry("last", &a.last)?;
+        // A window of set members only has no values to sum: members are hashes.
+        if a.values() > 0 {
+            m.serialize_entry("sum", &a.sum)?;
+            if a.sum.abs() == f64::MAX {
+                m.serialize_entry("sum_saturated", &true)?;
+            }
+            m.serialize_entry("min", &a.min)?;
+            m.serialize_entry("max", &a.max)?;
+            m.serialize_entry("mean", &a.mean())?;
+            m.serialize_entry("last", &a.last)?;
+        }
         for (q, name) in self.quantiles {
             if let Some(v) = a.quantile(*q) {
                 m.serialize_entry(name, &v)?;

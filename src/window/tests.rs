@@ -366,7 +366,7 @@ mod watermark_props {
         /// state folding one event at a time does: counts, lateness and sketches alike.
         #[test]
         fn batches_fold_as_single_events_do(
-            events in proptest::collection::vec((0u8..20, 0i64..5000, -1e3f64..1e3, 0u8..3), 0..600),
+            events in proptest::collection::vec((0u8..20, 0i64..5000, -1e3f64..1e3, 0u8..5), 0..600),
             cuts in proptest::collection::vec(1usize..200, 1..8),
             watermarks in proptest::collection::vec(0i64..5000, 0..8),
         ) {
@@ -374,7 +374,7 @@ mod watermark_props {
             let mut single = shard(dir.path(), &[1000, 3000], 100, 1);
             let dir2 = tempfile::tempdir().unwrap();
             let mut batched = shard(dir2.path(), &[1000, 3000], 100, 1);
-            let kinds = [Kind::Timer, Kind::Counter, Kind::Sample];
+            let kinds = [Kind::Timer, Kind::Counter, Kind::Sample, Kind::Set, Kind::GaugeDelta];
             let mut rest = &events[..];
             let mut i = 0;
             while !rest.is_empty() {
@@ -474,7 +474,7 @@ mod composed {
         /// snapshot and restore in the middle.
         #[test]
         fn composed_windows_equal_direct_folding(
-            events in proptest::collection::vec((0u8..3, 0i64..600, -50i32..50, any::<bool>()), 1..250),
+            events in proptest::collection::vec((0u8..3, 0i64..600, -50i32..50, 0u8..3), 1..250),
             step in 1i64..120,
             cut in any::<prop::sample::Index>(),
         ) {
@@ -493,7 +493,7 @@ mod composed {
                 .collect();
             let cut = cut.index(events.len());
             let mut wm = 0i64;
-            for (i, (k, t, v, timer)) in events.iter().enumerate() {
+            for (i, (k, t, v, kind)) in events.iter().enumerate() {
                 if i == cut {
                     let mut bytes = Vec::new();
                     composed.snapshot_into(&mut bytes);
@@ -508,7 +508,7 @@ mod composed {
                     composed = restored;
                 }
                 let key = format!("k{k}");
-                let kind = if *timer { Kind::Timer } else { Kind::Counter };
+                let kind = [Kind::Timer, Kind::Counter, Kind::Set][*kind as usize];
                 let late = composed.fold(key.as_bytes(), f64::from(*v), *t, kind).late;
                 let direct_late: u32 = direct
                     .iter_mut()
@@ -716,4 +716,145 @@ fn aggregates_stay_finite() {
         assert!(row[field].is_f64(), "{field}: {text}");
     }
     assert_eq!(row["sum_saturated"], true);
+}
+
+/// Folds StatsD gauge events the way the parser hands them over.
+fn gauge(s: &mut Shard, key: &str, line_value: &str, t: i64) {
+    let kind = if line_value.starts_with(['+', '-']) {
+        Kind::GaugeDelta
+    } else {
+        Kind::Gauge
+    };
+    s.fold(key.as_bytes(), line_value.parse().unwrap(), t, kind);
+}
+
+#[test]
+fn statsd_gauge_deltas_follow_the_running_value_across_windows_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000], 100, 1);
+    gauge(&mut s, "queue", "119", 100);
+    gauge(&mut s, "queue", "-5", 200);
+    gauge(&mut s, "fresh", "+3", 300);
+    // The next window: the gauge carries over although its window closed.
+    s.advance(0, 1000, false).unwrap();
+    gauge(&mut s, "queue", "+6", 1100);
+    let mut gauges = s.gauges();
+    gauges.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(gauges, vec![("fresh".into(), 3.0), ("queue".into(), 120.0)]);
+    s.advance(0, 2000, false).unwrap();
+    // A restart: the checkpoint's gauge values come back.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut t = shard(dir2.path(), &[1000], 100, 1);
+    for (k, v) in &gauges {
+        t.restore_gauge(k, *v);
+    }
+    gauge(&mut t, "queue", "-20", 2100);
+    gauge(&mut t, "queue", "7", 2200);
+    gauge(&mut t, "queue", "+1", 2300);
+    t.advance(0, 3000, false).unwrap();
+    for shard in [&mut s, &mut t] {
+        shard.output().flush().unwrap();
+    }
+    let rows = lines(dir.path());
+    let by = |key: &str, start: i64| {
+        rows.iter()
+            .find(|r| r["key"] == key && r["start_ms"] == start)
+            .unwrap()
+            .clone()
+    };
+    let w0 = by("queue", 0);
+    assert_eq!(
+        (w0["count"].as_u64(), w0["last"].as_f64()),
+        (Some(2), Some(114.0))
+    );
+    assert_eq!(
+        (w0["min"].as_f64(), w0["max"].as_f64()),
+        (Some(114.0), Some(119.0))
+    );
+    assert_eq!(by("fresh", 0)["last"], 3.0, "a first delta starts from 0");
+    assert_eq!(by("queue", 1000)["last"], 120.0);
+    let after = &lines(dir2.path())[0];
+    assert_eq!(after["last"], 8.0);
+    assert_eq!(
+        (after["min"].as_f64(), after["max"].as_f64()),
+        (Some(7.0), Some(100.0))
+    );
+}
+
+#[test]
+fn running_gauges_are_bounded_and_the_rest_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000], 2, 1);
+    for k in ["a", "b"] {
+        assert!(!s.fold(k.as_bytes(), 1.0, 10, Kind::Gauge).overflow);
+    }
+    s.advance(0, 1000, false).unwrap();
+    assert_eq!(s.keys(), 0, "window slots are released; gauges are kept");
+    let third = s.fold(b"c", 5.0, 1100, Kind::GaugeDelta);
+    assert!(third.overflow, "a third gauge past the bound of 2");
+    assert!(!s.fold(b"a", 1.0, 1100, Kind::GaugeDelta).overflow);
+    assert_eq!(s.gauges().len(), 2);
+}
+
+#[test]
+fn statsd_sets_count_distinct_members_without_sums_of_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000, 3000], 100, 1);
+    let member = |m: &str| crate::parse::statsd::set_member_hash(m.as_bytes());
+    for (m, t) in [("alice", 10), ("bob", 20), ("alice", 30), ("carol", 1500)] {
+        s.fold(b"users", member(m), t, Kind::Set);
+    }
+    // 10,000 distinct members in one window: past the exact range, within the estimator's
+    // error.
+    for i in 0..10_000 {
+        s.fold(
+            b"big",
+            member(&format!("user-{i}")),
+            2000 + i % 500,
+            Kind::Set,
+        );
+        s.fold(b"big", member(&format!("user-{}", i % 10)), 2000, Kind::Set);
+    }
+    s.advance(0, 3000, false).unwrap();
+    s.output().flush().unwrap();
+    let rows = lines(dir.path());
+    let by = |key: &str, window: &str, start: i64| {
+        rows.iter()
+            .find(|r| r["key"] == key && r["window"] == window && r["start_ms"] == start)
+            .unwrap()
+            .clone()
+    };
+    let first = by("users", "1s", 0);
+    assert_eq!(first["count"], 3);
+    assert_eq!(first["distinct"], 2);
+    for field in ["sum", "min", "max", "mean", "last", "p50", "p99"] {
+        assert!(
+            first.get(field).is_none(),
+            "{field} of member hashes: {first}"
+        );
+    }
+    let all = by("users", "3s", 0);
+    assert_eq!(
+        (all["count"].as_u64(), all["distinct"].as_u64()),
+        (Some(4), Some(3))
+    );
+    let big = by("big", "1s", 2000)["distinct"].as_f64().unwrap();
+    assert!((big - 10_000.0).abs() < 300.0, "distinct {big} of 10,000");
+    // A key that mixes members and values: the values' statistics, of the values only.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut m = shard(dir2.path(), &[1000], 100, 1);
+    m.fold(b"mixed", member("x"), 10, Kind::Set);
+    m.fold(b"mixed", 4.0, 20, Kind::Sample);
+    m.fold(b"mixed", 6.0, 30, Kind::Sample);
+    m.advance(0, 1000, false).unwrap();
+    m.output().flush().unwrap();
+    let row = &lines(dir2.path())[0];
+    assert_eq!(
+        (row["count"].as_u64(), row["distinct"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(
+        (row["mean"].as_f64(), row["min"].as_f64()),
+        (Some(5.0), Some(4.0))
+    );
 }

@@ -182,6 +182,7 @@ impl Owner {
             closed_through_ms: self.shard.closed_through_ms(),
             windows,
             window_count,
+            gauges: self.shard.gauges(),
         };
         let _ = self.reports.send(Report::Shard {
             epoch,

@@ -180,7 +180,7 @@ fn pypi_statsd_client_counters_timers_gauges_and_pipelines_are_counted() {
         &[
             ("py.requests", 100, 100.0),
             ("py.latency", 50, 1000.0),
-            ("py.temp", 2, 23.0),
+            ("py.temp", 2, 44.0), // 21, then +2: the gauge is 23
             ("py.pipe", 20, 40.0),
             ("py.pipe_latency", 20, 100.0),
         ],

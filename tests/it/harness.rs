@@ -281,11 +281,12 @@ pub fn read_aggregates(data_dir: &Path) -> BTreeMap<(String, String, i64), Row> 
             v["window"].as_str().unwrap().to_string(),
             v["start_ms"].as_i64().unwrap(),
         );
+        // A row of StatsD set members only has a count and a distinct count.
         let row = Row {
             count: v["count"].as_u64().unwrap(),
-            sum: v["sum"].as_f64().unwrap(),
-            min: v["min"].as_f64().unwrap(),
-            max: v["max"].as_f64().unwrap(),
+            sum: v["sum"].as_f64().unwrap_or(0.0),
+            min: v["min"].as_f64().unwrap_or(f64::INFINITY),
+            max: v["max"].as_f64().unwrap_or(f64::NEG_INFINITY),
         };
         assert!(
             out.insert(key.clone(), row).is_none(),

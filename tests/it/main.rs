@@ -12,5 +12,6 @@ mod hostile;
 mod limits;
 mod log;
 mod results;
+mod statsd;
 mod storage;
 mod udp;
