@@ -61,6 +61,9 @@ pub struct ListenerInfo {
     pub proto: &'static str,
     /// Format name.
     pub format: &'static str,
+    /// Every reason the listener's lines can be rejected with, in [`Reject::ALL`] order
+    /// (`worker::listener_rejects`): `/metrics` has a `rejected` series for these only.
+    pub rejects: Vec<Reject>,
 }
 
 /// Counters of one listener on one core.

@@ -1,111 +1,381 @@
-//! `/metrics`: the OpenMetrics text exposition of [`Metrics`], built at scrape time.
+//! `/metrics`: the exposition of [`Metrics`], built at scrape time, in Prometheus text format
+//! 0.0.4 or in OpenMetrics 1.0.0, as the scraper's `Accept` asks ([`negotiate`]).
 //!
-//! Each scrape fills a fresh `prometheus_client` registry from the atomics the cores write and
-//! encodes it; nothing is kept between scrapes, so the exposition cannot drift from the
-//! counters. Names start with `sluice_`, units come last and counters end in `_total` (the
-//! encoder appends it). Labels:
+//! Each scrape reads the atomics the cores write into a fresh [`Page`] and writes it out;
+//! nothing is kept between scrapes, so the exposition cannot drift from the counters. Names
+//! start with `sluice_`, units come last, and both formats carry the same samples under the
+//! same names; they differ only where the formats do:
+//!
+//! ```text
+//!                        text 0.0.4                       OpenMetrics 1.0.0
+//! counter family         # HELP sluice_lines_total ...    # HELP sluice_lines ...
+//!                        # TYPE sluice_lines_total counter  # TYPE sluice_lines counter
+//! unit                   (none)                           # UNIT sluice_uptime_seconds seconds
+//! sample                 sluice_lines_total{...} 3        sluice_lines_total{...} 3
+//! end of page            (none)                           # EOF
+//! ```
+//!
+//! No `_created` samples are written. Labels:
 //!
 //! ```text
 //! per listener, per core:  core, listener, proto, format
-//! rejected lines:          core, listener, reason   (every reason, zeros included)
+//! rejected lines:          core, listener, reason   (zeros included, but only the reasons
+//!                                                    the listener's framing and format can
+//!                                                    produce: ListenerInfo::rejects)
 //! per core:                core
 //! checkpoint, uptime:      none
 //! ```
 //!
 //! UDP listeners have no connection series and TCP listeners no `udp_dropped` series.
-//! `sluice_watermark_seconds{core}` is absent until that core's watermark is known.
+//! `sluice_watermark_seconds{core}` is absent until that core's watermark is known. A family
+//! with no series is left out.
 
 #![forbid(unsafe_code)]
 
-use std::fmt::Debug;
-use std::sync::atomic::AtomicU64;
+use std::fmt::{self, Display, Write as _};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::{MetricType, TypedMetric};
-use prometheus_client::registry::{Registry, Unit};
+use crate::metrics::{CoreMetrics, ListenerCounters, ListenerInfo, Metrics, StorageOp};
 
-use crate::metrics::{CoreMetrics, ListenerCounters, Metrics, StorageOp};
-use crate::parse::Reject;
-
-/// Content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-#[derive(Debug, Clone, EncodeLabelSet)]
-struct ListenerLabels {
-    core: usize,
-    listener: String,
-    proto: &'static str,
-    format: &'static str,
+/// A format `/metrics` can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics 1.0.0.
+    OpenMetrics,
+    /// OpenMetrics asked for as version 0.0.1 (the draft 1.0.0 was released from; the same
+    /// text, labelled as asked, as Prometheus's own client libraries answer).
+    OpenMetrics001,
 }
 
-#[derive(Debug, Clone, EncodeLabelSet)]
-struct RejectLabels {
-    core: usize,
-    listener: String,
-    reason: &'static str,
+impl Exposition {
+    /// The `Content-Type` of a page in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::OpenMetrics001 => {
+                "application/openmetrics-text; version=0.0.1; charset=utf-8"
+            }
+        }
+    }
 }
 
-#[derive(Debug, Clone, EncodeLabelSet)]
-struct CoreLabels {
-    core: usize,
+/// Picks the format for a request's `Accept` (every `Accept` header joined with `,`; empty
+/// when there is none), as Prometheus's client libraries do (`expfmt.Negotiate`): the media
+/// ranges in order of preference (`q`, highest first; on a tie, as written), the first that
+/// is `text/plain` (version 0.0.4 or none) or `application/openmetrics-text` (version 1.0.0,
+/// 0.0.1 or none) wins. Anything else (`*/*`, `application/json`, another version) is
+/// passed over, a range with `q=0` is not acceptable, and with no match the page is text
+/// 0.0.4: so curl (`*/*`) and a missing `Accept` get text, and Prometheus, which asks for
+/// OpenMetrics first, gets OpenMetrics. The header is bounded by the admin server's head
+/// limit, so the work is too.
+pub fn negotiate(accept: &str) -> Exposition {
+    let mut best: Option<(f64, Exposition)> = None;
+    for range in accept.split(',') {
+        let Some((q, exposition)) = media_range(range) else {
+            continue;
+        };
+        if q > 0.0 && best.is_none_or(|(best_q, _)| q > best_q) {
+            best = Some((q, exposition));
+        }
+    }
+    best.map_or(Exposition::Text, |(_, e)| e)
 }
 
-#[derive(Debug, Clone, EncodeLabelSet)]
-struct StorageLabels {
-    core: usize,
-    op: &'static str,
+/// One media range of an `Accept`: its `q` and the format it names, if sluice writes it.
+fn media_range(range: &str) -> Option<(f64, Exposition)> {
+    let mut parts = range.split(';');
+    let media = parts.next()?.trim();
+    let mut q = 1.0;
+    let mut version = None;
+    for param in parts {
+        let (name, value) = param.split_once('=')?;
+        let value = value.trim().trim_matches('"');
+        match name.trim() {
+            n if n.eq_ignore_ascii_case("q") => q = value.parse().ok()?,
+            n if n.eq_ignore_ascii_case("version") => version = Some(value),
+            _ => {}
+        }
+    }
+    let exposition = if media.eq_ignore_ascii_case("text/plain") {
+        match version {
+            None | Some("0.0.4") => Exposition::Text,
+            Some(_) => return None,
+        }
+    } else if media.eq_ignore_ascii_case("application/openmetrics-text") {
+        match version {
+            None | Some("1.0.0") => Exposition::OpenMetrics,
+            Some("0.0.1") => Exposition::OpenMetrics001,
+            Some(_) => return None,
+        }
+    } else {
+        return None;
+    };
+    Some((q, exposition))
 }
 
-#[derive(Debug, Clone, EncodeLabelSet)]
-struct DropLabels {
-    core: usize,
-    reason: &'static str,
+/// Renders `metrics` in `exposition`.
+pub fn encode(metrics: &Metrics, exposition: Exposition) -> Result<String, fmt::Error> {
+    let mut page = Page::default();
+    register_listeners(&mut page, metrics);
+    register_cores(&mut page, metrics);
+    register_process(&mut page, metrics);
+    register_admin(&mut page, metrics);
+    let mut out = String::new();
+    match exposition {
+        Exposition::Text => page.write_text(&mut out)?,
+        Exposition::OpenMetrics | Exposition::OpenMetrics001 => page.write_openmetrics(&mut out)?,
+    }
+    Ok(out)
 }
 
-/// Trait bounds a label set needs to go into registered [`Series`].
-trait Labels: EncodeLabelSet + Debug + Send + Sync + 'static {}
-impl<T: EncodeLabelSet + Debug + Send + Sync + 'static> Labels for T {}
+/// What a family's samples mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
 
-/// The series of one metric, encoded in the order they were pushed (core, then listener),
-/// so the page reads the same from scrape to scrape; `Family` would hash them into a
-/// different order each time.
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+}
+
+/// A sample's value, written as both formats want it (`+Inf`, `-Inf`, `NaN`).
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+}
+
+impl Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Uint(v) => write!(f, "{v}"),
+            Value::Float(v) if v.is_nan() => f.write_str("NaN"),
+            Value::Float(v) if v == f64::INFINITY => f.write_str("+Inf"),
+            Value::Float(v) if v == f64::NEG_INFINITY => f.write_str("-Inf"),
+            Value::Float(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// A label set, written as `{name="value",...}` (nothing when empty), in the order the
+/// labels were added.
+#[derive(Debug, Clone, Default)]
+struct Labels(String);
+
+impl Labels {
+    fn with(mut self, name: &str, value: impl Display) -> Labels {
+        if !self.0.is_empty() {
+            self.0.push(',');
+        }
+        self.0.push_str(name);
+        self.0.push_str("=\"");
+        // Both formats escape `\`, `"` and newline in label values.
+        for c in value.to_string().chars() {
+            match c {
+                '\\' => self.0.push_str("\\\\"),
+                '"' => self.0.push_str("\\\""),
+                '\n' => self.0.push_str("\\n"),
+                c => self.0.push(c),
+            }
+        }
+        self.0.push('"');
+        self
+    }
+
+    fn core(core: usize) -> Labels {
+        Labels::default().with("core", core)
+    }
+}
+
+impl Display for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, "{{{}}}", self.0)
+        }
+    }
+}
+
+/// One metric family: its series in the order they were added (core, then listener), so
+/// the page reads the same from scrape to scrape.
 #[derive(Debug)]
-struct Series<L, M>(Vec<(L, M)>);
+struct Family {
+    /// `sluice_` + name + `_` + unit; a counter's samples add `_total`.
+    name: String,
+    help: &'static str,
+    kind: Kind,
+    unit: Option<&'static str>,
+    samples: Vec<(Labels, Value)>,
+}
 
-impl<L: EncodeLabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Series<L, M> {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (labels, metric) in &self.0 {
-            metric.encode(encoder.encode_family(labels)?)?;
+/// Every family of one scrape.
+#[derive(Debug, Default)]
+struct Page(Vec<Family>);
+
+impl Page {
+    fn add(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        unit: Option<&'static str>,
+        help: &'static str,
+        samples: impl IntoIterator<Item = (Labels, Value)>,
+    ) {
+        let name = match unit {
+            Some(unit) => format!("sluice_{name}_{unit}"),
+            None => format!("sluice_{name}"),
+        };
+        debug_assert!(
+            !name.ends_with("_total"),
+            "{name}: _total is added for counters"
+        );
+        self.0.push(Family {
+            name,
+            help,
+            kind,
+            unit,
+            samples: samples.into_iter().collect(),
+        });
+    }
+
+    fn counter(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        rows: impl IntoIterator<Item = (Labels, u64)>,
+    ) {
+        let samples = rows.into_iter().map(|(l, v)| (l, Value::Uint(v)));
+        self.add(Kind::Counter, name, None, help, samples);
+    }
+
+    fn counter_seconds(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        rows: impl IntoIterator<Item = (Labels, f64)>,
+    ) {
+        let samples = rows.into_iter().map(|(l, v)| (l, Value::Float(v)));
+        self.add(Kind::Counter, name, Some("seconds"), help, samples);
+    }
+
+    fn gauge(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        rows: impl IntoIterator<Item = (Labels, i64)>,
+    ) {
+        let samples = rows.into_iter().map(|(l, v)| (l, Value::Int(v)));
+        self.add(Kind::Gauge, name, None, help, samples);
+    }
+
+    fn gauge_bytes(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        rows: impl IntoIterator<Item = (Labels, i64)>,
+    ) {
+        let samples = rows.into_iter().map(|(l, v)| (l, Value::Int(v)));
+        self.add(Kind::Gauge, name, Some("bytes"), help, samples);
+    }
+
+    fn gauge_seconds(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        rows: impl IntoIterator<Item = (Labels, f64)>,
+    ) {
+        let samples = rows.into_iter().map(|(l, v)| (l, Value::Float(v)));
+        self.add(Kind::Gauge, name, Some("seconds"), help, samples);
+    }
+
+    /// Text format 0.0.4: a counter family is named with its `_total`, as its samples are;
+    /// HELP escapes `\` and newline.
+    fn write_text(&self, out: &mut String) -> fmt::Result {
+        for f in self.0.iter().filter(|f| !f.samples.is_empty()) {
+            let name = match f.kind {
+                Kind::Counter => format!("{}_total", f.name),
+                Kind::Gauge => f.name.clone(),
+            };
+            writeln!(out, "# HELP {name} {}", escape_help(f.help, false))?;
+            writeln!(out, "# TYPE {name} {}", f.kind.as_str())?;
+            for (labels, value) in &f.samples {
+                writeln!(out, "{name}{labels} {value}")?;
+            }
         }
         Ok(())
     }
 
-    fn metric_type(&self) -> MetricType {
-        M::TYPE
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// OpenMetrics 1.0.0: a counter family is named without `_total` and its samples with
+    /// it; units get a UNIT line; HELP also escapes `"`; the page ends with `# EOF`.
+    fn write_openmetrics(&self, out: &mut String) -> fmt::Result {
+        for f in self.0.iter().filter(|f| !f.samples.is_empty()) {
+            let name = &f.name;
+            writeln!(out, "# HELP {name} {}", escape_help(f.help, true))?;
+            writeln!(out, "# TYPE {name} {}", f.kind.as_str())?;
+            if let Some(unit) = f.unit {
+                writeln!(out, "# UNIT {name} {unit}")?;
+            }
+            let suffix = match f.kind {
+                Kind::Counter => "_total",
+                Kind::Gauge => "",
+            };
+            for (labels, value) in &f.samples {
+                writeln!(out, "{name}{suffix}{labels} {value}")?;
+            }
+        }
+        out.push_str("# EOF\n");
+        Ok(())
     }
 }
 
-/// Renders `metrics` as OpenMetrics text.
-pub fn encode(metrics: &Metrics) -> Result<String, std::fmt::Error> {
-    let mut registry = Registry::with_prefix("sluice");
-    register_listeners(&mut registry, metrics);
-    register_cores(&mut registry, metrics);
-    register_process(&mut registry, metrics);
-    register_admin(&mut registry, metrics);
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry)?;
-    Ok(out)
+/// HELP text escaped: `\` and newline in both formats, `"` too in OpenMetrics.
+fn escape_help(help: &str, quotes: bool) -> String {
+    let mut out = String::with_capacity(help.len());
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quotes => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
-fn register_listeners(registry: &mut Registry, metrics: &Metrics) {
-    // (listener labels, counters) for every listener on every core.
-    let rows: Vec<(ListenerLabels, &ListenerCounters)> = metrics
+/// A listener's labels on one core.
+fn listener_labels(core: usize, info: &ListenerInfo) -> Labels {
+    Labels::core(core)
+        .with("listener", &info.name)
+        .with("proto", info.proto)
+        .with("format", info.format)
+}
+
+/// A listener on a core: (core, listener, its counters there).
+type ListenerRow<'a> = (usize, &'a ListenerInfo, &'a ListenerCounters);
+
+/// One series per row, of the counter `f` reads.
+fn per_listener<'a>(
+    rows: impl Iterator<Item = &'a ListenerRow<'a>>,
+    f: impl Fn(&ListenerCounters) -> u64,
+) -> Vec<(Labels, u64)> {
+    rows.map(|(core, l, c)| (listener_labels(*core, l), f(c)))
+        .collect()
+}
+
+fn register_listeners(page: &mut Page, metrics: &Metrics) {
+    // (core, listener, counters) for every listener on every core.
+    let rows: Vec<ListenerRow<'_>> = metrics
         .cores
         .iter()
         .enumerate()
@@ -114,360 +384,241 @@ fn register_listeners(registry: &mut Registry, metrics: &Metrics) {
                 .listeners
                 .iter()
                 .zip(&c.listeners)
-                .map(move |(info, counters)| {
-                    let labels = ListenerLabels {
-                        core,
-                        listener: info.name.clone(),
-                        proto: info.proto,
-                        format: info.format,
-                    };
-                    (labels, counters)
-                })
+                .map(move |(info, counters)| (core, info, counters))
         })
         .collect();
     let all = || rows.iter();
-    let udp = || rows.iter().filter(|(l, _)| l.proto == "udp");
-    let tcp = || rows.iter().filter(|(l, _)| l.proto != "udp");
+    let udp = || rows.iter().filter(|(_, l, _)| l.proto == "udp");
+    let tcp = || rows.iter().filter(|(_, l, _)| l.proto != "udp");
 
-    let help = "Lines accepted into the log";
-    counter(
-        registry,
-        "lines",
+    let help = "Lines accepted into the log.";
+    page.counter("lines", help, per_listener(all(), |c| c.lines_total.get()));
+    let help = "Bytes read from the network, before framing.";
+    page.counter("bytes", help, per_listener(all(), |c| c.bytes_total.get()));
+    let help = "Events parsed from accepted lines.";
+    page.counter(
+        "events",
         help,
-        all().map(|(l, c)| (l.clone(), c.lines_total.get())),
+        per_listener(all(), |c| c.events_total.get()),
     );
-    let help = "Bytes read from the network, before framing";
-    let bytes = all().map(|(l, c)| (l.clone(), c.bytes_total.get()));
-    counter(registry, "bytes", help, bytes);
-    let help = "Events parsed from accepted lines";
-    let events = all().map(|(l, c)| (l.clone(), c.events_total.get()));
-    counter(registry, "events", help, events);
-    let rejected = all().flat_map(|(l, c)| {
-        Reject::ALL.iter().map(move |r| {
-            let labels = RejectLabels {
-                core: l.core,
-                listener: l.listener.clone(),
-                reason: r.as_str(),
-            };
+    let rejected = all().flat_map(|(core, l, c)| {
+        l.rejects.iter().map(move |r| {
+            let labels = Labels::core(*core)
+                .with("listener", &l.name)
+                .with("reason", r.as_str());
             (labels, c.rejected_total[r.index()].get())
         })
     });
-    counter(registry, "rejected", "Lines rejected, by reason", rejected);
-    let help = "UDP datagrams dropped because the core could not take them";
-    let dropped = udp().map(|(l, c)| (l.clone(), c.udp_dropped_total.get()));
-    counter(registry, "udp_dropped", help, dropped);
-    let help = "TCP connections accepted";
-    let accepted = tcp().map(|(l, c)| (l.clone(), c.connections_total.get()));
-    counter(registry, "connections", help, accepted);
-    let help = "TCP connections refused because max_connections was reached";
-    let refused = tcp().map(|(l, c)| (l.clone(), c.connections_refused_total.get()));
-    counter(registry, "connections_refused", help, refused);
-    let help = "TCP connections accepted on this core and passed to a core with fewer";
-    let handed = tcp().map(|(l, c)| (l.clone(), c.connections_handed_off_total.get()));
-    counter(registry, "connections_handed_off", help, handed);
-    let help = "Idle TCP connections closed to make room for a new one";
-    let displaced = tcp().map(|(l, c)| (l.clone(), c.connections_displaced_total.get()));
-    counter(registry, "connections_displaced", help, displaced);
-    let help = "TCP connections closed after sending nothing for the listener's idle_timeout";
-    let timed_out = tcp().map(|(l, c)| (l.clone(), c.connections_timed_out_total.get()));
-    counter(registry, "connections_timed_out", help, timed_out);
-    let help = "Failed accepts (out of descriptors or memory); the listener pauses after each";
-    let accept_errors = tcp().map(|(l, c)| (l.clone(), c.accept_errors_total.get()));
-    counter(registry, "accept_errors", help, accept_errors);
-    let help = "TCP connections open now";
-    let open = tcp().map(|(l, c)| (l.clone(), c.connections_open.get()));
-    gauge(registry, "connections_open", help, open);
+    page.counter("rejected", "Lines rejected, by reason.", rejected);
+    let help = "UDP datagrams dropped because the core could not take them.";
+    let dropped = per_listener(udp(), |c| c.udp_dropped_total.get());
+    page.counter("udp_dropped", help, dropped);
+    let help = "TCP connections accepted.";
+    let accepted = per_listener(tcp(), |c| c.connections_total.get());
+    page.counter("connections", help, accepted);
+    let help = "TCP connections refused because max_connections was reached.";
+    let refused = per_listener(tcp(), |c| c.connections_refused_total.get());
+    page.counter("connections_refused", help, refused);
+    let help = "TCP connections accepted on this core and passed to a core with fewer.";
+    let handed = per_listener(tcp(), |c| c.connections_handed_off_total.get());
+    page.counter("connections_handed_off", help, handed);
+    let help = "Idle TCP connections closed to make room for a new one.";
+    let displaced = per_listener(tcp(), |c| c.connections_displaced_total.get());
+    page.counter("connections_displaced", help, displaced);
+    let help = "TCP connections closed after sending nothing for the listener's idle_timeout.";
+    let timed_out = per_listener(tcp(), |c| c.connections_timed_out_total.get());
+    page.counter("connections_timed_out", help, timed_out);
+    let help = "Failed accepts (out of descriptors or memory); the listener pauses after each.";
+    let accept_errors = per_listener(tcp(), |c| c.accept_errors_total.get());
+    page.counter("accept_errors", help, accept_errors);
+    let help = "TCP connections open now.";
+    let open = tcp().map(|(core, l, c)| (listener_labels(*core, l), c.connections_open.get()));
+    page.gauge("connections_open", help, open);
 }
 
-fn register_cores(registry: &mut Registry, metrics: &Metrics) {
-    let rows: Vec<(CoreLabels, &CoreMetrics)> = metrics
-        .cores
-        .iter()
-        .enumerate()
-        .map(|(core, c)| (CoreLabels { core }, c))
-        .collect();
-    let help = "Time socket reads were paused because a queue was full";
+fn register_cores(page: &mut Page, metrics: &Metrics) {
+    let rows: Vec<(usize, &CoreMetrics)> = metrics.cores.iter().enumerate().collect();
+    let help = "Time socket reads were paused because a queue was full.";
     let paused = per_core(&rows, |c| ns_to_seconds(c.backpressure_ns_total.get()));
-    counter_seconds(registry, "backpressure", help, paused);
-    let help = "Messages waiting in the core's inbound queues";
-    gauge(
-        registry,
+    page.counter_seconds("backpressure", help, paused);
+    let help = "Messages waiting in the core's inbound queues.";
+    page.gauge(
         "queue_depth",
         help,
         per_core(&rows, |c| c.queue_depth.get()),
     );
-    let help = "Batches waiting in the core's outbound pending buffers";
+    let help = "Batches waiting in the core's outbound pending buffers.";
     let pending = per_core(&rows, |c| c.pending_batches.get());
-    gauge(registry, "pending_batches", help, pending);
-    let help = "Events folded into the core's shard";
+    page.gauge("pending_batches", help, pending);
+    let help = "Events folded into the core's shard.";
     let folded = per_core(&rows, |c| c.window_events_total.get());
-    counter(registry, "window_events", help, folded);
-    let help = "Events that arrived after their window had closed";
+    page.counter("window_events", help, folded);
+    let help = "Events that arrived after their window had closed.";
     let late = per_core(&rows, |c| c.late_events_total.get());
-    counter(registry, "late_events", help, late);
-    let help = "Events counted under the overflow key because the shard was full";
+    page.counter("late_events", help, late);
+    let help = "Events counted under the overflow key because the shard was full.";
     let overflow = per_core(&rows, |c| c.overflow_events_total.get());
-    counter(registry, "overflow_events", help, overflow);
-    let help = "Windows closed and written to the aggregates output";
+    page.counter("overflow_events", help, overflow);
+    let help = "Windows closed and written to the aggregates output.";
     let closed = per_core(&rows, |c| c.windows_closed_total.get());
-    counter(registry, "windows_closed", help, closed);
-    let help = "Windows open now";
-    gauge(
-        registry,
+    page.counter("windows_closed", help, closed);
+    let help = "Windows open now.";
+    page.gauge(
         "windows_open",
         help,
         per_core(&rows, |c| c.windows_open.get()),
     );
-    gauge(
-        registry,
-        "keys",
-        "Live keys in the shard",
-        per_core(&rows, |c| c.keys.get()),
-    );
+    let help = "Live keys in the shard.";
+    page.gauge("keys", help, per_core(&rows, |c| c.keys.get()));
     let known = rows
         .iter()
         .filter(|(_, c)| c.watermark_ms.get() != i64::MIN);
-    let watermark = known.map(|(l, c)| (l.clone(), ms_to_seconds(c.watermark_ms.get())));
-    let help = "The shard's combined watermark, as seconds since the Unix epoch";
-    gauge_f64(registry, "watermark", help, Unit::Seconds, watermark);
-    register_log(registry, &rows);
-    register_storage(registry, &rows);
-    register_deadletter(registry, &rows);
+    let watermark =
+        known.map(|(core, c)| (Labels::core(*core), ms_to_seconds(c.watermark_ms.get())));
+    let help = "The shard's combined watermark, as seconds since the Unix epoch.";
+    page.gauge_seconds("watermark", help, watermark);
+    register_log(page, &rows);
+    register_storage(page, &rows);
+    register_deadletter(page, &rows);
 }
 
 /// The log's per-core series.
-fn register_log(registry: &mut Registry, rows: &[(CoreLabels, &CoreMetrics)]) {
-    let help = "Next log offset of the core's partition";
+fn register_log(page: &mut Page, rows: &[(usize, &CoreMetrics)]) {
+    let help = "Next log offset of the core's partition.";
     let next = per_core(rows, |c| c.log_next_offset.get());
-    gauge(registry, "log_next_offset", help, next);
-    let help = "Log offset up to which the core's partition is flushed";
+    page.gauge("log_next_offset", help, next);
+    let help = "Log offset up to which the core's partition is flushed.";
     let flushed = per_core(rows, |c| c.log_flushed_offset.get());
-    gauge(registry, "log_flushed_offset", help, flushed);
-    let help = "Log flushes performed";
+    page.gauge("log_flushed_offset", help, flushed);
+    let help = "Log flushes performed.";
     let flushes = per_core(rows, |c| c.log_flushes_total.get());
-    counter(registry, "log_flushes", help, flushes);
-    let help = "Time spent in log flushes";
+    page.counter("log_flushes", help, flushes);
+    let help = "Time spent in log flushes.";
     let flush_time = per_core(rows, |c| us_to_seconds(c.log_flush_us_total.get()));
-    counter_seconds(registry, "log_flush", help, flush_time);
-    let help = "Log records replayed at start";
+    page.counter_seconds("log_flush", help, flush_time);
+    let help = "Log records replayed at start.";
     let replayed = per_core(rows, |c| c.replayed_lines_total.get());
-    counter(registry, "replayed_lines", help, replayed);
-    let help = "Bytes cut from the log partition's torn tail by recovery at start";
+    page.counter("replayed_lines", help, replayed);
+    let help = "Bytes cut from the log partition's torn tail by recovery at start.";
     let truncated = per_core(rows, |c| c.log_truncated_bytes_total.get());
-    counter(registry, "log_truncated_bytes", help, truncated);
-    let help = "Damaged log batches found at start (cut out by recovery or skipped by replay)";
+    page.counter("log_truncated_bytes", help, truncated);
+    let help = "Damaged log batches found at start (cut out by recovery or skipped by replay).";
     let bad = per_core(rows, |c| c.log_bad_batches_total.get());
-    counter(registry, "log_bad_batches", help, bad);
-    let help = "Log offsets found at start to hold no line (damaged batches, missing segments)";
+    page.counter("log_bad_batches", help, bad);
+    let help = "Log offsets found at start to hold no line (damaged batches, missing segments).";
     let lost = per_core(rows, |c| c.log_lost_lines_total.get());
-    counter(registry, "log_lost_lines", help, lost);
+    page.counter("log_lost_lines", help, lost);
     let help =
-        "Longest time the core spent on its share of a checkpoint (flush, barrier, snapshot)";
+        "Longest time the core spent on its share of a checkpoint (flush, barrier, snapshot).";
     let stall = per_core(rows, |c| {
         us_to_seconds(c.checkpoint_stall_us_max.get().max(0) as u64)
     });
-    gauge_f64(registry, "checkpoint_stall_max", help, Unit::Seconds, stall);
+    page.gauge_seconds("checkpoint_stall_max", help, stall);
 }
 
 /// Per-core series of failing writes.
-fn register_storage(registry: &mut Registry, rows: &[(CoreLabels, &CoreMetrics)]) {
-    let help = "1 while a write of the core fails and its input is held (not read)";
+fn register_storage(page: &mut Page, rows: &[(usize, &CoreMetrics)]) {
+    let help = "1 while a write of the core fails and its input is held (not read).";
     let failing = per_core(rows, |c| c.storage_failing.get());
-    gauge(registry, "storage_failing", help, failing);
-    let help = "Time socket reads were paused because a write (log, aggregates) failed";
+    page.gauge("storage_failing", help, failing);
+    let help = "Time socket reads were paused because a write (log, aggregates) failed.";
     let blocked = per_core(rows, |c| ns_to_seconds(c.storage_blocked_ns_total.get()));
-    counter_seconds(registry, "storage_blocked", help, blocked);
-    let help = "Lines read and held because the log could not take them yet";
+    page.counter_seconds("storage_blocked", help, blocked);
+    let help = "Lines read and held because the log could not take them yet.";
     let held = per_core(rows, |c| c.held_lines.get());
-    gauge(registry, "held_lines", help, held);
-    let help = "Writes that failed (the input was held and the write retried), by operation";
-    let errors = rows.iter().flat_map(|(l, c)| {
+    page.gauge("held_lines", help, held);
+    let help = "Writes that failed (the input was held and the write retried), by operation.";
+    let errors = rows.iter().flat_map(|(core, c)| {
         StorageOp::ALL.iter().map(move |op| {
-            let labels = StorageLabels {
-                core: l.core,
-                op: op.as_str(),
-            };
+            let labels = Labels::core(*core).with("op", op.as_str());
             (labels, c.storage_errors_total[*op as usize].get())
         })
     });
-    counter(registry, "storage_errors", help, errors);
+    page.counter("storage_errors", help, errors);
 }
 
-fn register_deadletter(registry: &mut Registry, rows: &[(CoreLabels, &CoreMetrics)]) {
-    let help = "Rejections (lines, late events) written to the dead-letter log as their own record";
+fn register_deadletter(page: &mut Page, rows: &[(usize, &CoreMetrics)]) {
+    let help =
+        "Rejections (lines, late events) written to the dead-letter log as their own record.";
     let written = per_core(rows, |c| c.deadletter.written_total.get());
-    counter(registry, "deadletter_written", help, written);
-    let help = "Rejections counted in a dead-letter repeat record instead of being copied";
+    page.counter("deadletter_written", help, written);
+    let help = "Rejections counted in a dead-letter repeat record instead of being copied.";
     let collapsed = per_core(rows, |c| c.deadletter.collapsed_total.get());
-    counter(registry, "deadletter_collapsed", help, collapsed);
+    page.counter("deadletter_collapsed", help, collapsed);
     let help = "Rejections not in the dead-letter log: cap (record over a file's share), \
-                error (write failed), rotated (deleted by rotation to keep the cap)";
-    let dropped = rows.iter().flat_map(|(l, c)| {
+                error (write failed), rotated (deleted by rotation to keep the cap).";
+    let dropped = rows.iter().flat_map(|(core, c)| {
         let d = &c.deadletter;
         [
             ("cap", d.cap_total.get()),
             ("error", d.error_total.get()),
             ("rotated", d.rotated_total.get()),
         ]
-        .map(|(reason, v)| {
-            let labels = DropLabels {
-                core: l.core,
-                reason,
-            };
-            (labels, v)
-        })
+        .map(|(reason, v)| (Labels::core(*core).with("reason", reason), v))
     });
-    counter(registry, "deadletter_dropped", help, dropped);
-    let help = "Dead-letter records written (own and repeat records)";
+    page.counter("deadletter_dropped", help, dropped);
+    let help = "Dead-letter records written (own and repeat records).";
     let records = per_core(rows, |c| c.deadletter.records_total.get());
-    counter(registry, "deadletter_records", help, records);
-    let help = "Bytes in the partition's dead-letter files";
-    let bytes = rows.iter().map(|(l, c)| {
-        let g = Gauge::<i64>::default();
-        g.set(c.deadletter.bytes.get());
-        (l.clone(), g)
-    });
-    registry.register_with_unit("deadletter", help, Unit::Bytes, Series(bytes.collect()));
+    page.counter("deadletter_records", help, records);
+    let help = "Bytes in the partition's dead-letter files.";
+    let bytes = per_core(rows, |c| c.deadletter.bytes.get());
+    page.gauge_bytes("deadletter", help, bytes);
 }
 
-fn per_core<T>(
-    rows: &[(CoreLabels, &CoreMetrics)],
-    f: impl Fn(&CoreMetrics) -> T,
-) -> Vec<(CoreLabels, T)> {
-    rows.iter().map(|(l, c)| (l.clone(), f(c))).collect()
+fn per_core<T>(rows: &[(usize, &CoreMetrics)], f: impl Fn(&CoreMetrics) -> T) -> Vec<(Labels, T)> {
+    rows.iter()
+        .map(|(core, c)| (Labels::core(*core), f(c)))
+        .collect()
 }
 
-fn register_process(registry: &mut Registry, metrics: &Metrics) {
+/// One unlabelled sample.
+fn one<T>(v: T) -> [(Labels, T); 1] {
+    [(Labels::default(), v)]
+}
+
+fn register_process(page: &mut Page, metrics: &Metrics) {
     let ckpt = &metrics.checkpoint;
-    let one = |name: &str, help: &str, v: u64, registry: &mut Registry| {
-        let c = Counter::<u64>::default();
-        c.inc_by(v);
-        registry.register(name, help, c);
-    };
-    one(
-        "checkpoints",
-        "Checkpoints committed",
-        ckpt.committed_total.get(),
-        registry,
-    );
-    let failed = ckpt.failed_total.get();
-    one(
-        "checkpoint_failures",
-        "Checkpoints that failed to write",
-        failed,
-        registry,
-    );
-    let epoch = Gauge::<i64>::default();
-    epoch.set(ckpt.last_epoch.get());
-    registry.register(
-        "checkpoint_last_epoch",
-        "Epoch of the newest committed checkpoint",
-        epoch,
-    );
-    let duration = Gauge::<f64, AtomicU64>::default();
-    duration.set(us_to_seconds(ckpt.last_duration_us.get().max(0) as u64));
-    let help = "Time from barrier injection to commit of the newest checkpoint";
-    registry.register_with_unit("checkpoint_last_duration", help, Unit::Seconds, duration);
-    let bytes = Gauge::<i64>::default();
-    bytes.set(ckpt.last_bytes.get());
-    let help = "Size of the newest checkpoint file";
-    registry.register_with_unit("checkpoint_last", help, Unit::Bytes, bytes);
-    let uptime = Gauge::<f64, AtomicU64>::default();
-    uptime.set(metrics.started.elapsed().as_secs_f64());
-    let help = "Time since the process started";
-    registry.register_with_unit("uptime", help, Unit::Seconds, uptime);
+    let committed = ckpt.committed_total.get();
+    page.counter("checkpoints", "Checkpoints committed.", one(committed));
+    let help = "Checkpoints that failed to write.";
+    page.counter("checkpoint_failures", help, one(ckpt.failed_total.get()));
+    let help = "Epoch of the newest committed checkpoint.";
+    page.gauge("checkpoint_last_epoch", help, one(ckpt.last_epoch.get()));
+    let duration = us_to_seconds(ckpt.last_duration_us.get().max(0) as u64);
+    let help = "Time from barrier injection to commit of the newest checkpoint.";
+    page.gauge_seconds("checkpoint_last_duration", help, one(duration));
+    let help = "Size of the newest checkpoint file.";
+    page.gauge_bytes("checkpoint_last", help, one(ckpt.last_bytes.get()));
+    let uptime = metrics.started.elapsed().as_secs_f64();
+    page.gauge_seconds("uptime", "Time since the process started.", one(uptime));
 }
 
-fn register_admin(registry: &mut Registry, metrics: &Metrics) {
+fn register_admin(page: &mut Page, metrics: &Metrics) {
     let admin = &metrics.admin;
-    let one = |name: &str, help: &str, v: u64, registry: &mut Registry| {
-        let c = Counter::<u64>::default();
-        c.inc_by(v);
-        registry.register(name, help, c);
-    };
-    let help = "Admin HTTP connections accepted";
-    one(
+    let help = "Admin HTTP connections accepted.";
+    page.counter(
         "admin_connections",
         help,
-        admin.connections_total.get(),
-        registry,
+        one(admin.connections_total.get()),
     );
-    let open = Gauge::<i64>::default();
-    open.set(admin.connections_open.get());
-    registry.register(
+    let help = "Admin HTTP connections open now.";
+    page.gauge(
         "admin_connections_open",
-        "Admin HTTP connections open now",
-        open,
+        help,
+        one(admin.connections_open.get()),
     );
-    let help = "Admin HTTP connections closed at once because every slot had a request in flight";
+    let help = "Admin HTTP connections closed at once because every slot had a request in flight.";
     let refused = admin.connections_refused_total.get();
-    one("admin_connections_refused", help, refused, registry);
-    let help = "Idle admin HTTP connections closed to make room for a new one";
+    page.counter("admin_connections_refused", help, one(refused));
+    let help = "Idle admin HTTP connections closed to make room for a new one.";
     let evicted = admin.connections_evicted_total.get();
-    one("admin_connections_evicted", help, evicted, registry);
-    let help = "Admin HTTP connections closed because a request head did not come in time";
+    page.counter("admin_connections_evicted", help, one(evicted));
+    let help = "Admin HTTP connections closed because a request head did not come in time.";
     let timed_out = admin.connections_timed_out_total.get();
-    one("admin_connections_timed_out", help, timed_out, registry);
-    let help = "Admin HTTP requests answered 408 because they took too long";
+    page.counter("admin_connections_timed_out", help, one(timed_out));
+    let help = "Admin HTTP requests answered 408 because they took too long.";
     let slow = admin.requests_timed_out_total.get();
-    one("admin_requests_timed_out", help, slow, registry);
-}
-
-fn counter<L: Labels>(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (L, u64)>,
-) {
-    let series = rows.into_iter().map(|(labels, v)| {
-        let c = Counter::<u64>::default();
-        c.inc_by(v);
-        (labels, c)
-    });
-    registry.register(name, help, Series(series.collect()));
-}
-
-fn counter_seconds<L: Labels>(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (L, f64)>,
-) {
-    let series = rows.into_iter().map(|(labels, v)| {
-        let c = Counter::<f64, AtomicU64>::default();
-        c.inc_by(v);
-        (labels, c)
-    });
-    registry.register_with_unit(name, help, Unit::Seconds, Series(series.collect()));
-}
-
-fn gauge<L: Labels>(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (L, i64)>,
-) {
-    let series = rows.into_iter().map(|(labels, v)| {
-        let g = Gauge::<i64>::default();
-        g.set(v);
-        (labels, g)
-    });
-    registry.register(name, help, Series(series.collect()));
-}
-
-fn gauge_f64<L: Labels>(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-    unit: Unit,
-    rows: impl IntoIterator<Item = (L, f64)>,
-) {
-    let series = rows.into_iter().map(|(labels, v)| {
-        let g = Gauge::<f64, AtomicU64>::default();
-        g.set(v);
-        (labels, g)
-    });
-    registry.register_with_unit(name, help, unit, Series(series.collect()));
+    page.counter("admin_requests_timed_out", help, one(slow));
 }
 
 fn ns_to_seconds(ns: u64) -> f64 {
@@ -485,7 +636,7 @@ fn ms_to_seconds(ms: i64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::ListenerInfo;
+    use crate::parse::Reject;
 
     fn metrics() -> Metrics {
         Metrics::new(
@@ -495,14 +646,24 @@ mod tests {
                     name: "graphite-tcp".into(),
                     proto: "tcp",
                     format: "graphite",
+                    rejects: vec![Reject::TooLong, Reject::BadNumber],
                 },
                 ListenerInfo {
                     name: "statsd-udp".into(),
                     proto: "udp",
                     format: "statsd",
+                    rejects: vec![Reject::TooLong, Reject::BadFrame, Reject::UnknownType],
                 },
             ],
         )
+    }
+
+    fn om(m: &Metrics) -> String {
+        encode(m, Exposition::OpenMetrics).unwrap()
+    }
+
+    fn text(m: &Metrics) -> String {
+        encode(m, Exposition::Text).unwrap()
     }
 
     fn lines(text: &str) -> Vec<&str> {
@@ -517,7 +678,7 @@ mod tests {
         m.cores[0].listeners[1].events_total.add(7);
         m.cores[0].listeners[1].udp_dropped_total.add(3);
         m.cores[1].listeners[0].connections_open.set(2);
-        let text = encode(&m).unwrap();
+        let text = om(&m);
         let l = lines(&text);
         for want in [
             r#"sluice_lines_total{core="1",listener="graphite-tcp",proto="tcp",format="graphite"} 42"#,
@@ -537,7 +698,7 @@ mod tests {
 
     #[test]
     fn series_come_in_core_then_listener_order() {
-        let text = encode(&metrics()).unwrap();
+        let text = om(&metrics());
         let order: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("sluice_lines_total"))
@@ -554,22 +715,24 @@ mod tests {
     }
 
     #[test]
-    fn every_reject_reason_is_exposed_even_at_zero() {
+    fn reject_series_are_the_listeners_reasons_even_at_zero() {
         let m = metrics();
         m.cores[0].listeners[0].rejected_total[Reject::BadNumber.index()].add(5);
-        let text = encode(&m).unwrap();
+        let text = om(&m);
         let l = lines(&text);
         let want =
             r#"sluice_rejected_total{core="0",listener="graphite-tcp",reason="bad_number"} 5"#;
         assert!(l.contains(&want), "{text}");
-        for reason in Reject::ALL {
-            for core in 0..2 {
-                for listener in ["graphite-tcp", "statsd-udp"] {
+        for core in 0..2 {
+            for info in &m.listeners {
+                let listener = &info.name;
+                for reason in Reject::ALL {
                     let prefix = format!(
                         r#"sluice_rejected_total{{core="{core}",listener="{listener}",reason="{}"}} "#,
                         reason.as_str()
                     );
-                    assert!(text.contains(&prefix), "missing {prefix}");
+                    let listed = info.rejects.contains(reason);
+                    assert_eq!(text.contains(&prefix), listed, "{prefix}\n{text}");
                 }
             }
         }
@@ -587,7 +750,7 @@ mod tests {
         c.log_flushed_offset.set(900);
         c.windows_closed_total.add(4);
         c.log_truncated_bytes_total.add(123);
-        let text = encode(&m).unwrap();
+        let text = om(&m);
         let l = lines(&text);
         for want in [
             r#"sluice_backpressure_seconds_total{core="1"} 1.5"#,
@@ -617,7 +780,7 @@ mod tests {
         m.checkpoint.last_epoch.set(12);
         m.checkpoint.last_duration_us.set(3_000);
         m.checkpoint.last_bytes.set(65_536);
-        let text = encode(&m).unwrap();
+        let text = om(&m);
         let l = lines(&text);
         for want in [
             "sluice_checkpoints_total 12",
@@ -642,7 +805,7 @@ mod tests {
         d.bytes.set(4096);
         m.admin.connections_open.set(3);
         m.admin.connections_evicted_total.add(7);
-        let text = encode(&m).unwrap();
+        let text = om(&m);
         let l = lines(&text);
         for want in [
             r#"sluice_deadletter_written_total{core="1"} 10"#,
@@ -658,6 +821,110 @@ mod tests {
             "sluice_admin_connections_timed_out_total 0",
         ] {
             assert!(l.contains(&want), "missing `{want}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn text_names_counter_families_with_total_and_has_no_openmetrics_lines() {
+        let m = metrics();
+        m.cores[1].listeners[0].lines_total.add(42);
+        m.cores[1].backpressure_ns_total.add(1_500_000_000);
+        let page = text(&m);
+        let l = lines(&page);
+        for want in [
+            "# HELP sluice_lines_total Lines accepted into the log.",
+            "# TYPE sluice_lines_total counter",
+            r#"sluice_lines_total{core="1",listener="graphite-tcp",proto="tcp",format="graphite"} 42"#,
+            "# TYPE sluice_backpressure_seconds_total counter",
+            r#"sluice_backpressure_seconds_total{core="1"} 1.5"#,
+            "# HELP sluice_uptime_seconds Time since the process started.",
+            "# TYPE sluice_uptime_seconds gauge",
+            "# TYPE sluice_queue_depth gauge",
+        ] {
+            assert!(l.contains(&want), "missing `{want}` in\n{page}");
+        }
+        for never in ["# EOF", "# UNIT", "_created", "# TYPE sluice_lines counter"] {
+            assert!(!page.contains(never), "`{never}` in\n{page}");
+        }
+        // The same samples as OpenMetrics, line for line.
+        let samples = |p: &str| -> Vec<String> {
+            p.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| !l.starts_with("sluice_uptime_seconds "))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(samples(&page), samples(&om(&m)));
+    }
+
+    #[test]
+    fn openmetrics_ends_with_eof_and_names_units() {
+        let page = om(&metrics());
+        assert!(page.ends_with("\n# EOF\n"), "{page}");
+        let l = lines(&page);
+        for want in [
+            "# TYPE sluice_lines counter",
+            "# TYPE sluice_uptime_seconds gauge",
+            "# UNIT sluice_uptime_seconds seconds",
+            "# UNIT sluice_deadletter_bytes bytes",
+        ] {
+            assert!(l.contains(&want), "missing `{want}` in\n{page}");
+        }
+    }
+
+    #[test]
+    fn label_values_and_help_are_escaped() {
+        let labels = Labels::core(0).with("listener", "a\"b\\c\nd");
+        assert_eq!(labels.to_string(), r#"{core="0",listener="a\"b\\c\nd"}"#);
+        assert_eq!(escape_help("a \"b\" \\ \n", false), r#"a "b" \\ \n"#);
+        assert_eq!(escape_help("a \"b\"", true), r#"a \"b\""#);
+        assert_eq!(Value::Float(f64::INFINITY).to_string(), "+Inf");
+        assert_eq!(Value::Float(0.25).to_string(), "0.25");
+        assert_eq!(Value::Uint(u64::MAX).to_string(), "18446744073709551615");
+    }
+
+    #[test]
+    fn negotiation_follows_prometheus() {
+        use Exposition::*;
+        let prometheus_2_42 = "application/openmetrics-text;version=1.0.0,\
+            application/openmetrics-text;version=0.0.1;q=0.75,\
+            text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for (accept, want) in [
+            ("", Text),
+            ("*/*", Text),
+            ("text/plain", Text),
+            ("text/plain;version=0.0.4", Text),
+            ("TEXT/PLAIN; Version=\"0.0.4\"; charset=utf-8", Text),
+            ("application/json", Text),
+            ("text/*", Text),
+            (prometheus_2_42, OpenMetrics),
+            ("application/openmetrics-text", OpenMetrics),
+            ("application/openmetrics-text; version=1.0.0", OpenMetrics),
+            ("application/openmetrics-text;version=0.0.1", OpenMetrics001),
+            (
+                "application/openmetrics-text;version=0.0.1;q=0.75,text/plain;q=0.5",
+                OpenMetrics001,
+            ),
+            ("application/openmetrics-text;q=0.5,text/plain", Text),
+            (
+                "text/plain;q=0.2, application/openmetrics-text",
+                OpenMetrics,
+            ),
+            ("text/plain, application/openmetrics-text", Text),
+            ("application/openmetrics-text, text/plain", OpenMetrics),
+            ("application/openmetrics-text;q=0,*/*", Text),
+            (
+                "application/openmetrics-text;version=2.0.0,text/plain;q=0.1",
+                Text,
+            ),
+            (
+                "text/plain;version=0.0.3,application/openmetrics-text;q=0.1",
+                OpenMetrics,
+            ),
+            ("application/openmetrics-text;q=high", Text),
+            (",,;;,=", Text),
+        ] {
+            assert_eq!(negotiate(accept), want, "Accept: {accept}");
         }
     }
 }

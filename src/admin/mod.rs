@@ -8,7 +8,8 @@
 //! ```text
 //! GET /healthz   200 "ok" while the process serves HTTP at all
 //! GET /readyz    200 "ready" | 503 "starting" | 503 "stopping" | 503 "storage" (writes fail)
-//! GET /metrics   OpenMetrics text, built from crate::metrics at scrape time (exposition.rs)
+//! GET /metrics   Prometheus text 0.0.4, or OpenMetrics 1.0.0 when Accept prefers it; built
+//!                from crate::metrics at scrape time (exposition.rs)
 //! ```
 //!
 //! Routes live in one function, [`router`]; a new endpoint is one more `.route(...)` there.
@@ -29,7 +30,7 @@ pub use server::AdminLimits;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::net::SocketAddr;
@@ -166,10 +167,25 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn metrics(State(state): State<AdminState>) -> Result<Response, HandlerError> {
+async fn metrics(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Response, HandlerError> {
     use anyhow::Context as _;
-    let body = exposition::encode(&state.metrics).context("encoding metrics")?;
-    Ok(([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], body).into_response())
+    // Every Accept header, as one list; a value that is not text is passed over.
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let exposition = exposition::negotiate(&accept.join(","));
+    let body = exposition::encode(&state.metrics, exposition).context("encoding metrics")?;
+    let headers = [
+        (header::CONTENT_TYPE, exposition.content_type()),
+        // The page depends on Accept: a cache must not give one client's format to another.
+        (header::VARY, "accept"),
+    ];
+    Ok((headers, body).into_response())
 }
 
 /// A handler failure: a 500 whose body is the error chain.
@@ -206,6 +222,7 @@ mod tests {
             name: "raw-tcp".into(),
             proto: "tcp",
             format: "raw",
+            rejects: vec![crate::parse::Reject::TooLong],
         }];
         let metrics = Arc::new(Metrics::new(2, listeners));
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -216,13 +233,18 @@ mod tests {
 
     /// `(status, headers, body)` of a GET, over a fresh connection.
     fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        get_with(addr, path, "")
+    }
+
+    /// [`get`] with `extra` header lines (each ending in CRLF).
+    fn get_with(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, String) {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n"
         )
         .unwrap();
         let mut response = String::new();
@@ -254,20 +276,32 @@ mod tests {
         let (status, head, body) = get(addr, "/metrics");
         assert_eq!(status, 200);
         assert!(
-            head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+            head.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
             "{head}"
         );
+        assert!(head.contains("vary: accept"), "{head}");
         let lines: Vec<&str> = body.lines().collect();
         for want in [
+            "# TYPE sluice_lines_total counter",
             r#"sluice_lines_total{core="1",listener="raw-tcp",proto="tcp",format="raw"} 3"#,
             r#"sluice_lines_total{core="0",listener="raw-tcp",proto="tcp",format="raw"} 1"#,
             r#"sluice_rejected_total{core="0",listener="raw-tcp",reason="too_long"} 0"#,
             r#"sluice_queue_depth{core="1"} 5"#,
             "sluice_checkpoints_total 0",
-            "# EOF",
         ] {
             assert!(lines.contains(&want), "missing `{want}` in\n{body}");
         }
+        assert!(!body.contains("# EOF"), "{body}");
+
+        // Two Accept headers are one list; the OpenMetrics one is preferred.
+        let accept = "Accept: text/plain;q=0.5\r\nAccept: application/openmetrics-text\r\n";
+        let (status, head, body) = get_with(addr, "/metrics", accept);
+        assert_eq!(status, 200);
+        assert!(
+            head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+            "{head}"
+        );
+        assert!(body.ends_with("\n# EOF\n"), "{body}");
 
         assert_eq!(get(addr, "/nope").0, 404);
         server.stop();

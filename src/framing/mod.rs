@@ -45,7 +45,7 @@
 #![forbid(unsafe_code)]
 
 use crate::limits::DEADLETTER_LINE_BYTES_MAX;
-use crate::parse::Reject;
+use crate::parse::{Format, Reject};
 
 /// Bytes a line may have over `max_line_bytes` before stripping (room for `\r` and NULs); a
 /// longer raw line is `too_long` whatever stripping would leave.
@@ -62,6 +62,30 @@ pub enum Framing {
     /// Detect newline or octet counting from the first byte of the stream (syslog over TCP).
     Detect,
 }
+
+impl Framing {
+    /// The framing of a TCP stream on a listener of `format`: syslog detects octet counting
+    /// (RFC 6587), every other format is newline-framed.
+    pub fn of_stream(format: Format) -> Framing {
+        match format {
+            Format::Syslog => Framing::Detect,
+            _ => Framing::Newline,
+        }
+    }
+
+    /// Every reason a stream framed so is rejected with, in [`Reject::ALL`] order: newline
+    /// framing only cuts lines that are too long; octet counting also rejects bad frames.
+    pub fn rejects(self) -> &'static [Reject] {
+        match self {
+            Framing::Newline => &[Reject::TooLong],
+            Framing::Detect => &[Reject::TooLong, Reject::BadFrame],
+        }
+    }
+}
+
+/// Every reason [`split_datagram`] rejects with, in [`Reject::ALL`] order: a line that is too
+/// long, and an empty datagram.
+pub const DATAGRAM_REJECTS: &[Reject] = &[Reject::TooLong, Reject::BadFrame];
 
 /// Where the framer is in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -871,6 +895,66 @@ mod tests {
                 &mut |_, _| {},
             );
             prop_assert!(ok);
+        }
+    }
+
+    /// The reasons `outs` rejected with, in index order, each once.
+    fn reasons(outs: &[Out]) -> Vec<Reject> {
+        let mut r: Vec<Reject> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Out::Rejected(r, _) => Some(*r),
+                Out::Line(_) => None,
+            })
+            .collect();
+        r.sort_by_key(|r| r.index());
+        r.dedup();
+        r
+    }
+
+    #[test]
+    fn every_listed_framing_reason_is_one_framing_returns() {
+        let long = [b'x'; 20];
+        let newline = stream(8, Framing::Newline, &[&long, b"\n", b"12 abc\n"]);
+        assert_eq!(reasons(&newline), Framing::Newline.rejects());
+        // A good frame, then a bad length; then a frame cut short by the end of the stream.
+        let octet = stream(8, Framing::Detect, &[b"3 abc", b"x1 y\n", b"5 ab"]);
+        let too_long = stream(8, Framing::Detect, &[&long, b"\n"]);
+        let mut detect = octet.clone();
+        detect.extend(too_long);
+        assert_eq!(reasons(&detect), Framing::Detect.rejects());
+        let mut datagrams = datagram(8, b"");
+        datagrams.extend(datagram(8, &long));
+        assert_eq!(reasons(&datagrams), DATAGRAM_REJECTS);
+        assert_eq!(Framing::of_stream(Format::Syslog), Framing::Detect);
+        assert_eq!(Framing::of_stream(Format::Statsd), Framing::Newline);
+    }
+
+    proptest! {
+        #[test]
+        fn framing_rejects_only_with_listed_reasons(
+            chunks in prop::collection::vec(
+                prop::collection::vec(
+                    prop_oneof![
+                        Just(b'\n'), Just(b'\r'), Just(0u8), Just(b' '), Just(b'1'),
+                        Just(b'9'), Just(b'0'), any::<u8>()
+                    ],
+                    0..40,
+                ),
+                0..5,
+            ),
+        ) {
+            let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            for framing in [Framing::Newline, Framing::Detect] {
+                for r in reasons(&stream(16, framing, &chunks)) {
+                    prop_assert!(framing.rejects().contains(&r), "{:?}: {:?}", framing, r);
+                }
+            }
+            for d in &chunks {
+                for r in reasons(&datagram(16, d)) {
+                    prop_assert!(DATAGRAM_REJECTS.contains(&r), "datagram: {:?}", r);
+                }
+            }
         }
     }
 }

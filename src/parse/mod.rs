@@ -428,16 +428,6 @@ mod tests {
         assert_eq!(parse_finite(b""), Err(Reject::BadNumber));
     }
 
-    const FORMATS: [Format; 7] = [
-        Format::Raw,
-        Format::Graphite,
-        Format::Statsd,
-        Format::Syslog,
-        Format::Influx,
-        Format::Json,
-        Format::Logfmt,
-    ];
-
     proptest! {
         #[test]
         fn every_parser_survives_arbitrary_bytes(
@@ -451,7 +441,7 @@ mod tests {
             ),
             ingest_ms in 0..=TIME_MS_MAX,
         ) {
-            for format in FORMATS {
+            for format in Format::ALL {
                 for options in [FormatOptions::default(), test_options(format)] {
                     let mut parser = Parser::new(format, &options, "listener");
                     parse_checked(&mut parser, &line, ingest_ms).ok();

@@ -149,6 +149,7 @@ fn listener_infos(config: &Config) -> Vec<ListenerInfo> {
             name: l.name.clone(),
             proto: l.proto.as_str(),
             format: l.format.as_str(),
+            rejects: crate::worker::listener_rejects(l.format, l.proto),
         })
         .collect()
 }

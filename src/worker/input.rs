@@ -30,6 +30,22 @@ const SOURCE_IDLE_MS_MIN: i64 = 1_000;
 /// Batches replayed per loop turn.
 const REPLAY_BATCHES_PER_TICK: usize = 16;
 
+/// Every reason a line of a `format` listener over `proto` is counted under in its
+/// `rejected_total`, in [`Reject::ALL`] order: its framing's (stream or datagram) and its
+/// parser's. The far-future check in `route_lines` adds `bad_timestamp` only where the parser
+/// reads a time, which lists it already; late events are counted per core, not here.
+pub fn listener_rejects(format: Format, proto: Proto) -> Vec<Reject> {
+    let framing = match proto {
+        Proto::Tcp => Framing::of_stream(format).rejects(),
+        Proto::Udp => crate::framing::DATAGRAM_REJECTS,
+    };
+    Reject::ALL
+        .iter()
+        .copied()
+        .filter(|r| framing.contains(r) || format.rejects().contains(r))
+        .collect()
+}
+
 #[derive(Debug)]
 struct ConnState {
     listener: u16,
@@ -562,10 +578,7 @@ impl Handler for Input {
 
     fn opened(&mut self, conn: ConnId, listener: u16) {
         let config = &self.listeners[listener as usize];
-        let framing = match (config.format, config.proto) {
-            (Format::Syslog, Proto::Tcp) => Framing::Detect,
-            _ => Framing::Newline,
-        };
+        let framing = Framing::of_stream(config.format);
         if self.conns.len() <= conn {
             self.conns.resize_with(conn + 1, || None);
         }

@@ -51,7 +51,7 @@ use crate::parse::Parser;
 use crate::route::{Doorbell, Inbound, Router};
 use crate::window::{OutputSync, Shard};
 
-pub use input::Input;
+pub use input::{Input, listener_rejects};
 
 /// A turn that read less than this (but something) lingers before polling again.
 const LINGER_BYTES: usize = 16 * 1024;

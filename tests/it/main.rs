@@ -11,6 +11,7 @@ mod harness;
 mod hostile;
 mod limits;
 mod log;
+mod metrics;
 mod results;
 mod statsd;
 mod storage;
