@@ -46,8 +46,9 @@ use crate::window::WindowRecord;
 /// Version of the body encoding. 2: larger windows composed from smaller ones hold only the
 /// smaller windows that closed (version 1 folded every event into every window), so a
 /// version-1 body's windows would count the open smaller windows twice. 3: aggregates count
-/// distinct set members, and shards keep running gauge values.
-pub const BODY_VERSION: u16 = 3;
+/// distinct set members, and shards keep running gauge values. 4: aggregates keep the
+/// deviation sums of their standard deviation.
+pub const BODY_VERSION: u16 = 4;
 
 /// One partition's position in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -63,6 +63,7 @@ impl Serialize for Line<'_> {
             m.serialize_entry("min", &a.min)?;
             m.serialize_entry("max", &a.max)?;
             m.serialize_entry("mean", &a.mean())?;
+            m.serialize_entry("stddev", &a.stddev())?;
             m.serialize_entry("last", &a.last)?;
         }
         for (q, name) in self.quantiles {

@@ -531,8 +531,25 @@ mod composed {
                 d.output().flush().unwrap();
                 want.extend(rows(dir.path(), &format!("d{i}.jsonl")));
             }
-            prop_assert_eq!(rows(dir.path(), "c.jsonl"), want);
+            // A standard deviation composed from smaller windows takes its deviations from
+            // another first value than one folded directly: equal up to rounding.
+            let mut got = rows(dir.path(), "c.jsonl");
+            for (k, g) in got.iter_mut() {
+                let (a, b) = (take_stddev(g), want.get_mut(k).and_then(take_stddev));
+                match (a, b) {
+                    (Some(a), Some(b)) => prop_assert!(
+                        (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+                        "{:?}: stddev {} composed, {} direct", k, a, b
+                    ),
+                    (a, b) => prop_assert_eq!(a, b, "{:?}: stddev in one row only", k),
+                }
+            }
+            prop_assert_eq!(got, want);
         }
+    }
+
+    fn take_stddev(row: &mut serde_json::Value) -> Option<f64> {
+        row.as_object_mut()?.remove("stddev")?.as_f64()
     }
 }
 
@@ -857,4 +874,81 @@ fn statsd_sets_count_distinct_members_without_sums_of_hashes() {
         (row["mean"].as_f64(), row["min"].as_f64()),
         (Some(5.0), Some(4.0))
     );
+}
+
+#[test]
+fn stddev_is_the_population_deviation_and_survives_a_large_mean() {
+    let mut a = Agg::empty();
+    for v in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0] {
+        a.add(v, 0, false);
+    }
+    assert_eq!(a.stddev(), 2.0);
+    // A plain sum of squares loses all of this spread (1e18 ± 1e9 in the squares).
+    let mut b = Agg::empty();
+    for v in [1e9 - 1.0, 1e9 + 1.0, 1e9 - 1.0, 1e9 + 1.0] {
+        b.add(v, 0, false);
+    }
+    assert_eq!(b.stddev(), 1.0);
+    // Merging re-takes the other half's deviations from this half's first value.
+    let (mut left, mut right) = (Agg::empty(), Agg::empty());
+    for v in [2.0, 4.0, 4.0, 4.0] {
+        left.add(v, 0, false);
+    }
+    for v in [5.0, 5.0, 7.0, 9.0] {
+        right.add(v, 0, false);
+    }
+    left.absorb(right);
+    assert_eq!(left.stddev(), 2.0);
+    assert_eq!(Agg::one(3.0, 0).stddev(), 0.0);
+    let mut huge = Agg::empty();
+    for v in [f64::MAX, -f64::MAX, f64::MAX] {
+        huge.add(v, 0, false);
+    }
+    assert!(huge.stddev().is_finite());
+}
+
+mod stddev_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Two passes over the values: the mean first, then the squared deviations from it.
+    fn two_pass(values: &[f64]) -> f64 {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt()
+    }
+
+    proptest! {
+        /// Hostile inputs: a large common offset (1e9, 1e12) with a small spread, folded in
+        /// arbitrary pieces merged in order, against the two-pass oracle.
+        #[test]
+        fn stddev_matches_a_two_pass_oracle_on_a_large_offset_in_merged_pieces(
+            offset in prop::sample::select(vec![0.0, 1e6, 1e9, 1e12, -1e9]),
+            spread in prop::sample::select(vec![1e-3, 1.0, 1e3]),
+            unit in proptest::collection::vec(-1.0f64..1.0, 2..300),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let values: Vec<f64> = unit.iter().map(|u| offset + u * spread).collect();
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(values.len())).collect();
+            cuts.push(values.len());
+            cuts.sort_unstable();
+            let mut whole = Agg::empty();
+            let mut from = 0;
+            for to in cuts {
+                let mut piece = Agg::empty();
+                for v in &values[from..to] {
+                    piece.add(*v, 0, false);
+                }
+                whole.absorb(piece);
+                from = to;
+            }
+            let want = two_pass(&values);
+            // The values themselves carry offset × 2⁻⁵² of rounding.
+            let tolerance = 1e-6 * want + offset.abs() * 1e-15;
+            prop_assert!(
+                (whole.stddev() - want).abs() <= tolerance,
+                "stddev {} against two-pass {}", whole.stddev(), want
+            );
+        }
+    }
 }

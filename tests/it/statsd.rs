@@ -109,7 +109,7 @@ fn statsd_gauge_deltas_sets_and_dogstatsd_events_from_real_clients() {
     let users = wait_rows(&sluice, &data, "users", 1);
     assert_eq!(users[0]["count"], 3);
     assert_eq!(users[0]["distinct"], 2, "{}", users[0]);
-    for field in ["sum", "min", "max", "mean", "last"] {
+    for field in ["sum", "min", "max", "mean", "stddev", "last"] {
         assert!(
             users[0].get(field).is_none(),
             "{field} of member hashes: {}",
