@@ -91,6 +91,25 @@ impl BoundSocket {
     }
 }
 
+/// Checks that no other socket holds `addr` by binding it once without `SO_REUSEPORT`, and
+/// closing that again, before the cores' `SO_REUSEPORT` group is made. Without it a second
+/// process of the same user binding the same address with `SO_REUSEPORT` (another sluice)
+/// would join the group and silently take part of the traffic. TCP probes with
+/// `SO_REUSEADDR`, so connections of an earlier run left in TIME_WAIT do not count; only a
+/// bound socket does. `Err` of kind `AddrInUse` when it is held.
+pub fn probe_unshared(proto: Proto, addr: SocketAddr) -> io::Result<()> {
+    let domain = Domain::for_address(addr);
+    let s = match proto {
+        Proto::Tcp => {
+            let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            s
+        }
+        Proto::Udp => Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?,
+    };
+    s.bind(&addr.into())
+}
+
 /// Binds `addr` with `SO_REUSEPORT`, non-blocking, so every core can bind the same address.
 pub fn bind(proto: Proto, addr: SocketAddr) -> io::Result<BoundSocket> {
     let domain = Domain::for_address(addr);

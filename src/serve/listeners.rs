@@ -11,13 +11,29 @@ use serde::{Deserialize, Serialize};
 
 use super::{EndpointListener, Endpoints, Error, io_err};
 use crate::config::Config;
-use crate::net::{BoundSocket, bind};
+use crate::net::{BoundSocket, bind, probe_unshared};
 
 /// The stable ids of listener names, kept in `data_dir/listeners.json`: log batches carry the
 /// id, so replay finds the right parser even when listeners are added, removed or reordered.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ListenerIds {
     ids: BTreeMap<String, u16>,
+}
+
+/// The listener names by id, from `data_dir/listeners.json` (empty when there is none yet):
+/// what `sluice log dump --json` prints next to each line's listener id.
+pub fn listener_names(data_dir: &Path) -> Result<BTreeMap<u16, String>, Error> {
+    let path = data_dir.join("listeners.json");
+    let ids: ListenerIds = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Io {
+            what: "cannot parse",
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ListenerIds::default(),
+        Err(e) => return Err(io_err("cannot read", &path)(e)),
+    };
+    Ok(ids.ids.into_iter().map(|(name, id)| (id, name)).collect())
 }
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename, directory fsync).
@@ -76,6 +92,25 @@ pub(super) fn bind_all(
     let mut addrs = Vec::new();
     for (index, l) in config.listeners.iter().enumerate() {
         let mut addr = l.addr;
+        // A port 0 is a fresh one; any other may already be held by another process.
+        if addr.port() != 0 {
+            probe_unshared(l.proto, addr).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AddrInUse {
+                    Error::Shared {
+                        listener: l.name.clone(),
+                        proto: l.proto.as_str(),
+                        addr,
+                    }
+                } else {
+                    Error::Bind {
+                        listener: l.name.clone(),
+                        proto: l.proto.as_str(),
+                        addr,
+                        source,
+                    }
+                }
+            })?;
+        }
         for sockets in per_core.iter_mut() {
             let socket = bind(l.proto, addr).map_err(|source| Error::Bind {
                 listener: l.name.clone(),

@@ -20,6 +20,7 @@ mod restore;
 mod supervisor;
 
 use cores::{Started, start_cores};
+pub use listeners::listener_names;
 use listeners::{bind_all, listener_ids, write_endpoints};
 use lock::lock_data_dir;
 use restore::{load_checkpoint, open_shards, plan_partitions};
@@ -54,6 +55,21 @@ pub enum Error {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// A listener's address is held by another process (which, with `SO_REUSEPORT`, would
+    /// otherwise share the traffic).
+    #[error(
+        "cannot bind listener `{listener}` on {proto}://{addr}: address in use by another \
+         process (another sluice, or a program of the same user with SO_REUSEPORT, would \
+         silently take part of the traffic)"
+    )]
+    Shared {
+        /// Listener name.
+        listener: String,
+        /// `tcp` or `udp`.
+        proto: &'static str,
+        /// Address.
+        addr: SocketAddr,
     },
     /// A file or directory of the data dir could not be used.
     #[error("{what} {}: {source}", path.display())]
