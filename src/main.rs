@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run the appliance (embedded defaults when no config and no --listen are given).
     Serve(ServeArgs),
+    /// Check a configuration (the file and serve's flags) without starting: exit 0 when serve
+    /// would accept it, 2 with the key and line when not. Binds nothing, writes nothing.
+    Check(ServeArgs),
     /// Inspect the log.
     #[command(subcommand)]
     Log(LogCommand),
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
     sluice::ops::init_tracing();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Check(args) => check(args),
         Command::Log(cmd) => log_command(cmd),
         Command::Checkpoint(CheckpointCommand::Inspect { data_dir }) => inspect(&data_dir),
     };
@@ -215,12 +219,38 @@ fn build_config(args: ServeArgs) -> Result<Config, Failure> {
     }
     let mut config = config.finish().map_err(usage)?;
     config.name_listeners();
-    if config.io == IoMode::Uring {
-        return Err(usage(anyhow::anyhow!(
-            "io = uring: the io_uring backend is not available in this build; use `auto` or `epoll`"
-        )));
-    }
     Ok(config)
+}
+
+fn check(args: ServeArgs) -> Result<ExitCode, Failure> {
+    let source = args.config.as_ref().map_or_else(
+        || "embedded defaults".to_string(),
+        |p| p.display().to_string(),
+    );
+    let config = build_config(args)?;
+    let listeners: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            format!(
+                "{} ({}+{}://{})",
+                l.name,
+                l.format.as_str(),
+                l.proto.as_str(),
+                l.addr
+            )
+        })
+        .collect();
+    let windows: Vec<String> = config.window.sizes.iter().map(|s| s.to_string()).collect();
+    println!(
+        "ok: {source}: {} cores, windows {}, data dir {}, admin {}, listeners {}",
+        config.core_count(),
+        windows.join(" "),
+        config.data_dir.display(),
+        config.admin.addr,
+        listeners.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
@@ -274,13 +304,14 @@ fn log_command(cmd: LogCommand) -> Result<ExitCode, Failure> {
             })
         }
         LogCommand::Dump { args, from, json } => {
+            let names = listener_names(&args.data_dir, json)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             match sluice::log::dump(
                 &args.data_dir,
                 args.partition,
                 sluice::log::Offset(from),
-                json,
+                names.as_ref(),
                 &mut out,
             ) {
                 Ok(_) => {}
@@ -306,14 +337,55 @@ fn tail(args: LogArgs, from: Option<u64>, json: bool) -> Result<ExitCode, Failur
         signal_hook::flag::register(signal, stop.clone())
             .context("cannot install signal handler")?;
     }
+    stop_when_stdout_closes(stop.clone());
+    let names = listener_names(&args.data_dir, json)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let from = from.map(sluice::log::Offset);
+    let json = names.as_ref();
     match sluice::log::tail(&args.data_dir, args.partition, from, json, &mut out, &stop) {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) if is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(anyhow::Error::from(e).context("tail").into()),
     }
+}
+
+/// The listener names for `--json` (`None` without it). A `listeners.json` that cannot be
+/// read leaves the names out, with a warning: the log itself is still worth reading.
+fn listener_names(
+    data_dir: &std::path::Path,
+    json: bool,
+) -> Result<Option<sluice::log::ListenerNames>, Failure> {
+    if !json {
+        return Ok(None);
+    }
+    Ok(Some(
+        sluice::serve::listener_names(data_dir).unwrap_or_else(|e| {
+            eprintln!("sluice: {}; listener names left out", describe(&e.into()));
+            Default::default()
+        }),
+    ))
+}
+
+/// Sets `stop` once nobody reads stdout any more (the writer of a pipe whose reader closed
+/// sees POLLERR), so an idle `sluice log tail | head -2` ends as soon as `head` does instead
+/// of at the next stored line.
+fn stop_when_stdout_closes(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    std::thread::spawn(move || {
+        let stdout = std::io::stdout();
+        let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+        loop {
+            match poll(&mut fds, None) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    });
 }
 
 fn is_broken_pipe(e: &sluice::log::Error) -> bool {
@@ -340,7 +412,7 @@ fn inspect(data_dir: &std::path::Path) -> Result<ExitCode, Failure> {
                 "agg": {
                     "count": a.count, "sum": a.sum, "min": a.min, "max": a.max, "last": a.last,
                     "last_time_ms": a.last_time_ms,
-                    "members": a.members, "distinct": a.distinct.estimate(),
+                    "stddev": a.stddev(), "members": a.members, "distinct": a.distinct.estimate(),
                     "p50": a.quantile(0.5), "p99": a.quantile(0.99),
                 },
             }));

@@ -441,20 +441,61 @@ impl Config {
                 .unwrap_or_default();
             format!("{line}[[listener]] #{}: {message}", index + 1)
         })?;
-        config.window.check().map_err(|message| {
-            let line = key_line(text, "[window]", "hop")
-                .map(|l| format!("line {l}: "))
-                .unwrap_or_default();
-            format!("{line}{message}")
-        })?;
-        config.deadletter.check().map_err(|message| {
-            let line = key_line(text, "[deadletter]", "max_bytes")
-                .or_else(|| nth_table_line(text, "[deadletter]", 0))
-                .map(|l| format!("line {l}: "))
-                .unwrap_or_default();
-            format!("{line}{message}")
+        config.check_relations().map_err(|e| {
+            let line = if e.table.is_empty() {
+                root_key_line(text, e.key)
+            } else {
+                let header = format!("[{}]", e.table);
+                key_line(text, &header, e.key).or_else(|| nth_table_line(text, &header, 0))
+            };
+            let line = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+            format!("{line}{}", e.message)
         })?;
         Ok(config)
+    }
+
+    /// Checks the settings that relate to each other or are out of range in ways the value
+    /// parsers cannot see; the error names the key it is about.
+    fn check_relations(&self) -> Result<(), Invalid> {
+        let invalid = |table, key, message: String| Invalid {
+            table,
+            key,
+            message,
+        };
+        if let Some(cores) = self.cores
+            && (cores == 0 || cores > limits::CORES_MAX)
+        {
+            let m = format!("cores = {cores}: must be 1..={}", limits::CORES_MAX);
+            return Err(invalid("", "cores", m));
+        }
+        if self.io == IoMode::Uring {
+            let m = "io = uring: the io_uring backend is not available in this build; use \
+                     `auto` or `epoll`";
+            return Err(invalid("", "io", m.into()));
+        }
+        if self.window.sizes.is_empty() {
+            let m = "window.sizes: at least one window size is needed";
+            return Err(invalid("window", "sizes", m.into()));
+        }
+        self.window
+            .check()
+            .map_err(|m| invalid("window", "hop", m))?;
+        if self.log.flush_interval_ms == 0 {
+            let m = "log.flush_interval_ms = 0: must be > 0";
+            return Err(invalid("log", "flush_interval_ms", m.into()));
+        }
+        self.deadletter
+            .check()
+            .map_err(|m| invalid("deadletter", "max_bytes", m))?;
+        if self.checkpoint.interval_ms == 0 {
+            let m = "checkpoint.interval_ms = 0: must be > 0";
+            return Err(invalid("checkpoint", "interval_ms", m.into()));
+        }
+        if self.checkpoint.keep == 0 {
+            let m = "checkpoint.keep = 0: at least one checkpoint must be kept";
+            return Err(invalid("checkpoint", "keep", m.into()));
+        }
+        Ok(())
     }
 
     /// Fills in derived values and checks relations between settings. Called once all
@@ -465,29 +506,13 @@ impl Config {
         }
         self.check_listeners()
             .map_err(|(i, m)| Error::Invalid(format!("listener #{}: {m}", i + 1)))?;
-        let cores = self.cores.unwrap_or_else(online_cores);
-        if cores == 0 || cores > limits::CORES_MAX {
-            return Err(Error::Invalid(format!(
-                "cores = {cores}: must be 1..={}",
-                limits::CORES_MAX
-            )));
-        }
-        self.cores = Some(cores);
-        if self.window.sizes.is_empty() {
-            return Err(Error::Invalid(
-                "window.sizes: at least one window size is needed".into(),
-            ));
-        }
-        if self.log.flush_interval_ms == 0 {
-            return Err(Error::Invalid("log.flush_interval_ms must be > 0".into()));
-        }
-        self.window.check().map_err(Error::Invalid)?;
-        self.deadletter.check().map_err(Error::Invalid)?;
-        if self.checkpoint.interval_ms == 0 || self.checkpoint.keep == 0 {
-            return Err(Error::Invalid(
-                "checkpoint.interval_ms and checkpoint.keep must be > 0".into(),
-            ));
-        }
+        // More cores than the limit (a very large machine) are capped, not refused.
+        self.cores = Some(
+            self.cores
+                .unwrap_or_else(|| online_cores().min(limits::CORES_MAX)),
+        );
+        self.check_relations()
+            .map_err(|e| Error::Invalid(e.message))?;
         Ok(self)
     }
 
@@ -589,6 +614,26 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         }
         None => message,
     }
+}
+
+/// A setting that does not hold: the table (`""` for the top level) and key it is about.
+struct Invalid {
+    table: &'static str,
+    key: &'static str,
+    message: String,
+}
+
+/// Line number (1-based) of a top-level `key = ...` (before the first table).
+fn root_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .take_while(|(_, l)| !l.trim_start().starts_with('['))
+        .find(|(_, l)| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|(i, _)| i + 1)
 }
 
 /// Line number (1-based) of `key = ...` inside the first table `header`.

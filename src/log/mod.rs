@@ -121,7 +121,8 @@ pub use reader::{Batch, Damage, Reader};
 pub use record::Lines;
 pub use tail::{TAIL_POLL_MS, tail};
 pub use verify::{
-    DumpStats, PartitionReport, Problem, ProblemKind, VerifyReport, dump, verify, write_batch,
+    DumpStats, ListenerNames, PartitionReport, Problem, ProblemKind, VerifyReport, dump, verify,
+    write_batch,
 };
 
 /// Largest payload of one record batch: a writer commits and starts a new batch

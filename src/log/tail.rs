@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::verify::{DumpStats, write_batch};
+use super::verify::{DumpStats, ListenerNames, write_batch};
 use super::{Error, Offset, Reader, partition_dir, partitions};
 
 /// How long [`tail`] sleeps when no partition has new data.
@@ -34,7 +34,7 @@ pub fn tail(
     data_dir: &Path,
     partition: Option<u16>,
     from: Option<Offset>,
-    json: bool,
+    json: Option<&ListenerNames>,
     out: &mut impl Write,
     stop: &AtomicBool,
 ) -> Result<DumpStats, Error> {
@@ -148,7 +148,7 @@ mod tests {
         let out = Shared::default();
         let handle = {
             let (dir, stop, mut out) = (data.path().to_path_buf(), stop.clone(), out.clone());
-            std::thread::spawn(move || tail(&dir, None, None, false, &mut out, &stop).unwrap())
+            std::thread::spawn(move || tail(&dir, None, None, None, &mut out, &stop).unwrap())
         };
         std::thread::sleep(Duration::from_millis(3 * TAIL_POLL_MS));
         append(&mut p0, &["new-1", "new-2"]);
@@ -170,22 +170,22 @@ mod tests {
         let stop = AtomicBool::new(true);
         let mut out = Vec::new();
         // A stopped tail prints nothing; one round with `from` prints from there.
-        tail(
-            data.path(),
-            Some(0),
-            Some(Offset(1)),
-            false,
-            &mut out,
-            &stop,
-        )
-        .unwrap();
+        tail(data.path(), Some(0), Some(Offset(1)), None, &mut out, &stop).unwrap();
         assert!(out.is_empty());
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Shared::default();
         let handle = {
             let (dir, stop, mut out) = (data.path().to_path_buf(), stop.clone(), shared.clone());
             std::thread::spawn(move || {
-                tail(&dir, Some(0), Some(Offset(1)), true, &mut out, &stop).unwrap()
+                tail(
+                    &dir,
+                    Some(0),
+                    Some(Offset(1)),
+                    Some(&ListenerNames::new()),
+                    &mut out,
+                    &stop,
+                )
+                .unwrap()
             })
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

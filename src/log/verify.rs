@@ -227,14 +227,18 @@ pub struct DumpStats {
     pub lines: u64,
 }
 
+/// Listener names by the ids the log stores (`data_dir/listeners.json`).
+pub type ListenerNames = std::collections::BTreeMap<u16, String>;
+
 /// Prints every stored line of `partition` (all partitions when `None`, ascending) from
-/// offset `from` on, one per line as it arrived; with `json`, one JSON object per line with
-/// its partition, offset, ingest time, listener and the line (invalid UTF-8 replaced).
+/// offset `from` on, one per line as it arrived; with `json` (the listeners' names), one JSON
+/// object per line with its partition, offset, ingest time, listener id and name, and the
+/// line (invalid UTF-8 replaced).
 pub fn dump(
     data_dir: &Path,
     partition: Option<u16>,
     from: Offset,
-    json: bool,
+    json: Option<&ListenerNames>,
     out: &mut impl Write,
 ) -> Result<DumpStats, Error> {
     let mut stats = DumpStats::default();
@@ -256,6 +260,8 @@ struct JsonLine<'a> {
     offset: u64,
     ingest_time_ms: i64,
     listener_id: u16,
+    /// The listener's name; `None` for an id no longer in `listeners.json`.
+    listener: Option<&'a str>,
     line: &'a str,
 }
 
@@ -265,7 +271,7 @@ pub fn write_batch(
     partition: u16,
     batch: &Batch<'_>,
     from: Offset,
-    json: bool,
+    json: Option<&ListenerNames>,
     out: &mut impl Write,
 ) -> Result<u64, Error> {
     let output_error = |source| Error::Output { source };
@@ -275,17 +281,19 @@ pub fn write_batch(
         if offset < from {
             continue;
         }
-        if json {
+        if let Some(names) = json {
             let text = String::from_utf8_lossy(line);
             let record = JsonLine {
                 partition,
                 offset: offset.0,
                 ingest_time_ms: batch.info.ingest_time_ms,
                 listener_id: batch.info.listener_id,
+                listener: names.get(&batch.info.listener_id).map(String::as_str),
                 line: &text,
             };
             serde_json::to_writer(&mut *out, &record)
-                .map_err(|e| output_error(std::io::Error::other(e)))?;
+                // serde_json gives back the io::Error it met: a closed pipe stays BrokenPipe.
+                .map_err(|e| output_error(std::io::Error::from(e)))?;
             out.write_all(b"\n").map_err(output_error)?;
         } else {
             out.write_all(line).map_err(output_error)?;
@@ -393,7 +401,7 @@ mod tests {
         );
         fill(data.path(), 0, &[vec![b"zero \xff".to_vec(), b"".to_vec()]]);
         let mut out = Vec::new();
-        let stats = dump(data.path(), None, Offset(0), false, &mut out).unwrap();
+        let stats = dump(data.path(), None, Offset(0), None, &mut out).unwrap();
         assert_eq!(out, b"zero \xff\n\ntwo-a\ntwo-b\ntwo-c\n");
         assert_eq!(
             stats,
@@ -404,11 +412,12 @@ mod tests {
         );
 
         let mut out = Vec::new();
-        dump(data.path(), Some(2), Offset(2), false, &mut out).unwrap();
+        dump(data.path(), Some(2), Offset(2), None, &mut out).unwrap();
         assert_eq!(out, b"two-c\n");
 
         let mut out = Vec::new();
-        dump(data.path(), None, Offset(1), true, &mut out).unwrap();
+        let names = ListenerNames::from([(1, "graphite-tcp".to_string())]);
+        dump(data.path(), None, Offset(1), Some(&names), &mut out).unwrap();
         let rows: Vec<serde_json::Value> = out
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
@@ -420,10 +429,12 @@ mod tests {
         assert_eq!(rows[0]["line"], "");
         assert_eq!(rows[1]["line"], "two-b");
         assert_eq!(rows[1]["listener_id"], 1);
+        assert_eq!(rows[1]["listener"], "graphite-tcp");
+        assert_eq!(rows[0]["listener"], serde_json::Value::Null);
         assert_eq!(rows[1]["ingest_time_ms"], 1001);
         assert_eq!(rows[2]["offset"], 2);
         let mut out = Vec::new();
-        dump(data.path(), Some(0), Offset(0), true, &mut out).unwrap();
+        dump(data.path(), Some(0), Offset(0), Some(&names), &mut out).unwrap();
         let first: serde_json::Value =
             serde_json::from_slice(out.split(|&b| b == b'\n').next().unwrap()).unwrap();
         assert_eq!(first["line"], "zero \u{fffd}");

@@ -15,6 +15,8 @@ fn help_works_on_every_subcommand() {
         &["serve", "--help"],
         &["log", "verify", "--help"],
         &["log", "dump", "--help"],
+        &["log", "tail", "--help"],
+        &["check", "--help"],
         &["checkpoint", "inspect", "--help"],
     ] {
         let o = run(args);
@@ -251,4 +253,114 @@ fn log_and_checkpoint_tools_on_an_empty_data_dir() {
     assert!(o.status.code() == Some(1) && o.stdout.is_empty());
     let o = run(&["checkpoint", "inspect", "--data-dir", d]);
     assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn a_second_process_on_a_port_sluice_listens_on_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Sluice::start(
+        &dir.path().join("a"),
+        &[
+            "--listen",
+            "raw+tcp://127.0.0.1:0?name=raw",
+            "--listen",
+            "statsd+udp://127.0.0.1:0?name=statsd",
+        ],
+    );
+    for (name, proto) in [("raw", "raw+tcp"), ("statsd", "statsd+udp")] {
+        let spec = format!("{proto}://{}?name=second", first.addr(name));
+        let data = dir.path().join(format!("b-{name}"));
+        let o = run(&[
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--admin",
+            "127.0.0.1:0",
+            "--listen",
+            &spec,
+        ]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(
+            e.contains("address in use by another process") && e.contains("second"),
+            "{e}"
+        );
+    }
+    assert!(first.stop().success());
+
+    // Anything of the same user that holds the port with SO_REUSEPORT is refused too.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    other.set_reuse_port(true).unwrap();
+    other
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let addr = other.local_addr().unwrap().as_socket().unwrap();
+    let spec = format!("statsd+udp://{addr}?name=shared");
+    let data = dir.path().join("c");
+    let o = run(&[
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--admin",
+        "127.0.0.1:0",
+        "--listen",
+        &spec,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("address in use by another process"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn check_says_what_serve_would_run_and_refuses_as_serve_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let d = data.to_str().unwrap();
+    let o = run(&["check", "--data-dir", d, "--cores", "2"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains("embedded defaults")
+            && out.contains("2 cores")
+            && out.contains("graphite-tcp"),
+        "{out}"
+    );
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[window]\nsizes = [\"10s\"]\n\n[checkpoint]\nkeep = 0\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    for cmd in ["check", "serve"] {
+        let o = run(&[
+            cmd,
+            "--config",
+            f,
+            "--data-dir",
+            d,
+            "--admin",
+            "127.0.0.1:0",
+        ]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {e}");
+        assert!(
+            e.contains("line 5") && e.contains("checkpoint.keep"),
+            "{cmd}: {e}"
+        );
+    }
+    // A flag that breaks a relation with the file: named, without a line of the file.
+    std::fs::write(&file, "[window]\nhop = \"5s\"\n").unwrap();
+    let o = run(&["check", "--config", f, "--window", "7s"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("window.hop"), "{}", stderr(&o));
+    assert!(!data.exists(), "check wrote the data dir");
 }

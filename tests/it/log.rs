@@ -484,3 +484,76 @@ fn a_committed_checkpoint_names_only_flushed_log_even_under_flush_never() {
     }
     assert!(sluice.stop().success());
 }
+
+/// `sluice log CMD ARGS | head -N` under bash: (what head printed, the exit status of sluice,
+/// its stderr); panics when the pipeline has not ended within 20 s.
+fn into_head(data: &Path, args: &[&str], n: usize) -> (Vec<String>, String, String) {
+    let script = format!(
+        "\"$0\" log {} --data-dir \"$1\" 2>\"$2\" | head -{n}; echo \"status ${{PIPESTATUS[0]}}\"",
+        args.join(" ")
+    );
+    let err = data.with_extension("stderr");
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .arg(bin())
+        .arg(data)
+        .arg(&err)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
+    });
+    let status = wait_timeout(&mut child, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+        panic!("`sluice log {}` | head -{n} did not end", args.join(" "));
+    }
+    let mut lines = reader.join().unwrap();
+    let last = lines.pop().unwrap_or_default();
+    (lines, last, std::fs::read_to_string(&err).unwrap())
+}
+
+#[test]
+fn log_dump_and_tail_into_a_closed_pipe_exit_0_at_once_and_json_names_the_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = config_file(tmp.path());
+    let sluice = start(&data, &config, &[]);
+    // Three lines fit in the pipe: `tail` has written them all and is idle when `head` goes.
+    send_all(sluice.addr("raw"), 1, 3);
+    assert!(
+        wait_for(Duration::from_secs(20), || dump(&data).len() == 3),
+        "3 lines stored"
+    );
+    let (lines, status, err) = into_head(&data, &["tail", "--json", "--from", "0"], 2);
+    assert_eq!(
+        (lines.len(), status.as_str(), err.as_str()),
+        (2, "status 0", "")
+    );
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["listener"], "raw", "{first}");
+    assert!(first["listener_id"].is_u64(), "{first}");
+    // More than a pipe holds: `dump` meets the closed pipe while writing.
+    send_all(sluice.addr("raw"), 2, 5_000);
+    assert!(
+        wait_for(Duration::from_secs(30), || dump(&data).len() == 10_003),
+        "10,003 lines stored"
+    );
+    let (lines, status, err) = into_head(&data, &["dump", "--json"], 1);
+    assert_eq!(
+        (lines.len(), status.as_str(), err.as_str()),
+        (1, "status 0", "")
+    );
+    let (lines, status, err) = into_head(&data, &["tail", "--from", "0"], 2);
+    assert_eq!(
+        (lines.len(), status.as_str(), err.as_str()),
+        (2, "status 0", "")
+    );
+    assert!(sluice.stop().success());
+}
