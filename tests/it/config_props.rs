@@ -332,7 +332,7 @@ fn serve_accepts(
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let ready = loop {
         if let Ok(Some(status)) = child.try_wait() {
             let err = std::fs::read_to_string(&log).unwrap_or_default();
@@ -347,8 +347,9 @@ fn serve_accepts(
         if let Ok(bytes) = std::fs::read(data.join("endpoints.json"))
             && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
             && let Some(admin) = v["admin"].as_str().and_then(|a| a.parse().ok())
+            && crate::harness::http_get(admin, "/readyz").0 == 200
         {
-            break crate::harness::http_get(admin, "/readyz").0 == 200;
+            break true;
         }
         if Instant::now() > deadline {
             break false;
