@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod parse;
+pub mod query;
 pub mod results;
 pub mod route;
 pub mod serve;

@@ -92,6 +92,14 @@ struct SegmentFile {
     path: PathBuf,
 }
 
+/// The position after the last byte written to the record in `dir` (0 when it has none).
+pub fn record_end(dir: &Path) -> std::io::Result<u64> {
+    let Some(last) = list_segments(dir)?.pop() else {
+        return Ok(0);
+    };
+    Ok(last.base + std::fs::metadata(&last.path)?.len())
+}
+
 /// The segments of record directory `dir`, by position.
 fn list_segments(dir: &Path) -> std::io::Result<Vec<SegmentFile>> {
     let mut out = Vec::new();

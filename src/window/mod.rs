@@ -69,7 +69,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use output::{AggregatesWriter, OutputSync, now_ms, rfc3339};
+pub use output::{AggregatesWriter, OutputSync, now_ms, open_row, rfc3339};
 pub use sketch::{PENDING as SKETCH_PENDING, Sketch};
 
 use crate::limits::OVERFLOW_KEY;
@@ -1038,6 +1038,90 @@ impl Shard {
             .expect("own encoding decodes");
         out.sort_by(|a, b| (&a.key, a.size_ms, a.start_ms).cmp(&(&b.key, b.size_ms, b.start_ms)));
         out
+    }
+
+    /// Calls `f` with every open window of the slots `from..` (up to `max_slots` of them) of
+    /// size `size_ms` (every size when `None`) whose key `select` takes: the key, the window,
+    /// its start and its running aggregate. A composed window (one fed by a smaller size's
+    /// closed windows) is given with its feeder's open windows merged in, so it holds every
+    /// event folded so far. Returns the slot to go on from, or `None` when the scan is done.
+    ///
+    /// Slots are stable while the shard changes between calls (a released slot is reused
+    /// for a new key), so a scan in steps sees each live key at most once, and every key
+    /// live for the whole scan exactly once. The work per call is bounded by `max_slots`,
+    /// which is how a core answers a query without stalling.
+    pub fn scan_open(
+        &self,
+        from: usize,
+        max_slots: usize,
+        size_ms: Option<i64>,
+        mut select: impl FnMut(&str) -> bool,
+        mut f: impl FnMut(&str, &WindowSpec, i64, &Agg),
+    ) -> Option<usize> {
+        let end = from.saturating_add(max_slots).min(self.slots.len());
+        for slot in &self.slots[from.min(end)..end] {
+            if slot.windows.is_empty() || !select(&slot.key) {
+                continue;
+            }
+            for (spec_idx, spec) in self.windows.iter().enumerate() {
+                if size_ms.is_some_and(|s| s != spec.size_ms) {
+                    continue;
+                }
+                if self.feeder[spec_idx].is_none() {
+                    for w in slot
+                        .windows
+                        .iter()
+                        .filter(|w| w.spec_idx as usize == spec_idx)
+                    {
+                        f(&slot.key, spec, w.start_ms, &w.agg);
+                    }
+                } else {
+                    for (start, agg) in self.composed_open(slot, spec_idx as u8) {
+                        f(&slot.key, spec, start, &agg);
+                    }
+                }
+            }
+        }
+        (end < self.slots.len()).then_some(end)
+    }
+
+    /// The open windows of `slot` of spec `spec_idx` with every event folded so far: its own
+    /// (the closed windows of its feeder merged) and its feeder's open windows (themselves
+    /// composed when fed in turn), including windows that no feeder window has closed into
+    /// yet.
+    fn composed_open(&self, slot: &Slot, spec_idx: u8) -> Vec<(i64, Agg)> {
+        let mut out: Vec<(i64, Agg)> = slot
+            .windows
+            .iter()
+            .filter(|w| w.spec_idx == spec_idx)
+            .map(|w| (w.start_ms, w.agg.clone()))
+            .collect();
+        let Some(feeder) = self.feeder[spec_idx as usize] else {
+            return out;
+        };
+        let spec = self.windows[spec_idx as usize];
+        for (part_start, part) in self.composed_open(slot, feeder) {
+            for start in spec.starts(part_start) {
+                if start.saturating_add(spec.size_ms) <= self.closed_through_ms {
+                    continue;
+                }
+                match out.iter_mut().find(|(s, _)| *s == start) {
+                    Some((_, agg)) => agg.absorb(part.clone()),
+                    None => {
+                        let mut agg = Agg::empty();
+                        agg.absorb(part.clone());
+                        out.push((start, agg));
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|(s, _)| *s);
+        out
+    }
+
+    /// The quantiles rows carry (value and field name).
+    pub fn quantiles(&self) -> &[(f64, String)] {
+        &self.quantiles
     }
 
     /// The frontier: every window ending at or before it is closed.

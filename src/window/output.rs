@@ -75,6 +75,32 @@ impl Serialize for Line<'_> {
     }
 }
 
+/// The row of an open window (as a closed one is written, plus `"final":false`): what the
+/// query API shows of a window still running.
+pub fn open_row(
+    key: &str,
+    spec: &WindowSpec,
+    start_ms: i64,
+    agg: &Agg,
+    quantiles: &[(f64, String)],
+) -> String {
+    let line = Line {
+        key,
+        spec,
+        start_ms,
+        agg,
+        quantiles,
+    };
+    // A map of strings and finite numbers always encodes.
+    let mut text = serde_json::to_string(&line).unwrap_or_else(|_| "{}".into());
+    text.pop();
+    if text.len() > 1 {
+        text.push(',');
+    }
+    text.push_str("\"final\":false}");
+    text
+}
+
 /// RFC 3339 UTC time of `ms` (seconds precision when whole, else milliseconds).
 pub fn rfc3339(ms: i64) -> String {
     if ms < 0 {

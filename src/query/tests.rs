@@ -1,0 +1,195 @@
+use super::*;
+use std::sync::Arc;
+
+fn row(key: &str, window: &str, start_ms: i64, count: u64, extra: &str) -> String {
+    format!(
+        "{{\"key\":\"{key}\",\"window\":\"{window}\",\"start_ms\":{start_ms},\"count\":{count}{extra}}}"
+    )
+}
+
+fn index_of(rows: &[String], budget: usize) -> Index {
+    let index = Index::new(Vec::new(), budget);
+    let mut pos = 0;
+    for r in rows {
+        assert!(index.insert_line(0, pos, r.as_bytes()), "{r}");
+        pos += r.len() as u64 + 1;
+    }
+    index
+}
+
+fn counts(answer: &WindowsAnswer) -> Vec<(String, String, i64)> {
+    answer
+        .rows
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r).unwrap();
+            assert_eq!(v["final"], true, "{r}");
+            (
+                v["key"].as_str().unwrap().to_string(),
+                v["window"].as_str().unwrap().to_string(),
+                v["start_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn windows_gives_the_last_rows_of_a_key_or_a_prefix_by_key_window_and_start() {
+    let mut rows = Vec::new();
+    for start in [0, 10_000, 20_000] {
+        for key in ["room.a", "room.b", "roomy", "hall"] {
+            rows.push(row(key, "10s", start, 1, ""));
+        }
+    }
+    rows.push(row("room.a", "1m", 0, 3, ""));
+    let index = index_of(&rows, usize::MAX);
+    let key = |k: &str| (k.to_string(), "10s".to_string());
+    let a = index.windows(&Filter::Key("room.a".into()), Some("10s"), 2, 100);
+    assert_eq!(
+        counts(&a),
+        vec![
+            (key("room.a").0, key("room.a").1, 10_000),
+            (key("room.a").0, key("room.a").1, 20_000)
+        ]
+    );
+    // Every window size, shorter first.
+    let all = index.windows(&Filter::Key("room.a".into()), None, 1, 100);
+    assert_eq!(
+        counts(&all),
+        vec![
+            ("room.a".into(), "10s".into(), 20_000),
+            ("room.a".into(), "1m".into(), 0)
+        ]
+    );
+    let prefix = index.windows(&Filter::Prefix("room.".into()), Some("10s"), 1, 100);
+    assert_eq!(
+        counts(&prefix),
+        vec![
+            ("room.a".into(), "10s".into(), 20_000),
+            ("room.b".into(), "10s".into(), 20_000)
+        ]
+    );
+    assert!(!prefix.truncated);
+    let capped = index.windows(&Filter::Prefix(String::new()), None, 10, 5);
+    assert_eq!((capped.rows.len(), capped.truncated), (5, true));
+    assert!(
+        index
+            .windows(&Filter::Key("room".into()), None, 10, 5)
+            .rows
+            .is_empty()
+    );
+}
+
+#[test]
+fn history_stays_within_its_budget_and_forgets_the_oldest_first() {
+    let rows: Vec<String> = (0..100)
+        .map(|i| row(&format!("k{}", i % 10), "10s", i / 10 * 10_000, 1, ""))
+        .collect();
+    let one = rows[0].len() + ",\"final\":true".len();
+    let index = index_of(&rows, 25 * one);
+    let stats = index.stats();
+    assert!(stats.held_bytes <= 25 * one as u64, "{stats:?}");
+    assert_eq!(stats.rows, 100);
+    assert_eq!(stats.evicted + stats.held, 100);
+    // What is held is the newest rows: k3's are those among them.
+    let held = (100 - stats.held)..100;
+    let want: Vec<i64> = held
+        .filter(|i| i % 10 == 3)
+        .map(|i| i as i64 / 10 * 10_000)
+        .collect();
+    assert!(want.len() >= 2, "{stats:?}");
+    let k3 = index.windows(&Filter::Key("k3".into()), None, 100, 100);
+    let starts: Vec<i64> = counts(&k3).into_iter().map(|r| r.2).collect();
+    assert_eq!(starts, want);
+}
+
+#[test]
+fn top_ranks_the_newest_closed_window_by_any_measure_with_ties_by_key() {
+    let mut rows = vec![
+        row("old", "10s", 0, 999, ",\"max\":5.0"),
+        row("a", "10s", 10_000, 3, ",\"max\":1.0,\"p99\":0.9"),
+        row("b", "10s", 10_000, 7, ",\"max\":2.0"),
+        row("c", "10s", 10_000, 7, ",\"max\":9.0,\"p99\":8.5"),
+        row("d", "10s", 10_000, 1, ",\"distinct\":12"),
+        row("a", "1m", 0, 50, ""),
+    ];
+    // A shard late with the window before: not mixed into the newest.
+    rows.push(row("late", "10s", 0, 1_000, ""));
+    let index = index_of(&rows, usize::MAX);
+    let keys =
+        |t: TopAnswer| -> Vec<String> { t.ranked.iter().map(|r| r.key.to_string()).collect() };
+    let all = Filter::Prefix(String::new());
+    let top = index.top("10s", By::Count, 3, &all);
+    assert_eq!(top.start_ms, Some(10_000));
+    assert_eq!(keys(top), ["b", "c", "a"]);
+    assert_eq!(keys(index.top("10s", By::Max, 2, &all)), ["c", "b"]);
+    // Only rows with the measure are ranked.
+    assert_eq!(keys(index.top("10s", By::P99, 10, &all)), ["c", "a"]);
+    assert_eq!(keys(index.top("10s", By::Distinct, 10, &all)), ["d"]);
+    assert_eq!(
+        keys(index.top("10s", By::Count, 10, &Filter::Prefix("a".into()))),
+        ["a"]
+    );
+    assert_eq!(keys(index.top("1m", By::Count, 10, &all)), ["a"]);
+    let none = index.top("5m", By::Count, 10, &all);
+    assert_eq!((none.start_ms, none.ranked.len()), (None, 0));
+    assert!(index.top("10s", By::Count, 0, &all).ranked.is_empty());
+}
+
+#[test]
+fn a_line_that_is_not_a_row_is_counted_and_skipped() {
+    let index = Index::new(Vec::new(), usize::MAX);
+    assert!(!index.insert_line(0, 0, b"{\"key\":1}"));
+    assert!(!index.insert_line(0, 10, b"not json"));
+    assert!(!index.insert_line(0, 20, b"\xff\xfe"));
+    assert_eq!(index.stats().unreadable, 3);
+    assert_eq!(index.stats().rows, 0);
+}
+
+#[test]
+fn the_feeder_follows_every_shard_and_rows_are_read_back_by_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..2)
+        .map(|s| dir.path().join(format!("s{s:03}")))
+        .collect();
+    let mut files = Vec::new();
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+        files.push(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(d.join(format!("{:020}.jsonl", 0)))
+                .unwrap(),
+        );
+    }
+    use std::io::Write;
+    writeln!(files[0], "{}", row("x", "10s", 0, 2, "")).unwrap();
+    writeln!(files[1], "{}", row("y", "10s", 0, 5, "")).unwrap();
+    let index = Arc::new(Index::new(dirs, 1 << 20));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = spawn_feeder(index.clone(), stop.clone()).unwrap();
+    let wait = |n: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while index.stats().rows < n {
+            assert!(std::time::Instant::now() < deadline, "{:?}", index.stats());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    wait(2);
+    writeln!(files[1], "{}", row("x", "10s", 10_000, 1, "")).unwrap();
+    wait(3);
+    let all = Filter::Prefix(String::new());
+    let top = index.top("10s", By::Count, 10, &all);
+    assert_eq!(top.start_ms, Some(10_000));
+    let back = index.read_row(&top.ranked[0]).unwrap();
+    assert_eq!(
+        back,
+        format!(
+            "{},\"final\":true}}",
+            row("x", "10s", 10_000, 1, "").trim_end_matches('}')
+        )
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    feeder.join().unwrap();
+}
