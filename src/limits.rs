@@ -173,3 +173,20 @@ pub const STORAGE_RETRY_MS_MAX: u64 = 1_000;
 pub const AGGREGATES_STAGED_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 const _: () = assert!(STORAGE_RETRY_MS_MIN > 0 && STORAGE_RETRY_MS_MIN <= STORAGE_RETRY_MS_MAX);
+
+/// Bytes of closed-row text the query index holds (the newest rows; older ones are in
+/// `aggregates/`).
+pub const QUERY_HISTORY_BYTES: usize = 64 * 1024 * 1024;
+/// Rows one `/api/v1/windows` answer holds at most (closed and open each); more matched
+/// says `"truncated":true`.
+pub const QUERY_ROWS_MAX: usize = 10_000;
+/// Largest `last` of `/api/v1/windows` (closed rows per key and window).
+pub const QUERY_LAST_MAX: usize = 1_000;
+/// Largest `n` of `/api/v1/top`.
+pub const QUERY_TOP_MAX: usize = 1_000;
+/// Open-window requests queued per shard; one more is answered 503 (busy).
+pub const OPEN_QUERIES_QUEUED_MAX: usize = 4;
+/// Key slots a core scans per loop turn for an open-window query.
+pub const OPEN_SCAN_SLOTS_PER_TURN: usize = 2_048;
+/// How long the admin server waits for every shard's answer to an open-window query.
+pub const OPEN_QUERY_TIMEOUT_MS: u64 = 5_000;

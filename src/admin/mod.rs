@@ -10,6 +10,8 @@
 //! GET /readyz    200 "ready" | 503 "starting" | 503 "stopping" | 503 "storage" (writes fail)
 //! GET /metrics   Prometheus text 0.0.4, or OpenMetrics 1.0.0 when Accept prefers it; built
 //!                from crate::metrics at scrape time (exposition.rs)
+//! GET /api/v1/windows, /api/v1/top   closed rows (query::Index) and open windows (asked
+//!                of the shards), api.rs
 //! ```
 //!
 //! Routes live in one function, [`router`]; a new endpoint is one more `.route(...)` there.
@@ -23,9 +25,11 @@
 
 #![forbid(unsafe_code)]
 
+mod api;
 pub mod exposition;
 mod server;
 
+pub use api::QueryApi;
 pub use server::AdminLimits;
 
 use axum::Router;
@@ -61,12 +65,17 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 pub struct AdminState {
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
+    /// The query API's sources (`None`: its routes answer 503).
+    pub query: Option<QueryApi>,
 }
 
 impl AdminState {
-    /// State serving `metrics` (and nothing else yet).
+    /// State serving `metrics`, without the query API.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        AdminState { metrics }
+        AdminState {
+            metrics,
+            query: None,
+        }
     }
 }
 
@@ -145,6 +154,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/windows", get(api::windows))
+        .route("/api/v1/top", get(api::top))
         .with_state(state)
 }
 

@@ -19,8 +19,12 @@
 #![forbid(unsafe_code)]
 
 mod index;
+mod open;
 
 pub use index::{Index, IndexStats, Ranked, TopAnswer, WindowsAnswer, spawn_feeder};
+pub use open::{
+    OpenError, OpenQueries, OpenReply, OpenRequest, OpenRow, OpenScan, Want, measure, rank,
+};
 
 /// Which keys a query is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

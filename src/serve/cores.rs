@@ -13,11 +13,13 @@ use super::restore::PartitionPlan;
 use super::{Error, io_err};
 use crate::config::Config;
 use crate::deadletter::DeadLetter;
+use crate::limits::OPEN_QUERIES_QUEUED_MAX;
 use crate::metrics::Metrics;
 use crate::net::BoundSocket;
 use crate::net::conns::FdBudget;
 use crate::net::epoll::EpollBackend;
 use crate::ops;
+use crate::query::OpenQueries;
 use crate::route::{self, Doorbell};
 use crate::window::Shard;
 use crate::worker::{self, Control, Report, ResultsHandles, WorkerSetup};
@@ -34,12 +36,17 @@ pub(super) struct Started {
     pub(super) metrics: Arc<Metrics>,
 }
 
+/// The running cores, as `serve` holds them.
+pub(super) struct Cores {
+    pub(super) threads: Vec<JoinHandle<()>>,
+    pub(super) control: Arc<Control>,
+    pub(super) reports: Receiver<Report>,
+    /// The query API's way to the shards' open windows.
+    pub(super) open_queries: OpenQueries,
+}
+
 /// Starts one thread per core; returns them, their control block and their reports.
-#[allow(clippy::type_complexity)]
-pub(super) fn start_cores(
-    config: &Config,
-    mut started: Started,
-) -> Result<(Vec<JoinHandle<()>>, Arc<Control>, Receiver<Report>), Error> {
+pub(super) fn start_cores(config: &Config, mut started: Started) -> Result<Cores, Error> {
     let cores = config.core_count();
     let data_dir = config.data_dir.as_path();
     let fds = Arc::new(FdBudget::for_limit(ops::raise_fd_limit()));
@@ -71,6 +78,17 @@ pub(super) fn start_cores(
         results: started.results,
     });
     let (report_tx, report_rx) = unbounded();
+    let bells: Vec<Doorbell> = control.doorbells.clone();
+    let (open_queries, mut open_rx) = OpenQueries::new(
+        cores,
+        OPEN_QUERIES_QUEUED_MAX,
+        Arc::new(move |shard| {
+            if let Some(bell) = bells.get(shard) {
+                bell.ring();
+            }
+        }),
+    );
+    let mut open_rx = open_rx.drain(..);
     let listeners = Arc::new(config.listeners.clone());
     let pins = core_affinity::get_core_ids().unwrap_or_default();
 
@@ -93,6 +111,7 @@ pub(super) fn start_cores(
             partitions: plan.others,
             max_event_ms: plan.max_event_ms,
             shard: started.shards.remove(0),
+            open_queries: open_rx.next().expect("one open-query queue per core"),
             deadletter: DeadLetter::open(
                 data_dir,
                 id as u16,
@@ -112,5 +131,10 @@ pub(super) fn start_cores(
         threads.push(thread);
     }
     drop(report_tx);
-    Ok((threads, control, report_rx))
+    Ok(Cores {
+        threads,
+        control,
+        reports: report_rx,
+        open_queries,
+    })
 }

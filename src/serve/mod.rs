@@ -201,7 +201,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     let shards = open_shards(&config, cores, body.as_ref(), &results)?;
     let partition_plan = plan_partitions(&config, cores, body.as_ref(), &metrics)?;
 
-    let (threads, control, report_rx) = start_cores(
+    let cores_started = start_cores(
         &config,
         Started {
             first_epoch,
@@ -214,10 +214,32 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         },
     )?;
 
+    let crate::serve::cores::Cores {
+        threads,
+        control,
+        reports: report_rx,
+        open_queries,
+    } = cores_started;
+    let index = Arc::new(crate::query::Index::new(
+        (0..cores)
+            .map(|s| {
+                crate::results::record_dir(&data_dir, crate::results::Kind::Aggregates, s as u16)
+            })
+            .collect(),
+        crate::limits::QUERY_HISTORY_BYTES,
+    ));
+    let index_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let index_feeder = crate::query::spawn_feeder(index.clone(), index_stop.clone())
+        .map_err(io_err("cannot start the query index for", &data_dir))?;
     let admin = AdminServer::start(
         admin_listener,
         AdminState {
             metrics: metrics.clone(),
+            query: Some(crate::admin::QueryApi {
+                index,
+                open: open_queries,
+                window_sizes_ms: config.window.sizes.iter().map(|s| s.as_i64()).collect(),
+            }),
         },
     )
     .map_err(io_err("cannot start admin server on", Path::new("admin")))?;
@@ -248,5 +270,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         let _ = t.join();
     }
     admin.stop();
+    index_stop.store(true, Ordering::Relaxed);
+    let _ = index_feeder.join();
     result
 }

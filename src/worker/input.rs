@@ -114,6 +114,7 @@ impl Input {
                 setup.id,
                 setup.shard,
                 setup.inbound,
+                setup.open_queries,
                 setup.metrics.clone(),
                 setup.reports.clone(),
             ),

@@ -325,6 +325,8 @@ pub struct WorkerSetup {
     pub max_event_ms: Option<i64>,
     /// This core's shard, restored.
     pub shard: Shard,
+    /// Questions about the shard's open windows (the query API's).
+    pub open_queries: crossbeam_channel::Receiver<crate::query::OpenRequest>,
     /// Dead letters.
     pub deadletter: DeadLetter,
     /// Allowed lateness in ms.
@@ -386,6 +388,7 @@ impl Input {
         loop {
             self.quiet.end_turn(Instant::now());
             let inbound_more = self.owner.drain_inbound(&mut self.deadletter)?;
+            let scanning = self.owner.answer_open_queries();
             if let Some(e) = self.owner.take_results_error() {
                 self.storage_failed(crate::metrics::StorageOp::Aggregates, &e);
             }
@@ -418,6 +421,7 @@ impl Input {
             }
 
             let busy = inbound_more
+                || scanning
                 || (phase == Phase::Replaying && !self.router.blocked())
                 || (backend.has_ready() && self.reading())
                 || matches!(phase, Phase::Draining { .. });

@@ -14,8 +14,11 @@ use crossbeam_channel::{Sender, TryRecvError};
 use super::{Error, Report};
 use crate::checkpoint::ShardState;
 use crate::deadletter::DeadLetter;
-use crate::limits::{AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX};
+use crate::limits::{
+    AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX, OPEN_SCAN_SLOTS_PER_TURN,
+};
 use crate::metrics::Metrics;
+use crate::query::{OpenRequest, OpenScan};
 use crate::route::Inbound;
 use crate::route::Msg;
 use crate::window::Shard;
@@ -37,6 +40,9 @@ pub(super) struct Owner {
     snapshot_bytes_hint: usize,
     /// The first results write error met since the input side last looked.
     results_error: Option<std::io::Error>,
+    /// Questions about the open windows, and the one being answered.
+    open_queries: crossbeam_channel::Receiver<OpenRequest>,
+    open_scan: Option<OpenScan>,
     metrics: Arc<Metrics>,
     reports: Sender<Report>,
 }
@@ -46,12 +52,15 @@ impl Owner {
         id: u16,
         shard: Shard,
         inbound: Vec<Inbound>,
+        open_queries: crossbeam_channel::Receiver<OpenRequest>,
         metrics: Arc<Metrics>,
         reports: Sender<Report>,
     ) -> Owner {
         Owner {
             id,
             shard,
+            open_queries,
+            open_scan: None,
             aligned: vec![false; inbound.len()],
             inbound,
             aligned_count: 0,
@@ -60,6 +69,27 @@ impl Owner {
             metrics,
             reports,
         }
+    }
+
+    /// Answers the query API's questions about the open windows, one at a time and
+    /// [`OPEN_SCAN_SLOTS_PER_TURN`] key slots per call (see `query::OpenScan`). Returns
+    /// true while a question is being answered (the loop then does not sleep).
+    pub(super) fn answer_open_queries(&mut self) -> bool {
+        if self.open_scan.is_none() {
+            match self.open_queries.try_recv() {
+                Ok(request) => self.open_scan = Some(OpenScan::new(request)),
+                Err(_) => return false,
+            }
+        }
+        let Some(scan) = &mut self.open_scan else {
+            return false;
+        };
+        if scan.step(&self.shard, OPEN_SCAN_SLOTS_PER_TURN) {
+            self.open_scan = None;
+            // Another may be waiting.
+            return !self.open_queries.is_empty();
+        }
+        true
     }
 
     /// A results write that failed since the last call (the core holds its input and

@@ -13,6 +13,7 @@ mod hostile;
 mod limits;
 mod log;
 mod metrics;
+mod query;
 mod results;
 mod statsd;
 mod storage;

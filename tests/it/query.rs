@@ -1,0 +1,160 @@
+//! The query API through the real binary: closed rows exactly as the aggregates files hold
+//! them, open windows' running values asked of the shards, top-N merged across shards, and
+//! parameters checked by name.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::harness::{Sluice, aggregate_lines, now_secs, wait_for};
+
+/// GET `path` from the admin server as JSON (status, body).
+fn get_json(sluice: &Sluice, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = sluice.http_get(path);
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body:?}"));
+    (status, v)
+}
+
+/// The rows of the aggregates files whose key `select` takes, as JSON with `"final":true`,
+/// by key and start.
+fn file_rows(sluice: &Sluice, select: impl Fn(&str) -> bool) -> Vec<serde_json::Value> {
+    let mut rows: Vec<serde_json::Value> = aggregate_lines(&sluice.data_dir)
+        .into_iter()
+        .map(|(_, l)| serde_json::from_str::<serde_json::Value>(&l).unwrap())
+        .filter(|v| select(v["key"].as_str().unwrap()))
+        .map(|mut v| {
+            v["final"] = true.into();
+            v
+        })
+        .collect();
+    rows.sort_by_key(|v| {
+        (
+            v["key"].as_str().unwrap().to_string(),
+            v["start_ms"].as_i64().unwrap(),
+        )
+    });
+    rows
+}
+
+fn keys_of(rows: &serde_json::Value) -> Vec<String> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn windows_and_top_answer_from_closed_rows_and_the_shards_open_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(
+        &dir.path().join("d"),
+        &[
+            "--cores",
+            "2",
+            "--window",
+            "10s",
+            "--allowed-lateness",
+            "5s",
+            "--listen",
+            "graphite+tcp://127.0.0.1:0?name=g",
+        ],
+    );
+    // Windows of the past (event time): t0 holds room.a once; t0+10 holds room.b ×5,
+    // room.a ×3, hall ×2; `tick` at t0+31 moves the watermark to t0+26, closing both; the
+    // window of t0+30 stays open with room.a ×4 and tick.
+    let t0 = (now_secs() - 600) / 10 * 10;
+    let mut lines = vec![format!("room.a 7 {}", t0 + 1)];
+    lines.extend((0..5).map(|i| format!("room.b {} {}", 10 + i, t0 + 12)));
+    lines.extend((0..3).map(|i| format!("room.a {} {}", 1 + i, t0 + 13)));
+    lines.extend((0..2).map(|_| format!("hall 100 {}", t0 + 14)));
+    lines.push(format!("tick 1 {}", t0 + 31));
+    lines.extend((0..4).map(|i| format!("room.a {} {}", 20 + i, t0 + 32)));
+    let mut s = TcpStream::connect(sluice.addr("g")).unwrap();
+    s.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    drop(s);
+    assert!(
+        wait_for(Duration::from_secs(30), || aggregate_lines(
+            &sluice.data_dir
+        )
+        .len()
+            == 4),
+        "4 closed rows: {:?}",
+        aggregate_lines(&sluice.data_dir)
+    );
+
+    // Closed rows: exactly the files' rows, for a key and for a prefix.
+    let want_a = file_rows(&sluice, |k| k == "room.a");
+    assert_eq!(want_a.len(), 2);
+    let path = "/api/v1/windows?key=room.a&window=10s&last=10";
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            get_json(&sluice, path).1["windows"]
+                .as_array()
+                .is_some_and(|w| w.len() == 2)
+        }),
+        "the index has room.a's rows"
+    );
+    let (status, a) = get_json(&sluice, path);
+    assert_eq!(status, 200);
+    assert_eq!(a["windows"], serde_json::Value::Array(want_a.clone()));
+    assert_eq!(a["open"], serde_json::json!([]));
+    assert_eq!(a["truncated"], false);
+    let (_, last1) = get_json(&sluice, "/api/v1/windows?key=room.a&last=1");
+    assert_eq!(last1["windows"], serde_json::json!([want_a[1]]));
+    let (_, room) = get_json(&sluice, "/api/v1/windows?prefix=room.&window=10s");
+    assert_eq!(
+        room["windows"],
+        serde_json::Value::Array(file_rows(&sluice, |k| k.starts_with("room.")))
+    );
+
+    // Open windows: the running values, asked of the owner shards.
+    let (status, open) = get_json(&sluice, "/api/v1/windows?key=room.a&open=true");
+    assert_eq!(status, 200, "{open}");
+    let open_rows = open["open"].as_array().unwrap();
+    assert_eq!(open_rows.len(), 1, "{open}");
+    assert_eq!(open_rows[0]["count"], 4);
+    assert_eq!(open_rows[0]["sum"], 20.0 + 21.0 + 22.0 + 23.0);
+    assert_eq!(open_rows[0]["start_ms"], (t0 + 30) * 1000);
+    assert_eq!(open_rows[0]["final"], false);
+    assert_eq!(open["windows"].as_array().unwrap().len(), 2);
+
+    // Top of the newest closed window, by several measures, merged across shards.
+    let (status, top) = get_json(&sluice, "/api/v1/top?window=10s&by=count&n=2");
+    assert_eq!(status, 200, "{top}");
+    assert_eq!(keys_of(&top["top"]), ["room.b", "room.a"]);
+    assert_eq!(top["start_ms"], (t0 + 10) * 1000);
+    assert_eq!(top["top"][0], file_rows(&sluice, |k| k == "room.b")[0]);
+    let (_, by_max) = get_json(&sluice, "/api/v1/top?by=max");
+    assert_eq!(keys_of(&by_max["top"]), ["hall", "room.b", "room.a"]);
+    let (_, prefixed) = get_json(&sluice, "/api/v1/top?by=sum&prefix=room.");
+    assert_eq!(keys_of(&prefixed["top"]), ["room.b", "room.a"]);
+    let (_, open_top) = get_json(&sluice, "/api/v1/top?open=true&by=count");
+    assert_eq!(keys_of(&open_top["top"]), ["room.a", "tick"], "{open_top}");
+    assert_eq!(open_top["top"][0]["final"], false);
+
+    // Bad parameters: a 400 naming each.
+    for (path, parameter) in [
+        ("/api/v1/windows?key=room.a&window=7s", "window"),
+        ("/api/v1/windows?key=room.a&window=soon", "window"),
+        ("/api/v1/windows?key=room.a&last=0", "last"),
+        ("/api/v1/windows?key=room.a&last=100000", "last"),
+        ("/api/v1/windows?key=room.a&open=maybe", "open"),
+        ("/api/v1/windows?key=room.a&colour=red", "colour"),
+        ("/api/v1/windows?key=room.a&key=hall", "key"),
+        ("/api/v1/windows", "key"),
+        ("/api/v1/windows?key=a&prefix=b", "key"),
+        ("/api/v1/top?by=median", "by"),
+        ("/api/v1/top?n=-3", "n"),
+        ("/api/v1/top?key=room.a", "key"),
+    ] {
+        let (status, body) = get_json(&sluice, path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["parameter"], parameter, "{path}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path}: {body}"
+        );
+    }
+    assert!(sluice.stop().success());
+}
