@@ -190,3 +190,11 @@ pub const OPEN_QUERIES_QUEUED_MAX: usize = 4;
 pub const OPEN_SCAN_SLOTS_PER_TURN: usize = 2_048;
 /// How long the admin server waits for every shard's answer to an open-window query.
 pub const OPEN_QUERY_TIMEOUT_MS: u64 = 5_000;
+/// Clients of `/api/v1/stream` at once; one more is answered 503.
+pub const STREAM_CLIENTS_MAX: usize = 32;
+/// Frames queued for one stream client before its follower waits.
+pub const STREAM_QUEUE_FRAMES: usize = 256;
+/// A stream client that takes no frame for this long is dropped.
+pub const STREAM_STALL_MAX_MS: u64 = 30_000;
+/// A comment frame after this long without an event keeps proxies from closing a stream.
+pub const STREAM_KEEPALIVE_MS: u64 = 15_000;

@@ -27,6 +27,10 @@ pub struct QueryApi {
     pub open: OpenQueries,
     /// The configured window sizes, in ms (the first is the default of `top`).
     pub window_sizes_ms: Vec<i64>,
+    /// Per shard, its aggregates record and the record's cursors (streams register there).
+    pub records: Vec<(std::path::PathBuf, Arc<crate::results::Cursors>)>,
+    /// Stream clients now.
+    pub stream_clients: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A failed query: its status and a JSON body naming the parameter at fault.
@@ -331,4 +335,107 @@ pub async fn top(
         Ok(json_response(body))
     })
     .await
+}
+
+/// Releases a stream client's place when its follower ends.
+struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// `GET /api/v1/stream?prefix=P&window=10s` (or `key=K`), resumed by `Last-Event-ID`.
+pub async fn stream(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    use crate::limits::{
+        STREAM_CLIENTS_MAX, STREAM_KEEPALIVE_MS, STREAM_QUEUE_FRAMES, STREAM_STALL_MAX_MS,
+    };
+    use crate::query::{Selection, Sent, Timing, follow, parse_event_id};
+    use std::sync::atomic::Ordering;
+    let api = query_api(&state)?;
+    let mut params = Params::new(pairs)?;
+    let filter = params.filter(false)?;
+    let window = params.window(&api.window_sizes_ms)?;
+    params.finish(&["prefix", "key", "window"])?;
+    let shards = api.records.len();
+    let positions = match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| parse_event_id(v, shards))
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "Last-Event-ID",
+                    format!("Last-Event-ID must be {shards} positions, as this stream's ids are"),
+                )
+            })?,
+        None => {
+            let dirs: Vec<_> = api.records.iter().map(|(d, _)| d.clone()).collect();
+            blocking(move || {
+                Ok(dirs
+                    .iter()
+                    .map(|d| crate::results::record_end(d).unwrap_or(0))
+                    .collect::<Vec<u64>>())
+            })
+            .await?
+        }
+    };
+    if api.stream_clients.fetch_add(1, Ordering::AcqRel) >= STREAM_CLIENTS_MAX {
+        api.stream_clients.fetch_sub(1, Ordering::AcqRel);
+        return Err(ApiError::unavailable(format!(
+            "{STREAM_CLIENTS_MAX} stream clients already; try again later"
+        )));
+    }
+    let slot = StreamSlot(api.stream_clients.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(STREAM_QUEUE_FRAMES);
+    let selection = Selection {
+        filter,
+        window: window.map(|w| Millis(w as u64).to_string()),
+    };
+    let (dirs, cursors): (Vec<_>, Vec<_>) = api.records.iter().cloned().unzip();
+    let timing = Timing {
+        keepalive: Duration::from_millis(STREAM_KEEPALIVE_MS),
+        stall_max: Duration::from_millis(STREAM_STALL_MAX_MS),
+    };
+    // The client's first frame: how long to wait before reconnecting.
+    let _ = tx.try_send("retry: 1000\n\n".into());
+    std::thread::Builder::new()
+        .name("sluice-stream".into())
+        .spawn(move || {
+            let _slot = slot;
+            follow(&dirs, &cursors, &positions, &selection, timing, |frame| {
+                use tokio::sync::mpsc::error::TrySendError;
+                match frame {
+                    None if tx.is_closed() => Sent::Closed,
+                    None => Sent::Sent,
+                    Some(f) => match tx.try_send(f) {
+                        Ok(()) => Sent::Sent,
+                        Err(TrySendError::Full(_)) => Sent::Full,
+                        Err(TrySendError::Closed(_)) => Sent::Closed,
+                    },
+                }
+            });
+        })
+        .map_err(|e| ApiError::unavailable(format!("cannot start a stream: {e}")))?;
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|f| {
+            (
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(f)),
+                rx,
+            )
+        })
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(frames),
+    )
+        .into_response())
 }

@@ -156,6 +156,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/windows", get(api::windows))
         .route("/api/v1/top", get(api::top))
+        .route("/api/v1/stream", get(api::stream))
         .with_state(state)
 }
 

@@ -20,11 +20,13 @@
 
 mod index;
 mod open;
+mod stream;
 
 pub use index::{Index, IndexStats, Ranked, TopAnswer, WindowsAnswer, spawn_feeder};
 pub use open::{
     OpenError, OpenQueries, OpenReply, OpenRequest, OpenRow, OpenScan, Want, measure, rank,
 };
+pub use stream::{Selection, Sent, Timing, event_id, follow, parse_event_id};
 
 /// Which keys a query is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -193,3 +193,65 @@ fn the_feeder_follows_every_shard_and_rows_are_read_back_by_position() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     feeder.join().unwrap();
 }
+
+#[test]
+fn event_ids_round_trip_and_a_stream_stops_for_a_gone_or_stuck_client() {
+    assert_eq!(event_id(&[12, 0, 4711]), "12,0,4711");
+    assert_eq!(parse_event_id(" 12,0,4711 ", 3), Some(vec![12, 0, 4711]));
+    assert_eq!(parse_event_id("12,0", 3), None);
+    assert_eq!(parse_event_id("12,x,1", 3), None);
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join(format!("{:020}.jsonl", 0));
+    let rows = [row("a.x", "10s", 0, 1, ""), row("b.y", "10s", 0, 1, "")];
+    std::fs::write(&seg, rows.join("\n") + "\n").unwrap();
+    let dirs = vec![dir.path().to_path_buf()];
+    let cursors = vec![Arc::new(crate::results::Cursors::default())];
+    let selection = Selection {
+        filter: Filter::Prefix("a.".into()),
+        window: Some("10s".into()),
+    };
+    let timing = Timing {
+        keepalive: std::time::Duration::from_millis(20),
+        stall_max: std::time::Duration::from_millis(100),
+    };
+    // A client that goes after the first frame: the follower ends.
+    let mut frames = Vec::new();
+    follow(&dirs, &cursors, &[0], &selection, timing, |f| match f {
+        Some(f) if frames.is_empty() => {
+            frames.push(f);
+            Sent::Sent
+        }
+        _ => Sent::Closed,
+    });
+    assert_eq!(frames.len(), 1);
+    let id_line = format!("id: {}\n", rows[0].len() + 1);
+    assert!(frames[0].starts_with(&id_line), "{:?}", frames[0]);
+    assert!(
+        frames[0].contains("event: window\ndata: {\"key\":\"a.x\""),
+        "{:?}",
+        frames[0]
+    );
+    // A client that never takes a frame: dropped after stall_max.
+    let started = std::time::Instant::now();
+    follow(&dirs, &cursors, &[0], &selection, timing, |_| Sent::Full);
+    assert!(started.elapsed() >= timing.stall_max);
+    // An idle stream gets keep-alive comments.
+    let mut keepalives = 0;
+    follow(
+        &dirs,
+        &cursors,
+        &[rows.join("\n").len() as u64 + 1],
+        &selection,
+        timing,
+        |f| match f {
+            Some(f) if f.starts_with(':') && keepalives < 2 => {
+                keepalives += 1;
+                Sent::Sent
+            }
+            Some(_) => Sent::Closed,
+            None if keepalives < 2 => Sent::Sent,
+            None => Sent::Closed,
+        },
+    );
+    assert_eq!(keepalives, 2);
+}

@@ -239,6 +239,17 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
                 index,
                 open: open_queries,
                 window_sizes_ms: config.window.sizes.iter().map(|s| s.as_i64()).collect(),
+                records: (0..cores)
+                    .map(|s| {
+                        let dir = crate::results::record_dir(
+                            &data_dir,
+                            crate::results::Kind::Aggregates,
+                            s as u16,
+                        );
+                        (dir, control.results.cursors[s].clone())
+                    })
+                    .collect(),
+                stream_clients: Arc::default(),
             }),
         },
     )

@@ -158,3 +158,132 @@ fn windows_and_top_answer_from_closed_rows_and_the_shards_open_windows() {
     }
     assert!(sluice.stop().success());
 }
+
+/// A `curl -N` client of the stream: its events (id, data) as they come.
+struct StreamClient {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<(String, serde_json::Value)>,
+}
+
+impl StreamClient {
+    fn connect(sluice: &Sluice, query: &str, last_event_id: Option<&str>) -> StreamClient {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sN", "--max-time", "60"]);
+        if let Some(id) = last_event_id {
+            cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
+        }
+        let mut child = cmd
+            .arg(format!("http://{}/api/v1/stream?{query}", sluice.admin()))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut id = String::new();
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(i) = line.strip_prefix("id: ") {
+                    id = i.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    let row = serde_json::from_str(d).unwrap();
+                    if tx.send((id.clone(), row)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        StreamClient { child, events }
+    }
+
+    fn next(&self) -> (String, serde_json::Value) {
+        self.events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an event within 30 s")
+    }
+}
+
+impl Drop for StreamClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_stream_sends_every_closed_row_once_and_resumes_from_last_event_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(
+        &dir.path().join("d"),
+        &[
+            "--cores",
+            "2",
+            "--window",
+            "10s",
+            "--allowed-lateness",
+            "0s",
+            "--listen",
+            "graphite+tcp://127.0.0.1:0?name=g",
+        ],
+    );
+    let t0 = (now_secs() - 600) / 10 * 10;
+    let send = |lines: Vec<String>| {
+        let mut s = TcpStream::connect(sluice.addr("g")).unwrap();
+        s.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    };
+    // Ten keys in one window, closed by a later event; `other` is not selected.
+    let mut lines: Vec<String> = (0..10).map(|i| format!("s.k{i} {i} {}", t0 + 1)).collect();
+    lines.push(format!("other 1 {}", t0 + 2));
+    lines.push(format!("s.tick 1 {}", t0 + 15));
+    send(lines);
+    assert!(
+        wait_for(Duration::from_secs(30), || aggregate_lines(
+            &sluice.data_dir
+        )
+        .len()
+            == 11),
+        "11 closed rows"
+    );
+    // From the start of every record (a stream without Last-Event-ID starts at the end).
+    let first = StreamClient::connect(&sluice, "prefix=s.&window=10s", Some("0,0"));
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(first.next());
+    }
+    drop(first);
+    let resume_id = seen.last().unwrap().0.clone();
+    let second = StreamClient::connect(&sluice, "prefix=s.&window=10s", Some(&resume_id));
+    for _ in 0..6 {
+        seen.push(second.next());
+    }
+    let mut keys: Vec<String> = seen
+        .iter()
+        .map(|(_, r)| r["key"].as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    let want: Vec<String> = (0..10).map(|i| format!("s.k{i}")).collect();
+    assert_eq!(keys, want, "every closed row once, none repeated");
+    // Each is the row of the file, with "final":true.
+    let files = file_rows(&sluice, |k| k.starts_with("s.k"));
+    for (_, row) in &seen {
+        assert!(files.contains(row), "{row}");
+    }
+    // The next window's rows come live, on the same stream.
+    send(vec![format!("s.tick 2 {}", t0 + 25)]);
+    let (_, tick) = second.next();
+    assert_eq!(
+        (tick["key"].clone(), tick["start_ms"].clone()),
+        ("s.tick".into(), ((t0 + 10) * 1000).into())
+    );
+    // A bad Last-Event-ID is a 400 naming it.
+    let (status, _, body) = crate::harness::http_get_with(
+        sluice.admin(),
+        "/api/v1/stream",
+        &[("Last-Event-ID", "12,nope")],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Last-Event-ID"), "{body}");
+    drop(second);
+    assert!(sluice.stop().success());
+}
