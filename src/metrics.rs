@@ -269,6 +269,8 @@ pub struct CheckpointMetrics {
     pub last_duration_us: Gauge,
     /// Size in bytes of the newest checkpoint file.
     pub last_bytes: Gauge,
+    /// Wall-clock time (ms since the epoch) of the newest commit; 0 before the first.
+    pub last_commit_unix_ms: Gauge,
 }
 
 /// Everything the admin endpoint exposes.

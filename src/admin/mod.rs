@@ -28,6 +28,7 @@
 mod api;
 pub mod exposition;
 mod server;
+mod status;
 
 pub use api::QueryApi;
 pub use server::AdminLimits;
@@ -67,6 +68,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The query API's sources (`None`: its routes answer 503).
     pub query: Option<QueryApi>,
+    /// The counters' newest samples, for the rates `/api/v1/status` gives.
+    pub rates: Arc<std::sync::Mutex<status::Rates>>,
 }
 
 impl AdminState {
@@ -75,6 +78,7 @@ impl AdminState {
         AdminState {
             metrics,
             query: None,
+            rates: Arc::default(),
         }
     }
 }
@@ -116,10 +120,12 @@ impl AdminServer {
         };
         let (stop, stopped) = watch::channel(false);
         let metrics = Arc::clone(&state.metrics);
+        let rates = (Arc::clone(&state.metrics), Arc::clone(&state.rates));
         let app = server::limited(router(state), &limits);
         let thread = std::thread::Builder::new()
             .name("sluice-admin".into())
             .spawn(move || {
+                runtime.spawn(status::sample_rates(rates.0, rates.1));
                 runtime.block_on(server::serve(listener, app, limits, metrics, stopped));
                 // Dropping the runtime here cancels connections still open after the grace.
             })?;
@@ -157,6 +163,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/windows", get(api::windows))
         .route("/api/v1/top", get(api::top))
         .route("/api/v1/stream", get(api::stream))
+        .route("/api/v1/status", get(status::status))
         .with_state(state)
 }
 

@@ -223,6 +223,7 @@ impl Coordinator {
                 m.committed_total.add(1);
                 m.last_epoch.set(f.epoch as i64);
                 m.last_bytes.set(bytes as i64);
+                m.last_commit_unix_ms.set(now_ms());
                 m.last_duration_us
                     .set(f.started.elapsed().as_micros() as i64);
                 tracing::debug!(epoch = f.epoch, path = %path.display(), bytes, "checkpoint committed");

@@ -251,6 +251,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
                     .collect(),
                 stream_clients: Arc::default(),
             }),
+            rates: Arc::default(),
         },
     )
     .map_err(io_err("cannot start admin server on", Path::new("admin")))?;

@@ -133,6 +133,25 @@ fn windows_and_top_answer_from_closed_rows_and_the_shards_open_windows() {
     assert_eq!(keys_of(&open_top["top"]), ["room.a", "tick"], "{open_top}");
     assert_eq!(open_top["top"][0]["final"], false);
 
+    // Status: the listener's totals, the cores, the checkpoint.
+    let (status, st) = get_json(&sluice, "/api/v1/status");
+    assert_eq!(status, 200, "{st}");
+    let g = st["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "g")
+        .unwrap()
+        .clone();
+    assert_eq!(g["events_total"], lines.len(), "{st}");
+    assert!(g["events_per_sec"].as_f64().is_some(), "{st}");
+    assert_eq!(st["cores"].as_array().unwrap().len(), 2, "{st}");
+    assert!(
+        st["version"].is_string() && st["uptime_seconds"].as_f64().unwrap() > 0.0,
+        "{st}"
+    );
+    assert!(st["checkpoint"]["epoch"].is_i64(), "{st}");
+
     // Bad parameters: a 400 naming each.
     for (path, parameter) in [
         ("/api/v1/windows?key=room.a&window=7s", "window"),
