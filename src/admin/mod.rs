@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod auth;
 pub mod exposition;
 mod server;
 mod status;
@@ -70,6 +71,8 @@ pub struct AdminState {
     pub query: Option<QueryApi>,
     /// The counters' newest samples, for the rates `/api/v1/status` gives.
     pub rates: Arc<std::sync::Mutex<status::Rates>>,
+    /// `[admin] token`: required on every route but `/healthz` when set.
+    pub token: Option<Arc<str>>,
 }
 
 impl AdminState {
@@ -79,6 +82,7 @@ impl AdminState {
             metrics,
             query: None,
             rates: Arc::default(),
+            token: None,
         }
     }
 }
@@ -156,6 +160,7 @@ impl AdminServer {
 
 /// Every route of the admin API.
 pub fn router(state: AdminState) -> Router {
+    let token = state.token.clone();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -165,6 +170,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/stream", get(api::stream))
         .route("/api/v1/status", get(status::status))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            auth::require_token,
+        ))
 }
 
 async fn healthz() -> &'static str {

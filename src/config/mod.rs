@@ -263,12 +263,17 @@ pub struct AdminConfig {
     /// Address of the admin HTTP server.
     #[serde(deserialize_with = "values::socket_addr")]
     pub addr: SocketAddr,
+    /// When set, every route but `/healthz` needs `Authorization: Bearer TOKEN` (or the
+    /// cookie `/?token=TOKEN` sets for the dashboard).
+    #[serde(deserialize_with = "values::token")]
+    pub token: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 9900)),
+            token: None,
         }
     }
 }
@@ -842,6 +847,16 @@ keep = 2
         ] {
             let err = Config::from_toml(text).unwrap_err();
             assert!(err.contains(line) && err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_admin_token_is_checked_with_its_line() {
+        let c = Config::from_toml("[admin]\ntoken = \"0123456789abcdef\"\n").unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some("0123456789abcdef"));
+        for bad in ["short", "has a space in it ok", "semi;colon-0123456789"] {
+            let e = Config::from_toml(&format!("[admin]\ntoken = \"{bad}\"\n")).unwrap_err();
+            assert!(e.contains("line 2") && e.contains("token"), "{bad}: {e}");
         }
     }
 

@@ -225,6 +225,27 @@ pub(super) fn quantiles<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::
     Ok(qs)
 }
 
+/// `[admin] token`: 16 to 256 printable ASCII characters, no spaces (it travels in a header
+/// and a cookie).
+pub(super) fn token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if !(16..=256).contains(&s.len()) {
+        return Err(de::Error::custom(format!(
+            "token: {} characters; use 16 to 256 (e.g. `openssl rand -hex 24`)",
+            s.len()
+        )));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b';' && b != b',' && b != b'"')
+    {
+        return Err(de::Error::custom(
+            "token: only printable ASCII without spaces, quotes, commas or semicolons",
+        ));
+    }
+    Ok(Some(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -192,6 +192,9 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     let log_ids = Arc::new(listener_ids(&data_dir, &names)?);
     let (sockets, addrs) = bind_all(&config, cores)?;
     let (admin_listener, admin_addr) = bind_admin(config.admin.addr)?;
+    if !config.admin.addr.ip().is_loopback() && config.admin.token.is_none() {
+        tracing::warn!(addr = %config.admin.addr, "the admin server is reachable beyond this host and has no [admin] token: anyone who reaches it reads every result");
+    }
 
     let checkpoint_dir = data_dir.join("checkpoint");
     let (first_epoch, body) = load_checkpoint(&checkpoint_dir)?;
@@ -252,6 +255,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
                 stream_clients: Arc::default(),
             }),
             rates: Arc::default(),
+            token: config.admin.token.as_deref().map(Arc::from),
         },
     )
     .map_err(io_err("cannot start admin server on", Path::new("admin")))?;

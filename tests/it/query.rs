@@ -306,3 +306,70 @@ fn the_stream_sends_every_closed_row_once_and_resumes_from_last_event_id() {
     drop(second);
     assert!(sluice.stop().success());
 }
+
+#[test]
+fn the_admin_token_guards_every_route_but_healthz() {
+    use crate::harness::{bin, http_get, http_get_with, signal, wait_timeout};
+    let dir = tempfile::tempdir().unwrap();
+    let token = "s3cret-token-0123456789";
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, format!("[admin]\ntoken = \"{token}\"\n")).unwrap();
+    let data = dir.path().join("d");
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--config", config.to_str().unwrap(), "--data-dir"])
+        .arg(&data)
+        .args([
+            "--admin",
+            "127.0.0.1:0",
+            "--listen",
+            "raw+tcp://127.0.0.1:0?name=raw",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut admin = None;
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            admin = std::fs::read(data.join("endpoints.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .filter(|v| v["pid"] == child.id())
+                .and_then(|v| v["admin"].as_str()?.parse().ok());
+            admin.is_some_and(|a| http_get(a, "/healthz").0 == 200)
+        }),
+        "sluice serves /healthz"
+    );
+    let admin = admin.unwrap();
+    let bearer = format!("Bearer {token}");
+    assert!(wait_for(Duration::from_secs(30), || {
+        http_get_with(admin, "/readyz", &[("Authorization", &bearer)]).0 == 200
+    }));
+    for path in ["/readyz", "/metrics", "/api/v1/status", "/api/v1/top", "/"] {
+        let (status, head, _) = http_get_with(admin, path, &[]);
+        assert_eq!(status, 401, "{path} without the token");
+        assert!(head.contains("www-authenticate: bearer"), "{path}: {head}");
+        let wrong = format!("Bearer {}x", &token[..token.len() - 1]);
+        assert_eq!(
+            http_get_with(admin, path, &[("Authorization", &wrong)]).0,
+            401,
+            "{path}"
+        );
+    }
+    let (status, _, body) = http_get_with(admin, "/api/v1/status", &[("Authorization", &bearer)]);
+    assert_eq!(status, 200, "{body}");
+    // The dashboard's way in: /?token= sets a cookie, which the page's requests carry.
+    let (status, head, _) = http_get_with(admin, &format!("/?token={token}"), &[]);
+    assert_eq!(status, 303, "{head}");
+    assert!(
+        head.contains("set-cookie: sluice_token=") && head.contains("httponly"),
+        "{head}"
+    );
+    let cookie = format!("sluice_token={token}");
+    assert_eq!(
+        http_get_with(admin, "/api/v1/status", &[("Cookie", &cookie)]).0,
+        200
+    );
+    signal(child.id(), "TERM");
+    let status = wait_timeout(&mut child, Duration::from_secs(30)).expect("sluice stops");
+    assert!(status.success());
+}
