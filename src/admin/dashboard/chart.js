@@ -153,7 +153,10 @@ window.SluiceChart = (() => {
         ctx.moveTo(xx, PAD.top);
         ctx.lineTo(xx, PAD.top + ph);
         ctx.stroke();
-        ctx.fillText(fmtTime(t), xx, PAD.top + ph + 4);
+        // Kept inside the canvas: a label at either edge is moved in rather than cut.
+        const label = fmtTime(t);
+        const half = ctx.measureText(label).width / 2;
+        ctx.fillText(label, Math.min(Math.max(xx, half + 1), w - half - 1), PAD.top + ph + 4);
       }
 
       if (!this.points) {

@@ -143,16 +143,40 @@ mod tests {
 
     #[test]
     fn the_page_names_only_files_that_are_served() {
-        for reference in ["/ui/style.css", "/ui/chart.js", "/ui/app.js", "/ui/favicon.svg"] {
-            assert!(INDEX.body.contains(reference), "index.html lacks {reference}");
+        for reference in [
+            "/ui/style.css",
+            "/ui/chart.js",
+            "/ui/app.js",
+            "/ui/favicon.svg",
+        ] {
+            assert!(
+                INDEX.body.contains(reference),
+                "index.html lacks {reference}"
+            );
             let name = reference.trim_start_matches("/ui/");
-            assert!(ASSETS.iter().any(|a| a.name == name), "{name} is not served");
+            assert!(
+                ASSETS.iter().any(|a| a.name == name),
+                "{name} is not served"
+            );
         }
         // The policy forbids inline code: the page must have none.
         assert!(!INDEX.body.contains("<style"), "inline style in index.html");
-        assert!(!INDEX.body.contains(" style="), "inline style attribute in index.html");
-        assert!(!INDEX.body.contains("<script>"), "inline script in index.html");
-        for handler in ["onclick=", "onload=", "onerror=", "onchange=", "oninput=", "javascript:"] {
+        assert!(
+            !INDEX.body.contains(" style="),
+            "inline style attribute in index.html"
+        );
+        assert!(
+            !INDEX.body.contains("<script>"),
+            "inline script in index.html"
+        );
+        for handler in [
+            "onclick=",
+            "onload=",
+            "onerror=",
+            "onchange=",
+            "oninput=",
+            "javascript:",
+        ] {
             assert!(!INDEX.body.contains(handler), "{handler} in index.html");
         }
     }
