@@ -1,4 +1,4 @@
-//! Admin HTTP server: health, readiness and Prometheus metrics, later queries and the
+//! Admin HTTP server: health, readiness, Prometheus metrics, the query API and the
 //! dashboard.
 //!
 //! Owns: the `sluice-admin` thread, which runs a tokio `current_thread` runtime and axum on
@@ -12,6 +12,9 @@
 //!                from crate::metrics at scrape time (exposition.rs)
 //! GET /api/v1/windows, /api/v1/top   closed rows (query::Index) and open windows (asked
 //!                of the shards), api.rs
+//! GET /api/v1/stream   closed rows as server-sent events, api.rs
+//! GET /api/v1/status   what the appliance does now, status.rs
+//! GET /, /ui/NAME      the dashboard, built into the binary, dashboard/
 //! ```
 //!
 //! Routes live in one function, [`router`]; a new endpoint is one more `.route(...)` there.
@@ -27,6 +30,7 @@
 
 mod api;
 mod auth;
+mod dashboard;
 pub mod exposition;
 mod server;
 mod status;
@@ -169,6 +173,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/top", get(api::top))
         .route("/api/v1/stream", get(api::stream))
         .route("/api/v1/status", get(status::status))
+        .route("/", get(dashboard::index))
+        .route("/ui/{name}", get(dashboard::asset))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             token,

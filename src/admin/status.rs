@@ -153,8 +153,19 @@ pub fn status_json(m: &Metrics, rates: &Rates) -> serde_json::Value {
     })
 }
 
-/// `GET /api/v1/status`.
+/// `GET /api/v1/status`: [`status_json`], plus `windows`, the configured window sizes (the
+/// first is the default of `top`), so that a client such as the dashboard can offer them.
 pub async fn status(State(state): State<AdminState>) -> Response {
-    let rates = state.rates.lock().unwrap_or_else(|e| e.into_inner());
-    axum::Json(status_json(&state.metrics, &rates)).into_response()
+    let mut body = {
+        let rates = state.rates.lock().unwrap_or_else(|e| e.into_inner());
+        status_json(&state.metrics, &rates)
+    };
+    let windows: Vec<String> = state
+        .query
+        .iter()
+        .flat_map(|q| &q.window_sizes_ms)
+        .map(|w| crate::units::Millis(u64::try_from(*w).unwrap_or(0)).to_string())
+        .collect();
+    body["windows"] = windows.into();
+    axum::Json(body).into_response()
 }

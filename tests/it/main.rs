@@ -5,6 +5,7 @@ mod config_props;
 mod connections;
 mod corruption;
 mod crash;
+mod dashboard;
 mod defaults;
 mod e2e;
 mod formats;
