@@ -186,8 +186,11 @@ pub const QUERY_LAST_MAX: usize = 1_000;
 pub const QUERY_TOP_MAX: usize = 1_000;
 /// Open-window requests queued per shard; one more is answered 503 (busy).
 pub const OPEN_QUERIES_QUEUED_MAX: usize = 4;
-/// Key slots a core scans per loop turn for an open-window query.
+/// Key slots a core scans per loop turn for an open-window query, at most.
 pub const OPEN_SCAN_SLOTS_PER_TURN: usize = 2_048;
+/// Time a core spends per loop turn on an open-window query, at most (checked every 64
+/// slots).
+pub const OPEN_SCAN_TURN_BUDGET_US: u64 = 200;
 /// How long the admin server waits for every shard's answer to an open-window query.
 pub const OPEN_QUERY_TIMEOUT_MS: u64 = 5_000;
 /// Clients of `/api/v1/stream` at once; one more is answered 503.

@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use super::{By, Filter};
+use crate::limits::OPEN_SCAN_TURN_BUDGET_US;
 use crate::window::{Agg, Shard, WindowSpec, open_row};
+
+/// Slots scanned between looks at the clock.
+const OPEN_SCAN_CHUNK_SLOTS: usize = 64;
 
 /// What a request wants of the open windows.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -123,11 +127,21 @@ impl Ord for Candidate {
 
 /// Best first: larger value, then smaller key, then earlier window, then smaller size.
 pub fn rank(a: &OpenRow, b: &OpenRow) -> std::cmp::Ordering {
-    b.value
-        .total_cmp(&a.value)
-        .then_with(|| a.key.cmp(&b.key))
-        .then_with(|| a.start_ms.cmp(&b.start_ms))
-        .then_with(|| a.size_ms.cmp(&b.size_ms))
+    rank_parts(parts(a), parts(b))
+}
+
+/// What [`rank`] compares: (value, key, start, size).
+type Parts<'a> = (f64, &'a str, i64, i64);
+
+fn parts(r: &OpenRow) -> Parts<'_> {
+    (r.value, &r.key, r.start_ms, r.size_ms)
+}
+
+fn rank_parts(a: Parts<'_>, b: Parts<'_>) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0)
+        .then_with(|| a.1.cmp(b.1))
+        .then_with(|| a.2.cmp(&b.2))
+        .then_with(|| a.3.cmp(&b.3))
 }
 
 /// A request being answered by a shard, step by step.
@@ -180,20 +194,12 @@ impl OpenScan {
                 if n == 0 {
                     return;
                 }
-                // Only a window that would enter the kept n is formatted.
+                // Only a window that would enter the kept n is copied and formatted.
                 if top.len() == n
                     && let Some(worst) = top.peek()
+                    && rank_parts((value, key, start_ms, spec.size_ms), parts(&worst.0)).is_ge()
                 {
-                    let probe = OpenRow {
-                        key: key.to_string(),
-                        size_ms: spec.size_ms,
-                        start_ms,
-                        value,
-                        text: String::new(),
-                    };
-                    if rank(&probe, &worst.0).is_ge() {
-                        return;
-                    }
+                    return;
                 }
                 top.push(Candidate(OpenRow {
                     key: key.to_string(),
@@ -207,13 +213,26 @@ impl OpenScan {
                 }
             }
         };
-        let next = shard.scan_open(
-            self.next,
-            max_slots,
-            self.request.size_ms,
-            |key| filter.matches(key),
-            &mut add,
-        );
+        // In chunks, until `max_slots` or the time budget is spent: a measure that costs
+        // more (a quantile of every window) scans fewer slots per turn, not a longer turn.
+        let started = Instant::now();
+        let budget = Duration::from_micros(OPEN_SCAN_TURN_BUDGET_US);
+        let mut left = max_slots;
+        let mut next = Some(self.next);
+        while let Some(from) = next {
+            let chunk = left.min(OPEN_SCAN_CHUNK_SLOTS);
+            next = shard.scan_open(
+                from,
+                chunk,
+                self.request.size_ms,
+                |key| filter.matches(key),
+                &mut add,
+            );
+            left -= chunk;
+            if left == 0 || started.elapsed() >= budget {
+                break;
+            }
+        }
         match next {
             Some(next) => {
                 self.next = next;
