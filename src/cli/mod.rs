@@ -19,8 +19,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::time::Duration;
 
 use crate::limits::{
-    CLI_ANSWER_BYTES_MAX, CLI_ANSWER_TIMEOUT_MS, CLI_CONNECT_TIMEOUT_MS,
-    CLI_STREAM_LINE_BYTES_MAX,
+    CLI_ANSWER_BYTES_MAX, CLI_ANSWER_TIMEOUT_MS, CLI_CONNECT_TIMEOUT_MS, CLI_STREAM_LINE_BYTES_MAX,
 };
 
 /// The admin address when neither `--admin` nor `SLUICE_ADMIN` gives one.
@@ -67,6 +66,9 @@ pub enum Error {
     /// Writing to stdout failed.
     #[error("cannot write the output: {0}")]
     Output(#[source] io::Error),
+    /// A signal handler could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] io::Error),
     /// The terminal could not be set up or drawn on.
     #[error("terminal: {0}")]
     Terminal(#[source] io::Error),
@@ -143,7 +145,11 @@ impl Client {
     }
 
     /// `GET path?params` as JSON; an error status becomes an [`Error`].
-    pub fn get_json(&self, path: &str, params: &[(&str, String)]) -> Result<serde_json::Value, Error> {
+    pub fn get_json(
+        &self,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<serde_json::Value, Error> {
         let url = format!("{}{path}", self.base);
         let response = self
             .agent
@@ -350,7 +356,7 @@ fn float(x: f64) -> String {
     if x == x.trunc() && a < 1e15 {
         return format!("{x:.0}");
     }
-    if a >= 1e15 || a < 1e-3 {
+    if !(1e-3..1e15).contains(&a) {
         return format!("{x:.3e}");
     }
     let s = format!("{x:.3}");
@@ -444,7 +450,11 @@ mod tests {
 
     #[test]
     fn bad_requests_exit_2_and_the_rest_1() {
-        let e = status_error("u".into(), 400, r#"{"error":"bad window","parameter":"window"}"#);
+        let e = status_error(
+            "u".into(),
+            400,
+            r#"{"error":"bad window","parameter":"window"}"#,
+        );
         assert_eq!(e.exit_code(), 2);
         assert_eq!(e.to_string(), "bad window");
         let e = status_error("u".into(), 503, r#"{"error":"busy"}"#);

@@ -102,7 +102,14 @@ fn windows(client: &Client, args: &QueryArgs, out: &mut impl Write) -> Result<()
         return print_json(&rows, out);
     }
     if rows.is_empty() {
-        eprintln!("sluice: no window matches{}", if args.open { "" } else { " (--open adds the running ones)" });
+        eprintln!(
+            "sluice: no window matches{}",
+            if args.open {
+                ""
+            } else {
+                " (--open adds the running ones)"
+            }
+        );
         return Ok(());
     }
     out.write_all(table(&rows, &Columns::for_rows(&rows, None)).as_bytes())
@@ -153,26 +160,32 @@ fn follow(client: &Client, args: &QueryArgs, out: &mut impl Write) -> Result<(),
     let mut last_id: Option<String> = None;
     let mut retry = Duration::from_millis(1000);
     let mut connected = false;
+    let mut warned = false;
     loop {
         match client.stream("/api/v1/stream", &params, last_id.as_deref()) {
             Ok(mut stream) => {
                 connected = true;
+                warned = false;
                 loop {
                     match stream.next_frame() {
-                        Ok(Some(Frame::Retry(ms))) => retry = Duration::from_millis(ms.clamp(100, 60_000)),
+                        Ok(Some(Frame::Retry(ms))) => {
+                            retry = Duration::from_millis(ms.clamp(100, 60_000))
+                        }
                         Ok(Some(Frame::Event { event, data, id })) => {
                             if event != "window" {
                                 continue;
                             }
-                            let row: Value = serde_json::from_str(&data).map_err(|e| Error::Answer {
-                                url: "/api/v1/stream".into(),
-                                reason: format!("a row that is not JSON: {e}"),
-                            })?;
+                            let row: Value =
+                                serde_json::from_str(&data).map_err(|e| Error::Answer {
+                                    url: "/api/v1/stream".into(),
+                                    reason: format!("a row that is not JSON: {e}"),
+                                })?;
                             if args.json {
                                 writeln!(out, "{data}")
                             } else {
                                 if std::mem::take(&mut header) {
-                                    out.write_all(columns.header().as_bytes()).map_err(Error::Output)?;
+                                    out.write_all(columns.header().as_bytes())
+                                        .map_err(Error::Output)?;
                                 }
                                 out.write_all(columns.line(&row).as_bytes())
                             }
@@ -194,11 +207,17 @@ fn follow(client: &Client, args: &QueryArgs, out: &mut impl Write) -> Result<(),
             Err(Error::BadRequest { parameter, .. })
                 if parameter.as_deref() == Some("Last-Event-ID") && last_id.is_some() =>
             {
-                eprintln!("sluice: the server no longer knows where the stream was; following from now");
+                eprintln!(
+                    "sluice: the server no longer knows where the stream was; following from now"
+                );
                 last_id = None;
             }
             Err(e) if !connected || e.exit_code() == 2 => return Err(e),
-            Err(e) => eprintln!("sluice: {}; retrying", e.short()),
+            // Said once per outage, not at every try.
+            Err(e) if !std::mem::replace(&mut warned, true) => {
+                eprintln!("sluice: {}; retrying", e.short())
+            }
+            Err(_) => {}
         }
         std::thread::sleep(retry);
     }
@@ -208,7 +227,8 @@ fn follow(client: &Client, args: &QueryArgs, out: &mut impl Write) -> Result<(),
 /// and every printed row is flushed already.
 fn exit_on_interrupt() -> Result<(), Error> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(Error::Output)?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(Error::Signals)?;
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
             std::process::exit(0);
@@ -381,7 +401,11 @@ fn line(columns: &[Column], cells: &[String], widths: &[usize]) -> String {
 /// The rows as a table whose columns are as wide as their widest cell.
 fn table(rows: &[Value], columns: &Columns) -> String {
     let body: Vec<Vec<String>> = rows.iter().map(|r| cells(&columns.columns, r)).collect();
-    let header: Vec<String> = columns.columns.iter().map(|c| c.header.to_string()).collect();
+    let header: Vec<String> = columns
+        .columns
+        .iter()
+        .map(|c| c.header.to_string())
+        .collect();
     let widths: Vec<usize> = (0..columns.columns.len())
         .map(|i| {
             body.iter()
@@ -434,7 +458,10 @@ mod tests {
         let headers: Vec<&str> = c.columns.iter().map(|c| c.header).collect();
         assert_eq!(
             headers,
-            ["KEY", "DISTINCT", "WINDOW", "START", "COUNT", "SUM", "MIN", "MEAN", "MAX", "P99", "STATE"]
+            [
+                "KEY", "DISTINCT", "WINDOW", "START", "COUNT", "SUM", "MIN", "MEAN", "MAX", "P99",
+                "STATE"
+            ]
         );
         let text = table(&rows, &c);
         assert!(text.lines().nth(2).unwrap().ends_with("-  open"), "{text}");
@@ -445,6 +472,9 @@ mod tests {
         let c = Columns::streaming();
         let header = c.header();
         let line = c.line(&row("room.a", 3, 6.0));
-        assert_eq!(header.find("COUNT").map(|i| i + 5), line.find(" 3 ").map(|i| i + 2));
+        assert_eq!(
+            header.find("COUNT").map(|i| i + 5),
+            line.find(" 3 ").map(|i| i + 2)
+        );
     }
 }

@@ -94,7 +94,7 @@ pub fn run(args: &TopArgs) -> Result<(), Error> {
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGINT,
     ] {
-        signal_hook::flag::register(signal, stop.clone()).map_err(Error::Terminal)?;
+        signal_hook::flag::register(signal, stop.clone()).map_err(Error::Signals)?;
     }
     let client = Client::new(&args.admin);
     let (tx, rx) = mpsc::sync_channel(2);
@@ -112,9 +112,7 @@ pub fn run(args: &TopArgs) -> Result<(), Error> {
             dirty = true;
         }
         if dirty {
-            terminal
-                .draw(|f| draw(f, &view))
-                .map_err(Error::Terminal)?;
+            terminal.draw(|f| draw(f, &view)).map_err(Error::Terminal)?;
             dirty = false;
         }
         if event::poll(Duration::from_millis(100)).map_err(Error::Terminal)? {
@@ -206,7 +204,11 @@ pub fn draw(f: &mut Frame, view: &View) {
 fn header_line(view: &View, width: u16) -> Line<'static> {
     let mut text = format!(" sluice @ {}", view.admin);
     if let Some(s) = &view.status {
-        text = format!(" sluice {} @ {}", s["version"].as_str().unwrap_or("?"), view.admin);
+        text = format!(
+            " sluice {} @ {}",
+            s["version"].as_str().unwrap_or("?"),
+            view.admin
+        );
         if let Some(up) = s["uptime_seconds"].as_f64() {
             text.push_str(&format!(" · up {}", duration_ms(up * 1000.0)));
         }
@@ -269,7 +271,15 @@ fn draw_listeners(f: &mut Frame, area: Rect, listeners: Option<&Vec<Value>>) {
         ],
     )
     .header(header_row(
-        &["NAME", "FORMAT+PROTO", "EV/S", "BYTES/S", "REJECTS", "DROPS", "CONNS"],
+        &[
+            "NAME",
+            "FORMAT+PROTO",
+            "EV/S",
+            "BYTES/S",
+            "REJECTS",
+            "DROPS",
+            "CONNS",
+        ],
         2,
     ))
     .block(Block::bordered().title("Listeners"));
@@ -372,7 +382,10 @@ fn draw_top(f: &mut Frame, area: Rect, top: Option<&Value>) {
             Constraint::Length(9),
         ],
     )
-    .header(header_row(&["KEY", "COUNT", "SUM", "MEAN", "MAX", "P99"], 1))
+    .header(header_row(
+        &["KEY", "COUNT", "SUM", "MEAN", "MAX", "P99"],
+        1,
+    ))
     .block(Block::bordered().title(title));
     f.render_widget(table, area);
 }
@@ -445,8 +458,10 @@ mod tests {
 
     fn top(keys: usize) -> Value {
         let rows: Vec<Value> = (0..keys)
-            .map(|i| json!({"key": format!("room.k{i}"), "count": 100 - i, "sum": 1.5,
-                            "mean": 0.5, "max": 1.0, "p99": 1.0, "final": true}))
+            .map(|i| {
+                json!({"key": format!("room.k{i}"), "count": 100 - i, "sum": 1.5,
+                            "mean": 0.5, "max": 1.0, "p99": 1.0, "final": true})
+            })
             .collect();
         json!({"window": "10s", "by": "count", "open": false, "start_ms": 3_600_000,
                "top": rows})

@@ -75,7 +75,9 @@ fn query_prints_a_table_and_json_lines_equal_to_the_api_rows() {
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         header,
-        ["KEY", "WINDOW", "START", "COUNT", "SUM", "MIN", "MEAN", "MAX", "P99"],
+        [
+            "KEY", "WINDOW", "START", "COUNT", "SUM", "MIN", "MEAN", "MAX", "P99"
+        ],
         "{table}"
     );
     // room.a at t0 (1), room.a at t0+10 (3), room.b at t0+10 (5): key, window, count.
@@ -89,7 +91,11 @@ fn query_prints_a_table_and_json_lines_equal_to_the_api_rows() {
     let want = |k: &str, n: &str| (k.to_string(), "10s".to_string(), n.to_string());
     assert_eq!(
         cells,
-        [want("room.a", "1"), want("room.a", "3"), want("room.b", "5")],
+        [
+            want("room.a", "1"),
+            want("room.a", "3"),
+            want("room.b", "5")
+        ],
         "{table}"
     );
     assert!(!table.contains("hall"), "{table}");
@@ -132,7 +138,9 @@ fn query_prints_a_table_and_json_lines_equal_to_the_api_rows() {
     assert_eq!(code, 0, "{err}");
     let start = humantime_rfc3339(t0 + 10);
     assert!(
-        top.starts_with(&format!("top 3 by count of 10s windows: the window from {start}\n")),
+        top.starts_with(&format!(
+            "top 3 by count of 10s windows: the window from {start}\n"
+        )),
         "{top}"
     );
     assert!(top.lines().nth(1).unwrap().starts_with("KEY "), "{top}");
@@ -148,7 +156,10 @@ fn query_prints_a_table_and_json_lines_equal_to_the_api_rows() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot reach the admin server at 127.0.0.1:1"), "{err}");
+    assert!(
+        err.contains("cannot reach the admin server at 127.0.0.1:1"),
+        "{err}"
+    );
     // Flags that cannot go together are caught before asking (clap: 2).
     let (code, _, _) = query(&sluice, &["--top", "3", "--follow"]);
     assert_eq!(code, 2);
@@ -207,14 +218,18 @@ fn query_follow_prints_windows_as_they_close_and_ends_on_sigint() {
         let t = t0 + 40 + 10 * round;
         send(
             &sluice,
-            &[format!("room.c {round} {}", t + 1), format!("tick 1 {}", t + 16)],
+            &[
+                format!("room.c {round} {}", t + 1),
+                format!("tick 1 {}", t + 16),
+            ],
         );
         round += 1;
         if let Ok(line) = rows.recv_timeout(Duration::from_millis(500)) {
             break line;
         }
     };
-    let row: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let row: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     let key = row["key"].as_str().unwrap();
     assert!(key.starts_with("room."), "{row}");
     assert_eq!(row["final"], true, "{row}");
@@ -277,7 +292,10 @@ impl Tmux {
             if check(&screen) {
                 return screen;
             }
-            assert!(Instant::now() < deadline, "{what}; the pane shows:\n{screen}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}; the pane shows:\n{screen}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -300,7 +318,17 @@ fn top_draws_listeners_and_top_keys_in_an_80x24_tmux_pane_and_quits_on_q() {
     let (sluice, _) = start_with_rows(dir.path());
     let tmux = Tmux::new();
     tmux.run(&[
-        "new-session", "-d", "-x", "80", "-y", "24", "-s", "top", "env", "PS1=$ ", "sh",
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        "-s",
+        "top",
+        "env",
+        "PS1=$ ",
+        "sh",
     ]);
     let command = format!(
         "'{}' top --admin {}; echo sluice-top-exit=$?",
@@ -314,17 +342,34 @@ fn top_draws_listeners_and_top_keys_in_an_80x24_tmux_pane_and_quits_on_q() {
     let lines: Vec<&str> = screen.lines().collect();
     assert!(lines.len() <= 24, "{screen}");
     assert!(lines.iter().all(|l| l.chars().count() <= 80), "{screen}");
-    for want in ["graphite+tcp", "EV/S", "BYTES/S", "REJECTS", "DROPS", "watermark lag", "checkpoint", "Top keys by count"] {
+    for want in [
+        "graphite+tcp",
+        "EV/S",
+        "BYTES/S",
+        "REJECTS",
+        "DROPS",
+        "watermark lag",
+        "checkpoint",
+        "Top keys by count",
+    ] {
         assert!(screen.contains(want), "no {want:?} in\n{screen}");
     }
     // room.b (5) ranks above room.a (3) and hall (2) in the newest closed window.
     let rank = |k: &str| lines.iter().position(|l| l.contains(&format!("│{k} ")));
-    assert!(rank("room.b") < rank("room.a") && rank("room.a") < rank("hall"), "{screen}");
+    assert!(
+        rank("room.b") < rank("room.a") && rank("room.a") < rank("hall"),
+        "{screen}"
+    );
     tmux.run(&["send-keys", "-t", "top", "q"]);
-    let screen = tmux.wait_screen("exit 0 and the shell back", |s| s.contains("sluice-top-exit="));
+    let screen = tmux.wait_screen("exit 0 and the shell back", |s| {
+        s.contains("sluice-top-exit=")
+    });
     assert!(screen.contains("sluice-top-exit=0"), "{screen}");
     assert!(!screen.contains("Listeners"), "the view is gone:\n{screen}");
-    assert!(screen.contains("top --admin"), "the shell's screen is back:\n{screen}");
+    assert!(
+        screen.contains("top --admin"),
+        "the shell's screen is back:\n{screen}"
+    );
     assert!(sluice.stop().success());
 }
 
@@ -335,7 +380,17 @@ fn top_shows_an_unreachable_admin_and_keeps_running() {
     }
     let tmux = Tmux::new();
     tmux.run(&[
-        "new-session", "-d", "-x", "80", "-y", "24", "-s", "top", "env", "PS1=$ ", "sh",
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        "-s",
+        "top",
+        "env",
+        "PS1=$ ",
+        "sh",
     ]);
     let command = format!(
         "'{}' top --admin 127.0.0.1:1; echo sluice-top-exit=$?",
