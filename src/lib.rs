@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod fault;

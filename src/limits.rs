@@ -201,3 +201,17 @@ pub const STREAM_QUEUE_FRAMES: usize = 256;
 pub const STREAM_STALL_MAX_MS: u64 = 30_000;
 /// A comment frame after this long without an event keeps proxies from closing a stream.
 pub const STREAM_KEEPALIVE_MS: u64 = 15_000;
+
+/// Bytes of one admin API answer `sluice query` and `sluice top` read (10,000 rows of a
+/// few hundred bytes each fit many times over).
+pub const CLI_ANSWER_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Bytes of one line of an `/api/v1/stream` answer `sluice query --follow` reads.
+pub const CLI_STREAM_LINE_BYTES_MAX: u64 = 1024 * 1024;
+/// How long the command line waits to connect to the admin server.
+pub const CLI_CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// How long the command line waits for a whole answer (the stream excepted).
+pub const CLI_ANSWER_TIMEOUT_MS: u64 = 15_000;
+/// Rows of `/api/v1/top` that `sluice top` asks for (it shows as many as fit).
+pub const CLI_TOP_KEYS: usize = 20;
+
+const _: () = assert!(CLI_ANSWER_TIMEOUT_MS > OPEN_QUERY_TIMEOUT_MS);

@@ -32,6 +32,11 @@ enum Command {
     /// Inspect checkpoints.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
+    /// Read results from a running instance through its admin API: a table, or --json
+    /// (one row per line); --follow prints closed windows as they close.
+    Query(sluice::cli::query::QueryArgs),
+    /// A terminal view of a running instance, refreshed every second (q, Esc or Ctrl-C quit).
+    Top(sluice::cli::top::TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +152,8 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Log(cmd) => log_command(cmd),
         Command::Checkpoint(CheckpointCommand::Inspect { data_dir }) => inspect(&data_dir),
+        Command::Query(args) => client(sluice::cli::query::run(&args)),
+        Command::Top(args) => client(sluice::cli::top::run(&args)),
     };
     match result {
         Ok(code) => code,
@@ -155,6 +162,14 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// A client command's result: a refused parameter is bad usage (2), the rest runtime (1).
+fn client(result: Result<(), sluice::cli::Error>) -> Result<ExitCode, Failure> {
+    result.map(|()| ExitCode::SUCCESS).map_err(|e| Failure {
+        code: e.exit_code(),
+        error: e.into(),
+    })
 }
 
 /// The error and its causes, each said once: an error whose message already ends with its

@@ -18,6 +18,8 @@ fn help_works_on_every_subcommand() {
         &["log", "tail", "--help"],
         &["check", "--help"],
         &["checkpoint", "inspect", "--help"],
+        &["query", "--help"],
+        &["top", "--help"],
     ] {
         let o = run(args);
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));

@@ -1,6 +1,7 @@
 //! Integration tests: the real `sluice` binary on loopback, in a temp data dir.
 
 mod cli;
+mod cli_client;
 mod config_props;
 mod connections;
 mod corruption;
