@@ -223,8 +223,10 @@ impl Coordinator {
                 m.committed_total.add(1);
                 m.last_epoch.set(f.epoch as i64);
                 m.last_bytes.set(bytes as i64);
-                m.last_duration_us
-                    .set(f.started.elapsed().as_micros() as i64);
+                let now = Instant::now();
+                let took = now.saturating_duration_since(f.started);
+                m.last_duration_us.set(took.as_micros() as i64);
+                m.duration.record(took, now);
                 tracing::debug!(epoch = f.epoch, path = %path.display(), bytes, "checkpoint committed");
                 if self.failures_in_a_row > 0 {
                     tracing::info!(
