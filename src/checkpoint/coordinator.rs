@@ -473,7 +473,10 @@ mod tests {
         let outcome = commit_with_a_failing_sync(&mut rig).unwrap();
         assert_eq!(outcome, Outcome::Failed { epoch });
         assert!(rig.newest_on_disk().is_none(), "nothing committed");
-        assert_eq!(rig.coordinator.metrics.checkpoint.failed_total.get(), 1);
+        let metrics = rig.coordinator.metrics.clone();
+        assert_eq!(metrics.checkpoint.failed_total.get(), 1);
+        let durations = || metrics.latency(crate::metrics::Latency::Checkpoint, None);
+        assert_eq!(durations().count, 0, "a failed checkpoint has no duration");
         // The next epoch needs its own reports.
         let next = rig.coordinator.begin(false).unwrap();
         assert_eq!(next, epoch + 1);
@@ -484,6 +487,14 @@ mod tests {
             Outcome::Committed { .. }
         ));
         assert_eq!(rig.newest_on_disk().unwrap().epoch, next);
+        // The committed one's duration is in the summary, as in the gauge.
+        let d = durations();
+        assert_eq!(d.count, 1);
+        let gauge_s = metrics.checkpoint.last_duration_us.get() as f64 / 1e6;
+        assert!(
+            (d.max_seconds.unwrap() - gauge_s).abs() < 1e-5,
+            "{d:?} vs {gauge_s}"
+        );
     }
 
     #[test]
