@@ -24,6 +24,7 @@
 //!                                                    produce: ListenerInfo::rejects)
 //! per core:                core
 //! checkpoint, uptime:      none
+//! latency summaries:       quantile (on the quantile samples; _sum and _count have none)
 //! ```
 //!
 //! Latencies (hdrhistogram, see `metrics::Latency`) are summaries merged over the cores:

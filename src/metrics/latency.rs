@@ -211,9 +211,11 @@ impl Published {
     /// Records one duration, taking the lock: for a thread off the data path (the
     /// checkpoint coordinator, once per checkpoint).
     pub fn record(&self, d: Duration, now: Instant) {
-        let mut one = Recorder::new();
-        one.record(d);
-        self.lock().absorb(&one, now);
+        let mut w = self.lock();
+        w.rotate(now);
+        w.current.record(d);
+        w.count += 1;
+        w.sum_ns = w.sum_ns.saturating_add(nanos(d));
     }
 
     /// The longest duration in the window, in ns (`None` when it holds none).
