@@ -119,6 +119,15 @@ pub const ADMIN_ACCEPT_BACKOFF_MS: u64 = 100;
 /// How often a core runs its periodic work (watermarks, flushes, metrics) when idle.
 pub const TICK_MS: u64 = 20;
 
+/// How often a core publishes its latency histograms to the shared metrics (never per event:
+/// between two publications it records into histograms it alone owns).
+pub const LATENCY_PUBLISH_MS: u64 = 250;
+/// The quantiles of a latency summary cover the last one to two of these (two slots that
+/// rotate: the one filling and the one before it).
+pub const LATENCY_WINDOW_MS: u64 = 60_000;
+/// Largest duration a latency histogram tells apart (longer ones count as this), in ns.
+pub const LATENCY_NS_MAX: u64 = 3_600 * 1_000_000_000;
+
 /// How often a core reads the kernel's drop counts of its UDP sockets (`/proc/self/net/udp`).
 pub const UDP_DROPS_POLL_MS: u64 = 250;
 
@@ -149,6 +158,8 @@ const _: () = assert!(READ_CHUNK_BYTES <= READ_BYTES_PER_TICK_MAX);
 const _: () = assert!(CORES_MAX <= u16::MAX as usize);
 const _: () = assert!(QUEUE_BATCHES_MAX >= 2);
 const _: () = assert!(UDP_DROPS_POLL_MS >= TICK_MS);
+const _: () = assert!(LATENCY_PUBLISH_MS >= TICK_MS);
+const _: () = assert!(LATENCY_WINDOW_MS >= 4 * LATENCY_PUBLISH_MS);
 // A record (escaped line, names, reason) always fits in a file's smallest share of the cap.
 const _: () = assert!((DEADLETTER_LINE_BYTES_MAX as u64) * 8 <= DEADLETTER_FILE_BYTES_MIN);
 const _: () = assert!(DEADLETTER_BUFFER_BYTES as u64 <= DEADLETTER_FILE_BYTES_MIN);

@@ -24,7 +24,13 @@
 //!                                                    produce: ListenerInfo::rejects)
 //! per core:                core
 //! checkpoint, uptime:      none
+//! latency summaries:       quantile (on the quantile samples; _sum and _count have none)
 //! ```
+//!
+//! Latencies (hdrhistogram, see `metrics::Latency`) are summaries merged over the cores:
+//! `{quantile="0.5"|"0.9"|"0.99"|"0.999"}` over the last one to two minutes (`NaN` when
+//! nothing was recorded in them), `_sum` and `_count` since start. Each core's longest loop
+//! turn over the same window is a gauge, `sluice_core_stall_max_seconds{core}`.
 //!
 //! UDP listeners have no connection series and TCP listeners no `udp_dropped` series.
 //! `sluice_watermark_seconds{core}` is absent until that core's watermark is known. A family
@@ -34,7 +40,7 @@
 
 use std::fmt::{self, Display, Write as _};
 
-use crate::metrics::{CoreMetrics, ListenerCounters, ListenerInfo, Metrics, StorageOp};
+use crate::metrics::{CoreMetrics, ListenerCounters, ListenerInfo, Metrics, StorageOp, Summary};
 
 /// A format `/metrics` can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +128,7 @@ pub fn encode(metrics: &Metrics, exposition: Exposition) -> Result<String, fmt::
     register_cores(&mut page, metrics);
     register_process(&mut page, metrics);
     register_admin(&mut page, metrics);
+    register_latency(&mut page, metrics);
     let mut out = String::new();
     match exposition {
         Exposition::Text => page.write_text(&mut out)?,
@@ -135,6 +142,8 @@ pub fn encode(metrics: &Metrics, exposition: Exposition) -> Result<String, fmt::
 enum Kind {
     Counter,
     Gauge,
+    /// Samples `{quantile="…"}`, `_sum` and `_count`, each named with its suffix.
+    Summary,
 }
 
 impl Kind {
@@ -142,6 +151,7 @@ impl Kind {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Summary => "summary",
         }
     }
 }
@@ -216,7 +226,9 @@ struct Family {
     help: &'static str,
     kind: Kind,
     unit: Option<&'static str>,
-    samples: Vec<(Labels, Value)>,
+    /// (suffix of the sample's name after the family's, labels, value): the suffix is
+    /// empty but for a summary's `_sum` and `_count`.
+    samples: Vec<(&'static str, Labels, Value)>,
 }
 
 /// Every family of one scrape.
@@ -245,8 +257,24 @@ impl Page {
             help,
             kind,
             unit,
-            samples: samples.into_iter().collect(),
+            samples: samples.into_iter().map(|(l, v)| ("", l, v)).collect(),
         });
+    }
+
+    /// A summary of a latency in seconds, without other labels (merged over the cores).
+    fn summary_seconds(&mut self, name: &str, help: &'static str, summary: &Summary) {
+        self.add(Kind::Summary, name, Some("seconds"), help, []);
+        let family = self.0.last_mut().expect("just added");
+        for (q, v) in summary.quantiles() {
+            let labels = Labels::default().with("quantile", q);
+            family
+                .samples
+                .push(("", labels, Value::Float(v.unwrap_or(f64::NAN))));
+        }
+        let total = Value::Float(summary.sum_seconds);
+        family.samples.push(("_sum", Labels::default(), total));
+        let count = Value::Uint(summary.count);
+        family.samples.push(("_count", Labels::default(), count));
     }
 
     fn counter(
@@ -305,12 +333,12 @@ impl Page {
         for f in self.0.iter().filter(|f| !f.samples.is_empty()) {
             let name = match f.kind {
                 Kind::Counter => format!("{}_total", f.name),
-                Kind::Gauge => f.name.clone(),
+                Kind::Gauge | Kind::Summary => f.name.clone(),
             };
             writeln!(out, "# HELP {name} {}", escape_help(f.help, false))?;
             writeln!(out, "# TYPE {name} {}", f.kind.as_str())?;
-            for (labels, value) in &f.samples {
-                writeln!(out, "{name}{labels} {value}")?;
+            for (suffix, labels, value) in &f.samples {
+                writeln!(out, "{name}{suffix}{labels} {value}")?;
             }
         }
         Ok(())
@@ -326,12 +354,12 @@ impl Page {
             if let Some(unit) = f.unit {
                 writeln!(out, "# UNIT {name} {unit}")?;
             }
-            let suffix = match f.kind {
+            let total = match f.kind {
                 Kind::Counter => "_total",
-                Kind::Gauge => "",
+                Kind::Gauge | Kind::Summary => "",
             };
-            for (labels, value) in &f.samples {
-                writeln!(out, "{name}{suffix}{labels} {value}")?;
+            for (suffix, labels, value) in &f.samples {
+                writeln!(out, "{name}{total}{suffix}{labels} {value}")?;
             }
         }
         out.push_str("# EOF\n");
@@ -621,6 +649,30 @@ fn register_admin(page: &mut Page, metrics: &Metrics) {
     page.counter("admin_requests_timed_out", help, one(slow));
 }
 
+/// The latency summaries, merged over the cores, and each core's longest stall.
+fn register_latency(page: &mut Page, metrics: &Metrics) {
+    let l = metrics.latencies();
+    let help = "From reading a batch of lines to folding its events into windows (per routed \
+                batch; quantiles over the last 1-2 minutes).";
+    page.summary_seconds("ingest_to_fold", help, &l.ingest_to_fold);
+    let help = "From a watermark closing windows to their rows written to the results record \
+                (per write-out; quantiles over the last 1-2 minutes).";
+    page.summary_seconds("close_to_write", help, &l.close_to_write);
+    let help = "Committed checkpoints, from barrier injection to commit (quantiles over the \
+                last 1-2 minutes).";
+    page.summary_seconds("checkpoint_duration", help, &l.checkpoint);
+    let help = "Turns of the cores' loops: from one look at the inbound queues and control to \
+                the next, asleep in poll left out (quantiles over the last 1-2 minutes).";
+    page.summary_seconds("core_turn", help, &l.core_turn);
+    let help = "The core's longest loop turn (its longest stall) in the last 1-2 minutes.";
+    let stall = l
+        .core_stall_max_seconds
+        .iter()
+        .enumerate()
+        .filter_map(|(core, max)| Some((Labels::core(core), (*max)?)));
+    page.gauge_seconds("core_stall_max", help, stall);
+}
+
 fn ns_to_seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
@@ -792,6 +844,49 @@ mod tests {
             assert!(l.contains(&want), "missing `{want}` in\n{text}");
         }
         assert!(text.contains("\nsluice_uptime_seconds "), "{text}");
+    }
+
+    #[test]
+    fn latencies_are_merged_summaries_and_stalls_are_per_core() {
+        use crate::metrics::Recorder;
+        use std::time::{Duration, Instant};
+        let m = metrics();
+        let now = Instant::now();
+        for (core, us) in [(0usize, 100u64), (1, 300)] {
+            let mut r = Recorder::new();
+            r.record(Duration::from_micros(us));
+            m.cores[core].latency.ingest_to_fold.publish(&mut r, now);
+        }
+        let mut turns = Recorder::new();
+        turns.record(Duration::from_micros(250));
+        m.cores[1].latency.turn.publish(&mut turns, now);
+        m.checkpoint.duration.record(Duration::from_millis(20), now);
+        for page in [om(&m), text(&m)] {
+            let l = lines(&page);
+            for want in [
+                "# TYPE sluice_ingest_to_fold_seconds summary",
+                r#"sluice_ingest_to_fold_seconds{quantile="0.999"} 0.0003"#,
+                "sluice_ingest_to_fold_seconds_sum 0.0004",
+                "sluice_ingest_to_fold_seconds_count 2",
+                r#"sluice_close_to_write_seconds{quantile="0.5"} NaN"#,
+                "sluice_close_to_write_seconds_count 0",
+                r#"sluice_checkpoint_duration_seconds{quantile="0.9"} 0.02"#,
+                "sluice_checkpoint_duration_seconds_count 1",
+                "sluice_core_turn_seconds_count 1",
+                r#"sluice_core_stall_max_seconds{core="1"} 0.00025"#,
+            ] {
+                assert!(l.contains(&want), "missing `{want}` in\n{page}");
+            }
+            // A core that has not published yet has no stall series.
+            assert!(!page.contains(r#"sluice_core_stall_max_seconds{core="0"}"#));
+            let median = l
+                .iter()
+                .find(|l| l.starts_with(r#"sluice_ingest_to_fold_seconds{quantile="0.5"}"#))
+                .unwrap();
+            let v: f64 = median.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!((v - 0.0001).abs() <= 0.000001, "{median}");
+        }
+        assert!(om(&m).contains("# UNIT sluice_ingest_to_fold_seconds seconds"));
     }
 
     #[test]

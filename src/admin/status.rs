@@ -132,6 +132,28 @@ pub fn status_json(m: &Metrics, rates: &Rates) -> serde_json::Value {
             })
         })
         .collect();
+    let lat = m.latencies();
+    let ms = |v: Option<f64>| v.map(|s| s * 1e3);
+    let summary = |s: &crate::metrics::Summary| {
+        serde_json::json!({
+            "p50": ms(s.p50_seconds), "p90": ms(s.p90_seconds), "p99": ms(s.p99_seconds),
+            "p99.9": ms(s.p999_seconds), "max": ms(s.max_seconds), "count": s.count,
+        })
+    };
+    let latency = serde_json::json!({
+        "ingest → fold": summary(&lat.ingest_to_fold),
+        "close → write": summary(&lat.close_to_write),
+        "checkpoint": summary(&lat.checkpoint),
+        "core turn": summary(&lat.core_turn),
+    });
+    let cores: Vec<_> = cores
+        .into_iter()
+        .zip(&lat.core_stall_max_seconds)
+        .map(|(mut c, stall)| {
+            c["stall_max_ms"] = ms(*stall).into();
+            c
+        })
+        .collect();
     let cp = &m.checkpoint;
     let committed = cp.last_commit_unix_ms.get();
     serde_json::json!({
@@ -141,6 +163,7 @@ pub fn status_json(m: &Metrics, rates: &Rates) -> serde_json::Value {
         "ready": m.ready.load(std::sync::atomic::Ordering::Relaxed),
         "listeners": listeners,
         "cores": cores,
+        "latency": latency,
         "checkpoint": {
             "epoch": cp.last_epoch.get(),
             "age_seconds": (committed > 0).then(|| (now - committed) as f64 / 1000.0),

@@ -224,8 +224,10 @@ impl Coordinator {
                 m.last_epoch.set(f.epoch as i64);
                 m.last_bytes.set(bytes as i64);
                 m.last_commit_unix_ms.set(now_ms());
-                m.last_duration_us
-                    .set(f.started.elapsed().as_micros() as i64);
+                let now = Instant::now();
+                let took = now.saturating_duration_since(f.started);
+                m.last_duration_us.set(took.as_micros() as i64);
+                m.duration.record(took, now);
                 tracing::debug!(epoch = f.epoch, path = %path.display(), bytes, "checkpoint committed");
                 if self.failures_in_a_row > 0 {
                     tracing::info!(
@@ -472,7 +474,10 @@ mod tests {
         let outcome = commit_with_a_failing_sync(&mut rig).unwrap();
         assert_eq!(outcome, Outcome::Failed { epoch });
         assert!(rig.newest_on_disk().is_none(), "nothing committed");
-        assert_eq!(rig.coordinator.metrics.checkpoint.failed_total.get(), 1);
+        let metrics = rig.coordinator.metrics.clone();
+        assert_eq!(metrics.checkpoint.failed_total.get(), 1);
+        let durations = || metrics.latency(crate::metrics::Latency::Checkpoint, None);
+        assert_eq!(durations().count, 0, "a failed checkpoint has no duration");
         // The next epoch needs its own reports.
         let next = rig.coordinator.begin(false).unwrap();
         assert_eq!(next, epoch + 1);
@@ -483,6 +488,14 @@ mod tests {
             Outcome::Committed { .. }
         ));
         assert_eq!(rig.newest_on_disk().unwrap().epoch, next);
+        // The committed one's duration is in the summary, as in the gauge.
+        let d = durations();
+        assert_eq!(d.count, 1);
+        let gauge_s = metrics.checkpoint.last_duration_us.get() as f64 / 1e6;
+        assert!(
+            (d.max_seconds.unwrap() - gauge_s).abs() < 1e-5,
+            "{d:?} vs {gauge_s}"
+        );
     }
 
     #[test]

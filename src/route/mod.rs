@@ -8,6 +8,10 @@
 //! pending list is empty again: backpressure, never loss and never an unbounded buffer (a
 //! pending list holds at most the events of one read chunk plus control messages).
 //!
+//! A batch carries the moment its events' lines were read ([`EventBatch::read_at`], set by
+//! [`Router::set_read_at`] before they are routed), so the owner can record the ingest →
+//! fold latency once per batch.
+//!
 //! Order: each queue is FIFO, so a checkpoint barrier sent behind events arrives behind them
 //! (the alignment that `checkpoint` relies on), and a watermark sent after events applies
 //! after them.
@@ -17,6 +21,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
@@ -50,6 +55,7 @@ pub struct RoutedEvent {
 pub struct EventBatch {
     keys: Vec<u8>,
     events: Vec<RoutedEvent>,
+    read_at: Option<Instant>,
 }
 
 impl EventBatch {
@@ -58,7 +64,14 @@ impl EventBatch {
         EventBatch {
             keys: Vec::with_capacity(ROUTE_BATCH_EVENTS_MAX * 32),
             events: Vec::with_capacity(ROUTE_BATCH_EVENTS_MAX),
+            read_at: None,
         }
+    }
+
+    /// When the lines of this batch's events were read (`None` if the router was never
+    /// told: tests, benches).
+    pub fn read_at(&self) -> Option<Instant> {
+        self.read_at
     }
 
     /// Adds an event (copies its key).
@@ -87,6 +100,7 @@ impl EventBatch {
     pub fn clear(&mut self) {
         self.keys.clear();
         self.events.clear();
+        self.read_at = None;
     }
 
     /// The events with their keys.
@@ -180,6 +194,8 @@ pub struct Inbound {
 pub struct Router {
     cores: usize,
     out: Vec<Outbound>,
+    /// When the lines being routed now were read: stamped on each batch as it is sent.
+    read_at: Option<Instant>,
 }
 
 /// Every queue of an instance, before they are handed to the cores.
@@ -198,6 +214,7 @@ pub fn mesh(doorbells: &[Doorbell]) -> Mesh {
         .map(|_| Router {
             cores,
             out: Vec::new(),
+            read_at: None,
         })
         .collect();
     let mut inbounds: Vec<Vec<Inbound>> = (0..cores).map(|_| Vec::new()).collect();
@@ -225,6 +242,13 @@ impl Router {
         self.cores
     }
 
+    /// Notes when the lines whose events are routed next were read (once per read, not per
+    /// event): every batch sent from now on carries it. Call [`flush`](Self::flush) first
+    /// if events of an earlier read may still be in partly filled batches.
+    pub fn set_read_at(&mut self, at: Instant) {
+        self.read_at = Some(at);
+    }
+
     /// Appends an event to its owner's batch; a full batch is sent (or left pending).
     #[inline]
     pub fn push(&mut self, event: &Event<'_>) {
@@ -232,7 +256,7 @@ impl Router {
         let out = &mut self.out[dst];
         out.building.push(event);
         if out.building.len() >= ROUTE_BATCH_EVENTS_MAX {
-            Self::seal(out);
+            Self::seal(out, self.read_at);
         }
     }
 
@@ -240,7 +264,7 @@ impl Router {
     pub fn flush(&mut self) {
         for out in &mut self.out {
             if !out.building.is_empty() {
-                Self::seal(out);
+                Self::seal(out, self.read_at);
             }
         }
     }
@@ -272,12 +296,13 @@ impl Router {
         self.out.iter().map(|o| o.pending.len()).sum()
     }
 
-    fn seal(out: &mut Outbound) {
+    fn seal(out: &mut Outbound, read_at: Option<Instant>) {
         let fresh = out
             .free
             .try_recv()
             .unwrap_or_else(|_| EventBatch::with_capacity());
-        let full = std::mem::replace(&mut out.building, fresh);
+        let mut full = std::mem::replace(&mut out.building, fresh);
+        full.read_at = read_at;
         out.pending.push_back(Msg::Events(full));
         Self::drain(out);
     }
@@ -367,6 +392,21 @@ mod tests {
             assert!(matches!(inbound[0].rx.try_recv().unwrap(), Msg::Barrier(7)));
         }
         assert_eq!(seen, 100);
+    }
+
+    #[test]
+    fn batches_carry_the_moment_their_lines_were_read() {
+        let mut m = mesh(&doorbells(1));
+        let read = Instant::now();
+        m.routers[0].set_read_at(read);
+        m.routers[0].push(&ev("a"));
+        m.routers[0].flush();
+        let Msg::Events(mut batch) = m.inbounds[0][0].rx.try_recv().unwrap() else {
+            panic!()
+        };
+        assert_eq!(batch.read_at(), Some(read));
+        batch.clear();
+        assert_eq!(batch.read_at(), None, "a reused batch forgets its read");
     }
 
     #[test]

@@ -14,9 +14,9 @@ use crate::checkpoint::PartitionState;
 use crate::config::{Format, ListenerConfig, Proto};
 use crate::deadletter::DeadLetter;
 use crate::framing::{Framing, StreamFramer, split_datagram};
-use crate::limits::{EVENT_TIME_FUTURE_MS_MAX, UDP_DROPS_POLL_MS};
+use crate::limits::{EVENT_TIME_FUTURE_MS_MAX, LATENCY_PUBLISH_MS, UDP_DROPS_POLL_MS};
 use crate::log::{Appender, BatchInfo, Damage};
-use crate::metrics::{Metrics, StorageOp};
+use crate::metrics::{Metrics, Recorder, StorageOp};
 use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, ConnId, Handler};
 use crate::parse::{Parser, Reject};
@@ -89,6 +89,10 @@ pub struct Input {
     flushes_seen: (u64, u64),
     /// When the kernel's UDP drop counts were last read.
     udp_drops_read_at: Instant,
+    /// Turns of the loop since the last publish (see `Latency::CoreTurn`).
+    pub(super) turns: Recorder,
+    /// When the latencies were last published.
+    latency_published_at: Instant,
     pub(super) metrics: Arc<Metrics>,
     pub(super) control: Arc<Control>,
     pub(super) reports: Sender<Report>,
@@ -134,6 +138,8 @@ impl Input {
             storage: Storage::new(setup.id),
             flushes_seen: (0, 0),
             udp_drops_read_at: Instant::now(),
+            turns: Recorder::new(),
+            latency_published_at: Instant::now(),
             metrics: setup.metrics,
             control: setup.control,
             reports: setup.reports,
@@ -141,8 +147,10 @@ impl Input {
         (setup.backend, setup.sockets, ingest)
     }
 
-    /// Parses and routes the batches just committed to the log.
-    fn route_committed(&mut self) {
+    /// Parses and routes the batches just committed to the log, whose lines were read at
+    /// `read_at`.
+    fn route_committed(&mut self, read_at: Instant) {
+        self.router.set_read_at(read_at);
         for batch in self.committed.drain(..) {
             let Some(index) = self
                 .log_id_to_index
@@ -184,6 +192,7 @@ impl Input {
         listener: u16,
         feed: impl FnOnce(&mut dyn FnMut(&[u8]), &mut dyn FnMut(Reject, &[u8])),
     ) {
+        let read_at = Instant::now();
         let now = now_ms();
         if self.storage.holding() {
             // Lines keep their order behind those already held.
@@ -203,7 +212,7 @@ impl Input {
         let failure = self.append_lines(listener, now, &mut unappended, feed);
         // Nothing was held before: these go first.
         self.storage.put_back_front(unappended);
-        self.route_committed();
+        self.route_committed(read_at);
         if let Some((op, e)) = failure {
             self.storage_failed(op, &e);
         }
@@ -290,12 +299,17 @@ impl Input {
             }
         }
         if self.storage.output_failed {
-            match self.owner.shard.output().flush() {
+            match self.owner.flush_output() {
                 Ok(()) => self.storage.output_failed = false,
                 Err(e) => return self.storage_failed(StorageOp::Aggregates, &e),
             }
         }
         while let Some(held) = self.storage.take_held() {
+            // Held lines were read when they were held: their latency includes the wait.
+            let held_ms = now_ms().saturating_sub(held.ingest_ms).max(0) as u64;
+            let read_at = now
+                .checked_sub(Duration::from_millis(held_ms))
+                .unwrap_or(now);
             let mut unappended = Storage::empty_held(held.listener, held.ingest_ms);
             let failure = self.append_lines(
                 held.listener,
@@ -304,7 +318,7 @@ impl Input {
                 |on_line, _| held.lines().for_each(on_line),
             );
             self.storage.put_back_front(unappended);
-            self.route_committed();
+            self.route_committed(read_at);
             if let Some((op, e)) = failure {
                 return self.storage_failed(op, &e);
             }
@@ -355,6 +369,8 @@ impl Input {
         if self.router.blocked() {
             return Ok(());
         }
+        // Replayed lines are read now, from the log.
+        self.router.set_read_at(Instant::now());
         for _ in 0..REPLAY_BATCHES_PER_TICK {
             let Some(task) = self.replay.last_mut() else {
                 return Ok(());
@@ -501,11 +517,19 @@ impl Input {
         m.log_flush_us_total.add(flush_us - self.flushes_seen.1);
         self.flushes_seen = (flushes, flush_us);
         if !self.storage.output_failed
-            && let Err(e) = self.owner.shard.output().flush()
+            && let Err(e) = self.owner.flush_output()
         {
             self.storage_failed(StorageOp::Aggregates, &e);
         }
         self.deadletter.flush();
+        if now
+            .saturating_duration_since(self.latency_published_at)
+            .as_millis()
+            >= u128::from(LATENCY_PUBLISH_MS)
+        {
+            self.latency_published_at = now;
+            self.publish_latency(now);
+        }
         let m = &self.metrics.cores[self.id as usize];
         m.log_next_offset.set(self.appender.next_offset().0 as i64);
         m.log_flushed_offset
@@ -529,6 +553,16 @@ impl Input {
             }
         }
         Ok(())
+    }
+
+    /// Publishes the latency histograms recorded since the last call, the core's and its
+    /// owner side's (a histogram the admin thread is reading waits for the next call).
+    pub(super) fn publish_latency(&mut self, now: Instant) {
+        self.metrics.cores[self.id as usize]
+            .latency
+            .turn
+            .publish(&mut self.turns, now);
+        self.owner.publish_latency(now);
     }
 
     /// Retries pending sends and tracks time spent blocked.
@@ -564,9 +598,10 @@ impl Input {
         if let Err(e) = self.appender.flush() {
             tracing::error!(core = self.id, error = %e, "final log flush failed");
         }
-        if let Err(e) = self.owner.shard.output().flush() {
+        if let Err(e) = self.owner.flush_output() {
             tracing::error!(core = self.id, error = %e, "final aggregates flush failed");
         }
+        self.publish_latency(Instant::now());
         self.deadletter.flush();
     }
 }

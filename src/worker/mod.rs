@@ -15,6 +15,11 @@
 //!                   100 µs when the turn read only a little, so reads come in batches)
 //! ```
 //!
+//! Each turn, up to the poll (lingering included), is recorded in the core's turn histogram:
+//! its longest is the core's longest stall, the longest the inbound queues and control went
+//! unread while the core was awake. The histograms (turns, and the owner side's ingest →
+//! fold and close → write) are published from the tick every `LATENCY_PUBLISH_MS`.
+//!
 //! A TCP connection may be read by another core than the one that accepted it: see
 //! [`Balance`].
 //!
@@ -386,7 +391,8 @@ impl Input {
         let mut next_tick = Instant::now();
         let mut phase = Phase::Replaying;
         loop {
-            self.quiet.end_turn(Instant::now());
+            let turn_began = Instant::now();
+            self.quiet.end_turn(turn_began);
             let inbound_more = self.owner.drain_inbound(&mut self.deadletter)?;
             let scanning = self.owner.answer_open_queries();
             if let Some(e) = self.owner.take_results_error() {
@@ -444,6 +450,8 @@ impl Input {
                     .fold(next_tick, Instant::min);
                 Some(wake.saturating_duration_since(Instant::now()))
             };
+            // The turn ends here, before the poll: asleep, a doorbell wakes the core.
+            self.turns.record(turn_began.elapsed());
             self.sleep(backend, timeout).map_err(Error::Poll)?;
         }
     }

@@ -6,8 +6,14 @@
 //! written out, for the coordinator to fsync before it commits), reported, and every queue is
 //! read again. Sources never block on a full queue (they keep the message pending and stop
 //! reading their sockets), so alignment always completes.
+//!
+//! Latencies: the owner records, in histograms it alone owns, the ingest → fold time of
+//! each batch it folds (from the batch's `read_at`) and the close → write time of the rows
+//! its advances close (from the advance to the write-out that puts the last of them in the
+//! results record); the loop publishes them with [`Owner::publish_latency`].
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::{Sender, TryRecvError};
 
@@ -17,7 +23,7 @@ use crate::deadletter::DeadLetter;
 use crate::limits::{
     AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX, OPEN_SCAN_SLOTS_PER_TURN,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Recorder};
 use crate::query::{OpenRequest, OpenScan};
 use crate::route::Inbound;
 use crate::route::Msg;
@@ -43,6 +49,12 @@ pub(super) struct Owner {
     /// Questions about the open windows, and the one being answered.
     open_queries: crossbeam_channel::Receiver<OpenRequest>,
     open_scan: Option<OpenScan>,
+    /// Ingest → fold of the batches folded since the last publish.
+    ingest_to_fold: Recorder,
+    /// Close → write of the rows written out since the last publish.
+    close_to_write: Recorder,
+    /// When the oldest advance whose rows are not all written yet closed them.
+    closed_unwritten: Option<Instant>,
     metrics: Arc<Metrics>,
     reports: Sender<Report>,
 }
@@ -66,6 +78,9 @@ impl Owner {
             aligned_count: 0,
             snapshot_bytes_hint: 0,
             results_error: None,
+            ingest_to_fold: Recorder::new(),
+            close_to_write: Recorder::new(),
+            closed_unwritten: None,
             metrics,
             reports,
         }
@@ -96,6 +111,31 @@ impl Owner {
     /// retries, see `storage.rs`).
     pub(super) fn take_results_error(&mut self) -> Option<std::io::Error> {
         self.results_error.take()
+    }
+
+    /// Flushes the results record (staged rows are written out) and notes the close →
+    /// write latency of the rows it wrote.
+    pub(super) fn flush_output(&mut self) -> std::io::Result<()> {
+        let flushed = self.shard.output().flush();
+        self.note_written();
+        flushed
+    }
+
+    /// Records the close → write latency once every row closed so far is in the record.
+    fn note_written(&mut self) {
+        if self.shard.output().staged_bytes() == 0
+            && let Some(closed) = self.closed_unwritten.take()
+        {
+            self.close_to_write.record(closed.elapsed());
+        }
+    }
+
+    /// Publishes the latencies recorded since the last call (the loop calls it every
+    /// `LATENCY_PUBLISH_MS`); what the admin thread is reading stays for the next call.
+    pub(super) fn publish_latency(&mut self, now: Instant) {
+        let m = &self.metrics.cores[self.id as usize].latency;
+        m.ingest_to_fold.publish(&mut self.ingest_to_fold, now);
+        m.close_to_write.publish(&mut self.close_to_write, now);
     }
 
     /// Reads the inbound queues within a budget. Returns true when messages may remain.
@@ -152,6 +192,9 @@ impl Owner {
                 }
                 // The batch's events are whole in window state before they are counted.
                 drop(folding);
+                if let Some(read_at) = batch.read_at() {
+                    self.ingest_to_fold.record(read_at.elapsed());
+                }
                 m.window_events_total.add(batch.len() as u64);
                 m.late_events_total.add(late);
                 m.overflow_events_total.add(overflow);
@@ -161,6 +204,7 @@ impl Owner {
                 let _ = self.inbound[src].free.try_send(batch);
             }
             Msg::Watermark { ms, idle } => {
+                let deciding = Instant::now();
                 let closed =
                     self.shard
                         .advance(src, ms, idle)
@@ -171,6 +215,12 @@ impl Owner {
                 self.metrics.cores[self.id as usize]
                     .windows_closed_total
                     .add(closed as u64);
+                if closed > 0 {
+                    self.closed_unwritten.get_or_insert(deciding);
+                    // Rows that filled a write are written already; the rest at the next
+                    // flush (each tick) or snapshot.
+                    self.note_written();
+                }
                 if let Some(e) = self.shard.output().take_error() {
                     self.results_error.get_or_insert(e);
                 }
@@ -203,6 +253,7 @@ impl Owner {
         if let Err(e) = written {
             self.results_error.get_or_insert(e);
         }
+        self.note_written();
         let mut windows = Vec::with_capacity(self.snapshot_bytes_hint);
         let window_count = self.shard.snapshot_into(&mut windows);
         self.snapshot_bytes_hint = windows.len() + windows.len() / 8;

@@ -1,7 +1,8 @@
 //! `/metrics` as scrapers read it: `promtool check metrics` (Debian 12's prometheus 2.42)
 //! finds nothing to complain about, the page comes as Prometheus text 0.0.4 or OpenMetrics
-//! 1.0.0 as the request's `Accept` asks, and a listener has reject series only for the
-//! reasons its framing and format can produce.
+//! 1.0.0 as the request's `Accept` asks, a listener has reject series only for the
+//! reasons its framing and format can produce, and the latency summaries hold sane values
+//! after some traffic.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -180,6 +181,20 @@ fn metrics_pass_promtool_check_in_text_and_openmetrics() {
     assert_eq!(sluice.stop().code(), Some(0));
 }
 
+/// Whether a sample named `sample` belongs to the family `name` of `kind` (not a counter
+/// of OpenMetrics): a summary's samples are its quantiles, `_sum` and `_count`.
+fn sample_of(sample: &str, name: &str, kind: &str) -> bool {
+    match kind {
+        "summary" => [
+            name.to_string(),
+            format!("{name}_sum"),
+            format!("{name}_count"),
+        ]
+        .contains(&sample.to_string()),
+        _ => sample == name,
+    }
+}
+
 /// Checks that `page` keeps the text 0.0.4 rules: no OpenMetrics-only lines, each family
 /// with HELP and TYPE, counter families named `_total` with samples of that name.
 fn check_text_page(page: &str) {
@@ -194,14 +209,14 @@ fn check_text_page(page: &str) {
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
             assert_eq!(family.map(|f| f.0), Some(name), "TYPE without HELP: {line}");
-            assert!(matches!(kind, "counter" | "gauge"), "{line}");
+            assert!(matches!(kind, "counter" | "gauge" | "summary"), "{line}");
             assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
             family = Some((name, kind));
         } else {
             let (name, kind) = family.unwrap_or_else(|| panic!("sample before TYPE: {line}"));
             assert!(!kind.is_empty(), "sample after HELP without TYPE: {line}");
             let sample = line.split(['{', ' ']).next().unwrap();
-            assert_eq!(sample, name, "{line}");
+            assert!(sample_of(sample, name, kind), "{line}");
         }
     }
 }
@@ -230,11 +245,10 @@ fn check_openmetrics_page(page: &str) {
         } else {
             let (name, kind) = family.unwrap_or_else(|| panic!("sample before TYPE: {line}"));
             let sample = line.split(['{', ' ']).next().unwrap();
-            let want = match kind {
-                "counter" => format!("{name}_total"),
-                _ => name.to_string(),
-            };
-            assert_eq!(sample, want, "{line}");
+            match kind {
+                "counter" => assert_eq!(sample, format!("{name}_total"), "{line}"),
+                _ => assert!(sample_of(sample, name, kind), "{line}"),
+            }
         }
     }
     assert!(units > 0, "no UNIT line: {page}");
@@ -399,5 +413,96 @@ fn reject_series_only_for_reasons_the_format_can_produce() {
     .collect();
     assert_eq!(got, want, "{page}");
     assert!(!page.contains("reason=\"late\""), "{page}");
+    assert_eq!(sluice.stop().code(), Some(0));
+}
+
+/// The value of the sample that is exactly `series` (name and labels) on `page`.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn latency_summaries_hold_sane_values_after_traffic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let sluice = Sluice::start(
+        &data,
+        &[
+            "--cores",
+            "2",
+            "--listen",
+            "graphite+tcp://127.0.0.1:0?name=graphite",
+            "--window",
+            "1s",
+            "--allowed-lateness",
+            "0s",
+        ],
+    );
+    // Lines of now (no timestamp: their ingest time), on many keys so both shards fold, over
+    // a few seconds so windows close; checkpoints commit every 5 s (up to 30 s here: a
+    // loaded host).
+    let mut conn = TcpStream::connect(sluice.addr("graphite")).unwrap();
+    let summaries = [
+        "sluice_ingest_to_fold_seconds",
+        "sluice_close_to_write_seconds",
+        "sluice_checkpoint_duration_seconds",
+        "sluice_core_turn_seconds",
+    ];
+    let all_counted = |page: &str| {
+        summaries.iter().all(|s| {
+            sample(page, &format!("{s}_count")).unwrap_or(0.0) > 0.0
+                && sample(page, &format!("{s}{{quantile=\"0.5\"}}")).is_some_and(|v| !v.is_nan())
+        })
+    };
+    let mut page = String::new();
+    for round in 0..600 {
+        let lines: String = (0..50).map(|k| format!("lat.k{k} {round}\n")).collect();
+        conn.write_all(lines.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        if round % 10 == 9 {
+            page = scrape(&sluice, None).1;
+            if all_counted(&page) {
+                break;
+            }
+        }
+    }
+    assert!(all_counted(&page), "not every latency recorded:\n{page}");
+    for s in summaries {
+        let q: Vec<f64> = ["0.5", "0.9", "0.99", "0.999"]
+            .iter()
+            .map(|q| sample(&page, &format!("{s}{{quantile=\"{q}\"}}")).unwrap())
+            .collect();
+        assert!(
+            q.windows(2).all(|w| w[0] <= w[1]),
+            "{s} quantiles not ascending: {q:?}"
+        );
+        assert!(
+            q[0] > 0.0 && q[3] < 10.0,
+            "{s} quantiles out of range: {q:?}"
+        );
+        let sum = sample(&page, &format!("{s}_sum")).unwrap();
+        let count = sample(&page, &format!("{s}_count")).unwrap();
+        assert!(
+            sum > 0.0 && sum / count < 10.0,
+            "{s}: sum {sum}, count {count}"
+        );
+    }
+    for core in 0..2 {
+        let series = format!("sluice_core_stall_max_seconds{{core=\"{core}\"}}");
+        let stall = sample(&page, &series).unwrap_or_else(|| panic!("no {series} in\n{page}"));
+        assert!(stall > 0.0 && stall < 10.0, "{series} {stall}");
+    }
+    if require(have("promtool"), "promtool (Debian package prometheus)") {
+        let (code, said) = promtool(&page);
+        assert_eq!((code, said.as_str()), (Some(0), ""), "{page}");
+    }
+    let (_, om) = scrape(&sluice, Some("application/openmetrics-text"));
+    check_openmetrics_page(&om);
+    assert!(
+        om.contains("# TYPE sluice_ingest_to_fold_seconds summary"),
+        "{om}"
+    );
+    drop(conn);
     assert_eq!(sluice.stop().code(), Some(0));
 }

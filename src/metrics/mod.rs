@@ -3,13 +3,23 @@
 //! Each core owns one [`CoreMetrics`] and is its only writer; the admin thread reads them at
 //! scrape time. Values are relaxed atomics: a scrape sees each counter at some recent moment,
 //! never a torn value. Cores update them once per batch or per tick, never per event.
+//!
+//! Latencies (`latency`) are hdrhistograms: each core records into its own and publishes
+//! them under a lock it only tries, at most every `LATENCY_PUBLISH_MS`; the admin thread
+//! merges them at scrape time.
 
 #![forbid(unsafe_code)]
+
+mod latency;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::parse::Reject;
+
+pub use latency::{
+    CoreLatencies, Latencies, Latency, Merged, Published, QUANTILES, Recorder, Summary,
+};
 
 /// A monotonically rising counter.
 #[derive(Debug, Default)]
@@ -180,6 +190,8 @@ pub struct CoreMetrics {
     pub held_lines: Gauge,
     /// What became of the rejections this core sent to its dead-letter log.
     pub deadletter: DeadLetterCounters,
+    /// Latency histograms, as the core last published them.
+    pub latency: CoreLatencies,
 }
 
 /// What one core's dead-letter log did with the rejections (lines and late events) it was
@@ -252,6 +264,7 @@ impl CoreMetrics {
             storage_blocked_ns_total: Counter::default(),
             held_lines: Gauge::default(),
             deadletter: DeadLetterCounters::default(),
+            latency: CoreLatencies::default(),
         }
     }
 }
@@ -271,6 +284,8 @@ pub struct CheckpointMetrics {
     pub last_bytes: Gauge,
     /// Wall-clock time (ms since the epoch) of the newest commit; 0 before the first.
     pub last_commit_unix_ms: Gauge,
+    /// Durations of committed checkpoints, barrier injection to commit.
+    pub duration: Published,
 }
 
 /// Everything the admin endpoint exposes.
