@@ -20,19 +20,26 @@ struct ListenerIds {
     ids: BTreeMap<String, u16>,
 }
 
+/// Reads `data_dir/listeners.json` (empty when there is none yet). A file that cannot be
+/// read or parsed is an error, never replaced: the log stores these ids, and new ids would
+/// make replay parse old lines with the wrong format.
+fn read_ids(data_dir: &Path) -> Result<ListenerIds, Error> {
+    let path = data_dir.join("listeners.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Io {
+            what: "cannot parse (the log's listener ids; restore it from a backup)",
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ListenerIds::default()),
+        Err(e) => Err(io_err("cannot read", &path)(e)),
+    }
+}
+
 /// The listener names by id, from `data_dir/listeners.json` (empty when there is none yet):
 /// what `sluice log dump --json` prints next to each line's listener id.
 pub fn listener_names(data_dir: &Path) -> Result<BTreeMap<u16, String>, Error> {
-    let path = data_dir.join("listeners.json");
-    let ids: ListenerIds = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Io {
-            what: "cannot parse",
-            path: path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ListenerIds::default(),
-        Err(e) => return Err(io_err("cannot read", &path)(e)),
-    };
+    let ids = read_ids(data_dir)?;
     Ok(ids.ids.into_iter().map(|(name, id)| (id, name)).collect())
 }
 
@@ -53,17 +60,7 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 
 pub(super) fn listener_ids(data_dir: &Path, names: &[String]) -> Result<Vec<u16>, Error> {
     let path = data_dir.join("listeners.json");
-    // The log stores these ids: a file that cannot be read or parsed is an error, never
-    // replaced, since new ids would make replay parse old lines with the wrong format.
-    let mut ids: ListenerIds = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Io {
-            what: "cannot parse (the log's listener ids; restore it from a backup)",
-            path: path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ListenerIds::default(),
-        Err(e) => return Err(io_err("cannot read", &path)(e)),
-    };
+    let mut ids = read_ids(data_dir)?;
     let mut changed = false;
     let out = names
         .iter()

@@ -75,6 +75,25 @@ impl Serialize for Line<'_> {
     }
 }
 
+/// Appends the JSON row of one window to `out`.
+fn encode_row(
+    out: &mut Vec<u8>,
+    key: &str,
+    spec: &WindowSpec,
+    start_ms: i64,
+    agg: &Agg,
+    quantiles: &[(f64, String)],
+) -> io::Result<()> {
+    let line = Line {
+        key,
+        spec,
+        start_ms,
+        agg,
+        quantiles,
+    };
+    serde_json::to_writer(out, &line).map_err(io::Error::other)
+}
+
 /// The row of an open window (as a closed one is written, plus `"final":false`): what the
 /// query API shows of a window still running.
 pub fn open_row(
@@ -84,15 +103,10 @@ pub fn open_row(
     agg: &Agg,
     quantiles: &[(f64, String)],
 ) -> String {
-    let line = Line {
-        key,
-        spec,
-        start_ms,
-        agg,
-        quantiles,
-    };
+    let mut out = Vec::with_capacity(512);
     // A map of strings and finite numbers always encodes.
-    let mut text = serde_json::to_string(&line).unwrap_or_else(|_| "{}".into());
+    let _ = encode_row(&mut out, key, spec, start_ms, agg, quantiles);
+    let mut text = String::from_utf8(out).unwrap_or_else(|_| "{}".into());
     text.pop();
     if text.len() > 1 {
         text.push(',');
@@ -153,14 +167,7 @@ impl AggregatesWriter {
         quantiles: &[(f64, String)],
     ) -> io::Result<()> {
         self.scratch.clear();
-        let line = Line {
-            key,
-            spec,
-            start_ms,
-            agg,
-            quantiles,
-        };
-        serde_json::to_writer(&mut self.scratch, &line).map_err(io::Error::other)?;
+        encode_row(&mut self.scratch, key, spec, start_ms, agg, quantiles)?;
         self.scratch.push(b'\n');
         self.record.append(&self.scratch);
         Ok(())

@@ -4,6 +4,19 @@ use std::io::Write;
 
 use crate::harness::{Sluice, run};
 
+/// `sluice serve --data-dir DATA --admin 127.0.0.1:0 --listen SPEC`, run to its exit.
+fn serve_once(data: &str, spec: &str) -> std::process::Output {
+    run(&[
+        "serve",
+        "--data-dir",
+        data,
+        "--admin",
+        "127.0.0.1:0",
+        "--listen",
+        spec,
+    ])
+}
+
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -202,15 +215,7 @@ fn a_port_in_use_exits_1_naming_the_listener() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let spec = format!("raw+tcp://{}?name=busy", taken.local_addr().unwrap());
     let data = dir.path().join("d");
-    let o = run(&[
-        "serve",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--admin",
-        "127.0.0.1:0",
-        "--listen",
-        &spec,
-    ]);
+    let o = serve_once(data.to_str().unwrap(), &spec);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("busy"), "{}", stderr(&o));
 }
@@ -272,15 +277,7 @@ fn a_second_process_on_a_port_sluice_listens_on_is_refused() {
     for (name, proto) in [("raw", "raw+tcp"), ("statsd", "statsd+udp")] {
         let spec = format!("{proto}://{}?name=second", first.addr(name));
         let data = dir.path().join(format!("b-{name}"));
-        let o = run(&[
-            "serve",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--admin",
-            "127.0.0.1:0",
-            "--listen",
-            &spec,
-        ]);
+        let o = serve_once(data.to_str().unwrap(), &spec);
         let e = stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{e}");
         assert!(
@@ -304,15 +301,7 @@ fn a_second_process_on_a_port_sluice_listens_on_is_refused() {
     let addr = other.local_addr().unwrap().as_socket().unwrap();
     let spec = format!("statsd+udp://{addr}?name=shared");
     let data = dir.path().join("c");
-    let o = run(&[
-        "serve",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--admin",
-        "127.0.0.1:0",
-        "--listen",
-        &spec,
-    ]);
+    let o = serve_once(data.to_str().unwrap(), &spec);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("address in use by another process"),
