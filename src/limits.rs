@@ -202,6 +202,8 @@ pub const OPEN_SCAN_SLOTS_PER_TURN: usize = 2_048;
 /// Time a core spends per loop turn on an open-window query, at most (checked every 64
 /// slots).
 pub const OPEN_SCAN_TURN_BUDGET_US: u64 = 200;
+/// Share (percent) of a core's time that open-window queries may take while it has input.
+pub const OPEN_SCAN_SHARE_PERCENT: u32 = 25;
 /// How long the admin server waits for every shard's answer to an open-window query.
 pub const OPEN_QUERY_TIMEOUT_MS: u64 = 5_000;
 /// Clients of `/api/v1/stream` at once; one more is answered 503.

@@ -78,6 +78,8 @@ pub struct Input {
     pub(super) quiet: QuietClock,
     /// Bytes read from sockets since the loop last looked.
     pub(super) turn_bytes: usize,
+    /// Bytes the previous turn read (input is flowing: queries take only their share).
+    pub(super) last_turn_read: usize,
     /// Watermark (and idleness) last sent to every shard.
     sent_watermark: Option<(i64, bool)>,
     allowed_lateness_ms: i64,
@@ -131,6 +133,7 @@ impl Input {
             max_event_ms: setup.max_event_ms,
             quiet: QuietClock::new(Instant::now()),
             turn_bytes: 0,
+            last_turn_read: 0,
             sent_watermark: None,
             allowed_lateness_ms: setup.allowed_lateness_ms,
             injected_epoch: setup.control.checkpoint_epoch.load(Ordering::Acquire),

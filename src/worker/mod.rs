@@ -35,6 +35,8 @@
 
 mod input;
 mod owner;
+
+use owner::ScanTurn;
 mod quiet;
 mod storage;
 
@@ -394,7 +396,8 @@ impl Input {
             let turn_began = Instant::now();
             self.quiet.end_turn(turn_began);
             let inbound_more = self.owner.drain_inbound(&mut self.deadletter)?;
-            let scanning = self.owner.answer_open_queries();
+            let contended = inbound_more || self.last_turn_read > 0;
+            let scan = self.owner.answer_open_queries(contended);
             if let Some(e) = self.owner.take_results_error() {
                 self.storage_failed(crate::metrics::StorageOp::Aggregates, &e);
             }
@@ -427,11 +430,12 @@ impl Input {
             }
 
             let busy = inbound_more
-                || scanning
+                || scan == ScanTurn::Busy
                 || (phase == Phase::Replaying && !self.router.blocked())
                 || (backend.has_ready() && self.reading())
                 || matches!(phase, Phase::Draining { .. });
             let read = std::mem::take(&mut self.turn_bytes);
+            self.last_turn_read = read;
             self.quiet
                 .set_turn_quiet(read == 0 && phase == Phase::Serving && self.reading());
             if !busy && read > 0 && read < LINGER_BYTES {
@@ -444,7 +448,11 @@ impl Input {
             } else if self.router.blocked() {
                 Some(Duration::from_millis(1))
             } else {
-                let wake = [self.storage_retry_at(), backend.wake_at()]
+                let scan_at = match scan {
+                    ScanTurn::Until(at) => Some(at),
+                    _ => None,
+                };
+                let wake = [self.storage_retry_at(), backend.wake_at(), scan_at]
                     .into_iter()
                     .flatten()
                     .fold(next_tick, Instant::min);

@@ -21,7 +21,8 @@ use super::{Error, Report};
 use crate::checkpoint::ShardState;
 use crate::deadletter::DeadLetter;
 use crate::limits::{
-    AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX, OPEN_SCAN_SLOTS_PER_TURN,
+    AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX, OPEN_SCAN_SHARE_PERCENT,
+    OPEN_SCAN_SLOTS_PER_TURN,
 };
 use crate::metrics::{Metrics, Recorder};
 use crate::query::{OpenRequest, OpenScan};
@@ -29,6 +30,17 @@ use crate::route::Inbound;
 use crate::route::Msg;
 use crate::window::Shard;
 use crate::window::now_ms;
+
+/// What answering open-window queries asks of the loop this turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ScanTurn {
+    /// Nothing to answer.
+    Idle,
+    /// A query is being answered: do not sleep.
+    Busy,
+    /// A query waits for its share of the core's time: wake by then.
+    Until(Instant),
+}
 
 /// A core's owner side: its shard of the key space, the queues that bring it events from
 /// every core, and the alignment of checkpoint barriers. It shares nothing with the input
@@ -49,6 +61,8 @@ pub(super) struct Owner {
     /// Questions about the open windows, and the one being answered.
     open_queries: crossbeam_channel::Receiver<OpenRequest>,
     open_scan: Option<OpenScan>,
+    /// While the core has input, the next scan step waits until then.
+    scan_resume_at: Option<Instant>,
     /// Ingest → fold of the batches folded since the last publish.
     ingest_to_fold: Recorder,
     /// Close → write of the rows written out since the last publish.
@@ -73,6 +87,7 @@ impl Owner {
             shard,
             open_queries,
             open_scan: None,
+            scan_resume_at: None,
             aligned: vec![false; inbound.len()],
             inbound,
             aligned_count: 0,
@@ -86,25 +101,40 @@ impl Owner {
         }
     }
 
-    /// Answers the query API's questions about the open windows, one at a time and
-    /// [`OPEN_SCAN_SLOTS_PER_TURN`] key slots per call (see `query::OpenScan`). Returns
-    /// true while a question is being answered (the loop then does not sleep).
-    pub(super) fn answer_open_queries(&mut self) -> bool {
+    /// Answers the query API's questions about the open windows, one at a time, a step of
+    /// at most [`OPEN_SCAN_SLOTS_PER_TURN`] key slots (and about 200 µs) per call (see
+    /// `query::OpenScan`). While the core has input (`contended`), steps take at most
+    /// [`OPEN_SCAN_SHARE_PERCENT`] of its time: after a step of `d`, the next waits
+    /// `d × (100 − share) / share`, so back-to-back queries slow ingest by a bounded share.
+    pub(super) fn answer_open_queries(&mut self, contended: bool) -> ScanTurn {
         if self.open_scan.is_none() {
             match self.open_queries.try_recv() {
                 Ok(request) => self.open_scan = Some(OpenScan::new(request)),
-                Err(_) => return false,
+                Err(_) => return ScanTurn::Idle,
             }
         }
+        let now = Instant::now();
+        if contended
+            && let Some(at) = self.scan_resume_at
+            && now < at
+        {
+            return ScanTurn::Until(at);
+        }
         let Some(scan) = &mut self.open_scan else {
-            return false;
+            return ScanTurn::Idle;
         };
-        if scan.step(&self.shard, OPEN_SCAN_SLOTS_PER_TURN) {
+        let done = scan.step(&self.shard, OPEN_SCAN_SLOTS_PER_TURN);
+        let took = now.elapsed();
+        let share = OPEN_SCAN_SHARE_PERCENT.clamp(1, 100);
+        self.scan_resume_at = Some(now + took + took * (100 - share) / share);
+        if done {
             self.open_scan = None;
             // Another may be waiting.
-            return !self.open_queries.is_empty();
+            if self.open_queries.is_empty() {
+                return ScanTurn::Idle;
+            }
         }
-        true
+        ScanTurn::Busy
     }
 
     /// A results write that failed since the last call (the core holds its input and
