@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Sluice, aggregate_lines, bin, have, now_secs, require, wait_for};
+use crate::harness::{Sluice, aggregate_lines, bin, have, require, wait_for};
 
 /// A sluice with 10 s windows and a graphite listener `graphite-in`, holding (event time,
 /// in the past) closed windows: t0 room.a ×1; t0+10 room.b ×5, room.a ×3, hall ×2; and an
@@ -26,13 +26,7 @@ fn start_with_rows(dir: &std::path::Path) -> (Sluice, i64) {
             "graphite+tcp://127.0.0.1:0?name=graphite-in",
         ],
     );
-    let t0 = (now_secs() - 600) / 10 * 10;
-    let mut lines = vec![format!("room.a 7 {}", t0 + 1)];
-    lines.extend((0..5).map(|i| format!("room.b {} {}", 10 + i, t0 + 12)));
-    lines.extend((0..3).map(|i| format!("room.a {} {}", 1 + i, t0 + 13)));
-    lines.extend((0..2).map(|_| format!("hall 100 {}", t0 + 14)));
-    lines.push(format!("tick 1 {}", t0 + 31));
-    lines.extend((0..4).map(|i| format!("room.a {} {}", 20 + i, t0 + 32)));
+    let (t0, lines) = crate::harness::rooms_workload();
     send(&sluice, &lines);
     assert!(
         wait_for(Duration::from_secs(30), || aggregate_lines(

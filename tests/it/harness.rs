@@ -380,3 +380,18 @@ pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A workload of past 10 s windows (event time) for the query tests: t0 holds room.a once;
+/// t0+10 holds room.b ×5, room.a ×3, hall ×2; `tick` at t0+31 moves the watermark to t0+26
+/// (with 5 s allowed lateness), closing both; the window of t0+30 stays open with room.a ×4
+/// and tick. Graphite lines; `t0` is a multiple of 10 s ten minutes back.
+pub fn rooms_workload() -> (i64, Vec<String>) {
+    let t0 = (now_secs() - 600) / 10 * 10;
+    let mut lines = vec![format!("room.a 7 {}", t0 + 1)];
+    lines.extend((0..5).map(|i| format!("room.b {} {}", 10 + i, t0 + 12)));
+    lines.extend((0..3).map(|i| format!("room.a {} {}", 1 + i, t0 + 13)));
+    lines.extend((0..2).map(|_| format!("hall 100 {}", t0 + 14)));
+    lines.push(format!("tick 1 {}", t0 + 31));
+    lines.extend((0..4).map(|i| format!("room.a {} {}", 20 + i, t0 + 32)));
+    (t0, lines)
+}

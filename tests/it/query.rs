@@ -60,16 +60,7 @@ fn windows_and_top_answer_from_closed_rows_and_the_shards_open_windows() {
             "graphite+tcp://127.0.0.1:0?name=g",
         ],
     );
-    // Windows of the past (event time): t0 holds room.a once; t0+10 holds room.b ×5,
-    // room.a ×3, hall ×2; `tick` at t0+31 moves the watermark to t0+26, closing both; the
-    // window of t0+30 stays open with room.a ×4 and tick.
-    let t0 = (now_secs() - 600) / 10 * 10;
-    let mut lines = vec![format!("room.a 7 {}", t0 + 1)];
-    lines.extend((0..5).map(|i| format!("room.b {} {}", 10 + i, t0 + 12)));
-    lines.extend((0..3).map(|i| format!("room.a {} {}", 1 + i, t0 + 13)));
-    lines.extend((0..2).map(|_| format!("hall 100 {}", t0 + 14)));
-    lines.push(format!("tick 1 {}", t0 + 31));
-    lines.extend((0..4).map(|i| format!("room.a {} {}", 20 + i, t0 + 32)));
+    let (t0, lines) = crate::harness::rooms_workload();
     let mut s = TcpStream::connect(sluice.addr("g")).unwrap();
     s.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
     drop(s);
