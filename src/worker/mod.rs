@@ -396,6 +396,14 @@ impl Input {
             let turn_began = Instant::now();
             self.quiet.end_turn(turn_began);
             let inbound_more = self.owner.drain_inbound(&mut self.deadletter)?;
+            // Rows of windows that just closed are written now, not at the next tick: one
+            // write per advance that closed windows, never per event.
+            if self.owner.take_closed()
+                && !self.storage.output_failed
+                && let Err(e) = self.owner.flush_output()
+            {
+                self.storage_failed(crate::metrics::StorageOp::Aggregates, &e);
+            }
             let contended = inbound_more || self.last_turn_read > 0;
             let scan = self.owner.answer_open_queries(contended);
             if let Some(e) = self.owner.take_results_error() {

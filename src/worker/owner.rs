@@ -69,6 +69,8 @@ pub(super) struct Owner {
     close_to_write: Recorder,
     /// When the oldest advance whose rows are not all written yet closed them.
     closed_unwritten: Option<Instant>,
+    /// Windows closed since the loop last asked ([`Owner::take_closed`]).
+    closed_since_asked: bool,
     metrics: Arc<Metrics>,
     reports: Sender<Report>,
 }
@@ -96,6 +98,7 @@ impl Owner {
             ingest_to_fold: Recorder::new(),
             close_to_write: Recorder::new(),
             closed_unwritten: None,
+            closed_since_asked: false,
             metrics,
             reports,
         }
@@ -149,6 +152,12 @@ impl Owner {
         let flushed = self.shard.output().flush();
         self.note_written();
         flushed
+    }
+
+    /// True when windows closed since the last call: their rows are staged, and the loop
+    /// writes them out at once rather than at the next tick.
+    pub(super) fn take_closed(&mut self) -> bool {
+        std::mem::take(&mut self.closed_since_asked)
     }
 
     /// Records the close → write latency once every row closed so far is in the record.
@@ -247,6 +256,7 @@ impl Owner {
                     .add(closed as u64);
                 if closed > 0 {
                     self.closed_unwritten.get_or_insert(deciding);
+                    self.closed_since_asked = true;
                     // Rows that filled a write are written already; the rest at the next
                     // flush (each tick) or snapshot.
                     self.note_written();
