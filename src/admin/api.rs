@@ -415,7 +415,7 @@ pub async fn stream(
                     None => Sent::Sent,
                     Some(f) => match tx.try_send(f) {
                         Ok(()) => Sent::Sent,
-                        Err(TrySendError::Full(_)) => Sent::Full,
+                        Err(TrySendError::Full(f)) => Sent::Full(f),
                         Err(TrySendError::Closed(_)) => Sent::Closed,
                     },
                 }

@@ -23,7 +23,6 @@ const FEED_BATCH_ROWS: usize = 4096;
 struct Entry {
     key: Arc<str>,
     window: Arc<str>,
-    start_ms: i64,
     /// The row as written, with `"final":true` added.
     text: Box<str>,
 }
@@ -373,7 +372,6 @@ impl Inner {
         self.history.push_back(Entry {
             key,
             window,
-            start_ms: row.start_ms,
             text: row.text,
         });
         while self.history_bytes > budget && self.history.len() > 1 {
@@ -389,7 +387,6 @@ impl Inner {
         self.base += 1;
         self.history_bytes -= entry.text.len();
         self.stats.evicted += 1;
-        let _ = entry.start_ms;
         if let Some(per_window) = self.keys.get_mut(&entry.key) {
             if let Some(i) = per_window.iter().position(|(w, _)| *w == entry.window) {
                 let seqs = &mut per_window[i].1;

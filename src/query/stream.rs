@@ -21,12 +21,12 @@ use crate::results::{Cursors, RecordReader};
 const STREAM_POLL_MS: u64 = 50;
 
 /// What handing a frame to the client did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {
     /// Taken.
     Sent,
-    /// The queue to the client is full: try again later.
-    Full,
+    /// The queue to the client is full: the frame comes back, to try again later.
+    Full(String),
     /// The client is gone.
     Closed,
 }
@@ -154,12 +154,16 @@ fn deliver(
     stall_max: Duration,
 ) -> bool {
     let since = Instant::now();
+    let mut frame = frame;
     loop {
-        match send(Some(frame.clone())) {
+        match send(Some(frame)) {
             Sent::Sent => return true,
             Sent::Closed => return false,
-            Sent::Full if since.elapsed() >= stall_max => return false,
-            Sent::Full => std::thread::sleep(Duration::from_millis(STREAM_POLL_MS)),
+            Sent::Full(_) if since.elapsed() >= stall_max => return false,
+            Sent::Full(back) => {
+                frame = back;
+                std::thread::sleep(Duration::from_millis(STREAM_POLL_MS));
+            }
         }
     }
 }

@@ -233,7 +233,10 @@ fn event_ids_round_trip_and_a_stream_stops_for_a_gone_or_stuck_client() {
     );
     // A client that never takes a frame: dropped after stall_max.
     let started = std::time::Instant::now();
-    follow(&dirs, &cursors, &[0], &selection, timing, |_| Sent::Full);
+    follow(&dirs, &cursors, &[0], &selection, timing, |f| match f {
+        Some(f) => Sent::Full(f),
+        None => Sent::Sent,
+    });
     assert!(started.elapsed() >= timing.stall_max);
     // An idle stream gets keep-alive comments.
     let mut keepalives = 0;
