@@ -13,19 +13,7 @@ use crate::harness::{Sluice, aggregate_lines, bin, have, require, wait_for};
 /// in the past) closed windows: t0 room.a ×1; t0+10 room.b ×5, room.a ×3, hall ×2; and an
 /// open one at t0+30 (room.a ×4). Returns t0.
 fn start_with_rows(dir: &std::path::Path) -> (Sluice, i64) {
-    let sluice = Sluice::start(
-        &dir.join("d"),
-        &[
-            "--cores",
-            "2",
-            "--window",
-            "10s",
-            "--allowed-lateness",
-            "5s",
-            "--listen",
-            "graphite+tcp://127.0.0.1:0?name=graphite-in",
-        ],
-    );
+    let sluice = crate::harness::start_10s_graphite(&dir.join("d"), "5s", "graphite-in");
     let (t0, lines) = crate::harness::rooms_workload();
     send(&sluice, &lines);
     assert!(
@@ -303,6 +291,33 @@ impl Drop for Tmux {
     }
 }
 
+impl Tmux {
+    /// A detached 80x24 session `top` with a plain shell, running `sluice top --admin ADMIN`
+    /// and then printing its exit status as `sluice-top-exit=N`.
+    fn top_80x24(admin: &str) -> Tmux {
+        let tmux = Tmux::new();
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            "-s",
+            "top",
+            "env",
+            "PS1=$ ",
+            "sh",
+        ]);
+        let command = format!(
+            "'{}' top --admin {admin}; echo sluice-top-exit=$?",
+            bin().display()
+        );
+        tmux.run(&["send-keys", "-t", "top", &command, "Enter"]);
+        tmux
+    }
+}
+
 #[test]
 fn top_draws_listeners_and_top_keys_in_an_80x24_tmux_pane_and_quits_on_q() {
     if !require(have("tmux"), "tmux") {
@@ -310,26 +325,7 @@ fn top_draws_listeners_and_top_keys_in_an_80x24_tmux_pane_and_quits_on_q() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = start_with_rows(dir.path());
-    let tmux = Tmux::new();
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-x",
-        "80",
-        "-y",
-        "24",
-        "-s",
-        "top",
-        "env",
-        "PS1=$ ",
-        "sh",
-    ]);
-    let command = format!(
-        "'{}' top --admin {}; echo sluice-top-exit=$?",
-        bin().display(),
-        sluice.admin()
-    );
-    tmux.run(&["send-keys", "-t", "top", &command, "Enter"]);
+    let tmux = Tmux::top_80x24(&sluice.admin().to_string());
     let screen = tmux.wait_screen("the listener and a top key within 30 s", |s| {
         s.contains("graphite-in") && s.contains("room.b") && s.contains("Listeners")
     });
@@ -372,25 +368,7 @@ fn top_shows_an_unreachable_admin_and_keeps_running() {
     if !require(have("tmux"), "tmux") {
         return;
     }
-    let tmux = Tmux::new();
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-x",
-        "80",
-        "-y",
-        "24",
-        "-s",
-        "top",
-        "env",
-        "PS1=$ ",
-        "sh",
-    ]);
-    let command = format!(
-        "'{}' top --admin 127.0.0.1:1; echo sluice-top-exit=$?",
-        bin().display()
-    );
-    tmux.run(&["send-keys", "-t", "top", &command, "Enter"]);
+    let tmux = Tmux::top_80x24("127.0.0.1:1");
     tmux.wait_screen("a message about the admin", |s| {
         s.contains("cannot reach 127.0.0.1:1") && s.contains("retrying")
     });

@@ -395,3 +395,22 @@ pub fn rooms_workload() -> (i64, Vec<String>) {
     lines.extend((0..4).map(|i| format!("room.a {} {}", 20 + i, t0 + 32)));
     (t0, lines)
 }
+
+/// `sluice serve` on 2 cores with one 10 s window, allowed lateness `lateness`, and one
+/// Graphite TCP listener named `listener`: the query and CLI tests' instance.
+pub fn start_10s_graphite(data_dir: &Path, lateness: &str, listener: &str) -> Sluice {
+    let spec = format!("graphite+tcp://127.0.0.1:0?name={listener}");
+    Sluice::start(
+        data_dir,
+        &[
+            "--cores",
+            "2",
+            "--window",
+            "10s",
+            "--allowed-lateness",
+            lateness,
+            "--listen",
+            &spec,
+        ],
+    )
+}

@@ -47,19 +47,7 @@ fn keys_of(rows: &serde_json::Value) -> Vec<String> {
 #[test]
 fn windows_and_top_answer_from_closed_rows_and_the_shards_open_windows() {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start(
-        &dir.path().join("d"),
-        &[
-            "--cores",
-            "2",
-            "--window",
-            "10s",
-            "--allowed-lateness",
-            "5s",
-            "--listen",
-            "graphite+tcp://127.0.0.1:0?name=g",
-        ],
-    );
+    let sluice = crate::harness::start_10s_graphite(&dir.path().join("d"), "5s", "g");
     let (t0, lines) = crate::harness::rooms_workload();
     let mut s = TcpStream::connect(sluice.addr("g")).unwrap();
     s.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
@@ -224,19 +212,7 @@ impl Drop for StreamClient {
 #[test]
 fn the_stream_sends_every_closed_row_once_and_resumes_from_last_event_id() {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start(
-        &dir.path().join("d"),
-        &[
-            "--cores",
-            "2",
-            "--window",
-            "10s",
-            "--allowed-lateness",
-            "0s",
-            "--listen",
-            "graphite+tcp://127.0.0.1:0?name=g",
-        ],
-    );
+    let sluice = crate::harness::start_10s_graphite(&dir.path().join("d"), "0s", "g");
     let t0 = (now_secs() - 600) / 10 * 10;
     let send = |lines: Vec<String>| {
         let mut s = TcpStream::connect(sluice.addr("g")).unwrap();
