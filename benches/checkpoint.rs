@@ -131,6 +131,7 @@ fn table(keys: usize) {
         "{:<28} {:>10} {:>12} {:>10} {:>10} {:>12} {:>10}",
         "case", "windows", "snapshot ms", "encode ms", "write ms", "bytes", "load ms"
     );
+    let mut steps = Vec::new();
     for events_per_key in [1usize, 10] {
         let out = AggregatesWriter::open(&dir.path().join(format!("s{events_per_key}.jsonl")), 0)
             .unwrap();
@@ -175,5 +176,106 @@ fn table(keys: usize) {
             format!("{keys} keys x {events_per_key} events"),
             bytes.len()
         );
+        steps.push((events_per_key, stepped(&mut shard, n)));
+    }
+    println!(
+        "\nthe same snapshots taken in steps of {STEP_US} µs as a core takes them, a batch of \
+         1,000 events on 1,000 keys folded between steps:"
+    );
+    println!(
+        "{:<28} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "case",
+        "begin µs",
+        "steps",
+        "step p50",
+        "step p99",
+        "step max",
+        "steps ms",
+        "batch (no)",
+        "batch (in)",
+        "first (in)"
+    );
+    for (events_per_key, s) in steps {
+        let q = |p: f64| s.steps_us[((s.steps_us.len() - 1) as f64 * p) as usize];
+        println!(
+            "{:<28} {:>9.0} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.0}",
+            format!("{keys} keys x {events_per_key} events"),
+            s.begin_us,
+            s.steps_us.len(),
+            q(0.5),
+            q(0.99),
+            q(1.0),
+            s.steps_us.iter().sum::<f64>() / 1e3,
+            s.batch_us_outside,
+            s.batch_us_during,
+            s.batch_us_first,
+        );
+    }
+}
+
+/// A step's budget, as `limits::SNAPSHOT_STEP_BUDGET_US`.
+const STEP_US: u64 = 200;
+
+/// What a snapshot in steps cost.
+struct Stepped {
+    begin_us: f64,
+    /// Every step's time, sorted.
+    steps_us: Vec<f64>,
+    /// Median time to fold a batch of 1,000 events with no snapshot being taken, and while
+    /// one is (its first touch of each key encodes that key: copy-on-write).
+    batch_us_outside: f64,
+    batch_us_during: f64,
+    /// The first batch folded while it is taken (every hot key still pending).
+    batch_us_first: f64,
+}
+
+/// Takes a snapshot of `shard` (holding `windows` open windows) in steps, folding a batch
+/// between steps, as a core does.
+fn stepped(shard: &mut Shard, windows: usize) -> Stepped {
+    use std::time::Duration;
+    let hot: Vec<String> = (0..1_000)
+        .map(|k| format!("servers.host{k:07}.cpu"))
+        .collect();
+    let mut t_ms = 1_000i64;
+    let mut fold_batch = |shard: &mut Shard| {
+        let t = Instant::now();
+        let mut batch = shard.batch();
+        for key in &hot {
+            batch.fold(key.as_bytes(), 1.0, t_ms, Kind::Sample);
+        }
+        drop(batch);
+        t_ms = (t_ms + 1).min(9_000);
+        t.elapsed().as_secs_f64() * 1e6
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let outside = median((0..21).map(|_| fold_batch(shard)).collect());
+    let t = Instant::now();
+    shard.begin_snapshot(Vec::new());
+    let begin_us = t.elapsed().as_secs_f64() * 1e6;
+    let mut steps_us = Vec::new();
+    let mut during = Vec::new();
+    loop {
+        if during.len() < 21 {
+            during.push(fold_batch(shard));
+        }
+        let t = Instant::now();
+        let done = shard.snapshot_step(t + Duration::from_micros(STEP_US));
+        steps_us.push(t.elapsed().as_secs_f64() * 1e6);
+        if done {
+            break;
+        }
+    }
+    let taken = shard.finish_snapshot().expect("begun");
+    assert_eq!(taken.window_count as usize, windows);
+    steps_us.sort_by(f64::total_cmp);
+    Stepped {
+        begin_us,
+        steps_us,
+        batch_us_outside: outside,
+        batch_us_first: during[0],
+        batch_us_during: median(during),
     }
 }

@@ -204,6 +204,12 @@ pub const OPEN_SCAN_SLOTS_PER_TURN: usize = 2_048;
 pub const OPEN_SCAN_TURN_BUDGET_US: u64 = 200;
 /// Share (percent) of a core's time that open-window queries may take while it has input.
 pub const OPEN_SCAN_SHARE_PERCENT: u32 = 25;
+/// Time a core spends per loop turn encoding a checkpoint's snapshot, at most (checked
+/// every 8 key slots): a snapshot of a million open windows is taken in steps, with the
+/// core's input folded between them (see `window/snapshot.rs`).
+pub const SNAPSHOT_STEP_BUDGET_US: u64 = 200;
+/// Share (percent) of a core's time that a snapshot's steps may take while it has input.
+pub const SNAPSHOT_SHARE_PERCENT: u32 = 50;
 /// How long the admin server waits for every shard's answer to an open-window query.
 pub const OPEN_QUERY_TIMEOUT_MS: u64 = 5_000;
 /// Clients of `/api/v1/stream` at once; one more is answered 503.

@@ -536,8 +536,7 @@ fn register_log(page: &mut Page, rows: &[(usize, &CoreMetrics)]) {
     let help = "Log offsets found at start to hold no line (damaged batches, missing segments).";
     let lost = per_core(rows, |c| c.log_lost_lines_total.get());
     page.counter("log_lost_lines", help, lost);
-    let help =
-        "Longest time the core spent on its share of a checkpoint (flush, barrier, snapshot).";
+    let help = "Longest time the core spent at once on its share of a checkpoint (flush, barrier, a snapshot step).";
     let stall = per_core(rows, |c| {
         us_to_seconds(c.checkpoint_stall_us_max.get().max(0) as u64)
     });

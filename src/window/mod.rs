@@ -61,6 +61,7 @@
 
 mod output;
 mod sketch;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -71,6 +72,8 @@ use serde::{Deserialize, Serialize};
 
 pub use output::{AggregatesWriter, OutputSync, now_ms, open_row, rfc3339};
 pub use sketch::{PENDING as SKETCH_PENDING, Sketch};
+pub use snapshot::Snapshot;
+use snapshot::Snapshotting;
 
 use crate::limits::OVERFLOW_KEY;
 use crate::parse::Kind;
@@ -549,8 +552,12 @@ pub struct Shard {
     output: AggregatesWriter,
     /// Sketch adds put off to the end of a [`FoldBatch`]; empty outside one.
     deferred: Vec<DeferredAdd>,
-    /// Running StatsD gauge values by key (see [`Shard::gauge`]).
-    gauges: hashbrown::HashTable<(Box<str>, f64)>,
+    /// Running StatsD gauge values (see [`Shard::gauge`]): key → position in
+    /// `gauge_entries`, where gauges stay (they are never removed).
+    gauges: hashbrown::HashTable<u32>,
+    gauge_entries: Vec<(Box<str>, f64)>,
+    /// The checkpoint snapshot being taken, if any (see `snapshot.rs`).
+    snapshotting: Option<Box<Snapshotting>>,
 }
 
 /// A value for the sketch of window `pos` of slot `slot`.
@@ -628,6 +635,8 @@ impl Shard {
             output,
             deferred: Vec::new(),
             gauges: hashbrown::HashTable::new(),
+            gauge_entries: Vec::new(),
+            snapshotting: None,
         }
     }
 
@@ -638,6 +647,7 @@ impl Shard {
     /// feed the larger windows built from them. A window already behind this shard's
     /// frontier is written at once (nothing larger can take it then).
     pub fn restore(&mut self, record: WindowRecord) -> io::Result<()> {
+        debug_assert!(self.snapshotting.is_none(), "restored before any snapshot");
         let spec = WindowSpec {
             size_ms: record.size_ms,
             hop_ms: record.hop_ms,
@@ -720,6 +730,7 @@ impl Shard {
         } else {
             self.slot_for(key, false)
         };
+        self.before_slot_changes(slot);
         let mut folded = Folded { late: 0, overflow };
         let sketch =
             !self.quantiles.is_empty() && matches!(kind, Kind::Sample | Kind::Timer | Kind::Gauge);
@@ -784,22 +795,30 @@ impl Shard {
     fn gauge(&mut self, key: &[u8], value: f64, kind: Kind) -> (f64, Kind, bool) {
         let hash = self.hasher.hash_one(key);
         let full = self.gauges.len() >= self.max_keys;
-        let found = self.gauges.find_mut(hash, |(k, _)| k.as_bytes() == key);
-        let value = match (found, kind) {
-            (Some((_, g)), Kind::GaugeDelta) => {
-                *g = saturating_sum(*g, value);
+        let entries = &self.gauge_entries;
+        let found = self
+            .gauges
+            .find(hash, |&i| entries[i as usize].0.as_bytes() == key)
+            .copied();
+        let value = match found {
+            Some(i) => {
+                self.before_gauge_changes(i as usize);
+                let g = &mut self.gauge_entries[i as usize].1;
+                *g = match kind {
+                    Kind::GaugeDelta => saturating_sum(*g, value),
+                    _ => value,
+                };
                 *g
             }
-            (Some((_, g)), _) => {
-                *g = value;
-                value
-            }
-            (None, _) if full => return (value, Kind::Gauge, true),
-            (None, _) => {
+            None if full => return (value, Kind::Gauge, true),
+            None => {
                 let key: Box<str> = String::from_utf8_lossy(key).into();
-                let hasher = &self.hasher;
-                self.gauges
-                    .insert_unique(hash, (key, value), |(k, _)| hasher.hash_one(k.as_bytes()));
+                let i = self.gauge_entries.len() as u32;
+                self.gauge_entries.push((key, value));
+                let (entries, hasher) = (&self.gauge_entries, &self.hasher);
+                self.gauges.insert_unique(hash, i, |&i| {
+                    hasher.hash_one(entries[i as usize].0.as_bytes())
+                });
                 value
             }
         };
@@ -808,7 +827,7 @@ impl Shard {
 
     /// Every running gauge value, for a checkpoint.
     pub fn gauges(&self) -> Vec<(String, f64)> {
-        self.gauges
+        self.gauge_entries
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect()
@@ -870,6 +889,7 @@ impl Shard {
     /// Closes the window of `slot` and spec `spec_idx` ending at `end`: writes it, and feeds
     /// the windows composed from it.
     fn close_one(&mut self, slot: u32, spec_idx: u8, end: i64) -> io::Result<()> {
+        self.before_slot_changes(slot);
         let spec = self.windows[spec_idx as usize];
         let s = &mut self.slots[slot as usize];
         let pos = s
@@ -894,6 +914,7 @@ impl Shard {
     /// Merges the closed window `w` of spec `spec_idx` into every window of the specs it
     /// feeds that holds it.
     fn feed(&mut self, slot: u32, spec_idx: u8, w: OpenWindow) {
+        self.before_slot_changes(slot);
         let fed = std::mem::take(&mut self.fed[spec_idx as usize]);
         let targets: usize = fed
             .iter()
@@ -964,7 +985,11 @@ impl Shard {
             return (self.slot_for(OVERFLOW_KEY.as_bytes(), true).0, true);
         }
         let slot = match self.free.pop() {
-            Some(slot) => slot,
+            Some(slot) => {
+                // Free at the barrier or since: nothing of it belongs to a snapshot.
+                self.before_slot_changes(slot);
+                slot
+            }
             None => {
                 self.slots.push(Slot::default());
                 (self.slots.len() - 1) as u32
@@ -992,45 +1017,8 @@ impl Shard {
         }
     }
 
-    /// Appends every open window to `out`, encoded as a sequence of [`WindowRecord`]s (postcard),
-    /// without copying the state first: this is the core's whole share of a checkpoint's
-    /// snapshot. Returns the number of records.
-    ///
-    /// The one copy: a sketch with buffered values is encoded from a settled copy of it.
-    /// Copying its bins (sequential reads) and adding the few values to the copy, in cache,
-    /// stalls the core less than settling in place, where each add is a cache miss.
-    pub fn snapshot_into(&self, out: &mut Vec<u8>) -> u64 {
-        #[derive(Serialize)]
-        struct RecordRef<'a> {
-            key: &'a str,
-            size_ms: i64,
-            hop_ms: i64,
-            start_ms: i64,
-            agg: &'a Agg,
-        }
-        let mut n = 0;
-        for &slot in self.index.iter() {
-            let s = &self.slots[slot as usize];
-            for w in &s.windows {
-                let spec = self.windows[w.spec_idx as usize];
-                let r = RecordRef {
-                    key: &s.key,
-                    size_ms: spec.size_ms,
-                    hop_ms: spec.hop_ms,
-                    start_ms: w.start_ms,
-                    agg: &w.agg,
-                };
-                // Encoding plain data into a Vec cannot fail.
-                *out = postcard::to_extend(&r, std::mem::take(out)).expect("records encode");
-                n += 1;
-            }
-        }
-        debug_assert_eq!(n as usize, self.open_windows);
-        n
-    }
-
     /// Every open window, decoded (for tests and tools).
-    pub fn snapshot(&self) -> Vec<WindowRecord> {
+    pub fn snapshot(&mut self) -> Vec<WindowRecord> {
         let mut bytes = Vec::new();
         self.snapshot_into(&mut bytes);
         let mut out: Vec<WindowRecord> = decode_records(&bytes)

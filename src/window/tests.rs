@@ -397,6 +397,73 @@ mod watermark_props {
             }
         }
 
+        /// A snapshot taken in steps, while events, closes and gauges keep changing the
+        /// shard, holds exactly what a snapshot taken at once at its start holds, and
+        /// leaves the live state as if no snapshot were being taken.
+        #[test]
+        fn a_stepped_snapshot_is_the_state_at_its_barrier(
+            before in proptest::collection::vec((0u8..24, 0i64..6000, -1e3f64..1e3, 0u8..5), 0..120),
+            after in proptest::collection::vec((0u8..40, 0i64..9000, -1e3f64..1e3, 0u8..5), 0..400),
+            watermarks in proptest::collection::vec((0usize..400, 0i64..9000), 0..6),
+            steps_every in 1usize..40,
+        ) {
+            let kinds = [Kind::Timer, Kind::Counter, Kind::Sample, Kind::Set, Kind::GaugeDelta];
+            let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let mut at_once = shard(da.path(), &[1000, 3000], 16, 1);
+            let mut stepped = shard(db.path(), &[1000, 3000], 16, 1);
+            let fold = |s: &mut Shard, (k, t, v, kind): &(u8, i64, f64, u8)| {
+                s.fold(format!("key.{k}").as_bytes(), *v, *t, kinds[*kind as usize]);
+            };
+            for e in &before {
+                fold(&mut at_once, e);
+                fold(&mut stepped, e);
+            }
+            // Close some windows first, so slots are freed and reused after the barrier.
+            at_once.advance(0, 3000, false).unwrap();
+            stepped.advance(0, 3000, false).unwrap();
+            let open_at_barrier = at_once.open_windows();
+            let want = at_once.snapshot();
+            let mut want_gauges = at_once.gauges();
+            want_gauges.sort_by(|a, b| a.0.cmp(&b.0));
+            let frontier = at_once.closed_through_ms();
+
+            stepped.begin_snapshot(Vec::new());
+            let past = std::time::Instant::now();
+            for (i, e) in after.iter().enumerate() {
+                fold(&mut at_once, e);
+                fold(&mut stepped, e);
+                for (at, wm) in &watermarks {
+                    if *at == i {
+                        at_once.advance(0, *wm, false).unwrap();
+                        stepped.advance(0, *wm, false).unwrap();
+                    }
+                }
+                if i % steps_every == 0 {
+                    // A deadline already past: one look at the clock's worth of slots.
+                    stepped.snapshot_step(past);
+                }
+            }
+            let taken = stepped.finish_snapshot().unwrap();
+            prop_assert!(!stepped.snapshotting());
+            let mut got: Vec<WindowRecord> = decode_records(&taken.windows)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            got.sort_by(|a, b| (&a.key, a.size_ms, a.start_ms).cmp(&(&b.key, b.size_ms, b.start_ms)));
+            prop_assert_eq!(taken.window_count as usize, got.len());
+            prop_assert_eq!(got.len(), open_at_barrier);
+            prop_assert_eq!(got, want);
+            let mut got_gauges = taken.gauges;
+            got_gauges.sort_by(|a, b| a.0.cmp(&b.0));
+            prop_assert_eq!(got_gauges, want_gauges);
+            prop_assert_eq!(taken.closed_through_ms, frontier);
+            // The live state went on as if no snapshot were being taken.
+            prop_assert_eq!(stepped.snapshot(), at_once.snapshot());
+            prop_assert_eq!(stepped.closed_through_ms(), at_once.closed_through_ms());
+            stepped.output().flush().unwrap();
+            at_once.output().flush().unwrap();
+            prop_assert_eq!(record_text(&db.path().join("s000.jsonl")), record_text(&da.path().join("s000.jsonl")));
+        }
+
         /// Any state survives a snapshot and a restore unchanged.
         #[test]
         fn snapshots_round_trip(events in proptest::collection::vec((0u8..20, 0i64..5000, -1e6f64..1e6, any::<bool>()), 0..300)) {

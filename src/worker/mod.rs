@@ -405,7 +405,10 @@ impl Input {
                 self.storage_failed(crate::metrics::StorageOp::Aggregates, &e);
             }
             let contended = inbound_more || self.last_turn_read > 0;
-            let scan = self.owner.answer_open_queries(contended);
+            let scan = self
+                .owner
+                .answer_open_queries(contended)
+                .max(self.owner.snapshot_step(contended));
             if let Some(e) = self.owner.take_results_error() {
                 self.storage_failed(crate::metrics::StorageOp::Aggregates, &e);
             }

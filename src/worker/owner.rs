@@ -2,9 +2,10 @@
 //! checkpoint barriers aligned (Chandy–Lamport, as Flink does).
 //!
 //! Alignment: when barrier N arrives from source `s`, the queue from `s` is not read again
-//! until barrier N has arrived from every source. Then the shard is snapshotted (its output
-//! written out, for the coordinator to fsync before it commits), reported, and every queue is
-//! read again. Sources never block on a full queue (they keep the message pending and stop
+//! until barrier N has arrived from every source. Then the shard's snapshot begins (its output
+//! written out, for the coordinator to fsync before it commits) and every queue is read
+//! again; the snapshot is encoded in steps between turns, copy-on-write against the events
+//! that follow (see `window/snapshot.rs`), and reported once whole. Sources never block on a full queue (they keep the message pending and stop
 //! reading their sockets), so alignment always completes.
 //!
 //! Latencies: the owner records, in histograms it alone owns, the ingest → fold time of
@@ -22,24 +23,47 @@ use crate::checkpoint::ShardState;
 use crate::deadletter::DeadLetter;
 use crate::limits::{
     AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX, OPEN_SCAN_SHARE_PERCENT,
-    OPEN_SCAN_SLOTS_PER_TURN,
+    OPEN_SCAN_SLOTS_PER_TURN, SNAPSHOT_SHARE_PERCENT, SNAPSHOT_STEP_BUDGET_US,
 };
 use crate::metrics::{Metrics, Recorder};
 use crate::query::{OpenRequest, OpenScan};
 use crate::route::Inbound;
 use crate::route::Msg;
-use crate::window::Shard;
 use crate::window::now_ms;
+use crate::window::{OutputSync, Shard};
 
-/// What answering open-window queries asks of the loop this turn.
+/// What answering open-window queries, or taking a snapshot, asks of the loop this turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ScanTurn {
-    /// Nothing to answer.
+    /// Nothing to do.
     Idle,
-    /// A query is being answered: do not sleep.
+    /// Work is under way: do not sleep.
     Busy,
-    /// A query waits for its share of the core's time: wake by then.
+    /// Work waits for its share of the core's time: wake by then.
     Until(Instant),
+}
+
+impl ScanTurn {
+    /// The turn that asks the most of the loop of `self` and `other`.
+    pub(super) fn max(self, other: ScanTurn) -> ScanTurn {
+        match (self, other) {
+            (ScanTurn::Busy, _) | (_, ScanTurn::Busy) => ScanTurn::Busy,
+            (ScanTurn::Until(a), ScanTurn::Until(b)) => ScanTurn::Until(a.min(b)),
+            (ScanTurn::Until(a), _) | (_, ScanTurn::Until(a)) => ScanTurn::Until(a),
+            _ => ScanTurn::Idle,
+        }
+    }
+}
+
+/// A checkpoint's snapshot of the shard being taken in steps (see `window/snapshot.rs`):
+/// what was noted at the barrier, reported with the windows once they are all encoded.
+#[derive(Debug)]
+struct SnapshotInFlight {
+    epoch: u64,
+    aggregates_len: u64,
+    output: OutputSync,
+    /// While the core has input, the next step waits until then.
+    resume_at: Option<Instant>,
 }
 
 /// A core's owner side: its shard of the key space, the queues that bring it events from
@@ -56,6 +80,8 @@ pub(super) struct Owner {
     aligned_count: usize,
     /// Size of the last snapshot, to size the next one's buffer.
     snapshot_bytes_hint: usize,
+    /// The snapshot being taken, if any.
+    snapshot: Option<SnapshotInFlight>,
     /// The first results write error met since the input side last looked.
     results_error: Option<std::io::Error>,
     /// Questions about the open windows, and the one being answered.
@@ -94,6 +120,7 @@ impl Owner {
             inbound,
             aligned_count: 0,
             snapshot_bytes_hint: 0,
+            snapshot: None,
             results_error: None,
             ingest_to_fold: Recorder::new(),
             close_to_write: Recorder::new(),
@@ -273,7 +300,7 @@ impl Owner {
                 self.aligned[src] = true;
                 self.aligned_count += 1;
                 if self.aligned_count == self.aligned.len() {
-                    self.snapshot(epoch)?;
+                    self.begin_snapshot(epoch);
                     self.aligned.iter_mut().for_each(|a| *a = false);
                     self.aligned_count = 0;
                 }
@@ -282,8 +309,16 @@ impl Owner {
         Ok(())
     }
 
-    fn snapshot(&mut self, epoch: u64) -> Result<(), Error> {
-        let started = std::time::Instant::now();
+    /// Begins the snapshot of checkpoint `epoch` (its barrier aligned): notes the output's
+    /// length and the frontier, and marks the shard's state for copy-on-write; the windows
+    /// are encoded in [`snapshot_step`](Self::snapshot_step)s.
+    fn begin_snapshot(&mut self, epoch: u64) {
+        let started = Instant::now();
+        if self.snapshot.is_some() {
+            // The coordinator begins a checkpoint only once the last is done, so this is
+            // a checkpoint it gave up on: finish it (its report is ignored) and go on.
+            self.finish_snapshot();
+        }
         let output = self.shard.output();
         // The coordinator fsyncs it before it commits; this core goes on meanwhile. Rows
         // that cannot be written yet stay staged: that checkpoint fails (its sync finds them
@@ -294,25 +329,69 @@ impl Owner {
             self.results_error.get_or_insert(e);
         }
         self.note_written();
-        let mut windows = Vec::with_capacity(self.snapshot_bytes_hint);
-        let window_count = self.shard.snapshot_into(&mut windows);
-        self.snapshot_bytes_hint = windows.len() + windows.len() / 8;
+        self.shard
+            .begin_snapshot(Vec::with_capacity(self.snapshot_bytes_hint));
+        self.snapshot = Some(SnapshotInFlight {
+            epoch,
+            aggregates_len,
+            output: output_sync,
+            resume_at: None,
+        });
+        self.note_stall(started);
+    }
+
+    /// Encodes a step of the snapshot being taken, of about
+    /// [`SNAPSHOT_STEP_BUDGET_US`]; reports it once it is whole. While the core has input
+    /// (`contended`), steps take at most [`SNAPSHOT_SHARE_PERCENT`] of its time.
+    pub(super) fn snapshot_step(&mut self, contended: bool) -> ScanTurn {
+        let Some(snap) = &mut self.snapshot else {
+            return ScanTurn::Idle;
+        };
+        let now = Instant::now();
+        if contended
+            && let Some(at) = snap.resume_at
+            && now < at
+        {
+            return ScanTurn::Until(at);
+        }
+        let budget = std::time::Duration::from_micros(SNAPSHOT_STEP_BUDGET_US);
+        let done = self.shard.snapshot_step(now + budget);
+        let took = now.elapsed();
+        let share = SNAPSHOT_SHARE_PERCENT.clamp(1, 100);
+        snap.resume_at = Some(now + took + took * (100 - share) / share);
+        self.note_stall(now);
+        if done {
+            self.finish_snapshot();
+            return ScanTurn::Idle;
+        }
+        ScanTurn::Busy
+    }
+
+    /// Ends the snapshot being taken (encoding what is left at once) and reports it.
+    fn finish_snapshot(&mut self) {
+        let (Some(snap), Some(taken)) = (self.snapshot.take(), self.shard.finish_snapshot()) else {
+            return;
+        };
+        self.snapshot_bytes_hint = taken.windows.len() + taken.windows.len() / 8;
         let state = ShardState {
             shard: self.id,
-            aggregates_len,
-            closed_through_ms: self.shard.closed_through_ms(),
-            windows,
-            window_count,
-            gauges: self.shard.gauges(),
+            aggregates_len: snap.aggregates_len,
+            closed_through_ms: taken.closed_through_ms,
+            windows: taken.windows,
+            window_count: taken.window_count,
+            gauges: taken.gauges,
         };
         let _ = self.reports.send(Report::Shard {
-            epoch,
+            epoch: snap.epoch,
             state,
-            output: output_sync,
+            output: snap.output,
         });
+    }
+
+    /// The core's longest snapshot stall rises to the time since `started` if longer.
+    fn note_stall(&self, started: Instant) {
         self.metrics.cores[self.id as usize]
             .checkpoint_stall_us_max
             .raise(started.elapsed().as_micros() as i64);
-        Ok(())
     }
 }
