@@ -210,6 +210,9 @@ pub const OPEN_SCAN_SHARE_PERCENT: u32 = 25;
 pub const SNAPSHOT_STEP_BUDGET_US: u64 = 200;
 /// Share (percent) of a core's time that a snapshot's steps may take while it has input.
 pub const SNAPSHOT_SHARE_PERCENT: u32 = 50;
+/// A results record's readers (stream clients, notifiers) hold its retention back up to
+/// this many times `[results] retention_bytes`; past it the slowest lose their oldest rows.
+pub const RESULTS_READER_HOLD_FACTOR: u64 = 4;
 /// How long the admin server waits for every shard's answer to an open-window query.
 pub const OPEN_QUERY_TIMEOUT_MS: u64 = 5_000;
 /// Clients of `/api/v1/stream` at once; one more is answered 503.

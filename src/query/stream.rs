@@ -6,7 +6,9 @@
 //! id is every shard's position after the row (`id: 120,0,4711`): a reconnect with that
 //! `Last-Event-ID` starts each reader there, so nothing is lost or repeated. A client that
 //! does not take its frames for [`STREAM_STALL_MAX_MS`](crate::limits::STREAM_STALL_MAX_MS)
-//! is dropped (its cursor with it), so a stuck client cannot hold retention or memory.
+//! is dropped (its cursor with it), so a stuck client cannot hold retention or memory; one
+//! that reads, but slower than rows come, holds retention back only up to
+//! [`RESULTS_READER_HOLD_FACTOR`](crate::limits::RESULTS_READER_HOLD_FACTOR) times its bound.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -172,9 +172,9 @@ fn retention_bounds_the_record_but_never_passes_the_checkpoint_or_a_lagging_read
     r.committed
         .store(w.position(), std::sync::atomic::Ordering::Release);
     let mut reader = RecordReader::open(&r.dir, w.position(), Some(&r.cursors));
-    let mut all = write(&mut w, 3_000, 9_000, 3);
+    let mut all = write(&mut w, 3_000, 4_500, 3);
     assert!(
-        r.bytes_on_disk() > 3 * bound,
+        r.bytes_on_disk() > 2 * bound,
         "the lagging reader holds segments"
     );
     // The reader catches up; then retention catches up too.
@@ -200,6 +200,34 @@ fn retention_bounds_the_record_but_never_passes_the_checkpoint_or_a_lagging_read
     let first = late.next_line().unwrap().map(|(at, _)| at);
     assert_eq!(first, kept.first().map(|(at, _)| *at));
     assert_eq!(late.skipped(), kept[0].0);
+}
+
+#[test]
+fn a_reader_holds_retention_back_only_up_to_a_bound() {
+    let r = record();
+    let (segment, bound) = (4096, 20_000);
+    let mut w = r.writer(0, options(segment, bound));
+    r.committed
+        .store(u64::MAX, std::sync::atomic::Ordering::Release);
+    let mut reader = RecordReader::open(&r.dir, 0, Some(&r.cursors));
+    let all = write(&mut w, 0, 20_000, 3);
+    let written: u64 = all.iter().map(|(_, l)| l.len() as u64 + 1).sum();
+    assert!(written > 20 * bound, "{written}");
+    let held = crate::limits::RESULTS_READER_HOLD_FACTOR * bound;
+    assert!(
+        r.bytes_on_disk() <= held + 3 * segment,
+        "a reader that never reads holds at most {held} bytes: {} kept",
+        r.bytes_on_disk()
+    );
+    assert!(r.bytes_on_disk() > 2 * bound, "but it does hold some");
+    // It then reads a suffix of what was written, and counts what it missed.
+    let mut got = Vec::new();
+    while let Some((at, line)) = reader.next_line().unwrap() {
+        got.push((at, line.to_vec()));
+    }
+    assert!(all.ends_with(&got), "a suffix");
+    assert_eq!(reader.skipped(), got[0].0);
+    assert!(reader.skipped() > 0);
 }
 
 #[test]

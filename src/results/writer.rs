@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{Cursors, Options, legacy_file, list_segments, segment_path};
 use crate::fault::{self, Op};
+use crate::limits::RESULTS_READER_HOLD_FACTOR;
 
 /// Staged bytes after which [`RecordWriter::append`] writes them out.
 const STAGED_BYTES_WRITE: usize = 64 * 1024;
@@ -280,14 +281,21 @@ impl RecordWriter {
         if retention_bytes == 0 && retention_hours == 0 {
             return;
         }
-        let floor = self
-            .committed
-            .load(Ordering::Acquire)
-            .min(self.cursors.min().unwrap_or(u64::MAX));
+        let committed = self.committed.load(Ordering::Acquire);
+        let readers = self.cursors.min().unwrap_or(u64::MAX);
+        // Readers hold retention back only up to `RESULTS_READER_HOLD_FACTOR` times its
+        // bound: past it, a reader that fell that far behind loses the oldest rows (and
+        // counts them as skipped), so no reader, however slow, grows the disk without end.
+        let readers_held = retention_bytes.saturating_mul(RESULTS_READER_HOLD_FACTOR);
         let max_age = Duration::from_secs(retention_hours.saturating_mul(3600));
         let mut kept: u64 = self.sealed.iter().map(|s| s.bytes).sum();
         while let Some(oldest) = self.sealed.front() {
             let end = oldest.base + oldest.bytes;
+            let floor = if retention_bytes > 0 && kept > readers_held {
+                committed
+            } else {
+                committed.min(readers)
+            };
             let over_bytes = retention_bytes > 0 && kept > retention_bytes;
             let too_old = retention_hours > 0
                 && std::fs::metadata(&oldest.path)
