@@ -235,5 +235,8 @@ pub const CLI_CONNECT_TIMEOUT_MS: u64 = 3_000;
 pub const CLI_ANSWER_TIMEOUT_MS: u64 = 15_000;
 /// Rows of `/api/v1/top` that `sluice top` asks for (it shows as many as fit).
 pub const CLI_TOP_KEYS: usize = 20;
+/// `sluice query --follow` gives a stream up (and reconnects) after this long without a
+/// byte: three of the server's keep-alive intervals.
+pub const CLI_STREAM_SILENCE_MAX_MS: u64 = 3 * STREAM_KEEPALIVE_MS;
 
 const _: () = assert!(CLI_ANSWER_TIMEOUT_MS > OPEN_QUERY_TIMEOUT_MS);

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::limits::{
     CLI_ANSWER_BYTES_MAX, CLI_ANSWER_TIMEOUT_MS, CLI_CONNECT_TIMEOUT_MS, CLI_STREAM_LINE_BYTES_MAX,
+    CLI_STREAM_SILENCE_MAX_MS,
 };
 
 /// The admin address when neither `--admin` nor `SLUICE_ADMIN` gives one.
@@ -207,11 +208,10 @@ impl Client {
             return Err(status_error(url, status, &body));
         }
         let reader: Box<dyn io::Read + Send> = Box::new(response.into_body().into_reader());
-        Ok(EventStream {
-            reader: BufReader::new(reader),
-            parser: Sse::default(),
-            line: Vec::new(),
-        })
+        Ok(EventStream::new(
+            reader,
+            Duration::from_millis(CLI_STREAM_SILENCE_MAX_MS),
+        ))
     }
 }
 
@@ -236,31 +236,79 @@ fn status_error(url: String, status: u16, body: &str) -> Error {
     }
 }
 
-/// An open event stream.
+/// An open event stream. Its lines are read on a thread of their own, so that a connection
+/// gone silent (a peer that vanished without a FIN: no keep-alive for longer than the
+/// server's interval allows) is noticed and given up, rather than waited on for ever.
 pub struct EventStream {
-    reader: BufReader<Box<dyn io::Read + Send>>,
+    lines: crossbeam_channel::Receiver<io::Result<Vec<u8>>>,
     parser: Sse,
-    line: Vec<u8>,
+    silence_max: Duration,
 }
 
+/// Lines a stream's reader thread reads ahead of its consumer, at most.
+const STREAM_LINES_AHEAD: usize = 64;
+
 impl EventStream {
+    /// A stream over `reader` that fails once nothing at all arrives for `silence_max`.
+    fn new(reader: Box<dyn io::Read + Send>, silence_max: Duration) -> EventStream {
+        let (tx, lines) = crossbeam_channel::bounded(STREAM_LINES_AHEAD);
+        // The thread ends with the stream's end, an error, or once the stream is dropped
+        // (at its next line; a connection that stays silent keeps it parked in `read`).
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(reader);
+            loop {
+                let mut line = Vec::new();
+                let read = (&mut reader)
+                    .take(CLI_STREAM_LINE_BYTES_MAX)
+                    .read_until(b'\n', &mut line);
+                let line = match read {
+                    Ok(n)
+                        if line.last() != Some(&b'\n') && n as u64 == CLI_STREAM_LINE_BYTES_MAX =>
+                    {
+                        Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "a stream line is longer than {CLI_STREAM_LINE_BYTES_MAX} bytes"
+                            ),
+                        ))
+                    }
+                    Ok(_) => Ok(line),
+                    Err(e) => Err(e),
+                };
+                let last = !matches!(&line, Ok(l) if !l.is_empty());
+                if tx.send(line).is_err() || last {
+                    return;
+                }
+            }
+        });
+        EventStream {
+            lines,
+            parser: Sse::default(),
+            silence_max,
+        }
+    }
+
     /// The next frame; `None` when the server ended the stream.
     pub fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        use crossbeam_channel::RecvTimeoutError;
         loop {
-            self.line.clear();
-            let n = (&mut self.reader)
-                .take(CLI_STREAM_LINE_BYTES_MAX)
-                .read_until(b'\n', &mut self.line)?;
-            if n == 0 {
+            let line = match self.lines.recv_timeout(self.silence_max) {
+                Ok(line) => line?,
+                Err(RecvTimeoutError::Disconnected) => return Ok(None),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "nothing arrived for {} s, not even a keep-alive",
+                            self.silence_max.as_secs()
+                        ),
+                    ));
+                }
+            };
+            if line.is_empty() {
                 return Ok(None);
             }
-            if self.line.last() != Some(&b'\n') && n as u64 == CLI_STREAM_LINE_BYTES_MAX {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("a stream line is longer than {CLI_STREAM_LINE_BYTES_MAX} bytes"),
-                ));
-            }
-            let text = String::from_utf8_lossy(&self.line);
+            let text = String::from_utf8_lossy(&line);
             if let Some(frame) = self.parser.line(text.trim_end_matches(['\n', '\r'])) {
                 return Ok(Some(frame));
             }
@@ -424,6 +472,42 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_stream_gone_silent_is_given_up() {
+        use std::io::Write;
+        // A server that answers, sends an event, then says nothing more while keeping the
+        // connection open (as a peer that vanished without closing it looks).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).unwrap();
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\nid: 7\nevent: window\ndata: {}\n\n",
+            )
+            .unwrap();
+            let _ = hold_rx.recv();
+        });
+        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+        let response = agent.get(&format!("http://{addr}/")).call().unwrap();
+        let mut stream = EventStream::new(
+            Box::new(response.into_body().into_reader()),
+            Duration::from_millis(300),
+        );
+        assert!(matches!(
+            stream.next_frame().unwrap(),
+            Some(Frame::Event { ref id, .. }) if id.as_deref() == Some("7")
+        ));
+        let started = std::time::Instant::now();
+        let err = stream.next_frame().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        drop(hold_tx);
+        server.join().unwrap();
     }
 
     #[test]
