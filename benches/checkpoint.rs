@@ -38,7 +38,7 @@ fn body(windows: Vec<u8>, window_count: u64) -> Body {
             shard: 0,
             aggregates_len: 0,
             closed_through_ms: i64::MIN,
-            windows,
+            windows: vec![serde_bytes::ByteBuf::from(windows)],
             window_count,
             gauges: Vec::new(),
         }],
@@ -253,7 +253,7 @@ fn stepped(shard: &mut Shard, windows: usize) -> Stepped {
     };
     let outside = median((0..21).map(|_| fold_batch(shard)).collect());
     let t = Instant::now();
-    shard.begin_snapshot(Vec::new());
+    shard.begin_snapshot();
     let begin_us = t.elapsed().as_secs_f64() * 1e6;
     let mut steps_us = Vec::new();
     let mut during = Vec::new();

@@ -47,8 +47,9 @@ use crate::window::WindowRecord;
 /// smaller windows that closed (version 1 folded every event into every window), so a
 /// version-1 body's windows would count the open smaller windows twice. 3: aggregates count
 /// distinct set members, and shards keep running gauge values. 4: aggregates keep the
-/// deviation sums of their standard deviation.
-pub const BODY_VERSION: u16 = 4;
+/// deviation sums of their standard deviation. 5: a shard's open windows are kept in chunks
+/// (snapshots are taken in steps, into chunks, so no buffer is copied whole on a core).
+pub const BODY_VERSION: u16 = 5;
 
 /// One partition's position in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,10 +71,9 @@ pub struct ShardState {
     pub aggregates_len: u64,
     /// Every window ending at or before this is closed and written.
     pub closed_through_ms: i64,
-    /// Open windows: [`WindowRecord`]s encoded back to back by
-    /// [`crate::window::Shard::snapshot_into`]; see [`ShardState::windows`].
-    #[serde(with = "serde_bytes")]
-    pub windows: Vec<u8>,
+    /// Open windows: [`WindowRecord`]s encoded back to back, in chunks that each hold whole
+    /// records (see `window/snapshot.rs` and [`ShardState::windows`]).
+    pub windows: Vec<serde_bytes::ByteBuf>,
     /// Number of records in `windows`.
     pub window_count: u64,
     /// Running StatsD gauge values (key, value), restored to each key's owner.
@@ -83,7 +83,9 @@ pub struct ShardState {
 impl ShardState {
     /// The open windows, decoded.
     pub fn windows(&self) -> impl Iterator<Item = Result<WindowRecord, Error>> + '_ {
-        crate::window::decode_records(&self.windows)
+        self.windows
+            .iter()
+            .flat_map(|chunk| crate::window::decode_records(chunk))
             .map(|r| r.map_err(|e| Error::Decode(format!("window record: {e}"))))
     }
 }
@@ -152,7 +154,9 @@ mod tests {
                 a
             },
         };
-        let windows = postcard::to_stdvec(&record).unwrap();
+        let windows = vec![serde_bytes::ByteBuf::from(
+            postcard::to_stdvec(&record).unwrap(),
+        )];
         let body = Body {
             version: BODY_VERSION,
             epoch: 9,

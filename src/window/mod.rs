@@ -72,8 +72,8 @@ use serde::{Deserialize, Serialize};
 
 pub use output::{AggregatesWriter, OutputSync, now_ms, open_row, rfc3339};
 pub use sketch::{PENDING as SKETCH_PENDING, Sketch};
-pub use snapshot::Snapshot;
 use snapshot::Snapshotting;
+pub use snapshot::{SNAPSHOT_CHUNK_BYTES, Snapshot};
 
 use crate::limits::OVERFLOW_KEY;
 use crate::parse::Kind;

@@ -76,7 +76,7 @@ impl Pending {
 pub(super) struct Snapshotting {
     slots: Pending,
     gauges: Pending,
-    out: Vec<u8>,
+    out: Vec<Vec<u8>>,
     window_count: u64,
     gauge_values: Vec<(String, f64)>,
     closed_through_ms: i64,
@@ -87,8 +87,9 @@ pub(super) struct Snapshotting {
 #[derive(Debug)]
 pub struct Snapshot {
     /// Open windows: [`super::WindowRecord`]s encoded back to back (see
-    /// [`super::decode_records`]).
-    pub windows: Vec<u8>,
+    /// [`super::decode_records`]), in chunks of about [`SNAPSHOT_CHUNK_BYTES`] that each
+    /// hold whole records (a growing buffer would copy all of itself at once, on the core).
+    pub windows: Vec<Vec<u8>>,
     /// Records in `windows`.
     pub window_count: u64,
     /// Running StatsD gauge values.
@@ -100,8 +101,26 @@ pub struct Snapshot {
 /// Slots encoded between two looks at the clock.
 const SLOTS_PER_CLOCK_CHECK: usize = 8;
 
-/// Appends the open windows of `slot` to `out`; returns how many.
-fn encode_slot(specs: &[WindowSpec], slot: &Slot, out: &mut Vec<u8>) -> u64 {
+/// A snapshot's chunks are this big (a record that does not fit the rest of one starts the
+/// next, so a chunk grows past it only for a record larger than its slack).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Room kept at the end of a chunk for the records of one slot.
+const CHUNK_SLACK_BYTES: usize = 64 << 10;
+
+/// Appends the open windows of `slot` to the last of the `chunks` (a new one when it is
+/// nearly full); returns how many.
+fn encode_slot(specs: &[WindowSpec], slot: &Slot, chunks: &mut Vec<Vec<u8>>) -> u64 {
+    if slot.windows.is_empty() {
+        return 0;
+    }
+    if chunks
+        .last()
+        .is_none_or(|c| c.len() + CHUNK_SLACK_BYTES > SNAPSHOT_CHUNK_BYTES)
+    {
+        chunks.push(Vec::with_capacity(SNAPSHOT_CHUNK_BYTES));
+    }
+    let out = chunks.last_mut().expect("just made sure of one");
     #[derive(Serialize)]
     struct RecordRef<'a> {
         key: &'a str,
@@ -126,13 +145,13 @@ fn encode_slot(specs: &[WindowSpec], slot: &Slot, out: &mut Vec<u8>) -> u64 {
 }
 
 impl Shard {
-    /// Begins a snapshot of the shard as it stands (a checkpoint's barrier has aligned),
-    /// encoding into `out`. Costs a bit per slot and gauge; the encoding happens in
+    /// Begins a snapshot of the shard as it stands (a checkpoint's barrier has aligned).
+    /// Costs a bit per slot and gauge; the encoding happens in
     /// [`snapshot_step`](Self::snapshot_step)s and as the shard changes.
     ///
     /// # Panics
     /// If a snapshot is being taken already (finish it first).
-    pub fn begin_snapshot(&mut self, out: Vec<u8>) {
+    pub fn begin_snapshot(&mut self) {
         assert!(
             self.snapshotting.is_none(),
             "one snapshot at a time: finish the last one first"
@@ -141,7 +160,7 @@ impl Shard {
         self.snapshotting = Some(Box::new(Snapshotting {
             slots: Pending::all(self.slots.len()),
             gauges: Pending::all(self.gauge_entries.len()),
-            out,
+            out: Vec::new(),
             window_count: 0,
             gauge_values: Vec::new(),
             closed_through_ms: self.closed_through_ms,
@@ -213,9 +232,9 @@ impl Shard {
     /// # Panics
     /// If a stepped snapshot is being taken.
     pub fn snapshot_into(&mut self, out: &mut Vec<u8>) -> u64 {
-        self.begin_snapshot(std::mem::take(out));
+        self.begin_snapshot();
         let snap = self.finish_snapshot().expect("just begun");
-        *out = snap.windows;
+        out.extend(snap.windows.concat());
         snap.window_count
     }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Sender, TryRecvError};
+use serde_bytes::ByteBuf;
 
 use super::{Error, Report};
 use crate::checkpoint::ShardState;
@@ -78,8 +79,6 @@ pub(super) struct Owner {
     /// Per source: its barrier of the checkpoint being aligned has arrived.
     aligned: Vec<bool>,
     aligned_count: usize,
-    /// Size of the last snapshot, to size the next one's buffer.
-    snapshot_bytes_hint: usize,
     /// The snapshot being taken, if any.
     snapshot: Option<SnapshotInFlight>,
     /// The first results write error met since the input side last looked.
@@ -119,7 +118,6 @@ impl Owner {
             aligned: vec![false; inbound.len()],
             inbound,
             aligned_count: 0,
-            snapshot_bytes_hint: 0,
             snapshot: None,
             results_error: None,
             ingest_to_fold: Recorder::new(),
@@ -329,8 +327,7 @@ impl Owner {
             self.results_error.get_or_insert(e);
         }
         self.note_written();
-        self.shard
-            .begin_snapshot(Vec::with_capacity(self.snapshot_bytes_hint));
+        self.shard.begin_snapshot();
         self.snapshot = Some(SnapshotInFlight {
             epoch,
             aggregates_len,
@@ -372,12 +369,11 @@ impl Owner {
         let (Some(snap), Some(taken)) = (self.snapshot.take(), self.shard.finish_snapshot()) else {
             return;
         };
-        self.snapshot_bytes_hint = taken.windows.len() + taken.windows.len() / 8;
         let state = ShardState {
             shard: self.id,
             aggregates_len: snap.aggregates_len,
             closed_through_ms: taken.closed_through_ms,
-            windows: taken.windows,
+            windows: taken.windows.into_iter().map(ByteBuf::from).collect(),
             window_count: taken.window_count,
             gauges: taken.gauges,
         };
