@@ -497,14 +497,14 @@ pub struct WindowRecord {
     pub agg: Agg,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct OpenWindow {
     spec_idx: u8,
     start_ms: i64,
     agg: Agg,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Slot {
     key: Box<str>,
     windows: Vec<OpenWindow>,
