@@ -36,6 +36,9 @@ pub const READS_PER_CONNECTION_MAX: usize = 1;
 pub const DATAGRAMS_PER_TICK_MAX: usize = 256;
 /// Inbound queue messages a core folds into its windows per loop turn.
 pub const INBOUND_MESSAGES_PER_TICK_MAX: usize = 64;
+/// Time a core spends folding inbound messages per loop turn, at most (checked per
+/// message): with a million keys out of cache, 64 batches take hundreds of ms.
+pub const INBOUND_TURN_BUDGET_US: u64 = 1_000;
 
 /// Events in one routed batch before it is sent to its owner core.
 pub const ROUTE_BATCH_EVENTS_MAX: usize = 1024;
@@ -204,6 +207,13 @@ pub const OPEN_SCAN_SLOTS_PER_TURN: usize = 2_048;
 pub const OPEN_SCAN_TURN_BUDGET_US: u64 = 200;
 /// Share (percent) of a core's time that open-window queries may take while it has input.
 pub const OPEN_SCAN_SHARE_PERCENT: u32 = 25;
+/// How old an open-window answer may be, by default, to be given again to the same question
+/// (`max_age_ms`; 0 asks the cores afresh).
+pub const OPEN_ANSWER_MAX_AGE_MS_DEFAULT: usize = 1_000;
+/// Largest `max_age_ms` a client may give.
+pub const OPEN_ANSWER_MAX_AGE_MS_MAX: usize = 60_000;
+/// Distinct open-window answers kept for reuse.
+pub const OPEN_ANSWERS_CACHED_MAX: usize = 32;
 /// Time a core spends per loop turn encoding a checkpoint's snapshot, at most (checked
 /// every 8 key slots): a snapshot of a million open windows is taken in steps, with the
 /// core's input folded between them (see `window/snapshot.rs`).

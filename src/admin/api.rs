@@ -14,7 +14,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AdminState;
-use crate::limits::{OPEN_QUERY_TIMEOUT_MS, QUERY_LAST_MAX, QUERY_ROWS_MAX, QUERY_TOP_MAX};
+use crate::limits::{
+    OPEN_ANSWER_MAX_AGE_MS_DEFAULT, OPEN_ANSWER_MAX_AGE_MS_MAX, OPEN_QUERY_TIMEOUT_MS,
+    QUERY_LAST_MAX, QUERY_ROWS_MAX, QUERY_TOP_MAX,
+};
 use crate::query::{By, Filter, Index, OpenError, OpenQueries, Want, rank};
 use crate::units::Millis;
 
@@ -234,7 +237,8 @@ pub async fn windows(
     let window = params.window(&api.window_sizes_ms)?;
     let last = params.number("last", 10, QUERY_LAST_MAX)?;
     let open = params.flag("open")?;
-    params.finish(&["key", "prefix", "window", "last", "open"])?;
+    let max_age = max_age(&mut params)?;
+    params.finish(&["key", "prefix", "window", "last", "open", "max_age_ms"])?;
     blocking(move || {
         let label = window.map(|w| Millis(w as u64).to_string());
         let closed = api
@@ -242,14 +246,17 @@ pub async fn windows(
             .windows(&filter, label.as_deref(), last, QUERY_ROWS_MAX);
         let mut truncated = closed.truncated;
         let mut open_rows = Vec::new();
+        let mut open_age = None;
         if open {
             let timeout = Duration::from_millis(OPEN_QUERY_TIMEOUT_MS);
             let want = Want::Rows {
                 limit: QUERY_ROWS_MAX,
             };
-            for reply in api.open.ask(&filter, window, want, timeout)? {
+            let answer = api.open.ask(&filter, window, want, timeout, max_age)?;
+            open_age = Some(answer.age);
+            for reply in answer.replies.iter() {
                 truncated |= reply.truncated;
-                open_rows.extend(reply.rows);
+                open_rows.extend(reply.rows.iter().cloned());
             }
             open_rows.sort_by(|a, b| {
                 (&a.key, a.size_ms, a.start_ms).cmp(&(&b.key, b.size_ms, b.start_ms))
@@ -263,6 +270,7 @@ pub async fn windows(
         push_rows(&mut body, closed.rows.into_iter());
         body.push_str(",\"open\":");
         push_rows(&mut body, open_rows.into_iter().map(|r| r.text));
+        push_open_age(&mut body, open_age);
         body.push_str(&format!(",\"truncated\":{truncated}}}"));
         Ok(json_response(body))
     })
@@ -300,17 +308,22 @@ pub async fn top(
     }
     let filter = params.filter(false)?;
     let open = params.flag("open")?;
-    params.finish(&["window", "by", "n", "prefix", "open"])?;
+    let max_age = max_age(&mut params)?;
+    params.finish(&["window", "by", "n", "prefix", "open", "max_age_ms"])?;
     blocking(move || {
         let label = Millis(window as u64).to_string();
+        let mut open_age = None;
         let (start_ms, rows) = if open {
             let timeout = Duration::from_millis(OPEN_QUERY_TIMEOUT_MS);
             let want = Want::Top { by, n };
-            let mut rows: Vec<_> = api
+            let answer = api
                 .open
-                .ask(&filter, Some(window), want, timeout)?
-                .into_iter()
-                .flat_map(|r| r.rows)
+                .ask(&filter, Some(window), want, timeout, max_age)?;
+            open_age = Some(answer.age);
+            let mut rows: Vec<_> = answer
+                .replies
+                .iter()
+                .flat_map(|r| r.rows.iter().cloned())
                 .collect();
             rows.sort_by(rank);
             rows.truncate(n);
@@ -331,10 +344,37 @@ pub async fn top(
             start_ms.map_or("null".to_string(), |s| s.to_string()),
         );
         push_rows(&mut body, rows.into_iter());
+        push_open_age(&mut body, open_age);
         body.push('}');
         Ok(json_response(body))
     })
     .await
+}
+
+/// `max_age_ms`: how old an open-window answer given again may be.
+fn max_age(params: &mut Params) -> Result<Duration, ApiError> {
+    let ms = match params.take("max_age_ms") {
+        None => OPEN_ANSWER_MAX_AGE_MS_DEFAULT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(ms) if ms <= OPEN_ANSWER_MAX_AGE_MS_MAX => ms,
+            _ => {
+                return Err(ApiError::bad(
+                    "max_age_ms",
+                    format!(
+                        "max_age_ms = {text:?}: must be a whole number from 0 to {OPEN_ANSWER_MAX_AGE_MS_MAX}"
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(Duration::from_millis(ms as u64))
+}
+
+/// `,"open_age_ms":N`: how old the open windows' values are, when they were asked for.
+fn push_open_age(body: &mut String, age: Option<Duration>) {
+    if let Some(age) = age {
+        body.push_str(&format!(",\"open_age_ms\":{}", age.as_millis()));
+    }
 }
 
 /// Releases a stream client's place when its follower ends.

@@ -24,7 +24,7 @@ mod stream;
 
 pub use index::{Index, IndexStats, Ranked, TopAnswer, WindowsAnswer, spawn_feeder};
 pub use open::{
-    OpenError, OpenQueries, OpenReply, OpenRequest, OpenRow, OpenScan, Want, measure, rank,
+    OpenError, OpenQueries, OpenReply, OpenRequest, OpenRow, OpenScan, Replies, Want, measure, rank,
 };
 pub use stream::{Selection, Sent, Timing, event_id, follow, parse_event_id};
 

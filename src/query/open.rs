@@ -7,15 +7,20 @@
 //! turn, so a query over a million keys costs a core a few hundred µs per turn, never one
 //! long stall. Each shard replies once; the admin side merges the replies (top-N across
 //! shards) or gives up after a deadline.
+//!
+//! The shards' replies to a question are kept for a while: the same question asked again
+//! within its `max_age` (a second unless the client says otherwise) gets them without
+//! asking the cores, so a wall of dashboards refreshing each second costs the cores one
+//! scan per second per distinct question, not one per viewer.
 
-use std::collections::BinaryHeap;
-use std::sync::Arc;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use super::{By, Filter};
-use crate::limits::OPEN_SCAN_TURN_BUDGET_US;
+use crate::limits::{OPEN_ANSWERS_CACHED_MAX, OPEN_SCAN_TURN_BUDGET_US};
 use crate::window::{Agg, Shard, WindowSpec, open_row};
 
 /// Slots scanned between looks at the clock.
@@ -67,7 +72,7 @@ pub struct OpenRow {
 }
 
 /// One shard's answer.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct OpenReply {
     /// The rows: by key and start for [`Want::Rows`], best first for [`Want::Top`].
     pub rows: Vec<OpenRow>,
@@ -269,6 +274,27 @@ impl OpenScan {
 pub struct OpenQueries {
     senders: Vec<Sender<OpenRequest>>,
     wake: Arc<dyn Fn(usize) + Send + Sync>,
+    /// The latest answers, newest last, at most [`OPEN_ANSWERS_CACHED_MAX`].
+    answers: Arc<Mutex<VecDeque<Answer>>>,
+}
+
+/// Every shard's reply to one question, and when they were all in.
+#[derive(Debug, Clone)]
+struct Answer {
+    filter: Filter,
+    size_ms: Option<i64>,
+    want: Want,
+    at: Instant,
+    replies: Arc<Vec<OpenReply>>,
+}
+
+/// Every shard's reply to a question, and how old they are.
+#[derive(Debug, Clone)]
+pub struct Replies {
+    /// One reply per shard.
+    pub replies: Arc<Vec<OpenReply>>,
+    /// Time since the last shard replied (zero for a fresh answer).
+    pub age: Duration,
 }
 
 impl std::fmt::Debug for OpenQueries {
@@ -288,12 +314,66 @@ impl OpenQueries {
         wake: Arc<dyn Fn(usize) + Send + Sync>,
     ) -> (OpenQueries, Vec<Receiver<OpenRequest>>) {
         let (senders, receivers) = (0..shards).map(|_| bounded(depth)).unzip();
-        (OpenQueries { senders, wake }, receivers)
+        let answers = Arc::new(Mutex::new(VecDeque::new()));
+        (
+            OpenQueries {
+                senders,
+                wake,
+                answers,
+            },
+            receivers,
+        )
     }
 
-    /// Asks every shard and waits (at most `timeout`) for every reply. Blocking: call it
-    /// off the async runtime.
+    /// Every shard's reply to the question, from the answers kept when one to the same
+    /// question is at most `max_age` old, else asked afresh (waiting at most `timeout` for
+    /// every reply) and kept. Blocking: call it off the async runtime.
     pub fn ask(
+        &self,
+        filter: &Filter,
+        size_ms: Option<i64>,
+        want: Want,
+        timeout: Duration,
+        max_age: Duration,
+    ) -> Result<Replies, OpenError> {
+        let same = |a: &Answer| a.filter == *filter && a.size_ms == size_ms && a.want == want;
+        if !max_age.is_zero() {
+            let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(a) = answers.iter().rev().find(|a| same(a))
+                && a.at.elapsed() <= max_age
+            {
+                return Ok(Replies {
+                    replies: a.replies.clone(),
+                    age: a.at.elapsed(),
+                });
+            }
+        }
+        let replies = Arc::new(self.ask_shards(filter, size_ms, want, timeout)?);
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers.retain(|a| !same(a));
+        if answers.len() >= OPEN_ANSWERS_CACHED_MAX {
+            answers.pop_front();
+        }
+        answers.push_back(Answer {
+            filter: filter.clone(),
+            size_ms,
+            want,
+            at: Instant::now(),
+            replies: replies.clone(),
+        });
+        Ok(Replies {
+            replies,
+            age: Duration::ZERO,
+        })
+    }
+
+    /// Answers kept for reuse now.
+    pub fn answers_kept(&self) -> usize {
+        self.answers.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Asks every shard and waits (at most `timeout`) for every reply.
+    fn ask_shards(
         &self,
         filter: &Filter,
         size_ms: Option<i64>,

@@ -258,3 +258,83 @@ fn event_ids_round_trip_and_a_stream_stops_for_a_gone_or_stuck_client() {
     );
     assert_eq!(keepalives, 2);
 }
+
+#[test]
+fn an_answer_is_given_again_within_its_max_age_and_asked_afresh_after() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    let (open, receivers) = OpenQueries::new(2, 4, Arc::new(|_| {}));
+    // Two "shards" that count the questions they are asked and reply with that count.
+    let asked = Arc::new(AtomicUsize::new(0));
+    for rx in receivers {
+        let asked = asked.clone();
+        std::thread::spawn(move || {
+            for request in rx {
+                let n = asked.fetch_add(1, Ordering::SeqCst) + 1;
+                let reply = OpenReply {
+                    rows: Vec::new(),
+                    truncated: n.is_multiple_of(2),
+                };
+                let _ = request.reply.send(reply);
+            }
+        });
+    }
+    let filter = Filter::Prefix("room.".into());
+    let want = Want::Top {
+        by: By::Count,
+        n: 3,
+    };
+    let timeout = Duration::from_secs(5);
+    let long = Duration::from_secs(60);
+    let first = open
+        .ask(&filter, Some(10_000), want, timeout, long)
+        .unwrap();
+    assert_eq!(first.age, Duration::ZERO);
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "each shard asked once");
+    let again = open
+        .ask(&filter, Some(10_000), want, timeout, long)
+        .unwrap();
+    assert!(
+        Arc::ptr_eq(&first.replies, &again.replies),
+        "the same answer"
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "the cores are not asked again"
+    );
+    // Another question, another size, or max_age 0: asked afresh.
+    let other = Want::Top { by: By::Max, n: 3 };
+    open.ask(&filter, Some(10_000), other, timeout, long)
+        .unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 4);
+    open.ask(&filter, None, want, timeout, long).unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 6);
+    let fresh = open
+        .ask(&filter, Some(10_000), want, timeout, Duration::ZERO)
+        .unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 8);
+    assert!(!Arc::ptr_eq(&first.replies, &fresh.replies));
+    // The fresh answer replaced the old one; once older than max_age it is asked again.
+    std::thread::sleep(Duration::from_millis(20));
+    let aged = open
+        .ask(
+            &filter,
+            Some(10_000),
+            want,
+            timeout,
+            Duration::from_millis(10),
+        )
+        .unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 10);
+    assert_eq!(aged.age, Duration::ZERO);
+    // The answers kept are bounded.
+    for n in 0..(2 * crate::limits::OPEN_ANSWERS_CACHED_MAX) {
+        let want = Want::Top {
+            by: By::Count,
+            n: n + 10,
+        };
+        open.ask(&filter, None, want, timeout, long).unwrap();
+    }
+    assert!(open.answers_kept() <= crate::limits::OPEN_ANSWERS_CACHED_MAX);
+}

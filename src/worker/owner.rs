@@ -23,8 +23,9 @@ use super::{Error, Report};
 use crate::checkpoint::ShardState;
 use crate::deadletter::DeadLetter;
 use crate::limits::{
-    AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX, OPEN_SCAN_SHARE_PERCENT,
-    OPEN_SCAN_SLOTS_PER_TURN, SNAPSHOT_SHARE_PERCENT, SNAPSHOT_STEP_BUDGET_US,
+    AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX, INBOUND_TURN_BUDGET_US,
+    OPEN_SCAN_SHARE_PERCENT, OPEN_SCAN_SLOTS_PER_TURN, SNAPSHOT_SHARE_PERCENT,
+    SNAPSHOT_STEP_BUDGET_US,
 };
 use crate::metrics::{Metrics, Recorder};
 use crate::query::{OpenRequest, OpenScan};
@@ -202,7 +203,8 @@ impl Owner {
         m.close_to_write.publish(&mut self.close_to_write, now);
     }
 
-    /// Reads the inbound queues within a budget. Returns true when messages may remain.
+    /// Reads the inbound queues within a budget of messages and of time. Returns true when
+    /// messages may remain.
     pub(super) fn drain_inbound(&mut self, deadletter: &mut DeadLetter) -> Result<bool, Error> {
         if self.shard.output().staged_bytes() > AGGREGATES_STAGED_BYTES_MAX {
             // The aggregates file takes no rows (a full disk): closing more windows would
@@ -212,9 +214,15 @@ impl Owner {
         let sources = self.inbound.len();
         let mut budget = INBOUND_MESSAGES_PER_TICK_MAX;
         let mut more = false;
+        let began = Instant::now();
+        let time_budget = std::time::Duration::from_micros(INBOUND_TURN_BUDGET_US);
         for src in 0..sources {
             let mut taken = 0;
             while !self.aligned[src] && taken < budget.div_ceil(sources).max(1) {
+                if taken > 0 && began.elapsed() >= time_budget {
+                    budget = 0;
+                    break;
+                }
                 let msg = match self.inbound[src].rx.try_recv() {
                     Ok(msg) => msg,
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,

@@ -111,6 +111,13 @@ fn windows_and_top_answer_from_closed_rows_and_the_shards_open_windows() {
     let (_, open_top) = get_json(&sluice, "/api/v1/top?open=true&by=count");
     assert_eq!(keys_of(&open_top["top"]), ["room.a", "tick"], "{open_top}");
     assert_eq!(open_top["top"][0]["final"], false);
+    // Asked again within a second: the same answer, with its age; max_age_ms=0 asks afresh.
+    let (_, again) = get_json(&sluice, "/api/v1/top?open=true&by=count");
+    assert_eq!(again["top"], open_top["top"]);
+    assert!(again["open_age_ms"].as_u64().is_some(), "{again}");
+    let (_, fresh) = get_json(&sluice, "/api/v1/top?open=true&by=count&max_age_ms=0");
+    assert_eq!(fresh["top"], open_top["top"]);
+    assert_eq!(fresh["open_age_ms"], 0, "{fresh}");
 
     // Status: the listener's totals, the cores, the checkpoint.
     let (status, st) = get_json(&sluice, "/api/v1/status");
@@ -145,6 +152,11 @@ fn windows_and_top_answer_from_closed_rows_and_the_shards_open_windows() {
         ("/api/v1/top?by=median", "by"),
         ("/api/v1/top?n=-3", "n"),
         ("/api/v1/top?key=room.a", "key"),
+        ("/api/v1/top?open=true&max_age_ms=-1", "max_age_ms"),
+        (
+            "/api/v1/windows?key=room.a&open=true&max_age_ms=600000",
+            "max_age_ms",
+        ),
     ] {
         let (status, body) = get_json(&sluice, path);
         assert_eq!(status, 400, "{path}: {body}");
