@@ -70,6 +70,9 @@ pub const ACCEPT_BACKOFF_MS_MAX: u64 = 1_000;
 pub const FDS_RESERVED: u64 = 256;
 /// Default live keys per shard before events go to the overflow key.
 pub const KEYS_PER_SHARD_DEFAULT: u32 = 1_000_000;
+/// Keys a shard makes room for when it starts (at most its `max_keys_per_shard`), so its
+/// key table never grows, and stalls the core moving every key, below that.
+pub const KEYS_PREALLOCATED_MAX: usize = 4 << 20;
 /// Key under which events beyond `max_keys_per_shard` are counted.
 pub const OVERFLOW_KEY: &str = "__sluice_overflow__";
 /// Longest key kept; longer keys are rejected as `key_too_long`.
