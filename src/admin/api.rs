@@ -439,3 +439,14 @@ pub async fn stream(
     )
         .into_response())
 }
+
+/// `GET /api/v1/alerts`: every alert pending or firing now, as its latest transition row
+/// (`{"alerts":[ROW...]}`; empty without rules).
+pub async fn alerts(State(state): State<AdminState>) -> Response {
+    let rows = state
+        .alerts
+        .as_ref()
+        .map(|b| b.current())
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({ "alerts": rows })).into_response()
+}

@@ -18,7 +18,8 @@ use std::time::Instant;
 use crossbeam_channel::{Sender, TryRecvError};
 
 use super::{Error, Report};
-use crate::checkpoint::ShardState;
+use crate::alerts::Engine;
+use crate::checkpoint::{AlertState, ShardState};
 use crate::deadletter::DeadLetter;
 use crate::limits::{
     AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX, OPEN_SCAN_SHARE_PERCENT,
@@ -28,8 +29,7 @@ use crate::metrics::{Metrics, Recorder};
 use crate::query::{OpenRequest, OpenScan};
 use crate::route::Inbound;
 use crate::route::Msg;
-use crate::window::Shard;
-use crate::window::now_ms;
+use crate::window::{OutputSync, Shard, now_ms};
 
 /// What answering open-window queries asks of the loop this turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +282,23 @@ impl Owner {
         Ok(())
     }
 
+    /// The alert engine's share of a snapshot, taken synchronously (its states are bounded
+    /// per rule): its record's sync handle and position, and every (rule, key) state.
+    fn snapshot_alerts(&mut self) -> (Option<OutputSync>, u64, Vec<AlertState>) {
+        let Some(engine) = self
+            .shard
+            .close_hook()
+            .and_then(|h| h.as_any_mut().downcast_mut::<Engine>())
+        else {
+            return (None, 0, Vec::new());
+        };
+        let (sync, written, position) = engine.sync_handle();
+        if let Err(e) = written {
+            self.results_error.get_or_insert(e);
+        }
+        (Some(sync), position, engine.snapshot())
+    }
+
     fn snapshot(&mut self, epoch: u64) -> Result<(), Error> {
         let started = std::time::Instant::now();
         let output = self.shard.output();
@@ -297,6 +314,7 @@ impl Owner {
         let mut windows = Vec::with_capacity(self.snapshot_bytes_hint);
         let window_count = self.shard.snapshot_into(&mut windows);
         self.snapshot_bytes_hint = windows.len() + windows.len() / 8;
+        let (alerts_sync, alerts_len, alerts) = self.snapshot_alerts();
         let state = ShardState {
             shard: self.id,
             aggregates_len,
@@ -304,11 +322,14 @@ impl Owner {
             windows,
             window_count,
             gauges: self.shard.gauges(),
+            alerts_len,
+            alerts,
         };
         let _ = self.reports.send(Report::Shard {
             epoch,
             state,
             output: output_sync,
+            alerts: alerts_sync,
         });
         self.metrics.cores[self.id as usize]
             .checkpoint_stall_us_max
