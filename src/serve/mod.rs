@@ -271,6 +271,19 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
                     })
                     .collect(),
                 stream_clients: Arc::default(),
+                alert_records: if rules.is_empty() {
+                    Vec::new()
+                } else {
+                    (0..cores)
+                        .map(|s| {
+                            crate::results::record_dir(
+                                &data_dir,
+                                crate::results::Kind::Alerts,
+                                s as u16,
+                            )
+                        })
+                        .collect()
+                },
             }),
             rates: Arc::default(),
             token: config.admin.token.as_deref().map(Arc::from),

@@ -244,6 +244,35 @@ impl Drop for Sender {
     }
 }
 
+/// Reads a server-sent event stream into a string, on its own thread.
+fn follow_stream(admin: SocketAddr, path: &str) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let mut conn = TcpStream::connect(admin).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let out = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            out.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // The stream starts at the records' ends when the server answers.
+    assert!(wait_for(Duration::from_secs(10), || text
+        .lock()
+        .unwrap()
+        .contains("retry:")));
+    text
+}
+
 /// A configuration with `cores` cores, one 1 s window, the rule, and the notifiers.
 fn write_config(dir: &Path, cores: u32, webhook: &str, alertmanager: Option<&str>) -> PathBuf {
     let am = alertmanager.map_or(String::new(), |u| format!("alertmanager = [\"{u}\"]\n"));
@@ -318,6 +347,7 @@ fn an_alert_reaches_a_webhook_and_a_real_alertmanager_once_firing_and_once_resol
     let config = write_config(tmp.path(), 2, &receiver.url(), Some(&am.url));
     let data_dir = tmp.path().join("data");
     let sluice = Sluice::start(&data_dir, &["--config", config.to_str().unwrap()]);
+    let stream = follow_stream(sluice.admin(), "/api/v1/stream?key=api.errors");
     let sender = Sender::start("api.errors", 10, sluice.addr("g"));
 
     assert!(
@@ -372,6 +402,15 @@ fn an_alert_reaches_a_webhook_and_a_real_alertmanager_once_firing_and_once_resol
         }),
         "alertmanager does not list the alert: {}",
         am.alerts()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let text = stream.lock().unwrap().clone();
+            text.contains("event: alert\ndata: {\"alert\":\"api_errors_high\"")
+                && text.contains("\"state\":\"firing\"")
+        }),
+        "no `event: alert` on the stream: {}",
+        stream.lock().unwrap()
     );
     let (status, body) = sluice.http_get("/api/v1/alerts");
     assert_eq!(status, 200);
