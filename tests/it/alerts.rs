@@ -607,3 +607,165 @@ fn a_bad_rule_exits_2_naming_the_rule_and_its_line() {
         assert!(stderr.contains(&format!("line {line}")), "{text}\n{stderr}");
     }
 }
+
+/// Resident memory of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_receiver_down_for_a_minute_then_up_gets_every_transition_in_order_and_memory_stays_flat() {
+    let down_secs: u64 = std::env::var("SLUICE_ALERTS_DOWN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    receiver.down.store(true, Ordering::SeqCst);
+    let config = tmp.path().join("flap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"cores = 2
+
+[[listener]]
+name = "g"
+proto = "tcp"
+addr = "127.0.0.1:0"
+format = "graphite"
+
+[window]
+sizes = ["1s"]
+allowed_lateness = "0s"
+quantiles = []
+
+[[alert]]
+name = "flapping"
+prefix = "flap."
+above = 5
+
+[notify]
+webhook = ["{}"]
+"#,
+            receiver.url()
+        ),
+    )
+    .unwrap();
+    let data_dir = tmp.path().join("data");
+    let sluice = Sluice::start(&data_dir, &["--config", config.to_str().unwrap()]);
+    let pid = sluice.child.id();
+    // 100 keys, over the threshold in even seconds and under it in odd ones: 100 transitions
+    // a second, far more than a notifier holds.
+    let stop = Arc::new(AtomicBool::new(false));
+    let target = sluice.addr("g");
+    let s = stop.clone();
+    let sender = std::thread::spawn(move || {
+        let mut conn = TcpStream::connect(target).unwrap();
+        let mut last = 0;
+        while !s.load(Ordering::Relaxed) {
+            let secs = crate::harness::now_secs();
+            if secs != last {
+                last = secs;
+                let n = if secs % 2 == 0 { 10 } else { 1 };
+                let mut batch = String::new();
+                for k in 0..100 {
+                    for _ in 0..n {
+                        batch.push_str(&format!("flap.{k} 1 {secs}\n"));
+                    }
+                }
+                conn.write_all(batch.as_bytes()).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    // Warm up, then watch memory while the receiver stays down.
+    assert!(wait_for(Duration::from_secs(20), || receiver
+        .refused
+        .load(Ordering::SeqCst)
+        > 0));
+    std::thread::sleep(Duration::from_secs(5));
+    let base = rss_kib(pid);
+    let mut peak = base;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(down_secs) {
+        std::thread::sleep(Duration::from_secs(1));
+        peak = peak.max(rss_kib(pid));
+    }
+    let queued = sluice.metric("sluice_notifications_queued", &[]);
+    assert!(queued <= 1024.0, "{queued} queued");
+    assert!(
+        peak < base + 16 * 1024,
+        "memory grew from {base} KiB to {peak} KiB while the receiver was down"
+    );
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    receiver.down.store(false, Ordering::SeqCst);
+    // Every key resolves once its input stops; then every transition is delivered.
+    let expected = || -> BTreeMap<String, Vec<(String, String)>> {
+        let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for r in alert_rows(&data_dir) {
+            let state = r["state"].as_str().unwrap().to_string();
+            if state == "firing" || state == "resolved" {
+                let fp = r["fingerprint"].as_str().unwrap().to_string();
+                out.entry(fp)
+                    .or_default()
+                    .push((state, r["starts_at"].as_str().unwrap().to_string()));
+            }
+        }
+        out
+    };
+    let got = || -> BTreeMap<String, Vec<(String, String)>> {
+        let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for (status, fp, starts) in receiver.alerts() {
+            out.entry(fp).or_default().push((status, starts));
+        }
+        out
+    };
+    assert!(
+        wait_for(Duration::from_secs(120), || {
+            let e = expected();
+            !e.is_empty() && e.values().all(|v| v.last().unwrap().0 == "resolved") && got() == e
+        }),
+        "not every transition arrived in order: {} alerts expected, {} got; {} transitions \
+         expected, {} got",
+        expected().len(),
+        got().len(),
+        expected().values().map(Vec::len).sum::<usize>(),
+        got().values().map(Vec::len).sum::<usize>()
+    );
+    let transitions: usize = expected().values().map(Vec::len).sum();
+    eprintln!(
+        "receiver down {down_secs} s: {transitions} transitions delivered in order after; \
+         memory {base} KiB → peak {peak} KiB"
+    );
+    assert!(transitions > 1024 * 2, "{transitions}");
+    assert!(sluice.stop().success());
+}
+
+#[test]
+fn alertmanager_firing_alerts_end_four_resend_intervals_ahead_and_resolved_ones_at_their_time() {
+    // Pure: the body sluice posts (its unit is here, beside the real Alertmanager test).
+    let row: sluice::alerts::Row = serde_json::from_value(serde_json::json!({
+        "alert": "a", "key": "k", "state": "firing", "at": "2026-01-01T00:00:10Z",
+        "at_ms": 1767225610000i64, "window": "10s", "start_ms": 1767225600000i64,
+        "value": 3.0, "threshold": 1.0, "starts_at": "2026-01-01T00:00:10Z",
+        "starts_at_ms": 1767225610000i64, "fingerprint": "00", "labels": {"alertname": "a"},
+        "annotations": {}
+    }))
+    .unwrap();
+    let mut resolved = row.clone();
+    resolved.state = "resolved".into();
+    resolved.at = "2026-01-01T00:00:40Z".into();
+    let now = 1767225700000i64;
+    let body = sluice::alerts::notify::alertmanager_body(&[row, resolved], "http://x", now);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v[0]["startsAt"], "2026-01-01T00:00:10Z");
+    assert_eq!(v[0]["endsAt"], "2026-01-01T00:05:40Z");
+    assert_eq!(v[1]["endsAt"], "2026-01-01T00:00:40Z");
+    assert_eq!(v[0]["labels"]["alertname"], "a");
+}
