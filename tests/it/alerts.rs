@@ -769,3 +769,79 @@ fn alertmanager_firing_alerts_end_four_resend_intervals_ahead_and_resolved_ones_
     assert_eq!(v[1]["endsAt"], "2026-01-01T00:00:40Z");
     assert_eq!(v[0]["labels"]["alertname"], "a");
 }
+
+#[test]
+fn a_deadman_fires_for_a_silent_sensor_in_event_time_and_when_all_input_is_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("deadman.toml");
+    std::fs::write(
+        &config,
+        r#"cores = 2
+
+[[listener]]
+name = "g"
+proto = "tcp"
+addr = "127.0.0.1:0"
+format = "graphite"
+
+[window]
+sizes = ["1s"]
+allowed_lateness = "0s"
+quantiles = []
+
+[[alert]]
+name = "sensor_silent"
+prefix = "sensors."
+absent = "3s"
+"#,
+    )
+    .unwrap();
+    let data_dir = tmp.path().join("data");
+    let sluice = Sluice::start(&data_dir, &["--config", config.to_str().unwrap()]);
+    let a = Sender::start("sensors.a", 5, sluice.addr("g"));
+    let b = Sender::start("sensors.b", 5, sluice.addr("g"));
+    let firing = |key: &str| {
+        alert_rows(&data_dir)
+            .into_iter()
+            .find(|r| r["key"] == key && r["state"] == "firing")
+    };
+    assert!(wait_for(Duration::from_secs(20), || alert_rows(&data_dir)
+        .is_empty()
+        && sluice.metric("sluice_windows_closed_total", &[]) >= 6.0));
+    // sensors.b goes silent while sensors.a goes on: event time says it is absent.
+    drop(b);
+    let stopped = crate::harness::now_secs();
+    assert!(
+        wait_for(Duration::from_secs(20), || firing("sensors.b").is_some()),
+        "sensors.b never reported silent:\n{}",
+        sluice.stderr()
+    );
+    let row = firing("sensors.b").unwrap();
+    let silent_s = row["value"].as_f64().unwrap();
+    assert!((3.0..6.0).contains(&silent_s), "{row}");
+    assert!(
+        row["at_ms"].as_i64().unwrap() / 1000 >= stopped + 2,
+        "{row}"
+    );
+    assert!(firing("sensors.a").is_none());
+    assert!(
+        wait_for(Duration::from_secs(10), || sluice
+            .http_get("/api/v1/alerts")
+            .1
+            .contains("\"key\":\"sensors.b\"")),
+        "{}",
+        sluice.http_get("/api/v1/alerts").1
+    );
+    // Then every input stops: the watermark follows the clock and sensors.a fires too.
+    drop(a);
+    assert!(
+        wait_for(Duration::from_secs(20), || firing("sensors.a").is_some()),
+        "sensors.a never reported silent with all input idle:\n{}",
+        sluice.stderr()
+    );
+    assert_eq!(
+        sluice.metric("sluice_alerts_firing", &["alert=\"sensor_silent\""]),
+        2.0
+    );
+    assert!(sluice.stop().success());
+}
