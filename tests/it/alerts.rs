@@ -412,6 +412,16 @@ fn an_alert_reaches_a_webhook_and_a_real_alertmanager_once_firing_and_once_resol
         "no `event: alert` on the stream: {}",
         stream.lock().unwrap()
     );
+    // Alertmanager's own fingerprint of the label set is the one sluice sent.
+    let listed = am.alerts();
+    let theirs = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["labels"]["alertname"] == "api_errors_high")
+        .unwrap()["fingerprint"]
+        .clone();
+    assert_eq!(theirs, alert["fingerprint"], "{listed}");
     let (status, body) = sluice.http_get("/api/v1/alerts");
     assert_eq!(status, 200);
     assert!(body.contains("\"state\":\"firing\""), "{body}");
