@@ -461,12 +461,13 @@ pub async fn stream(
 }
 
 /// `GET /api/v1/alerts`: every alert pending or firing now, as its latest transition row
-/// (`{"alerts":[ROW...]}`; empty without rules).
+/// (`{"alerts":[ROW...],"truncated":false}`; empty without rules), at most
+/// [`QUERY_ROWS_MAX`] of them (firing first).
 pub async fn alerts(State(state): State<AdminState>) -> Response {
-    let rows = state
+    let (rows, truncated) = state
         .alerts
         .as_ref()
-        .map(|b| b.current())
+        .map(|b| b.current(QUERY_ROWS_MAX))
         .unwrap_or_default();
-    axum::Json(serde_json::json!({ "alerts": rows })).into_response()
+    axum::Json(serde_json::json!({ "alerts": rows, "truncated": truncated })).into_response()
 }

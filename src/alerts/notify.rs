@@ -529,10 +529,14 @@ impl Board {
         }
     }
 
-    /// Every alert pending or firing, by rule and key.
-    pub fn current(&self) -> Vec<Row> {
+    /// The alerts firing, then those pending, each by rule and key, at most `max`; true
+    /// when there were more.
+    pub fn current(&self, max: usize) -> (Vec<Row>, bool) {
         let alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        alerts.values().cloned().collect()
+        let firing = alerts.values().filter(|r| r.state == "firing");
+        let pending = alerts.values().filter(|r| r.state != "firing");
+        let rows: Vec<Row> = firing.chain(pending).take(max).cloned().collect();
+        (rows, alerts.len() > max)
     }
 }
 
