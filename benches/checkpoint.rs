@@ -41,6 +41,8 @@ fn body(windows: Vec<u8>, window_count: u64) -> Body {
             windows: vec![serde_bytes::ByteBuf::from(windows)],
             window_count,
             gauges: Vec::new(),
+            alerts_len: 0,
+            alerts: Vec::new(),
         }],
     }
 }

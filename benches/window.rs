@@ -8,7 +8,10 @@
 //!   1,000, and every window closing once), folded in batches, as the cores fold, and one by
 //!   one, for a same-run ratio;
 //! - 1M live keys (cache-bound), in batches: the median of 5 runs of 5M events, printed. A
-//!   1M-key shard takes seconds to build, so it is built once, not per criterion sample.
+//!   1M-key shard takes seconds to build, so it is built once, not per criterion sample;
+//! - the cost of alert rules: 10k keys in batches, with and without a prefix rule over every
+//!   key (`mean above 500`, `for = 3`: about half the keys breach in each window, so states
+//!   come and go and alerts fire and resolve), runs interleaved, the median ratio printed.
 
 use std::time::Instant;
 
@@ -95,6 +98,8 @@ fn main() {
         return;
     }
 
+    alert_cost(dir.path(), &names_10k);
+
     const EVENTS: usize = 5_000_000;
     let names = names(1_000_000);
     let mut s = shard(dir.path(), &names);
@@ -155,5 +160,75 @@ fn main() {
         at(&steps_us, 1.0),
         at(&answers_ms, 0.5),
         at(&answers_ms, 1.0),
+    );
+}
+
+/// A shard of `names` with a prefix rule over every key hooked in.
+fn shard_with_rule(dir: &std::path::Path, names: &[Vec<u8>]) -> Shard {
+    use sluice::alerts::{Engine, Rule, RuleConfig};
+    use std::sync::Arc;
+    let mut s = shard(dir, names);
+    let config: RuleConfig = toml::from_str(
+        "name = \"hot\"\nprefix = \"servers.\"\nvalue = \"mean\"\nabove = 500\nfor = 3\n\
+         annotations = { summary = \"{{key}} at {{value}}\" }",
+    )
+    .unwrap();
+    let specs = [WindowSpec::tumbling(10_000), WindowSpec::tumbling(60_000)];
+    let rule = Rule::compile(&config, &specs, &[0.5, 0.9, 0.99, 0.999]).unwrap();
+    let mut metrics = sluice::metrics::Metrics::new(1, Vec::new());
+    metrics.alerts = sluice::metrics::AlertMetrics::new(vec!["hot".into()], Vec::new());
+    let record = sluice::results::RecordWriter::open(
+        &dir.join("alerts-bench"),
+        0,
+        sluice::results::Options::default(),
+        Arc::default(),
+        Arc::default(),
+    )
+    .unwrap();
+    let rules: Arc<[Rule]> = vec![rule].into();
+    s.set_close_hook(Box::new(Engine::new(rules, record, Arc::new(metrics))));
+    s
+}
+
+/// Ingest with and without a prefix rule over 10,000 keys, interleaved: prints both rates and
+/// the cost.
+fn alert_cost(dir: &std::path::Path, names: &[Vec<u8>]) {
+    const ROUNDS: usize = 3 * ROUNDS_PER_ITER;
+    let plain_dir = dir.join("plain");
+    let rule_dir = dir.join("rule");
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    std::fs::create_dir_all(&rule_dir).unwrap();
+    let mut shards = [shard(&plain_dir, names), shard_with_rule(&rule_dir, names)];
+    let mut state = [(0x2545_f491_4f6c_dd1du64, 0i64); 2];
+    let mut rates = [Vec::new(), Vec::new()];
+    for run in 0..14 {
+        for which in [run % 2, 1 - run % 2] {
+            let (x, time_ms) = &mut state[which];
+            let t = Instant::now();
+            for _ in 0..ROUNDS {
+                round(&mut shards[which], names, x, time_ms, true);
+            }
+            // The first pair warms up.
+            if run >= 2 {
+                rates[which].push((ROUNDS * ROUND) as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let ratios: Vec<f64> = rates[1].iter().zip(&rates[0]).map(|(r, p)| r / p).collect();
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    let written = sluice::results::record_end(&rule_dir.join("alerts-bench")).unwrap_or(0);
+    println!(
+        "window fold in batches, 10,000 live keys: {:.2} M events/s without rules, {:.2} M events/s \
+         with a prefix rule over every key (median of 12 interleaved runs); ratio {:.3} ({:+.1}%), \
+         {} bytes of transitions written",
+        median(&rates[0]) / 1e6,
+        median(&rates[1]) / 1e6,
+        median(&ratios),
+        (median(&ratios) - 1.0) * 100.0,
+        written
     );
 }

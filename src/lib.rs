@@ -11,6 +11,7 @@
 //! parses the command line, loads the configuration, recovers state and spawns the workers.
 
 pub mod admin;
+pub mod alerts;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -253,3 +253,31 @@ pub const CLI_TOP_KEYS: usize = 20;
 pub const CLI_STREAM_SILENCE_MAX_MS: u64 = 3 * STREAM_KEEPALIVE_MS;
 
 const _: () = assert!(CLI_ANSWER_TIMEOUT_MS > OPEN_QUERY_TIMEOUT_MS);
+
+/// States (keys) one alert rule keeps per shard; a key past that is not watched and counted
+/// (`sluice_alert_states_overflow_total`).
+pub const ALERT_STATES_PER_RULE_MAX: usize = 100_000;
+/// `[[alert]]` rules at most.
+pub const ALERT_RULES_MAX: usize = 256;
+/// Transitions a notifier holds in memory at once (read from `alerts/`, not yet delivered);
+/// the rest wait in the record.
+pub const NOTIFY_QUEUE_MAX: usize = 1_024;
+/// Transitions sent in one notification request at most.
+pub const NOTIFY_BATCH_MAX: usize = 64;
+/// First retry delay of a failed notification; it doubles up to the max.
+pub const NOTIFY_BACKOFF_MS_MIN: u64 = 100;
+/// Longest delay between retries of a failed notification.
+pub const NOTIFY_BACKOFF_MS_MAX: u64 = 10_000;
+/// Timeout of one notification request.
+pub const NOTIFY_TIMEOUT_MS: u64 = 5_000;
+/// How often a notifier looks for new transitions when it has none.
+pub const NOTIFY_POLL_MS: u64 = 100;
+/// Firing alerts are re-sent to Alertmanager this often, with `endsAt` four times as far
+/// ahead (as Prometheus' `resend_delay` and its `endsAt`).
+pub const ALERTMANAGER_RESEND_MS: u64 = 60_000;
+/// Firing alerts a notifier keeps for re-sending, at most.
+pub const NOTIFY_FIRING_MAX: usize = 100_000;
+
+const _: () = assert!(NOTIFY_BACKOFF_MS_MIN > 0 && NOTIFY_BACKOFF_MS_MIN <= NOTIFY_BACKOFF_MS_MAX);
+const _: () = assert!(NOTIFY_BATCH_MAX <= NOTIFY_QUEUE_MAX);
+const _: () = assert!(NOTIFY_TIMEOUT_MS < ALERTMANAGER_RESEND_MS);

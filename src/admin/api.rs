@@ -34,6 +34,8 @@ pub struct QueryApi {
     pub records: Vec<(std::path::PathBuf, Arc<crate::results::Cursors>)>,
     /// Stream clients now.
     pub stream_clients: Arc<std::sync::atomic::AtomicUsize>,
+    /// Per shard, its alerts record (empty without rules): streams follow them too.
+    pub alert_records: Vec<std::path::PathBuf>,
 }
 
 /// A failed query: its status and a JSON body naming the parameter at fault.
@@ -395,14 +397,14 @@ pub async fn stream(
     use crate::limits::{
         STREAM_CLIENTS_MAX, STREAM_KEEPALIVE_MS, STREAM_QUEUE_FRAMES, STREAM_STALL_MAX_MS,
     };
-    use crate::query::{Selection, Sent, Timing, follow, parse_event_id};
+    use crate::query::{Selection, Sent, Timing, parse_event_id};
     use std::sync::atomic::Ordering;
     let api = query_api(&state)?;
     let mut params = Params::new(pairs)?;
     let filter = params.filter(false)?;
     let window = params.window(&api.window_sizes_ms)?;
     params.finish(&["prefix", "key", "window"])?;
-    let shards = api.records.len();
+    let shards = api.records.len() + api.alert_records.len();
     let positions = match headers.get("last-event-id") {
         Some(value) => value
             .to_str()
@@ -415,7 +417,8 @@ pub async fn stream(
                 )
             })?,
         None => {
-            let dirs: Vec<_> = api.records.iter().map(|(d, _)| d.clone()).collect();
+            let mut dirs: Vec<_> = api.records.iter().map(|(d, _)| d.clone()).collect();
+            dirs.extend(api.alert_records.iter().cloned());
             blocking(move || {
                 Ok(dirs
                     .iter()
@@ -437,7 +440,15 @@ pub async fn stream(
         filter,
         window: window.map(|w| Millis(w as u64).to_string()),
     };
-    let (dirs, cursors): (Vec<_>, Vec<_>) = api.records.iter().cloned().unzip();
+    use crate::query::Event;
+    let (mut dirs, mut cursors): (Vec<_>, Vec<_>) = api.records.iter().cloned().unzip();
+    let mut events = vec![Event::Window; dirs.len()];
+    for dir in &api.alert_records {
+        // The alerts record has no retention: nothing to hold back with a cursor.
+        dirs.push(dir.clone());
+        cursors.push(Arc::default());
+        events.push(Event::Alert);
+    }
     let timing = Timing {
         keepalive: Duration::from_millis(STREAM_KEEPALIVE_MS),
         stall_max: Duration::from_millis(STREAM_STALL_MAX_MS),
@@ -448,18 +459,27 @@ pub async fn stream(
         .name("sluice-stream".into())
         .spawn(move || {
             let _slot = slot;
-            follow(&dirs, &cursors, &positions, &selection, timing, |frame| {
-                use tokio::sync::mpsc::error::TrySendError;
-                match frame {
-                    None if tx.is_closed() => Sent::Closed,
-                    None => Sent::Sent,
-                    Some(f) => match tx.try_send(f) {
-                        Ok(()) => Sent::Sent,
-                        Err(TrySendError::Full(f)) => Sent::Full(f),
-                        Err(TrySendError::Closed(_)) => Sent::Closed,
-                    },
-                }
-            });
+            let (dirs, events, cursors) = (&dirs, &events, &cursors);
+            crate::query::follow_records(
+                dirs,
+                events,
+                cursors,
+                &positions,
+                &selection,
+                timing,
+                |frame| {
+                    use tokio::sync::mpsc::error::TrySendError;
+                    match frame {
+                        None if tx.is_closed() => Sent::Closed,
+                        None => Sent::Sent,
+                        Some(f) => match tx.try_send(f) {
+                            Ok(()) => Sent::Sent,
+                            Err(TrySendError::Full(f)) => Sent::Full(f),
+                            Err(TrySendError::Closed(_)) => Sent::Closed,
+                        },
+                    }
+                },
+            );
         })
         .map_err(|e| ApiError::unavailable(format!("cannot start a stream: {e}")))?;
     let frames = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -478,4 +498,16 @@ pub async fn stream(
         axum::body::Body::from_stream(frames),
     )
         .into_response())
+}
+
+/// `GET /api/v1/alerts`: every alert pending or firing now, as its latest transition row
+/// (`{"alerts":[ROW...],"truncated":false}`; empty without rules), at most
+/// [`QUERY_ROWS_MAX`] of them (firing first).
+pub async fn alerts(State(state): State<AdminState>) -> Response {
+    let (rows, truncated) = state
+        .alerts
+        .as_ref()
+        .map(|b| b.current(QUERY_ROWS_MAX))
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({ "alerts": rows, "truncated": truncated })).into_response()
 }

@@ -129,6 +129,7 @@ pub fn encode(metrics: &Metrics, exposition: Exposition) -> Result<String, fmt::
     register_process(&mut page, metrics);
     register_admin(&mut page, metrics);
     register_latency(&mut page, metrics);
+    register_alerts(&mut page, metrics);
     let mut out = String::new();
     match exposition {
         Exposition::Text => page.write_text(&mut out)?,
@@ -646,6 +647,46 @@ fn register_admin(page: &mut Page, metrics: &Metrics) {
     let help = "Admin HTTP requests answered 408 because they took too long.";
     let slow = admin.requests_timed_out_total.get();
     page.counter("admin_requests_timed_out", help, one(slow));
+}
+
+/// Alerts firing per rule, and what became of each notifier's requests.
+fn register_alerts(page: &mut Page, metrics: &Metrics) {
+    let a = &metrics.alerts;
+    let help = "Alerts firing now, by rule (every key of a prefix rule counts).";
+    let firing = a
+        .rules
+        .iter()
+        .zip(&a.firing)
+        .map(|(name, g)| (Labels::default().with("alert", name), g.get()));
+    page.gauge("alerts_firing", help, firing);
+    let help = "Keys an alert rule could not watch because it held its most states.";
+    page.counter(
+        "alert_states_overflow",
+        help,
+        one(a.states_overflow_total.get()),
+    );
+    let help = "Notification requests, by notifier and result (success; retry: failed and \
+                retried; rejected: refused with a 4xx and dropped).";
+    let mut rows = Vec::new();
+    for n in &a.notifiers {
+        for (result, c) in [
+            ("success", &n.success_total),
+            ("retry", &n.retry_total),
+            ("rejected", &n.rejected_total),
+        ] {
+            let labels = Labels::default()
+                .with("notifier", &n.name)
+                .with("result", result);
+            rows.push((labels, c.get()));
+        }
+    }
+    page.counter("notifications", help, rows);
+    let help = "Alert transitions a notifier has read and not yet delivered.";
+    let queued = a
+        .notifiers
+        .iter()
+        .map(|n| (Labels::default().with("notifier", &n.name), n.queued.get()));
+    page.gauge("notifications_queued", help, queued);
 }
 
 /// The latency summaries, merged over the cores, and each core's longest stall.

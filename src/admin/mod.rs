@@ -77,6 +77,8 @@ pub struct AdminState {
     pub rates: Arc<std::sync::Mutex<status::Rates>>,
     /// `[admin] token`: required on every route but `/healthz` when set.
     pub token: Option<Arc<str>>,
+    /// The alerts pending and firing now (`None`: no rules).
+    pub alerts: Option<Arc<crate::alerts::notify::Board>>,
 }
 
 impl AdminState {
@@ -87,6 +89,7 @@ impl AdminState {
             query: None,
             rates: Arc::default(),
             token: None,
+            alerts: None,
         }
     }
 }
@@ -173,6 +176,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/top", get(api::top))
         .route("/api/v1/stream", get(api::stream))
         .route("/api/v1/status", get(status::status))
+        .route("/api/v1/alerts", get(api::alerts))
         .route("/", get(dashboard::index))
         .route("/ui/{name}", get(dashboard::asset))
         .with_state(state)

@@ -162,6 +162,14 @@ impl Coordinator {
         }
     }
 
+    /// A shard that reported for `epoch` has another record (its alerts) to make durable
+    /// before the commit.
+    pub fn record_reported(&mut self, epoch: u64, output: OutputSync) {
+        if let Some(f) = self.current(epoch) {
+            f.outputs.push(output);
+        }
+    }
+
     /// The checkpoint in flight, if it is of `epoch`.
     fn current(&mut self, epoch: u64) -> Option<&mut InFlight> {
         let f = self.in_flight.as_mut().filter(|f| f.epoch == epoch);
@@ -387,6 +395,8 @@ mod tests {
                 windows: Vec::new(),
                 window_count: 0,
                 gauges: Vec::new(),
+                alerts_len: 0,
+                alerts: Vec::new(),
             };
             self.coordinator.shard_reported(epoch, state, sync);
         }

@@ -41,15 +41,17 @@ pub enum Error {
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::alerts::StateRecord as AlertState;
 use crate::window::WindowRecord;
 
 /// Version of the body encoding. 2: larger windows composed from smaller ones hold only the
 /// smaller windows that closed (version 1 folded every event into every window), so a
 /// version-1 body's windows would count the open smaller windows twice. 3: aggregates count
 /// distinct set members, and shards keep running gauge values. 4: aggregates keep the
-/// deviation sums of their standard deviation. 5: a shard's open windows are kept in chunks
-/// (snapshots are taken in steps, into chunks, so no buffer is copied whole on a core).
-pub const BODY_VERSION: u16 = 5;
+/// deviation sums of their standard deviation. 5: shards keep their alert states and the
+/// position of their alerts record. 6: a shard's open windows are kept in chunks (snapshots
+/// are taken in steps, into chunks, so no buffer is copied whole on a core).
+pub const BODY_VERSION: u16 = 6;
 
 /// One partition's position in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +80,10 @@ pub struct ShardState {
     pub window_count: u64,
     /// Running StatsD gauge values (key, value), restored to each key's owner.
     pub gauges: Vec<(String, f64)>,
+    /// Position of the shard's `alerts/` record at the snapshot; it is cut back to it.
+    pub alerts_len: u64,
+    /// Every (rule, key) alert state, restored to each key's owner.
+    pub alerts: Vec<AlertState>,
 }
 
 impl ShardState {
@@ -175,6 +181,12 @@ mod tests {
                 windows,
                 window_count: 1,
                 gauges: vec![("queue".into(), 114.0)],
+                alerts_len: 12,
+                alerts: vec![AlertState {
+                    rule: "r".into(),
+                    key: "k".into(),
+                    state: crate::alerts::state::State::new(),
+                }],
             }],
         };
         let bytes = body.encode().unwrap();

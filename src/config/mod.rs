@@ -75,6 +75,8 @@ pub enum IoMode {
     Epoll,
 }
 
+pub use crate::alerts::RuleConfig;
+pub use crate::alerts::notify::NotifyConfig;
 pub use crate::net::Proto;
 pub use crate::parse::{Format, FormatOptions};
 
@@ -391,6 +393,11 @@ pub struct Config {
     pub deadletter: DeadLetterConfig,
     /// `[results]`.
     pub results: ResultsConfig,
+    /// `[[alert]]` rules.
+    #[serde(rename = "alert", skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<RuleConfig>,
+    /// `[notify]`: where alert transitions go.
+    pub notify: NotifyConfig,
 }
 
 impl Default for Config {
@@ -406,6 +413,8 @@ impl Default for Config {
             admin: AdminConfig::default(),
             deadletter: DeadLetterConfig::default(),
             results: ResultsConfig::default(),
+            alerts: Vec::new(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -445,6 +454,21 @@ impl Config {
                 .map(|l| format!("line {l}: "))
                 .unwrap_or_default();
             format!("{line}[[listener]] #{}: {message}", index + 1)
+        })?;
+        config.alert_rules().map_err(|(index, e)| {
+            let line = key_line_in_nth_table(text, "[[alert]]", index, e.key)
+                .or_else(|| nth_table_line(text, "[[alert]]", index))
+                .map(|l| format!("line {l}: "))
+                .unwrap_or_default();
+            let name = &config.alerts[index].name;
+            format!("{line}[[alert]] `{name}` (#{}): {}", index + 1, e.message)
+        })?;
+        config.notify.check().map_err(|(key, message)| {
+            let line = key_line(text, "[notify]", key)
+                .or_else(|| nth_table_line(text, "[notify]", 0))
+                .map(|l| format!("line {l}: "))
+                .unwrap_or_default();
+            format!("{line}{message}")
         })?;
         config.check_relations().map_err(|e| {
             let line = if e.table.is_empty() {
@@ -518,7 +542,49 @@ impl Config {
         );
         self.check_relations()
             .map_err(|e| Error::Invalid(e.message))?;
+        self.alert_rules().map_err(|(i, e)| {
+            Error::Invalid(format!(
+                "[[alert]] `{}`: {}",
+                self.alerts[i].name, e.message
+            ))
+        })?;
         Ok(self)
+    }
+
+    /// The `[[alert]]` rules, compiled against the windows and quantiles; an error gives the
+    /// index of the rule.
+    pub fn alert_rules(
+        &self,
+    ) -> Result<Vec<crate::alerts::Rule>, (usize, crate::alerts::RuleError)> {
+        let specs = self.window.specs();
+        let mut names = std::collections::HashSet::new();
+        let mut rules = Vec::with_capacity(self.alerts.len());
+        for (i, c) in self.alerts.iter().enumerate() {
+            if i >= limits::ALERT_RULES_MAX {
+                let m = format!("at most {} rules", limits::ALERT_RULES_MAX);
+                return Err((
+                    i,
+                    crate::alerts::RuleError {
+                        key: "name",
+                        message: m,
+                    },
+                ));
+            }
+            let rule = crate::alerts::Rule::compile(c, &specs, &self.window.quantiles)
+                .map_err(|e| (i, e))?;
+            if !names.insert(c.name.clone()) {
+                let m = format!("another rule is named `{}`", c.name);
+                return Err((
+                    i,
+                    crate::alerts::RuleError {
+                        key: "name",
+                        message: m,
+                    },
+                ));
+            }
+            rules.push(rule);
+        }
+        Ok(rules)
     }
 
     /// The number of cores, once [`Config::finish`] has run.
@@ -644,6 +710,21 @@ fn root_key_line(text: &str, key: &str) -> Option<usize> {
 /// Line number (1-based) of `key = ...` inside the first table `header`.
 fn key_line(text: &str, header: &str, key: &str) -> Option<usize> {
     let start = nth_table_line(text, header, 0)?;
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .take_while(|(_, l)| !l.trim_start().starts_with('['))
+        .find(|(_, l)| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|(i, _)| i + 1)
+}
+
+/// Line number (1-based) of `key = ...` inside the `n`th table `header` (`[[alert]]`).
+fn key_line_in_nth_table(text: &str, header: &str, n: usize, key: &str) -> Option<usize> {
+    let start = nth_table_line(text, header, n)?;
     text.lines()
         .enumerate()
         .skip(start)

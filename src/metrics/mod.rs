@@ -288,6 +288,52 @@ pub struct CheckpointMetrics {
     pub duration: Published,
 }
 
+/// Alert figures: per rule, written by the cores; per notifier, by its thread.
+#[derive(Debug, Default)]
+pub struct AlertMetrics {
+    /// Rule names, in configuration order.
+    pub rules: Vec<String>,
+    /// Per rule: alerts firing now, all shards together.
+    pub firing: Vec<Gauge>,
+    /// Keys a rule could not watch because it held `ALERT_STATES_PER_RULE_MAX` states.
+    pub states_overflow_total: Counter,
+    /// One per notifier.
+    pub notifiers: Vec<NotifierMetrics>,
+}
+
+impl AlertMetrics {
+    /// Figures for these rules and notifiers.
+    pub fn new(rules: Vec<String>, notifiers: Vec<String>) -> AlertMetrics {
+        AlertMetrics {
+            firing: rules.iter().map(|_| Gauge::default()).collect(),
+            rules,
+            states_overflow_total: Counter::default(),
+            notifiers: notifiers
+                .into_iter()
+                .map(|name| NotifierMetrics {
+                    name,
+                    ..NotifierMetrics::default()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What became of one notifier's requests.
+#[derive(Debug, Default)]
+pub struct NotifierMetrics {
+    /// `webhook` or `alertmanager`, and its URL.
+    pub name: String,
+    /// Requests the receiver took (2xx).
+    pub success_total: Counter,
+    /// Requests that failed (5xx, timeout, refused) and are retried.
+    pub retry_total: Counter,
+    /// Requests the receiver refused (4xx): dropped, as Prometheus drops them.
+    pub rejected_total: Counter,
+    /// Transitions read from `alerts/` and not yet delivered.
+    pub queued: Gauge,
+}
+
 /// Everything the admin endpoint exposes.
 #[derive(Debug)]
 pub struct Metrics {
@@ -299,6 +345,8 @@ pub struct Metrics {
     pub checkpoint: CheckpointMetrics,
     /// Admin HTTP server figures.
     pub admin: AdminMetrics,
+    /// Alert rules and notifiers.
+    pub alerts: AlertMetrics,
     /// Process start.
     pub started: Instant,
     /// True once recovery is done and every listener is serving.
@@ -317,6 +365,7 @@ impl Metrics {
             listeners,
             checkpoint: CheckpointMetrics::default(),
             admin: AdminMetrics::default(),
+            alerts: AlertMetrics::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),

@@ -26,7 +26,9 @@ pub use index::{Index, IndexStats, Ranked, TopAnswer, WindowsAnswer, spawn_feede
 pub use open::{
     OpenError, OpenQueries, OpenReply, OpenRequest, OpenRow, OpenScan, Replies, Want, measure, rank,
 };
-pub use stream::{Selection, Sent, Timing, event_id, follow, parse_event_id};
+pub use stream::{
+    Event, Selection, Sent, Timing, event_id, follow, follow_records, parse_event_id,
+};
 
 /// Which keys a query is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

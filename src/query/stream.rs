@@ -1,6 +1,8 @@
-//! `/api/v1/stream`: closed rows as server-sent events, resumable by position.
+//! `/api/v1/stream`: closed rows (and alert transitions) as server-sent events, resumable by
+//! position.
 //!
-//! One thread per client ([`follow`]) reads every shard's aggregates record with a
+//! One thread per client ([`follow`], [`follow_records`]) reads every shard's aggregates
+//! record (and, when rules run, its alerts record) with a
 //! [`RecordReader`] registered in the record's cursors (retention keeps what it has not
 //! sent), and hands finished SSE frames to the HTTP side through a bounded queue. The event
 //! id is every shard's position after the row (`id: 120,0,4711`): a reconnect with that
@@ -87,12 +89,36 @@ pub struct Timing {
     pub stall_max: Duration,
 }
 
-/// Follows the records in `dirs` (with their `cursors`) from `positions`, handing each
-/// selected row to `send` as an SSE frame (`id`, `event: window`, `data`), and a comment
+/// Follows the aggregates records in `dirs` (with their `cursors`) from `positions`, handing
+/// each selected row to `send` as an SSE frame (`id`, `event: window`, `data`), and a comment
 /// frame every `keepalive` without one, until the client is gone or stalls. `send(None)`
 /// only asks whether the client is still there. Blocking: run it on its own thread.
 pub fn follow(
     dirs: &[PathBuf],
+    cursors: &[Arc<Cursors>],
+    positions: &[u64],
+    selection: &Selection,
+    timing: Timing,
+    send: impl FnMut(Option<String>) -> Sent,
+) {
+    let events = vec![Event::Window; dirs.len()];
+    follow_records(dirs, &events, cursors, positions, selection, timing, send);
+}
+
+/// What a followed record holds, and so its frames' `event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Closed windows (`aggregates/`): `event: window`, the row plus `"final":true`.
+    Window,
+    /// Alert transitions (`alerts/`): `event: alert`, the row.
+    Alert,
+}
+
+/// [`follow`] over records of either kind (`events`, one per record); the event id holds
+/// every record's position.
+pub fn follow_records(
+    dirs: &[PathBuf],
+    events: &[Event],
     cursors: &[Arc<Cursors>],
     positions: &[u64],
     selection: &Selection,
@@ -123,11 +149,20 @@ pub fn follow(
                 any = true;
                 let Some(row) = row else { continue };
                 let positions: Vec<u64> = readers.iter().map(RecordReader::position).collect();
-                let body = row.trim_end().strip_suffix('}').unwrap_or(&row);
-                let frame = format!(
-                    "id: {}\nevent: window\ndata: {body},\"final\":true}}\n\n",
-                    event_id(&positions)
-                );
+                let frame = match events.get(i) {
+                    Some(Event::Alert) => format!(
+                        "id: {}\nevent: alert\ndata: {}\n\n",
+                        event_id(&positions),
+                        row.trim_end()
+                    ),
+                    _ => {
+                        let body = row.trim_end().strip_suffix('}').unwrap_or(&row);
+                        format!(
+                            "id: {}\nevent: window\ndata: {body},\"final\":true}}\n\n",
+                            event_id(&positions)
+                        )
+                    }
+                };
                 if !deliver(&mut send, frame, timing.stall_max) {
                     return;
                 }

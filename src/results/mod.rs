@@ -41,6 +41,8 @@ const SEGMENT_EXTENSION: &str = "jsonl";
 pub enum Kind {
     /// Closed windows: `aggregates/`.
     Aggregates,
+    /// Alert transitions: `alerts/`.
+    Alerts,
 }
 
 impl Kind {
@@ -48,6 +50,7 @@ impl Kind {
     pub fn dir_name(self) -> &'static str {
         match self {
             Kind::Aggregates => "aggregates",
+            Kind::Alerts => "alerts",
         }
     }
 }

@@ -23,7 +23,7 @@ use cores::{Started, start_cores};
 pub use listeners::listener_names;
 use listeners::{bind_all, listener_ids, write_endpoints};
 use lock::lock_data_dir;
-use restore::{load_checkpoint, open_shards, plan_partitions};
+use restore::{Alerting, load_checkpoint, open_shards, plan_partitions};
 use supervisor::Supervisor;
 
 use std::net::SocketAddr;
@@ -184,7 +184,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     std::fs::create_dir_all(&data_dir).map_err(io_err("cannot create", &data_dir))?;
     // Held until this returns (the lock goes with the process, however it ends).
     let _lock = lock_data_dir(&data_dir)?;
-    for sub in ["log", "checkpoint", "aggregates", "deadletter"] {
+    for sub in ["log", "checkpoint", "aggregates", "alerts", "deadletter"] {
         let dir = data_dir.join(sub);
         std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
     }
@@ -199,9 +199,27 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     let checkpoint_dir = data_dir.join("checkpoint");
     let (first_epoch, body) = load_checkpoint(&checkpoint_dir)?;
 
-    let metrics = Arc::new(Metrics::new(cores, listener_infos(&config)));
+    // Checked when the configuration was read.
+    let rules: Arc<[crate::alerts::Rule]> = config.alert_rules().unwrap_or_default().into();
+    let targets = config.notify.targets();
+    let mut metrics = Metrics::new(cores, listener_infos(&config));
+    metrics.alerts = crate::metrics::AlertMetrics::new(
+        rules.iter().map(|r| r.name.clone()).collect(),
+        targets
+            .iter()
+            .map(|(t, url)| crate::alerts::notify::notifier_name(*t, url))
+            .collect(),
+    );
+    let metrics = Arc::new(metrics);
     let results = crate::worker::ResultsHandles::new(cores);
-    let shards = open_shards(&config, cores, body.as_ref(), &results)?;
+    let alerting = Alerting {
+        rules: rules.clone(),
+        metrics: metrics.clone(),
+    };
+    let shards = open_shards(&config, cores, body.as_ref(), &results, &alerting)?;
+    let alerts_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (alerts_board, alert_threads) =
+        start_alerting(&config, cores, &rules, admin_addr, &metrics, &alerts_stop)?;
     let partition_plan = plan_partitions(&config, cores, body.as_ref(), &metrics)?;
 
     let cores_started = start_cores(
@@ -253,9 +271,23 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
                     })
                     .collect(),
                 stream_clients: Arc::default(),
+                alert_records: if rules.is_empty() {
+                    Vec::new()
+                } else {
+                    (0..cores)
+                        .map(|s| {
+                            crate::results::record_dir(
+                                &data_dir,
+                                crate::results::Kind::Alerts,
+                                s as u16,
+                            )
+                        })
+                        .collect()
+                },
             }),
             rates: Arc::default(),
             token: config.admin.token.as_deref().map(Arc::from),
+            alerts: alerts_board,
         },
     )
     .map_err(io_err("cannot start admin server on", Path::new("admin")))?;
@@ -288,5 +320,60 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     admin.stop();
     index_stop.store(true, Ordering::Relaxed);
     let _ = index_feeder.join();
+    alerts_stop.store(true, Ordering::Relaxed);
+    for t in alert_threads {
+        let _ = t.join();
+    }
     result
+}
+
+/// The alerts board (when rules run) and the threads of the board and the notifiers.
+type AlertThreads = (
+    Option<Arc<crate::alerts::notify::Board>>,
+    Vec<std::thread::JoinHandle<()>>,
+);
+
+/// Starts the alerts board and the notifiers (when rules run), each on its own thread.
+fn start_alerting(
+    config: &Config,
+    cores: usize,
+    rules: &[crate::alerts::Rule],
+    admin_addr: SocketAddr,
+    metrics: &Arc<Metrics>,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Result<AlertThreads, Error> {
+    use crate::alerts::notify;
+    if rules.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let data_dir = &config.data_dir;
+    let records: Vec<PathBuf> = (0..cores)
+        .map(|s| crate::results::record_dir(data_dir, crate::results::Kind::Alerts, s as u16))
+        .collect();
+    let board = Arc::new(notify::Board::default());
+    let mut threads = vec![
+        notify::spawn_board(board.clone(), records.clone(), stop.clone())
+            .map_err(io_err("cannot start the alerts board for", data_dir))?,
+    ];
+    let external_url = config
+        .notify
+        .external_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{admin_addr}"));
+    for (i, (target, url)) in config.notify.targets().into_iter().enumerate() {
+        let settings = notify::Settings {
+            target,
+            cursor_path: notify::cursor_path(data_dir, target, &url),
+            url,
+            records: records.clone(),
+            metrics_index: i,
+            receiver: config.notify.receiver.clone(),
+            external_url: external_url.clone(),
+        };
+        threads.push(
+            notify::spawn(settings, metrics.clone(), stop.clone())
+                .map_err(io_err("cannot start a notifier for", data_dir))?,
+        );
+    }
+    Ok((Some(board), threads))
 }

@@ -7,12 +7,21 @@
 use super::{Error, io_err};
 use std::path::Path;
 
+use crate::alerts::{Engine, Rule};
 use crate::checkpoint::{self, BODY_VERSION, Body, PartitionState, ShardState};
 use crate::config::Config;
 use crate::log::{self, Appender, Offset, Reader};
 use crate::metrics::Metrics;
+use crate::results::{self, Kind, RecordWriter, record_dir};
 use crate::route::owner;
 use crate::window::{AggregatesWriter, Params, Shard, aggregates_path};
+use std::sync::Arc;
+
+/// The alert rules every shard runs, and the metrics their engines count in.
+pub(super) struct Alerting {
+    pub(super) rules: Arc<[Rule]>,
+    pub(super) metrics: Arc<Metrics>,
+}
 use crate::worker::{ReplayTask, ResultsHandles};
 
 pub(super) struct PartitionPlan {
@@ -91,6 +100,7 @@ pub(super) fn open_shards(
     cores: usize,
     body: Option<&Body>,
     results: &ResultsHandles,
+    alerts: &Alerting,
 ) -> Result<Vec<Shard>, Error> {
     let data_dir = &config.data_dir;
     let empty = Vec::new();
@@ -132,7 +142,38 @@ pub(super) fn open_shards(
         } else {
             lowest_frontier
         };
-        shards.push(Shard::new(&params, cores, frontier, output));
+        let mut shard = Shard::new(&params, cores, frontier, output);
+        if !alerts.rules.is_empty() {
+            let dir = record_dir(data_dir, Kind::Alerts, core);
+            // Transitions are few: the record keeps them all (no retention), so the board
+            // can read it from the start.
+            let record = RecordWriter::open(
+                &dir,
+                state.map_or(0, |s| s.alerts_len),
+                results::Options {
+                    retention_bytes: 0,
+                    retention_hours: 0,
+                    ..(&config.results).into()
+                },
+                Arc::default(),
+                Arc::default(),
+            )
+            .map_err(io_err("cannot open", &dir))?;
+            let engine = Engine::new(alerts.rules.clone(), record, alerts.metrics.clone());
+            shard.set_close_hook(Box::new(engine));
+        }
+        shards.push(shard);
+    }
+    for state in states {
+        for record in &state.alerts {
+            let core = owner(record.key.as_bytes(), cores) as usize;
+            if let Some(engine) = shards[core]
+                .close_hook()
+                .and_then(|h| h.as_any_mut().downcast_mut::<Engine>())
+            {
+                engine.restore(record.clone());
+            }
+        }
     }
     for state in states {
         for (key, value) in &state.gauges {

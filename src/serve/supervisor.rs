@@ -105,7 +105,13 @@ impl Supervisor {
                 epoch,
                 state,
                 output,
-            } => self.coordinator.shard_reported(epoch, state, output),
+                alerts,
+            } => {
+                self.coordinator.shard_reported(epoch, state, output);
+                if let Some(alerts) = alerts {
+                    self.coordinator.record_reported(epoch, alerts);
+                }
+            }
             Report::Drained { core } => {
                 seen.drained += 1;
                 tracing::debug!(core, "core drained");

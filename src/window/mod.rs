@@ -526,6 +526,17 @@ pub fn quantile_name(q: f64) -> String {
     format!("p{pct}")
 }
 
+/// Told of each window a shard closes and of each step of its frontier: how alert rules
+/// (`alerts::Engine`) see the windows without the shard knowing of them.
+pub trait CloseHook: std::fmt::Debug + Send {
+    /// The window `[start_ms, start_ms + spec.size_ms)` of `key` closed with `agg`.
+    fn closed(&mut self, key: &str, spec: &WindowSpec, start_ms: i64, agg: &Agg);
+    /// Every window ending at or before `through_ms` is closed (and was given to `closed`).
+    fn passed(&mut self, through_ms: i64);
+    /// The hook itself, for its owner to reach its own state (a checkpoint).
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
 /// One core's shard of windows.
 #[derive(Debug)]
 pub struct Shard {
@@ -558,6 +569,8 @@ pub struct Shard {
     gauge_entries: Vec<(Box<str>, f64)>,
     /// The checkpoint snapshot being taken, if any (see `snapshot.rs`).
     snapshotting: Option<Box<Snapshotting>>,
+    /// Told of every window closed (alert rules), if any.
+    close_hook: Option<Box<dyn CloseHook>>,
 }
 
 /// A value for the sketch of window `pos` of slot `slot`.
@@ -641,7 +654,18 @@ impl Shard {
             gauges: hashbrown::HashTable::new(),
             gauge_entries: Vec::new(),
             snapshotting: None,
+            close_hook: None,
         }
+    }
+
+    /// Sets the hook told of every window this shard closes from now on.
+    pub fn set_close_hook(&mut self, hook: Box<dyn CloseHook>) {
+        self.close_hook = Some(hook);
+    }
+
+    /// The close hook, if one is set.
+    pub fn close_hook(&mut self) -> Option<&mut (dyn CloseHook + 'static)> {
+        self.close_hook.as_deref_mut()
     }
 
     /// Restores an open window from a checkpoint. When the number of cores changed, keys
@@ -874,6 +898,9 @@ impl Shard {
             }
             let end = *entry.key();
             let ending = entry.remove();
+            if let Some(hook) = &mut self.close_hook {
+                hook.passed(end - 1);
+            }
             // Feeders (and plain windows) first, composed windows after: feeders merge into
             // composed windows that may end now too (merging may open one, which lands in a
             // fresh calendar entry for `end`). Two passes keep the calendar's order.
@@ -887,6 +914,9 @@ impl Shard {
             }
         }
         self.closed_through_ms = through_ms;
+        if let Some(hook) = &mut self.close_hook {
+            hook.passed(through_ms);
+        }
         Ok(closed)
     }
 
@@ -907,6 +937,9 @@ impl Shard {
         }
         self.output
             .write_window(&s.key, &spec, w.start_ms, &w.agg, &self.quantiles)?;
+        if let Some(hook) = &mut self.close_hook {
+            hook.closed(&s.key, &spec, w.start_ms, &w.agg);
+        }
         self.open_windows -= 1;
         if !self.fed[spec_idx as usize].is_empty() {
             self.feed(slot, spec_idx, w);

@@ -245,6 +245,8 @@ pub enum Report {
         state: ShardState,
         /// The shard's aggregates file, written out up to the snapshot.
         output: OutputSync,
+        /// The shard's alerts record, written out up to the snapshot (when rules run).
+        alerts: Option<OutputSync>,
     },
     /// The core stopped reading input and drained its connections.
     Drained {

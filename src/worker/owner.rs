@@ -20,7 +20,8 @@ use crossbeam_channel::{Sender, TryRecvError};
 use serde_bytes::ByteBuf;
 
 use super::{Error, Report};
-use crate::checkpoint::ShardState;
+use crate::alerts::Engine;
+use crate::checkpoint::{AlertState, ShardState};
 use crate::deadletter::DeadLetter;
 use crate::limits::{
     AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX, INBOUND_TURN_BUDGET_US,
@@ -31,8 +32,7 @@ use crate::metrics::{Metrics, Recorder};
 use crate::query::{OpenRequest, OpenScan};
 use crate::route::Inbound;
 use crate::route::Msg;
-use crate::window::now_ms;
-use crate::window::{OutputSync, Shard};
+use crate::window::{OutputSync, Shard, now_ms};
 
 /// What answering open-window queries, or taking a snapshot, asks of the loop this turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,10 @@ struct SnapshotInFlight {
     epoch: u64,
     aggregates_len: u64,
     output: OutputSync,
+    /// The alert engine's share, taken whole at the barrier (its states are bounded).
+    alerts_sync: Option<OutputSync>,
+    alerts_len: u64,
+    alerts: Vec<AlertState>,
     /// While the core has input, the next step waits until then.
     resume_at: Option<Instant>,
 }
@@ -315,6 +319,23 @@ impl Owner {
         Ok(())
     }
 
+    /// The alert engine's share of a snapshot, taken synchronously (its states are bounded
+    /// per rule): its record's sync handle and position, and every (rule, key) state.
+    fn snapshot_alerts(&mut self) -> (Option<OutputSync>, u64, Vec<AlertState>) {
+        let Some(engine) = self
+            .shard
+            .close_hook()
+            .and_then(|h| h.as_any_mut().downcast_mut::<Engine>())
+        else {
+            return (None, 0, Vec::new());
+        };
+        let (sync, written, position) = engine.sync_handle();
+        if let Err(e) = written {
+            self.results_error.get_or_insert(e);
+        }
+        (Some(sync), position, engine.snapshot())
+    }
+
     /// Begins the snapshot of checkpoint `epoch` (its barrier aligned): notes the output's
     /// length and the frontier, and marks the shard's state for copy-on-write; the windows
     /// are encoded in [`snapshot_step`](Self::snapshot_step)s.
@@ -335,11 +356,15 @@ impl Owner {
             self.results_error.get_or_insert(e);
         }
         self.note_written();
+        let (alerts_sync, alerts_len, alerts) = self.snapshot_alerts();
         self.shard.begin_snapshot();
         self.snapshot = Some(SnapshotInFlight {
             epoch,
             aggregates_len,
             output: output_sync,
+            alerts_sync,
+            alerts_len,
+            alerts,
             resume_at: None,
         });
         self.note_stall(started);
@@ -384,11 +409,14 @@ impl Owner {
             windows: taken.windows.into_iter().map(ByteBuf::from).collect(),
             window_count: taken.window_count,
             gauges: taken.gauges,
+            alerts_len: snap.alerts_len,
+            alerts: snap.alerts,
         };
         let _ = self.reports.send(Report::Shard {
             epoch: snap.epoch,
             state,
             output: snap.output,
+            alerts: snap.alerts_sync,
         });
     }
 

@@ -1,5 +1,6 @@
 //! Integration tests: the real `sluice` binary on loopback, in a temp data dir.
 
+mod alerts;
 mod cli;
 mod cli_client;
 mod config_props;

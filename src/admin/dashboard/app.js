@@ -10,6 +10,7 @@
 
   const STATUS_EVERY_MS = 1000;
   const TOP_EVERY_MS = 5000;
+  const ALERTS_EVERY_MS = 2000;
   const RETRY_MS = 5000;
   const REQUEST_TIMEOUT_MS = 5000;
   const HISTORY_MS = 5 * 60 * 1000;
@@ -503,6 +504,39 @@
     $('key-input').value = state.key;
   }
 
+  // --- Alerts ---
+
+  async function pollAlerts() {
+    try {
+      const a = await getJson('/api/v1/alerts');
+      guarded('panel-alerts', 'alerts-msg', () => renderAlerts(a.alerts));
+    } catch (e) {
+      $('panel-alerts').dataset.state = 'stale';
+      setMsg('alerts-msg', 'Cannot read the alerts: ' + message(e), true);
+    } finally {
+      setTimeout(pollAlerts, ALERTS_EVERY_MS);
+    }
+  }
+
+  function renderAlerts(alerts) {
+    if (!Array.isArray(alerts)) throw new Error('no alerts list');
+    const body = $('alerts-table').querySelector('tbody');
+    body.replaceChildren();
+    for (const a of alerts) {
+      const tr = document.createElement('tr');
+      cell(tr, a.alert);
+      cell(tr, a.key);
+      cell(tr, a.state, a.state === 'firing' ? 'bad' : '');
+      cell(tr, a.value === null || a.value === undefined ? '–' : fmtNum(Number(a.value)), 'num');
+      cell(tr, fmtNum(Number(a.threshold)), 'num');
+      cell(tr, a.starts_at || '–');
+      cell(tr, (a.annotations && a.annotations.summary) || '');
+      body.append(tr);
+    }
+    $('panel-alerts').dataset.state = alerts.length ? 'ok' : 'empty';
+    setMsg('alerts-msg', alerts.length ? '' : 'Nothing pending or firing.', false);
+  }
+
   // --- Wiring ---
 
   $('key-form').addEventListener('submit', (e) => {
@@ -526,4 +560,5 @@
   // The window from the hash is taken once status says which sizes there are.
   readHash();
   pollStatus();
+  pollAlerts();
 })();
