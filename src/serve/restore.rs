@@ -143,6 +143,8 @@ pub(super) fn open_shards(
             lowest_frontier
         };
         let mut shard = Shard::new(&params, cores, frontier, output);
+        // Until each core has replayed its log (see `Input::hold_frontier_for_replay`).
+        shard.hold_every_source();
         if !alerts.rules.is_empty() {
             let dir = record_dir(data_dir, Kind::Alerts, core);
             // Transitions are few: the record keeps them all (no retention), so the board

@@ -715,6 +715,15 @@ impl Shard {
         }
     }
 
+    /// Makes every source that has sent no watermark hold the frontier at the earliest time
+    /// until it sends one (or an idle one): a source then never closes windows for another
+    /// that has not spoken yet. Serve does this at start, while the cores replay their logs.
+    pub fn hold_every_source(&mut self) {
+        for w in &mut self.source_watermarks {
+            w.get_or_insert((i64::MIN, false));
+        }
+    }
+
     /// Folds one event into every window that holds it, or (a composed window whose
     /// feeder's window is open) into the feeder's window, which passes it on at its close.
     pub fn fold(&mut self, key: &[u8], value: f64, time_ms: i64, kind: Kind) -> Folded {

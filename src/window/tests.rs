@@ -76,6 +76,23 @@ fn the_slowest_source_holds_the_frontier() {
 }
 
 #[test]
+fn held_sources_hold_the_frontier_until_they_speak() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000], 100, 3);
+    s.hold_every_source();
+    s.fold(b"k", 1.0, 100, Kind::Sample);
+    assert_eq!(
+        s.advance(0, 5000, false).unwrap(),
+        0,
+        "sources 1 and 2 hold it"
+    );
+    assert_eq!(s.advance(1, 3000, false).unwrap(), 0, "source 2 holds it");
+    // Source 2 replayed nothing: it lets go, idle, and the slowest active source rules.
+    assert_eq!(s.advance(2, i64::MIN, true).unwrap(), 1);
+    assert_eq!(s.closed_through_ms(), 3000);
+}
+
+#[test]
 fn an_idle_source_does_not_hold_the_frontier() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = shard(dir.path(), &[1000], 100, 2);

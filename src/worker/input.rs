@@ -477,6 +477,29 @@ impl Input {
         Ok(())
     }
 
+    /// Before replay: every shard starts with each source holding its frontier at the
+    /// earliest time (`Shard::hold_every_source`), which this core's first watermark
+    /// replaces. A source that has sent no watermark would not hold a frontier, so a core
+    /// that started or replayed sooner would close windows that the other cores' logged
+    /// events, not replayed yet, belong in: they would come late, and a recovery would
+    /// count them differently from the run that logged them.
+    pub(super) fn hold_frontier_for_replay(&mut self) {
+        self.sent_watermark.get_or_insert((i64::MIN, false));
+    }
+
+    /// After replay: a core whose replay gave it no event time lets go of the frontier it
+    /// held (it is idle until events come).
+    pub(super) fn release_frontier_after_replay(&mut self) {
+        if self.max_event_ms.is_none() && self.sent_watermark == Some((i64::MIN, false)) {
+            self.sent_watermark = Some((i64::MIN, true));
+            self.router.broadcast(|| Msg::Watermark {
+                ms: i64::MIN,
+                idle: true,
+            });
+            self.note_blocked();
+        }
+    }
+
     /// The idle timeout of listener `listener`'s connections.
     pub(super) fn idle_timeout(&self, listener: u16) -> Option<Duration> {
         let config = &self.listeners[listener as usize];

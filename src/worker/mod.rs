@@ -394,6 +394,7 @@ impl Input {
     ) -> Result<(), Error> {
         let mut next_tick = Instant::now();
         let mut phase = Phase::Replaying;
+        self.hold_frontier_for_replay();
         loop {
             let turn_began = Instant::now();
             self.quiet.end_turn(turn_began);
@@ -488,6 +489,7 @@ impl Input {
         let stopping = self.control.stop.load(Ordering::Acquire);
         match phase {
             Phase::Replaying | Phase::Serving if stopping => {
+                self.release_frontier_after_replay();
                 self.control.balance.set_serving(self.id as usize, false);
                 backend.close_listeners();
                 sockets.clear();
@@ -496,6 +498,7 @@ impl Input {
                 })
             }
             Phase::Replaying if self.replay.is_empty() => {
+                self.release_frontier_after_replay();
                 for (listener, socket) in sockets.drain(..) {
                     backend
                         .add_listener(listener, socket, self.idle_timeout(listener))
