@@ -709,17 +709,7 @@ fn root_key_line(text: &str, key: &str) -> Option<usize> {
 
 /// Line number (1-based) of `key = ...` inside the first table `header`.
 fn key_line(text: &str, header: &str, key: &str) -> Option<usize> {
-    let start = nth_table_line(text, header, 0)?;
-    text.lines()
-        .enumerate()
-        .skip(start)
-        .take_while(|(_, l)| !l.trim_start().starts_with('['))
-        .find(|(_, l)| {
-            l.trim_start()
-                .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map(|(i, _)| i + 1)
+    key_line_in_nth_table(text, header, 0, key)
 }
 
 /// Line number (1-based) of `key = ...` inside the `n`th table `header` (`[[alert]]`).

@@ -628,6 +628,21 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Two cores, Graphite over TCP, 1 s windows closing at once: the alert tests' base.
+const ONE_SECOND_WINDOWS: &str = r#"cores = 2
+
+[[listener]]
+name = "g"
+proto = "tcp"
+addr = "127.0.0.1:0"
+format = "graphite"
+
+[window]
+sizes = ["1s"]
+allowed_lateness = "0s"
+quantiles = []
+"#;
+
 #[test]
 fn a_receiver_down_for_a_minute_then_up_gets_every_transition_in_order_and_memory_stays_flat() {
     let down_secs: u64 = std::env::var("SLUICE_ALERTS_DOWN_SECS")
@@ -641,19 +656,7 @@ fn a_receiver_down_for_a_minute_then_up_gets_every_transition_in_order_and_memor
     std::fs::write(
         &config,
         format!(
-            r#"cores = 2
-
-[[listener]]
-name = "g"
-proto = "tcp"
-addr = "127.0.0.1:0"
-format = "graphite"
-
-[window]
-sizes = ["1s"]
-allowed_lateness = "0s"
-quantiles = []
-
+            r#"{ONE_SECOND_WINDOWS}
 [[alert]]
 name = "flapping"
 prefix = "flap."
@@ -786,24 +789,14 @@ fn a_deadman_fires_for_a_silent_sensor_in_event_time_and_when_all_input_is_idle(
     let config = tmp.path().join("deadman.toml");
     std::fs::write(
         &config,
-        r#"cores = 2
-
-[[listener]]
-name = "g"
-proto = "tcp"
-addr = "127.0.0.1:0"
-format = "graphite"
-
-[window]
-sizes = ["1s"]
-allowed_lateness = "0s"
-quantiles = []
-
+        format!(
+            r#"{ONE_SECOND_WINDOWS}
 [[alert]]
 name = "sensor_silent"
 prefix = "sensors."
 absent = "3s"
-"#,
+"#
+        ),
     )
     .unwrap();
     let data_dir = tmp.path().join("data");
