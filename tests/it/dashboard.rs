@@ -16,17 +16,21 @@ use serde_json::{Value, json};
 use crate::harness::{Sluice, have, http_get_with, require};
 
 fn start_sluice(dir: &Path) -> Sluice {
+    // An alert that fires at once for every loadgen key, so the alerts panel has rows.
+    let config = dir.join("alerts.toml");
+    std::fs::write(
+        &config,
+        "[window]\nsizes = [\"1s\", \"10s\"]\nallowed_lateness = \"1s\"\n\n\
+         [[alert]]\nname = \"busy\"\nprefix = \"key\"\nwindow = \"1s\"\nvalue = \"count\"\nabove = 0\n",
+    )
+    .unwrap();
     Sluice::start(
         &dir.join("data"),
         &[
+            "--config",
+            config.to_str().unwrap(),
             "--cores",
             "2",
-            "--window",
-            "1s",
-            "--window",
-            "10s",
-            "--allowed-lateness",
-            "1s",
             "--listen",
             "graphite+tcp://127.0.0.1:0?name=graphite",
             "--listen",
@@ -364,6 +368,7 @@ fn the_dashboard_fills_its_panels_in_headless_chromium_without_console_errors() 
          listeners: document.querySelectorAll('#listeners-table tbody tr').length, \
          top: document.querySelectorAll('#top-table tbody tr').length, \
          latency: document.querySelectorAll('#latency-table tbody tr').length, \
+         alerts: document.querySelectorAll('#alerts-table tbody tr').length, \
          windows: [...document.querySelectorAll('#window-select option')].map(o => o.value), \
          banner: document.getElementById('banner').hidden, \
          key: document.getElementById('key-input').value})",
@@ -375,9 +380,11 @@ fn the_dashboard_fills_its_panels_in_headless_chromium_without_console_errors() 
         "panel-top",
         "panel-key",
         "panel-health",
+        "panel-alerts",
     ] {
         assert_eq!(dom["panels"][panel], "ok", "{panel}: {dom}");
     }
+    assert!(dom["alerts"].as_u64().unwrap() > 0, "{dom}");
     // The four latencies of /api/v1/status, a row each.
     assert_eq!(dom["panels"]["panel-latency"], "ok", "{dom}");
     assert_eq!(dom["latency"], 4, "{dom}");
