@@ -275,9 +275,20 @@ pub const NOTIFY_POLL_MS: u64 = 100;
 /// Firing alerts are re-sent to Alertmanager this often, with `endsAt` four times as far
 /// ahead (as Prometheus' `resend_delay` and its `endsAt`).
 pub const ALERTMANAGER_RESEND_MS: u64 = 60_000;
+/// The shortest `[notify] resend_interval`: Alertmanager is told of every firing alert that
+/// often, so below this the re-sends are load for no gain.
+pub const ALERTMANAGER_RESEND_MS_MIN: u64 = 2_000;
+/// The longest `[notify] resend_interval`.
+pub const ALERTMANAGER_RESEND_MS_MAX: u64 = 3_600_000;
 /// Firing alerts a notifier keeps for re-sending, at most.
 pub const NOTIFY_FIRING_MAX: usize = 100_000;
 
 const _: () = assert!(NOTIFY_BACKOFF_MS_MIN > 0 && NOTIFY_BACKOFF_MS_MIN <= NOTIFY_BACKOFF_MS_MAX);
 const _: () = assert!(NOTIFY_BATCH_MAX <= NOTIFY_QUEUE_MAX);
-const _: () = assert!(NOTIFY_TIMEOUT_MS < ALERTMANAGER_RESEND_MS);
+// A re-send that times out still leaves the alert alive in Alertmanager (its `endsAt` is four
+// intervals ahead) until the next one.
+const _: () = assert!(NOTIFY_TIMEOUT_MS < 4 * ALERTMANAGER_RESEND_MS_MIN);
+const _: () = assert!(
+    ALERTMANAGER_RESEND_MS_MIN <= ALERTMANAGER_RESEND_MS
+        && ALERTMANAGER_RESEND_MS <= ALERTMANAGER_RESEND_MS_MAX
+);

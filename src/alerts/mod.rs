@@ -658,12 +658,34 @@ impl Engine {
         start_ms: i64,
         value: Option<f64>,
     ) {
-        let rule = &self.rules[r];
         match change {
             Change::Firing => self.firing_gauge(r, 1),
             Change::Resolved => self.firing_gauge(r, -1),
             Change::Pending | Change::Inactive => {}
         }
+        let row = self.row(r, key, change.as_str(), s, at_ms, start_ms, value);
+        self.line.clear();
+        // A struct of strings, maps of strings and finite numbers always encodes.
+        if serde_json::to_writer(&mut self.line, &row).is_ok() {
+            self.line.push(b'\n');
+            self.record.append(&self.line);
+            self.staged = true;
+        }
+    }
+
+    /// The row saying that (rule `r`, `key`) is in `state`.
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        r: usize,
+        key: &str,
+        state: &str,
+        s: &State,
+        at_ms: i64,
+        start_ms: i64,
+        value: Option<f64>,
+    ) -> Row {
+        let rule = &self.rules[r];
         let labels = rule.labels_of(key);
         let mut annotations = BTreeMap::new();
         for (name, template) in &rule.annotations {
@@ -675,10 +697,10 @@ impl Engine {
             Condition::Threshold { threshold, .. } => threshold.threshold,
             Condition::Absent { absent_ms } => *absent_ms as f64 / 1000.0,
         };
-        let row = Row {
+        Row {
             alert: rule.name.clone(),
             key: key.to_string(),
-            state: change.as_str().to_string(),
+            state: state.to_string(),
             at: rfc3339(at_ms),
             at_ms,
             window: Millis(rule.window.size_ms as u64).to_string(),
@@ -690,14 +712,31 @@ impl Engine {
             fingerprint: fingerprint(&labels),
             labels,
             annotations,
-        };
-        self.line.clear();
-        // A struct of strings, maps of strings and finite numbers always encodes.
-        if serde_json::to_writer(&mut self.line, &row).is_ok() {
-            self.line.push(b'\n');
-            self.record.append(&self.line);
-            self.staged = true;
         }
+    }
+
+    /// The alerts pending or firing now, as rows (`at` is when their phase began), and the
+    /// record's position they are the state at: the board starts from these and reads the
+    /// record from that position on.
+    pub fn current(&self) -> (Vec<Row>, u64) {
+        let mut rows = Vec::new();
+        for (r, states) in self.states.iter().enumerate() {
+            for (key, s) in states {
+                let state = match s.phase {
+                    Phase::Pending => "pending",
+                    Phase::Firing => "firing",
+                    Phase::Inactive => continue,
+                };
+                let start_ms = if s.last_start_ms == i64::MIN {
+                    s.since_ms
+                } else {
+                    s.last_start_ms
+                };
+                rows.push(self.row(r, key, state, s, s.since_ms, start_ms, Some(s.value)));
+            }
+        }
+        rows.sort_by(|a, b| (&a.alert, &a.key).cmp(&(&b.alert, &b.key)));
+        (rows, self.record.position())
     }
 
     /// Writes staged rows out; a failure keeps them staged for the next write-out or the

@@ -1,8 +1,9 @@
 //! Notifiers: threads (never a core) that tail every shard's `alerts/` record from a committed
 //! cursor and deliver the `firing` and `resolved` transitions: `[notify] webhook` posts
 //! Alertmanager's webhook body (version 4) to each URL, `[notify] alertmanager` pushes to
-//! Alertmanager's `POST /api/v2/alerts` and re-sends firing alerts every
-//! [`ALERTMANAGER_RESEND_MS`] with `endsAt` four times as far ahead, as Prometheus does.
+//! Alertmanager's `POST /api/v2/alerts` and re-sends firing alerts every `resend_interval`
+//! (default [`ALERTMANAGER_RESEND_MS`]) with `endsAt` four times as far ahead, as Prometheus
+//! does with its `resend_delay`.
 //! Also the board: the alerts pending or firing now, for `GET /api/v1/alerts`.
 //!
 //! Invariants:
@@ -33,11 +34,13 @@ use serde::{Deserialize, Serialize};
 
 use super::Row;
 use crate::limits::{
-    ALERTMANAGER_RESEND_MS, NOTIFY_BACKOFF_MS_MAX, NOTIFY_BACKOFF_MS_MIN, NOTIFY_BATCH_MAX,
-    NOTIFY_FIRING_MAX, NOTIFY_POLL_MS, NOTIFY_QUEUE_MAX, NOTIFY_TIMEOUT_MS,
+    ALERTMANAGER_RESEND_MS, ALERTMANAGER_RESEND_MS_MAX, ALERTMANAGER_RESEND_MS_MIN,
+    NOTIFY_BACKOFF_MS_MAX, NOTIFY_BACKOFF_MS_MIN, NOTIFY_BATCH_MAX, NOTIFY_FIRING_MAX,
+    NOTIFY_POLL_MS, NOTIFY_QUEUE_MAX, NOTIFY_TIMEOUT_MS,
 };
 use crate::metrics::Metrics;
-use crate::results::RecordReader;
+use crate::results::{Cursors, RecordReader};
+use crate::units::Millis;
 use crate::window::{now_ms, rfc3339};
 
 /// `[notify]`.
@@ -53,6 +56,9 @@ pub struct NotifyConfig {
     /// `externalURL` and the base of `generatorURL` (default: the admin server's URL).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_url: Option<String>,
+    /// How often firing alerts are sent to Alertmanager again; each alert's `endsAt` is four
+    /// of these ahead, so Alertmanager resolves it by itself if sluice goes away.
+    pub resend_interval: Millis,
 }
 
 impl Default for NotifyConfig {
@@ -62,13 +68,26 @@ impl Default for NotifyConfig {
             alertmanager: Vec::new(),
             receiver: "sluice".into(),
             external_url: None,
+            resend_interval: Millis(ALERTMANAGER_RESEND_MS),
         }
     }
 }
 
 impl NotifyConfig {
-    /// Checks the URLs; an error names the key.
+    /// Checks the URLs and the interval; an error names the key.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let resend = self.resend_interval.0;
+        if !(ALERTMANAGER_RESEND_MS_MIN..=ALERTMANAGER_RESEND_MS_MAX).contains(&resend) {
+            return Err((
+                "resend_interval",
+                format!(
+                    "notify.resend_interval = \"{}\": must be {} to {}",
+                    self.resend_interval,
+                    Millis(ALERTMANAGER_RESEND_MS_MIN),
+                    Millis(ALERTMANAGER_RESEND_MS_MAX)
+                ),
+            ));
+        }
         for (key, urls) in [
             ("webhook", &self.webhook),
             ("alertmanager", &self.alertmanager),
@@ -143,6 +162,8 @@ pub struct Settings {
     pub url: String,
     /// Each shard's alerts record directory.
     pub records: Vec<PathBuf>,
+    /// Each record's readers: the notifier's reader holds the record's retention back.
+    pub cursors: Vec<Arc<Cursors>>,
     /// Where its cursor is kept.
     pub cursor_path: PathBuf,
     /// Index in `metrics.alerts.notifiers`.
@@ -151,6 +172,8 @@ pub struct Settings {
     pub receiver: String,
     /// `externalURL`.
     pub external_url: String,
+    /// Alertmanager: how often firing alerts are sent again, ms.
+    pub resend_ms: u64,
 }
 
 /// A queued transition and where its shard's cursor goes once it is delivered.
@@ -220,7 +243,8 @@ impl Notifier {
             .records
             .iter()
             .zip(&positions)
-            .map(|(dir, p)| RecordReader::open(dir, *p, None))
+            .enumerate()
+            .map(|(i, (dir, p))| RecordReader::open(dir, *p, s.cursors.get(i).map(|c| &**c)))
             .collect();
         let firing = saved
             .firing
@@ -261,11 +285,12 @@ impl Notifier {
             }
             if self.s.target == Target::Alertmanager
                 && (resend_due
-                    || self.last_resend.elapsed() >= Duration::from_millis(ALERTMANAGER_RESEND_MS))
+                    || self.last_resend.elapsed() >= Duration::from_millis(self.s.resend_ms))
                 && !self.firing.is_empty()
             {
                 let rows: Vec<Row> = self.firing.values().cloned().collect();
-                let body = alertmanager_body(&rows, &self.s.external_url, now_ms());
+                let body =
+                    alertmanager_body(&rows, &self.s.external_url, now_ms(), self.s.resend_ms);
                 match self.post(
                     &format!("{}/api/v2/alerts", self.s.url.trim_end_matches('/')),
                     &body,
@@ -308,6 +333,7 @@ impl Notifier {
     /// Reads new transitions into the queue, up to its bound.
     fn fill(&mut self) {
         for (shard, reader) in self.readers.iter_mut().enumerate() {
+            let skipped = reader.skipped();
             while self.queue.len() < NOTIFY_QUEUE_MAX {
                 let Ok(Some((at, line))) = reader.next_line() else {
                     break;
@@ -329,6 +355,14 @@ impl Notifier {
                     }
                 }
             }
+            if reader.skipped() > skipped {
+                tracing::warn!(
+                    url = %self.s.url,
+                    shard,
+                    bytes = reader.skipped() - skipped,
+                    "retention deleted alert transitions this notifier had not delivered; they are lost to it"
+                );
+            }
         }
     }
 
@@ -349,7 +383,7 @@ impl Notifier {
                 let rows: Vec<Row> = rows.into_iter().cloned().collect();
                 (
                     format!("{}/api/v2/alerts", self.s.url.trim_end_matches('/')),
-                    alertmanager_body(&rows, &self.s.external_url, now_ms()),
+                    alertmanager_body(&rows, &self.s.external_url, now_ms(), self.s.resend_ms),
                 )
             }
         };
@@ -484,10 +518,10 @@ pub fn webhook_body(row: &Row, receiver: &str, external_url: &str) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-/// Alertmanager's `POST /api/v2/alerts` body: firing alerts end four resend intervals from
-/// `now_ms` unless re-sent, resolved ones at their resolve time.
-pub fn alertmanager_body(rows: &[Row], external_url: &str, now_ms: i64) -> Vec<u8> {
-    let ends_firing = rfc3339(now_ms + 4 * ALERTMANAGER_RESEND_MS as i64);
+/// Alertmanager's `POST /api/v2/alerts` body: firing alerts end four resend intervals
+/// (`resend_ms`) from `now_ms` unless re-sent, resolved ones at their resolve time.
+pub fn alertmanager_body(rows: &[Row], external_url: &str, now_ms: i64, resend_ms: u64) -> Vec<u8> {
+    let ends_firing = rfc3339(now_ms.saturating_add(4 * resend_ms as i64));
     let alerts: Vec<serde_json::Value> = rows
         .iter()
         .map(|row| {
@@ -515,6 +549,15 @@ pub struct Board {
 }
 
 impl Board {
+    /// A board holding `rows` (the alerts pending or firing at the start).
+    pub fn with(rows: impl IntoIterator<Item = Row>) -> Board {
+        let board = Board::default();
+        for row in rows {
+            board.apply(row);
+        }
+        board
+    }
+
     /// Applies one transition row.
     fn apply(&self, row: Row) {
         let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
@@ -540,12 +583,15 @@ impl Board {
     }
 }
 
-/// Starts the thread that keeps `board` up to date from every shard's alerts record (read
-/// from its start: a record holds transitions only, and those of one rule and key replace
-/// each other on the board).
+/// Starts the thread that keeps `board` up to date from every shard's alerts record: each
+/// read from the position the board's first rows are the state at ([`Engine::current`]),
+/// with its reader registered in the record's `cursors`. A row of one rule and key replaces
+/// the one before it on the board.
+///
+/// [`Engine::current`]: super::Engine::current
 pub fn spawn_board(
     board: Arc<Board>,
-    records: Vec<PathBuf>,
+    records: Vec<(PathBuf, u64, Arc<Cursors>)>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -553,7 +599,7 @@ pub fn spawn_board(
         .spawn(move || {
             let mut readers: Vec<RecordReader> = records
                 .iter()
-                .map(|dir| RecordReader::open(dir, 0, None))
+                .map(|(dir, from, cursors)| RecordReader::open(dir, *from, Some(cursors)))
                 .collect();
             while !stop.load(Ordering::Relaxed) {
                 let mut any = false;

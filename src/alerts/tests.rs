@@ -264,6 +264,57 @@ fn state_survives_a_snapshot_and_restore_without_firing_again() {
 }
 
 #[test]
+fn the_board_starts_from_the_restored_states_with_the_rows_they_were_written_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str, above: u32| {
+        rule(&format!(
+            "name = \"{name}\"\nprefix = \"k\"\nabove = {above}\nfor = 2\nannotations = {{ s = \"{{{{key}}}} {{{{value}}}}\" }}"
+        ))
+    };
+    let rules = [config("high", 5), config("higher", 8)];
+    let (mut s, _) = shard(dir.path(), &rules);
+    // k1 fires under "high" and is pending under "higher"; k2 breaches nothing.
+    feed(&mut s, "k2", &[1], 0);
+    feed(&mut s, "k1", &[6, 6, 9], 1);
+    let written = rows(dir.path());
+    let firing = written
+        .iter()
+        .find(|r| r.state == "firing" && r.alert == "high")
+        .unwrap();
+    let snapshot = engine(&mut s).snapshot();
+    let dir2 = tempfile::tempdir().unwrap();
+    let (mut s2, _) = shard(dir2.path(), &rules);
+    for r in snapshot {
+        engine(&mut s2).restore(r);
+    }
+    let (current, from) = engine(&mut s2).current();
+    assert_eq!(
+        from, 0,
+        "the new record is empty: the board reads it from its start"
+    );
+    let board = notify::Board::with(current.clone());
+    let (on_board, cut) = board.current(10);
+    assert!(!cut);
+    assert_eq!(on_board, current);
+    let states: Vec<(&str, &str, &str)> = current
+        .iter()
+        .map(|r| (r.alert.as_str(), r.key.as_str(), r.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [("high", "k1", "firing"), ("higher", "k1", "pending")]
+    );
+    // The same alert as its firing row: what a notifier and Alertmanager know it by.
+    let (row, firing) = (&current[0], firing);
+    assert_eq!(
+        (&row.fingerprint, &row.starts_at, &row.labels),
+        (&firing.fingerprint, &firing.starts_at, &firing.labels)
+    );
+    assert_eq!(row.value, Some(9.0));
+    assert_eq!(row.annotations["s"], "k1 9");
+}
+
+#[test]
 fn bad_rules_are_refused_naming_the_key() {
     let cases = [
         (

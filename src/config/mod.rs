@@ -398,6 +398,17 @@ pub struct Config {
     pub alerts: Vec<RuleConfig>,
     /// `[notify]`: where alert transitions go.
     pub notify: NotifyConfig,
+    /// The file this was read from, so the checks made once the flags apply (an alert's
+    /// window against `--window`) still name its lines.
+    #[serde(skip)]
+    pub source: Option<std::sync::Arc<Source>>,
+}
+
+/// A configuration file's path and text.
+#[derive(Debug, PartialEq)]
+pub struct Source {
+    path: Option<PathBuf>,
+    text: String,
 }
 
 impl Default for Config {
@@ -415,6 +426,7 @@ impl Default for Config {
             results: ResultsConfig::default(),
             alerts: Vec::new(),
             notify: NotifyConfig::default(),
+            source: None,
         }
     }
 }
@@ -440,29 +452,32 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml(&text).map_err(|message| Error::File {
+        let mut config = Config::from_toml(&text).map_err(|message| Error::File {
             path: path.to_path_buf(),
             message,
-        })
+        })?;
+        config.source = Some(std::sync::Arc::new(Source {
+            path: Some(path.to_path_buf()),
+            text,
+        }));
+        Ok(config)
     }
 
     /// Parses TOML text; the error message names the key and the line.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        config.source = Some(std::sync::Arc::new(Source {
+            path: None,
+            text: text.to_string(),
+        }));
         config.check_listeners().map_err(|(index, message)| {
             let line = nth_table_line(text, "[[listener]]", index)
                 .map(|l| format!("line {l}: "))
                 .unwrap_or_default();
             format!("{line}[[listener]] #{}: {message}", index + 1)
         })?;
-        config.alert_rules().map_err(|(index, e)| {
-            let line = key_line_in_nth_table(text, "[[alert]]", index, e.key)
-                .or_else(|| nth_table_line(text, "[[alert]]", index))
-                .map(|l| format!("line {l}: "))
-                .unwrap_or_default();
-            let name = &config.alerts[index].name;
-            format!("{line}[[alert]] `{name}` (#{}): {}", index + 1, e.message)
-        })?;
+        // The rules are checked in `finish`, once `--window` flags have replaced the sizes
+        // their `window` must name.
         config.notify.check().map_err(|(key, message)| {
             let line = key_line(text, "[notify]", key)
                 .or_else(|| nth_table_line(text, "[notify]", 0))
@@ -542,13 +557,30 @@ impl Config {
         );
         self.check_relations()
             .map_err(|e| Error::Invalid(e.message))?;
-        self.alert_rules().map_err(|(i, e)| {
-            Error::Invalid(format!(
-                "[[alert]] `{}`: {}",
-                self.alerts[i].name, e.message
-            ))
-        })?;
+        self.alert_rules()
+            .map_err(|(i, e)| self.alert_error(i, &e))?;
         Ok(self)
+    }
+
+    /// The error of rule `index`, naming its line when the rules came from a file.
+    fn alert_error(&self, index: usize, e: &crate::alerts::RuleError) -> Error {
+        let name = &self.alerts[index].name;
+        let Some(source) = &self.source else {
+            return Error::Invalid(format!("[[alert]] `{name}`: {}", e.message));
+        };
+        let text = &source.text;
+        let line = key_line_in_nth_table(text, "[[alert]]", index, e.key)
+            .or_else(|| nth_table_line(text, "[[alert]]", index))
+            .map(|l| format!("line {l}: "))
+            .unwrap_or_default();
+        let message = format!("{line}[[alert]] `{name}` (#{}): {}", index + 1, e.message);
+        match &source.path {
+            Some(path) => Error::File {
+                path: path.clone(),
+                message,
+            },
+            None => Error::Invalid(message),
+        }
     }
 
     /// The `[[alert]]` rules, compiled against the windows and quantiles; an error gives the
@@ -758,6 +790,33 @@ mod tests {
         assert_eq!(c.listeners, default_listeners());
         assert_eq!(c.window.sizes, vec![Millis(10_000), Millis(60_000)]);
         assert_eq!(c.admin.addr, "127.0.0.1:9900".parse().unwrap());
+    }
+
+    #[test]
+    fn a_resend_interval_out_of_range_names_its_line() {
+        let err = Config::from_toml("[notify]\nresend_interval = \"500ms\"\n").unwrap_err();
+        assert!(err.starts_with("line 2: notify.resend_interval"), "{err}");
+        let c = Config::from_toml("[notify]\nresend_interval = \"5s\"\n").unwrap();
+        assert_eq!(c.notify.resend_interval, Millis(5_000));
+    }
+
+    #[test]
+    fn an_alert_window_is_checked_against_the_sizes_the_flags_give() {
+        let text =
+            "cores = 1\n\n[[alert]]\nname = \"fast\"\nkey = \"k\"\nwindow = \"1s\"\nabove = 1\n";
+        // The file's sizes (the defaults, 10s and 1m) lack 1s; `--window 1s` gives it.
+        let mut c = Config::from_toml(text).unwrap();
+        c.window.sizes = vec![Millis(1000)];
+        let rules = c.finish().unwrap().alert_rules().unwrap();
+        assert_eq!(rules[0].window.size_ms, 1000);
+        // Without the flag the rule is refused, naming its line.
+        let err = Config::from_toml(text)
+            .unwrap()
+            .finish()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 6: [[alert]] `fast` (#1): "), "{err}");
+        assert!(err.contains("not a configured window size"), "{err}");
     }
 
     #[test]

@@ -216,10 +216,19 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         rules: rules.clone(),
         metrics: metrics.clone(),
     };
-    let shards = open_shards(&config, cores, body.as_ref(), &results, &alerting)?;
+    let mut shards = open_shards(&config, cores, body.as_ref(), &results, &alerting)?;
     let alerts_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (alerts_board, alert_threads) =
-        start_alerting(&config, cores, &rules, admin_addr, &metrics, &alerts_stop)?;
+    let (alerts_board, alert_threads) = start_alerting(
+        &config,
+        AlertStart {
+            rules: &rules,
+            shards: &mut shards,
+            results: &results,
+            admin_addr,
+        },
+        &metrics,
+        &alerts_stop,
+    )?;
     let partition_plan = plan_partitions(&config, cores, body.as_ref(), &metrics)?;
 
     let cores_started = start_cores(
@@ -333,28 +342,51 @@ type AlertThreads = (
     Vec<std::thread::JoinHandle<()>>,
 );
 
+/// What the alerting threads start from.
+struct AlertStart<'a> {
+    rules: &'a [crate::alerts::Rule],
+    /// The restored shards, whose engines hold the alerts' states now.
+    shards: &'a mut [crate::window::Shard],
+    results: &'a crate::worker::ResultsHandles,
+    admin_addr: SocketAddr,
+}
+
 /// Starts the alerts board and the notifiers (when rules run), each on its own thread.
 fn start_alerting(
     config: &Config,
-    cores: usize,
-    rules: &[crate::alerts::Rule],
-    admin_addr: SocketAddr,
+    start: AlertStart<'_>,
     metrics: &Arc<Metrics>,
     stop: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<AlertThreads, Error> {
     use crate::alerts::notify;
-    if rules.is_empty() {
+    if start.rules.is_empty() {
         return Ok((None, Vec::new()));
     }
     let data_dir = &config.data_dir;
-    let records: Vec<PathBuf> = (0..cores)
+    let records: Vec<PathBuf> = (0..start.shards.len())
         .map(|s| crate::results::record_dir(data_dir, crate::results::Kind::Alerts, s as u16))
         .collect();
-    let board = Arc::new(notify::Board::default());
+    // The board starts from the states the restore left and reads what follows them.
+    let mut seeds = Vec::new();
+    let mut board_records = Vec::new();
+    for (s, shard) in start.shards.iter_mut().enumerate() {
+        let engine = shard
+            .close_hook()
+            .and_then(|h| h.as_any_mut().downcast_mut::<crate::alerts::Engine>());
+        let (rows, from) = engine.map_or((Vec::new(), 0), |e| e.current());
+        seeds.extend(rows);
+        board_records.push((
+            records[s].clone(),
+            from,
+            start.results.alert_cursors[s].clone(),
+        ));
+    }
+    let board = Arc::new(notify::Board::with(seeds));
     let mut threads = vec![
-        notify::spawn_board(board.clone(), records.clone(), stop.clone())
+        notify::spawn_board(board.clone(), board_records, stop.clone())
             .map_err(io_err("cannot start the alerts board for", data_dir))?,
     ];
+    let admin_addr = start.admin_addr;
     let external_url = config
         .notify
         .external_url
@@ -366,9 +398,11 @@ fn start_alerting(
             cursor_path: notify::cursor_path(data_dir, target, &url),
             url,
             records: records.clone(),
+            cursors: start.results.alert_cursors.clone(),
             metrics_index: i,
             receiver: config.notify.receiver.clone(),
             external_url: external_url.clone(),
+            resend_ms: config.notify.resend_interval.0,
         };
         threads.push(
             notify::spawn(settings, metrics.clone(), stop.clone())

@@ -12,7 +12,7 @@ use crate::checkpoint::{self, BODY_VERSION, Body, PartitionState, ShardState};
 use crate::config::Config;
 use crate::log::{self, Appender, Offset, Reader};
 use crate::metrics::Metrics;
-use crate::results::{self, Kind, RecordWriter, record_dir};
+use crate::results::{Kind, RecordWriter, record_dir};
 use crate::route::owner;
 use crate::window::{AggregatesWriter, Params, Shard, aggregates_path};
 use std::sync::Arc;
@@ -147,18 +147,14 @@ pub(super) fn open_shards(
         shard.hold_every_source();
         if !alerts.rules.is_empty() {
             let dir = record_dir(data_dir, Kind::Alerts, core);
-            // Transitions are few: the record keeps them all (no retention), so the board
-            // can read it from the start.
+            // Kept as `[results]` keeps aggregates; the board starts from the checkpoint's
+            // states, not from the record's first row.
             let record = RecordWriter::open(
                 &dir,
                 state.map_or(0, |s| s.alerts_len),
-                results::Options {
-                    retention_bytes: 0,
-                    retention_hours: 0,
-                    ..(&config.results).into()
-                },
-                Arc::default(),
-                Arc::default(),
+                (&config.results).into(),
+                results.alert_cursors[core as usize].clone(),
+                results.alerts_committed[core as usize].clone(),
             )
             .map_err(io_err("cannot open", &dir))?;
             let engine = Engine::new(alerts.rules.clone(), record, alerts.metrics.clone());

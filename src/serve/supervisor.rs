@@ -133,9 +133,13 @@ impl Supervisor {
         else {
             return Ok(false);
         };
-        for (shard, position) in results {
-            if let Some(c) = self.control.results.committed.get(shard as usize) {
-                c.fetch_max(position, Ordering::AcqRel);
+        let handles = &self.control.results;
+        for (shard, aggregates, alerts) in results {
+            if let Some(c) = handles.committed.get(shard as usize) {
+                c.fetch_max(aggregates, Ordering::AcqRel);
+            }
+            if let Some(c) = handles.alerts_committed.get(shard as usize) {
+                c.fetch_max(alerts, Ordering::AcqRel);
             }
         }
         let floors = floors.unwrap_or_default();

@@ -685,13 +685,18 @@ impl Shard {
             return Ok(());
         };
         if record.start_ms + record.size_ms <= self.closed_through_ms {
-            return self.output.write_window(
+            self.output.write_window(
                 &record.key,
                 &spec,
                 record.start_ms,
                 &record.agg,
                 &self.quantiles,
-            );
+            )?;
+            // Closed as any other window is: the rules see it too.
+            if let Some(hook) = &mut self.close_hook {
+                hook.closed(&record.key, &spec, record.start_ms, &record.agg);
+            }
+            return Ok(());
         }
         let slot = self.slot_for(record.key.as_bytes(), true).0;
         let windows = &mut self.slots[slot as usize].windows;

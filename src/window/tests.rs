@@ -1,4 +1,5 @@
 use super::*;
+use std::sync::{Arc, Mutex};
 
 fn shard(dir: &Path, sizes: &[i64], max_keys: usize, sources: usize) -> Shard {
     let params = Params {
@@ -637,6 +638,52 @@ mod composed {
     }
 }
 
+/// (key, size, start, count) of a closed window.
+type Closed = (String, i64, i64, u64);
+
+/// A close hook that notes every window closed.
+#[derive(Debug)]
+struct Recorder(Arc<Mutex<Vec<Closed>>>);
+
+impl CloseHook for Recorder {
+    fn closed(&mut self, key: &str, spec: &WindowSpec, start_ms: i64, agg: &Agg) {
+        let mut seen = self.0.lock().unwrap();
+        seen.push((key.to_string(), spec.size_ms, start_ms, agg.count));
+    }
+    fn passed(&mut self, _through_ms: i64) {}
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+#[test]
+fn a_restore_behind_the_frontier_writes_the_window_and_tells_the_close_hook() {
+    let old_dir = tempfile::tempdir().unwrap();
+    let mut old = shard(old_dir.path(), &[10_000], 100, 1);
+    old.fold(b"k", 1.0, 15_000, Kind::Sample);
+    let records = old.snapshot();
+    let dir = tempfile::tempdir().unwrap();
+    let params = Params {
+        windows: vec![WindowSpec::tumbling(10_000)],
+        quantiles: vec![],
+        max_keys: 100,
+    };
+    let out = AggregatesWriter::open(&dir.path().join("s000.jsonl"), 0).unwrap();
+    // This shard's frontier is already past the window's end.
+    let mut restored = Shard::new(&params, 1, 40_000, out);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    restored.set_close_hook(Box::new(Recorder(seen.clone())));
+    for record in records {
+        restored.restore(record).unwrap();
+    }
+    restored.output().flush().unwrap();
+    assert_eq!(lines(dir.path()).len(), 1, "written at once");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("k".to_string(), 10_000, 10_000, 1)]
+    );
+}
+
 #[test]
 fn a_restore_onto_a_higher_frontier_still_feeds_the_larger_windows() {
     // A shard that was behind when the checkpoint was taken (the core count changed since):
@@ -656,6 +703,8 @@ fn a_restore_onto_a_higher_frontier_still_feeds_the_larger_windows() {
     };
     let out = AggregatesWriter::open(&dir.path().join("s000.jsonl"), 0).unwrap();
     let mut restored = Shard::new(&params, 1, old.closed_through_ms(), out);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    restored.set_close_hook(Box::new(Recorder(seen.clone())));
     for record in records {
         restored.restore(record).unwrap();
     }
@@ -665,6 +714,14 @@ fn a_restore_onto_a_higher_frontier_still_feeds_the_larger_windows() {
         "the 10s window closes"
     );
     restored.advance(0, 60_000, false).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            ("k".to_string(), 10_000, 10_000, 1),
+            ("k".into(), 60_000, 0, 2)
+        ],
+        "the windows the restore closes reach the close hook (the alert rules)"
+    );
     restored.output().flush().unwrap();
     let minute: Vec<_> = lines(dir.path())
         .into_iter()

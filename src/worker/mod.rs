@@ -85,7 +85,7 @@ pub struct Control {
     pub results: ResultsHandles,
 }
 
-/// Per shard: the readers of its results record and the position of the newest committed
+/// Per shard: the readers of its results records and the positions of the newest committed
 /// checkpoint in it, which its retention never passes.
 #[derive(Debug)]
 pub struct ResultsHandles {
@@ -93,6 +93,10 @@ pub struct ResultsHandles {
     pub cursors: Vec<Arc<crate::results::Cursors>>,
     /// Position the newest committed checkpoint recorded.
     pub committed: Vec<Arc<AtomicU64>>,
+    /// The readers of its `alerts/` record (the notifiers and the board).
+    pub alert_cursors: Vec<Arc<crate::results::Cursors>>,
+    /// Position of the `alerts/` record the newest committed checkpoint recorded.
+    pub alerts_committed: Vec<Arc<AtomicU64>>,
 }
 
 impl ResultsHandles {
@@ -101,6 +105,8 @@ impl ResultsHandles {
         ResultsHandles {
             cursors: (0..shards).map(|_| Arc::default()).collect(),
             committed: (0..shards).map(|_| Arc::new(AtomicU64::new(0))).collect(),
+            alert_cursors: (0..shards).map(|_| Arc::default()).collect(),
+            alerts_committed: (0..shards).map(|_| Arc::new(AtomicU64::new(0))).collect(),
         }
     }
 }

@@ -273,23 +273,14 @@ fn follow_stream(admin: SocketAddr, path: &str) -> Arc<Mutex<String>> {
     text
 }
 
-/// A configuration with `cores` cores, one 1 s window, the rule, and the notifiers.
-fn write_config(dir: &Path, cores: u32, webhook: &str, alertmanager: Option<&str>) -> PathBuf {
-    let am = alertmanager.map_or(String::new(), |u| format!("alertmanager = [\"{u}\"]\n"));
+/// A configuration with two cores, one 1 s window, the rule, and the notifiers (Alertmanager
+/// is told again of firing alerts every 2 s).
+fn write_config(dir: &Path, webhook: &str, alertmanager: Option<&str>) -> PathBuf {
+    let am = alertmanager.map_or(String::new(), |u| {
+        format!("alertmanager = [\"{u}\"]\nresend_interval = \"2s\"\n")
+    });
     let text = format!(
-        r#"cores = {cores}
-
-[[listener]]
-name = "g"
-proto = "tcp"
-addr = "127.0.0.1:0"
-format = "graphite"
-
-[window]
-sizes = ["1s"]
-allowed_lateness = "0s"
-quantiles = []
-
+        r#"{ONE_SECOND_WINDOWS}
 [checkpoint]
 interval_ms = 200
 
@@ -344,7 +335,7 @@ fn an_alert_reaches_a_webhook_and_a_real_alertmanager_once_firing_and_once_resol
     let tmp = tempfile::tempdir().unwrap();
     let am = Alertmanager::start(tmp.path());
     let receiver = Receiver::start();
-    let config = write_config(tmp.path(), 2, &receiver.url(), Some(&am.url));
+    let config = write_config(tmp.path(), &receiver.url(), Some(&am.url));
     let data_dir = tmp.path().join("data");
     let sluice = Sluice::start(&data_dir, &["--config", config.to_str().unwrap()]);
     let stream = follow_stream(sluice.admin(), "/api/v1/stream?key=api.errors");
@@ -422,6 +413,23 @@ fn an_alert_reaches_a_webhook_and_a_real_alertmanager_once_firing_and_once_resol
         .unwrap()["fingerprint"]
         .clone();
     assert_eq!(theirs, alert["fingerprint"], "{listed}");
+    // While it fires, sluice tells Alertmanager again (every `resend_interval`, 2 s here),
+    // each time with `endsAt` further ahead, so the alert never lapses there.
+    let ends_at = |alerts: &serde_json::Value| {
+        alerts.as_array().and_then(|a| {
+            a.iter()
+                .find(|x| x["labels"]["alertname"] == "api_errors_high")
+                .and_then(|x| x["endsAt"].as_str().map(str::to_string))
+        })
+    };
+    let first_ends = ends_at(&listed).expect("endsAt");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            ends_at(&am.alerts()).is_some_and(|e| e != first_ends)
+        }),
+        "no re-send moved endsAt on from {first_ends}: {}",
+        am.alerts()
+    );
     let (status, body) = sluice.http_get("/api/v1/alerts");
     assert_eq!(status, 200);
     assert!(body.contains("\"state\":\"firing\""), "{body}");
@@ -467,7 +475,7 @@ fn kill_9_while_pending_firing_and_with_the_receiver_down_neither_refires_nor_fo
     // Two cores: after a restart the sender's connection may land on the other core, and
     // the oracle replays both partitions at once (each core holds the frontier until its
     // own replay gives it a watermark, so neither closes windows the other's log fills).
-    let config = write_config(tmp.path(), 2, &receiver.url(), None);
+    let config = write_config(tmp.path(), &receiver.url(), None);
     let config = config.to_str().unwrap().to_string();
     let data_dir = tmp.path().join("data");
     let args = ["--config", config.as_str()];
@@ -497,6 +505,10 @@ fn kill_9_while_pending_firing_and_with_the_receiver_down_neither_refires_nor_fo
     );
     // Firing: crash, and crash again with the receiver down and the resolve queued.
     sluice = restart(sluice);
+    // The restarted board knows the alert fires from the checkpoint's states.
+    let (status, board) = sluice.http_get("/api/v1/alerts");
+    assert_eq!(status, 200);
+    assert!(board.contains("\"state\":\"firing\""), "{board}");
     receiver.down.store(true, Ordering::SeqCst);
     sender.set_rate(0);
     assert!(
@@ -616,6 +628,32 @@ fn a_bad_rule_exits_2_naming_the_rule_and_its_line() {
         assert!(stderr.contains(message), "{stderr}");
         assert!(stderr.contains(&format!("line {line}")), "{text}\n{stderr}");
     }
+    // A rule's window is checked against the sizes in force: `--window` replaces the file's.
+    let path = tmp.path().join("fast.toml");
+    std::fs::write(
+        &path,
+        "[window]\nsizes = [\"10s\"]\n\n[[alert]]\nname = \"fast\"\nkey = \"k\"\nwindow = \"1s\"\nabove = 1\n",
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check", "--config", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        crate::harness::run(&args)
+    };
+    let out = check(&["--window", "1s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 7") && stderr.contains("fast"),
+        "{stderr}"
+    );
 }
 
 /// Resident memory of `pid`, in KiB.
@@ -775,7 +813,7 @@ fn alertmanager_firing_alerts_end_four_resend_intervals_ahead_and_resolved_ones_
     resolved.state = "resolved".into();
     resolved.at = "2026-01-01T00:00:40Z".into();
     let now = 1767225700000i64;
-    let body = sluice::alerts::notify::alertmanager_body(&[row, resolved], "http://x", now);
+    let body = sluice::alerts::notify::alertmanager_body(&[row, resolved], "http://x", now, 60_000);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v[0]["startsAt"], "2026-01-01T00:00:10Z");
     assert_eq!(v[0]["endsAt"], "2026-01-01T00:05:40Z");
