@@ -364,6 +364,16 @@ impl Rule {
                 threshold: threshold(c)?,
             },
         };
+        for (key, names) in [("labels", &c.labels), ("annotations", &c.annotations)] {
+            if let Some(bad) = names.keys().find(|n| !is_label_name(n)) {
+                return Err(rule_error(
+                    key,
+                    format!(
+                        "`{bad}` is not a valid name (Alertmanager takes [a-zA-Z_][a-zA-Z0-9_]*)"
+                    ),
+                ));
+            }
+        }
         let mut labels = c.labels.clone();
         for reserved in ["alertname", "key", "severity"] {
             if labels.contains_key(reserved) {
@@ -405,6 +415,16 @@ impl Rule {
         labels.insert("key".into(), key.to_string());
         labels
     }
+}
+
+/// True when `name` is a valid Prometheus label name, as Alertmanager requires of label
+/// and annotation names (it refuses the whole alert otherwise).
+fn is_label_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn measure(name: &str, quantiles: &[f64]) -> Result<Measure, RuleError> {

@@ -486,6 +486,49 @@ fn generator_url(row: &Row, external_url: &str) -> String {
     url
 }
 
+/// The fields of Alertmanager's webhook body, version 4.
+pub const WEBHOOK_V4_FIELDS: [&str; 9] = [
+    "version",
+    "groupKey",
+    "status",
+    "receiver",
+    "groupLabels",
+    "commonLabels",
+    "commonAnnotations",
+    "externalURL",
+    "alerts",
+];
+
+/// The fields of each alert in Alertmanager's webhook body, version 4.
+pub const WEBHOOK_V4_ALERT_FIELDS: [&str; 7] = [
+    "status",
+    "labels",
+    "annotations",
+    "startsAt",
+    "endsAt",
+    "generatorURL",
+    "fingerprint",
+];
+
+/// The fields of version 4 that `body` (a webhook body as a receiver gets it) lacks, its
+/// alerts' named `alerts[i].field`; empty when it has them all.
+pub fn missing_v4_fields(body: &serde_json::Value) -> Vec<String> {
+    let mut missing: Vec<String> = WEBHOOK_V4_FIELDS
+        .iter()
+        .filter(|f| body.get(**f).is_none())
+        .map(|f| f.to_string())
+        .collect();
+    let alerts = body["alerts"].as_array().map_or(&[][..], Vec::as_slice);
+    for (i, alert) in alerts.iter().enumerate() {
+        for f in WEBHOOK_V4_ALERT_FIELDS {
+            if alert.get(f).is_none() {
+                missing.push(format!("alerts[{i}].{f}"));
+            }
+        }
+    }
+    missing
+}
+
 /// Alertmanager's webhook body (version 4) for one transition: a group of one alert, grouped
 /// by its alert name and key.
 pub fn webhook_body(row: &Row, receiver: &str, external_url: &str) -> Vec<u8> {
