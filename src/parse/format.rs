@@ -130,6 +130,10 @@ pub struct FormatOptions {
     /// rsyslog is: any text is an RFC 3164 message from `user.notice`).
     #[serde(default)]
     pub strict: Option<bool>,
+    /// The field an `[[experiment]]` on this listener reads its unit from (`json`,
+    /// `logfmt`): set from the experiment, not written on the listener.
+    #[serde(skip)]
+    pub unit: Option<String>,
 }
 
 /// A comma list (`"a,b"`) or an array of field names; none may be empty.

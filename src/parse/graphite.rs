@@ -104,6 +104,7 @@ impl GraphiteParser {
             value,
             time_ms,
             kind: Kind::Sample,
+            unit: None,
         });
         Ok(1)
     }

@@ -166,6 +166,7 @@ impl InfluxParser {
                 value,
                 time_ms,
                 kind: Kind::Sample,
+                unit: None,
             });
             n += 1;
         }

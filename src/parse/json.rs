@@ -76,9 +76,12 @@ pub struct JsonParser {
     key_count: usize,
     value_slot: Option<usize>,
     time_slot: Option<usize>,
+    unit_slot: Option<usize>,
     slots: Vec<Slot>,
     strings: Vec<u8>,
     key: Vec<u8>,
+    /// The unit's text, when it is a number or a boolean.
+    unit: Vec<u8>,
 }
 
 impl JsonParser {
@@ -96,7 +99,11 @@ impl JsonParser {
             paths.push(split(t));
             paths.len() - 1
         });
-        assert!(paths.len() < 64, "configuration allows at most 18 fields");
+        let unit_slot = options.unit.as_ref().map(|u| {
+            paths.push(split(u));
+            paths.len() - 1
+        });
+        assert!(paths.len() < 64, "configuration allows at most 19 fields");
         JsonParser {
             listener_key: listener_name.as_bytes().to_vec(),
             slots: vec![Slot::Missing; paths.len()],
@@ -104,7 +111,9 @@ impl JsonParser {
             key_count,
             value_slot,
             time_slot,
+            unit_slot,
             strings: Vec::new(),
+            unit: Vec::new(),
             key: Vec::new(),
         }
     }
@@ -140,12 +149,20 @@ impl JsonParser {
                 return Err(Reject::BadTimestamp);
             }
         };
-        let key = self.build_key()?;
+        self.build_key()?;
+        let unit = self
+            .unit_slot
+            .and_then(|i| unit_text(self.slots[i], &self.strings, &mut self.unit));
+        let key = match self.key_count {
+            0 => &self.listener_key,
+            _ => &self.key,
+        };
         sink(Event {
             key,
             value,
             time_ms,
             kind: Kind::Sample,
+            unit,
         });
         Ok(1)
     }
@@ -166,10 +183,10 @@ impl JsonParser {
         de.end().map_err(classify)
     }
 
-    /// The key fields joined with `.`, or the listener name.
-    fn build_key(&mut self) -> Result<&[u8], Reject> {
+    /// The key fields joined with `.` (or nothing to build: the listener name is the key).
+    fn build_key(&mut self) -> Result<(), Reject> {
         if self.key_count == 0 {
-            return Ok(&self.listener_key);
+            return Ok(());
         }
         self.key.clear();
         for (i, slot) in self.slots[..self.key_count].iter().enumerate() {
@@ -191,8 +208,25 @@ impl JsonParser {
                 return Err(Reject::KeyTooLong);
             }
         }
-        check_key(&self.key)
+        check_key(&self.key).map(|_| ())
     }
+}
+
+/// The experiment unit's text: a string as it is, a number or boolean as JavaScript's
+/// `String()` writes it (what an SDK hashes; numbers past 2^53 or with exponents may be
+/// written differently); none when absent, null or composite.
+fn unit_text<'a>(slot: Slot, strings: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    scratch.clear();
+    // Writing to a Vec cannot fail.
+    match slot {
+        Slot::Str(s, e) => return Some(&strings[s as usize..e as usize]),
+        Slot::Unsigned(v) => write!(scratch, "{v}").unwrap_or(()),
+        Slot::Signed(v) => write!(scratch, "{v}").unwrap_or(()),
+        Slot::Float(v) => write!(scratch, "{v}").unwrap_or(()),
+        Slot::Bool(v) => write!(scratch, "{v}").unwrap_or(()),
+        Slot::Missing | Slot::Null | Slot::Composite => return None,
+    }
+    Some(scratch)
 }
 
 /// serde_json's error → a reason.

@@ -52,6 +52,7 @@ pub struct LogfmtParser {
     key_count: usize,
     value_slot: Option<usize>,
     time_slot: Option<usize>,
+    unit_slot: Option<usize>,
     slots: Vec<Slot>,
     unescaped: Vec<u8>,
     key: Vec<u8>,
@@ -76,6 +77,10 @@ impl LogfmtParser {
             all.push(t);
             all.len() - 1
         });
+        let unit_slot = options.unit.clone().map(|u| {
+            all.push(u);
+            all.len() - 1
+        });
         LogfmtParser {
             listener_key: listener_name.as_bytes().to_vec(),
             slots: vec![Slot::Absent; all.len()],
@@ -83,6 +88,7 @@ impl LogfmtParser {
             key_count,
             value_slot,
             time_slot,
+            unit_slot,
             unescaped: Vec::new(),
             key: Vec::new(),
         }
@@ -111,12 +117,17 @@ impl LogfmtParser {
             None => ingest_ms,
             Some(text) => fields::time_ms_from_text(text)?,
         };
-        let key = self.build_key(line)?;
+        self.build_key(line)?;
+        let key = match self.key_count {
+            0 => &self.listener_key,
+            _ => &self.key,
+        };
         sink(Event {
             key,
             value,
             time_ms,
             kind: Kind::Sample,
+            unit: self.unit_slot.and_then(|i| self.get(line, i)),
         });
         Ok(1)
     }
@@ -228,9 +239,9 @@ impl LogfmtParser {
     }
 
     /// The key fields joined with `.`, or the listener name.
-    fn build_key(&mut self, line: &[u8]) -> Result<&[u8], Reject> {
+    fn build_key(&mut self, line: &[u8]) -> Result<(), Reject> {
         if self.key_count == 0 {
-            return Ok(&self.listener_key);
+            return Ok(());
         }
         let mut key = std::mem::take(&mut self.key);
         key.clear();
@@ -249,7 +260,7 @@ impl LogfmtParser {
             }
         }
         self.key = key;
-        check_key(&self.key)
+        check_key(&self.key).map(|_| ())
     }
 }
 

@@ -52,6 +52,9 @@ pub struct Event<'a> {
     pub time_ms: i64,
     /// What the value means.
     pub kind: Kind,
+    /// The experiment unit's value (the listener's `[[experiment]] unit` field), when the
+    /// listener runs an experiment and the line has the field.
+    pub unit: Option<&'a [u8]>,
 }
 
 macro_rules! rejects {
@@ -181,12 +184,14 @@ pub fn test_options(format: Format) -> FormatOptions {
             value: Some("latency_ms".into()),
             time: Some("ts".into()),
             strict: None,
+            unit: Some("user".into()),
         },
         Format::Logfmt => FormatOptions {
             key: Some(vec!["service".into(), "status".into()]),
             value: Some("latency_ms".into()),
             time: Some("ts".into()),
             strict: None,
+            unit: Some("user".into()),
         },
         Format::Raw => FormatOptions {
             key: Some(vec!["first_token".into()]),

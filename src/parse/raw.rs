@@ -48,6 +48,7 @@ impl RawParser {
             value: 1.0,
             time_ms: ingest_ms,
             kind: Kind::Sample,
+            unit: None,
         });
         Ok(1)
     }

@@ -114,6 +114,7 @@ impl StatsdParser {
                     value: s.value,
                     time_ms: s.time_ms,
                     kind: s.kind,
+                    unit: None,
                 });
             }
         }
@@ -210,6 +211,7 @@ impl StatsdParser {
             value: 1.0,
             time_ms,
             kind: Kind::Counter,
+            unit: None,
         });
         Ok(1)
     }

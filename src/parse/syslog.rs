@@ -229,6 +229,7 @@ impl SyslogParser {
             value: 1.0,
             time_ms: header.time_ms.unwrap_or(ingest_ms),
             kind: Kind::Sample,
+            unit: None,
         });
         Ok(1)
     }

@@ -48,6 +48,8 @@ pub struct RoutedEvent {
     pub time_ms: i64,
     /// Meaning of the value.
     pub kind: Kind,
+    /// Hash of the event's experiment unit (never 0), or 0 for none.
+    pub unit: u64,
 }
 
 /// Events from one source core for one owner core. Keys live in one arena.
@@ -74,15 +76,16 @@ impl EventBatch {
         self.read_at
     }
 
-    /// Adds an event (copies its key).
+    /// Adds an event (copies its key), of experiment unit hash `unit` (0: none).
     #[inline]
-    pub fn push(&mut self, event: &Event<'_>) {
+    pub fn push(&mut self, event: &Event<'_>, unit: u64) {
         self.keys.extend_from_slice(event.key);
         self.events.push(RoutedEvent {
             key_end: self.keys.len() as u32,
             value: event.value,
             time_ms: event.time_ms,
             kind: event.kind,
+            unit,
         });
     }
 
@@ -252,9 +255,17 @@ impl Router {
     /// Appends an event to its owner's batch; a full batch is sent (or left pending).
     #[inline]
     pub fn push(&mut self, event: &Event<'_>) {
-        let dst = owner(event.key, self.cores) as usize;
+        self.push_as(event, event.key, 0);
+    }
+
+    /// Appends an event to the batch of `owner_key`'s owner, with its experiment unit hash
+    /// (0: none): an experiment arm's key (`KEY;arm=A`) goes where `KEY` goes, so all arms
+    /// of a key meet on one shard.
+    #[inline]
+    pub fn push_as(&mut self, event: &Event<'_>, owner_key: &[u8], unit: u64) {
+        let dst = owner(owner_key, self.cores) as usize;
         let out = &mut self.out[dst];
-        out.building.push(event);
+        out.building.push(event, unit);
         if out.building.len() >= ROUTE_BATCH_EVENTS_MAX {
             Self::seal(out, self.read_at);
         }

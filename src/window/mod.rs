@@ -596,7 +596,21 @@ impl FoldBatch<'_> {
     /// Folds one event, as [`Shard::fold`] does.
     #[inline]
     pub fn fold(&mut self, key: &[u8], value: f64, time_ms: i64, kind: Kind) -> Folded {
-        let folded = self.shard.fold_one(key, value, time_ms, kind, true);
+        self.fold_unit(key, value, time_ms, kind, 0)
+    }
+
+    /// Folds one event of an experiment's unit (`unit`: the hash of its value, never 0;
+    /// 0: none), whose windows count the distinct units in `distinct`.
+    #[inline]
+    pub fn fold_unit(
+        &mut self,
+        key: &[u8],
+        value: f64,
+        time_ms: i64,
+        kind: Kind,
+        unit: u64,
+    ) -> Folded {
+        let folded = self.shard.fold_one(key, value, time_ms, kind, unit, true);
         if self.shard.deferred.len() >= DEFERRED_ADDS_MAX {
             self.shard.apply_deferred();
         }
@@ -732,7 +746,7 @@ impl Shard {
     /// Folds one event into every window that holds it, or (a composed window whose
     /// feeder's window is open) into the feeder's window, which passes it on at its close.
     pub fn fold(&mut self, key: &[u8], value: f64, time_ms: i64, kind: Kind) -> Folded {
-        self.fold_one(key, value, time_ms, kind, false)
+        self.fold_one(key, value, time_ms, kind, 0, false)
     }
 
     /// A batch to fold many events through; the shard is whole again when it is dropped.
@@ -753,7 +767,8 @@ impl Shard {
         }
     }
 
-    /// Folds one event; with `defer`, an add to an existing sketch waits in `deferred`.
+    /// Folds one event (of experiment unit hash `unit`, 0: none); with `defer`, an add to an
+    /// existing sketch waits in `deferred`.
     #[inline]
     fn fold_one(
         &mut self,
@@ -761,6 +776,7 @@ impl Shard {
         value: f64,
         time_ms: i64,
         kind: Kind,
+        unit: u64,
         defer: bool,
     ) -> Folded {
         let (value, kind, gauge_overflow) = match kind {
@@ -805,7 +821,7 @@ impl Shard {
                     }
                     continue;
                 }
-                match pos {
+                let agg = match pos {
                     Some(pos) if defer && sketch && windows[pos].agg.sketch.is_some() => {
                         windows[pos].agg.tally(value, time_ms);
                         self.deferred.push(DeferredAdd {
@@ -813,11 +829,21 @@ impl Shard {
                             pos: pos as u32,
                             value,
                         });
+                        &mut self.slots[slot as usize].windows[pos].agg
                     }
-                    Some(pos) => windows[pos].agg.add(value, time_ms, sketch),
-                    None => self
-                        .open(slot, spec_idx as u8, start)
-                        .add(value, time_ms, sketch),
+                    Some(pos) => {
+                        let agg = &mut windows[pos].agg;
+                        agg.add(value, time_ms, sketch);
+                        agg
+                    }
+                    None => {
+                        let agg = self.open(slot, spec_idx as u8, start);
+                        agg.add(value, time_ms, sketch);
+                        agg
+                    }
+                };
+                if unit != 0 {
+                    agg.distinct.insert_hash(unit);
                 }
             }
         }

@@ -51,8 +51,10 @@ impl Serialize for Line<'_> {
         m.serialize_entry("end_ms", &end_ms)?;
         let a = self.agg;
         m.serialize_entry("count", &a.count)?;
-        if a.members > 0 {
-            m.serialize_entry("distinct", &a.distinct.estimate())?;
+        // Set members, or an experiment arm's units.
+        let distinct = a.distinct.estimate();
+        if a.members > 0 || distinct > 0 {
+            m.serialize_entry("distinct", &distinct)?;
         }
         // A window of set members only has no values to sum: members are hashes.
         if a.values() > 0 {

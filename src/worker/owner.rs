@@ -259,7 +259,7 @@ impl Owner {
                 let now = now_ms();
                 let mut folding = self.shard.batch();
                 for (key, e) in batch.iter() {
-                    let folded = folding.fold(key, e.value, e.time_ms, e.kind);
+                    let folded = folding.fold_unit(key, e.value, e.time_ms, e.kind, e.unit);
                     if folded.late > 0 {
                         late += 1;
                         deadletter.late(now, key, e.time_ms, e.value, folded.late);
