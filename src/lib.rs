@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
+pub mod experiments;
 pub mod fault;
 pub mod framing;
 pub mod limits;
