@@ -16,6 +16,9 @@
 #![forbid(unsafe_code)]
 
 mod assign;
+pub mod config;
+pub mod engine;
+pub mod split;
 
 pub use assign::{
     ARMS_MAX, Arms, Error, HashKind, OPTIMIZELY_BUCKETS, choose_variation,
