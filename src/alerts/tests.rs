@@ -42,9 +42,7 @@ fn shard(dir: &std::path::Path, rules: &[RuleConfig]) -> (Shard, Arc<Metrics>) {
 }
 
 fn engine(shard: &mut Shard) -> &mut Engine {
-    shard
-        .hook::<Engine>()
-        .unwrap()
+    shard.hook::<Engine>().unwrap()
 }
 
 fn rows(dir: &std::path::Path) -> Vec<Row> {

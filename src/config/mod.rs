@@ -586,7 +586,14 @@ impl Config {
 
     /// The error of the `index`th table `header` (`[[alert]]`), named `name`, about its
     /// `key`: naming the line when the configuration came from a file.
-    fn table_error(&self, header: &str, index: usize, name: &str, key: &str, message: &str) -> Error {
+    fn table_error(
+        &self,
+        header: &str,
+        index: usize,
+        name: &str,
+        key: &str,
+        message: &str,
+    ) -> Error {
         let Some(source) = &self.source else {
             return Error::Invalid(format!("{header} `{name}`: {message}"));
         };

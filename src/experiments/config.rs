@@ -44,7 +44,10 @@ fn ordered_arms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, f64)>, D
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a table of arm names and weights, like { control = 50, treatment = 50 }")
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
             let mut arms = Vec::new();
             while let Some((name, weight)) = map.next_entry::<String, f64>()? {
                 arms.push((name, weight));
@@ -134,7 +137,10 @@ impl Experiment {
             ));
         }
         if c.unit.is_empty() {
-            return Err(error("unit", "unit = \"\": name the field that holds the unit"));
+            return Err(error(
+                "unit",
+                "unit = \"\": name the field that holds the unit",
+            ));
         }
         if c.arms.len() < 2 {
             return Err(error("arms", "an experiment needs at least two arms"));
@@ -193,12 +199,18 @@ pub fn compile_all(
     let mut out: Vec<Experiment> = Vec::with_capacity(configs.len());
     for (i, c) in configs.iter().enumerate() {
         if i >= EXPERIMENTS_MAX {
-            return Err((i, error("name", format!("at most {EXPERIMENTS_MAX} experiments"))));
+            return Err((
+                i,
+                error("name", format!("at most {EXPERIMENTS_MAX} experiments")),
+            ));
         }
         let e = Experiment::compile(c, listeners).map_err(|e| (i, e))?;
         for other in &out {
             if other.name == e.name {
-                return Err((i, error("name", format!("another experiment is named `{}`", e.name))));
+                return Err((
+                    i,
+                    error("name", format!("another experiment is named `{}`", e.name)),
+                ));
             }
             if other.listener == e.listener {
                 return Err((
@@ -212,7 +224,12 @@ pub fn compile_all(
                     ),
                 ));
             }
-            if let Some(arm) = e.arms.names().iter().find(|a| other.arms.index_of(a).is_some()) {
+            if let Some(arm) = e
+                .arms
+                .names()
+                .iter()
+                .find(|a| other.arms.index_of(a).is_some())
+            {
                 return Err((
                     i,
                     error(
@@ -258,13 +275,41 @@ mod tests {
     fn bad_experiments_are_refused_naming_the_key() {
         let base = "name = \"x\"\nunit = \"user\"\n";
         let cases = [
-            ("listener = \"nope\"\narms = { a = 50, b = 50 }", "listener", "not a configured"),
-            ("listener = \"g\"\narms = { a = 50, b = 50 }", "listener", "no fields"),
-            ("listener = \"events\"\narms = { a = 50, b = 40 }", "arms", "add up to 90"),
-            ("listener = \"events\"\narms = { a = 100 }", "arms", "at least two"),
-            ("listener = \"events\"\narms = { none = 50, b = 50 }", "arms", "without the unit"),
-            ("listener = \"events\"\narms = { \"a;b\" = 50, b = 50 }", "arms", "letters"),
-            ("listener = \"events\"\narms = { a = 50, b = 50 }\nhash = \"md5\"", "hash", "murmur3"),
+            (
+                "listener = \"nope\"\narms = { a = 50, b = 50 }",
+                "listener",
+                "not a configured",
+            ),
+            (
+                "listener = \"g\"\narms = { a = 50, b = 50 }",
+                "listener",
+                "no fields",
+            ),
+            (
+                "listener = \"events\"\narms = { a = 50, b = 40 }",
+                "arms",
+                "add up to 90",
+            ),
+            (
+                "listener = \"events\"\narms = { a = 100 }",
+                "arms",
+                "at least two",
+            ),
+            (
+                "listener = \"events\"\narms = { none = 50, b = 50 }",
+                "arms",
+                "without the unit",
+            ),
+            (
+                "listener = \"events\"\narms = { \"a;b\" = 50, b = 50 }",
+                "arms",
+                "letters",
+            ),
+            (
+                "listener = \"events\"\narms = { a = 50, b = 50 }\nhash = \"md5\"",
+                "hash",
+                "murmur3",
+            ),
         ];
         for (text, key, message) in cases {
             let c = config(&format!("{base}{text}"));
@@ -272,18 +317,23 @@ mod tests {
             assert_eq!(e.key, key, "{text}: {e:?}");
             assert!(e.message.contains(message), "{text}: {e:?}");
         }
-        let fractions = config(&format!("{base}listener = \"events\"\narms = {{ a = 0.5, b = 0.5 }}"));
+        let fractions = config(&format!(
+            "{base}listener = \"events\"\narms = {{ a = 0.5, b = 0.5 }}"
+        ));
         assert!(Experiment::compile(&fractions, &LISTENERS).is_ok());
     }
 
     #[test]
     fn experiments_name_their_arms_apart_and_split_a_listener_once() {
         let listeners = [("a", Format::Json), ("b", Format::Logfmt)];
-        let one = config("name = \"one\"\nlistener = \"a\"\nunit = \"u\"\narms = { c1 = 50, t1 = 50 }");
-        let same_arm = config("name = \"two\"\nlistener = \"b\"\nunit = \"u\"\narms = { c1 = 50, t2 = 50 }");
+        let one =
+            config("name = \"one\"\nlistener = \"a\"\nunit = \"u\"\narms = { c1 = 50, t1 = 50 }");
+        let same_arm =
+            config("name = \"two\"\nlistener = \"b\"\nunit = \"u\"\narms = { c1 = 50, t2 = 50 }");
         let same_listener =
             config("name = \"two\"\nlistener = \"a\"\nunit = \"u\"\narms = { c2 = 50, t2 = 50 }");
-        let fine = config("name = \"two\"\nlistener = \"b\"\nunit = \"u\"\narms = { c2 = 50, t2 = 50 }");
+        let fine =
+            config("name = \"two\"\nlistener = \"b\"\nunit = \"u\"\narms = { c2 = 50, t2 = 50 }");
         let err = compile_all(&[one.clone(), same_arm], &listeners).unwrap_err();
         assert_eq!((err.0, err.1.key), (1, "arms"));
         let err = compile_all(&[one.clone(), same_listener], &listeners).unwrap_err();

@@ -204,7 +204,16 @@ impl Engine {
                 .into_iter()
                 .map(|a| a.unwrap_or_else(Agg::empty))
                 .collect();
-            self.write_row(e, &key, "window", &spec, start_ms, start_ms + size_ms, none_here, &arms);
+            self.write_row(
+                e,
+                &key,
+                "window",
+                &spec,
+                start_ms,
+                start_ms + size_ms,
+                none_here,
+                &arms,
+            );
             if size_ms == self.cumulative_size_ms && start_ms.rem_euclid(size_ms) == 0 {
                 self.fold_cumulative(e, &key, &spec, start_ms, none_here, arms);
             }
@@ -225,7 +234,10 @@ impl Engine {
         if !self.cumulative.contains_key(&id) {
             if self.cumulative.len() >= EXPERIMENT_KEYS_MAX {
                 if !self.overflow_logged {
-                    tracing::warn!(max = EXPERIMENT_KEYS_MAX, "experiment keys past the bound get window rows only, no cumulative rows");
+                    tracing::warn!(
+                        max = EXPERIMENT_KEYS_MAX,
+                        "experiment keys past the bound get window rows only, no cumulative rows"
+                    );
                     self.overflow_logged = true;
                 }
                 return;
@@ -308,7 +320,10 @@ impl Engine {
         row.insert("experiment".into(), experiment.name.clone().into());
         row.insert("key".into(), key.into());
         row.insert("scope".into(), scope.into());
-        row.insert("window".into(), Millis(spec.size_ms as u64).to_string().into());
+        row.insert(
+            "window".into(),
+            Millis(spec.size_ms as u64).to_string().into(),
+        );
         if spec.hop_ms != spec.size_ms {
             row.insert("hop".into(), Millis(spec.hop_ms as u64).to_string().into());
         }

@@ -9,8 +9,8 @@
 
 #![forbid(unsafe_code)]
 
-use super::config::{Experiment, NO_ARM};
 use super::Arms;
+use super::config::{Experiment, NO_ARM};
 
 /// One listener's split.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ pub fn arm_of(key: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::experiments::config::{ExperimentConfig, Experiment};
+    use crate::experiments::config::{Experiment, ExperimentConfig};
     use crate::parse::Format;
 
     #[test]

@@ -184,9 +184,7 @@ pub(super) fn open_shards(
     for state in states {
         for record in &state.alerts {
             let core = owner(record.key.as_bytes(), cores) as usize;
-            if let Some(engine) = shards[core]
-                .hook::<Engine>()
-            {
+            if let Some(engine) = shards[core].hook::<Engine>() {
                 engine.restore(record.clone());
             }
         }

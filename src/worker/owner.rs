@@ -21,9 +21,9 @@ use serde_bytes::ByteBuf;
 
 use super::{Error, Report};
 use crate::alerts::Engine;
-use crate::experiments::engine::{CumulativeRecord, Engine as ExperimentEngine};
 use crate::checkpoint::{AlertState, ShardState};
 use crate::deadletter::DeadLetter;
+use crate::experiments::engine::{CumulativeRecord, Engine as ExperimentEngine};
 use crate::limits::{
     AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX, INBOUND_TURN_BUDGET_US,
     OPEN_SCAN_SHARE_PERCENT, OPEN_SCAN_SLOTS_PER_TURN, SNAPSHOT_SHARE_PERCENT,
