@@ -437,3 +437,138 @@ impl CloseHook for Engine {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiments::config::{Experiment, ExperimentConfig};
+    use crate::experiments::split::{Split, unit_hash};
+    use crate::parse::{Format, Kind};
+    use crate::window::{AggregatesWriter, Params, Shard};
+
+    fn experiment() -> Experiment {
+        let c: ExperimentConfig = toml::from_str(
+            "name = \"checkout\"\nlistener = \"e\"\nunit = \"user\"\narms = { control = 50, treatment = 50 }",
+        )
+        .unwrap();
+        Experiment::compile(&c, &[("e", Format::Json)]).unwrap()
+    }
+
+    fn shard(dir: &std::path::Path) -> Shard {
+        let specs = vec![WindowSpec::tumbling(10_000)];
+        let params = Params {
+            windows: specs.clone(),
+            quantiles: vec![0.5],
+            max_keys: 1000,
+        };
+        let output = AggregatesWriter::open(&dir.join("aggregates"), 0).unwrap();
+        let mut shard = Shard::new(&params, 1, i64::MIN, output);
+        let record = RecordWriter::open(
+            &dir.join("experiments"),
+            0,
+            crate::results::Options::default(),
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        let experiments: Arc<[Experiment]> = vec![experiment()].into();
+        shard.add_close_hook(Box::new(Engine::new(experiments, &specs, &[0.5], record)));
+        shard
+    }
+
+    fn rows(dir: &std::path::Path) -> Vec<serde_json::Value> {
+        crate::results::read_record(&dir.join("experiments"))
+            .0
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Feeds `users` units per window for `windows` windows: the treatment's values are
+    /// `lift` higher; every seventh event has no unit.
+    fn feed(shard: &mut Shard, users: usize, windows: i64, lift: f64) {
+        let e = experiment();
+        let mut split = Split::new(&e);
+        for w in 0..windows {
+            for u in 0..users {
+                let unit = format!("user-{u}");
+                let arm = e.arms.assign(&unit).unwrap();
+                let value = 10.0 + (u % 5) as f64 + if arm == 1 { lift } else { 0.0 };
+                let unit = (u % 7 != 0).then_some(unit.as_bytes());
+                let (key, hash) = split.tag(b"checkout.latency", unit);
+                let key = key.to_vec();
+                let folded = {
+                    let mut batch = shard.batch();
+                    batch.fold_unit(&key, value, w * 10_000 + 5, Kind::Sample, hash)
+                };
+                assert_eq!(folded.late, 0);
+            }
+            shard.advance(0, (w + 1) * 10_000, false).unwrap();
+        }
+    }
+
+    #[test]
+    fn arms_of_a_key_are_compared_per_window_and_cumulatively() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = shard(dir.path());
+        feed(&mut s, 700, 3, 2.0);
+        let got = rows(dir.path());
+        let scopes: Vec<&str> = got.iter().map(|r| r["scope"].as_str().unwrap()).collect();
+        assert_eq!(scopes, ["window", "cumulative"].repeat(3));
+        let last = &got[5];
+        assert_eq!(last["experiment"], "checkout");
+        assert_eq!(last["key"], "checkout.latency");
+        assert_eq!(last["start_ms"], 0);
+        assert_eq!(last["end_ms"], 30_000);
+        assert_eq!(last["none"], 3 * 100, "users 0, 7, ... have no unit");
+        let arms = last["arms"].as_array().unwrap();
+        assert_eq!(arms[0]["arm"], "control");
+        assert_eq!(arms[1]["arm"], "treatment");
+        let n: u64 = arms.iter().map(|a| a["n"].as_u64().unwrap()).sum();
+        assert_eq!(n, 3 * 600);
+        let units: u64 = arms.iter().map(|a| a["units"].as_u64().unwrap()).sum();
+        assert!((590..=610).contains(&units), "distinct units {units}");
+        let vs = &last["vs_control"][0];
+        assert_eq!(vs["arm"], "treatment");
+        let diff = vs["difference"].as_f64().unwrap();
+        let [lo, hi] = [
+            vs["ci95"][0].as_f64().unwrap(),
+            vs["ci95"][1].as_f64().unwrap(),
+        ];
+        assert!(lo < 2.0 && 2.0 < hi && lo > 0.0, "{diff} in [{lo}, {hi}]");
+        assert!(vs["p_value"].as_f64().unwrap() < 1e-6);
+        assert_eq!(last["srm"]["flagged"], false, "{}", last["srm"]);
+        assert!(arms[0]["p50"].as_f64().is_some());
+    }
+
+    #[test]
+    fn the_cumulative_state_survives_a_snapshot_and_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = shard(dir.path());
+        feed(&mut s, 100, 2, 1.0);
+        let snapshot = s.hook::<Engine>().unwrap().snapshot();
+        assert_eq!(snapshot.len(), 1);
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut s2 = shard(dir2.path());
+        for r in snapshot {
+            s2.hook::<Engine>().unwrap().restore(r);
+        }
+        s2.advance(0, 20_000, false).unwrap();
+        // One more window, on both: the cumulative rows agree.
+        let more = |s: &mut Shard| {
+            let e = experiment();
+            let mut split = Split::new(&e);
+            let (key, hash) = split.tag(b"checkout.latency", Some(b"late-user"));
+            let key = key.to_vec();
+            s.batch().fold_unit(&key, 50.0, 25_000, Kind::Sample, hash);
+            s.advance(0, 30_000, false).unwrap();
+        };
+        more(&mut s);
+        more(&mut s2);
+        let a = rows(dir.path()).pop().unwrap();
+        let b = rows(dir2.path()).pop().unwrap();
+        assert_eq!(a["scope"], "cumulative");
+        assert_eq!(a, b);
+        assert_eq!(unit_hash(b"x"), unit_hash(b"x"));
+    }
+}
