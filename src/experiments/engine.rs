@@ -276,75 +276,66 @@ impl Engine {
         let experiment = &self.experiments[e];
         let summaries: Vec<Summary> = arms.iter().map(summary).collect();
         let units: Vec<u64> = arms.iter().map(|a| a.distinct.estimate() as u64).collect();
-        let arm_rows: Vec<serde_json::Value> = arms
+        let arm_rows: Vec<ArmRow<'_>> = arms
             .iter()
             .zip(&summaries)
             .zip(&units)
             .enumerate()
-            .map(|(i, ((agg, s), units))| {
-                let mut row = serde_json::Map::new();
-                row.insert("arm".into(), experiment.arms.names()[i].clone().into());
-                row.insert("n".into(), s.n.into());
-                if s.n > 0 {
-                    row.insert("mean".into(), finite(s.mean));
-                }
-                if let Some(sd) = s.stddev() {
-                    row.insert("stddev".into(), finite(sd));
-                }
-                row.insert("units".into(), (*units).into());
-                for (q, name) in &self.quantiles {
-                    if let Some(v) = agg.quantile(*q) {
-                        row.insert(name.clone(), finite(v));
-                    }
-                }
-                serde_json::Value::Object(row)
+            .map(|(i, ((agg, s), units))| ArmRow {
+                arm: &experiment.arms.names()[i],
+                n: s.n,
+                mean: (s.n > 0).then_some(s.mean).filter(|m| m.is_finite()),
+                stddev: s.stddev(),
+                units: *units,
+                quantiles: self
+                    .quantiles
+                    .iter()
+                    .filter_map(|(q, name)| {
+                        agg.quantile(*q)
+                            .filter(|v| v.is_finite())
+                            .map(|v| (name.as_str(), v))
+                    })
+                    .collect(),
             })
             .collect();
-        let vs_control: Vec<serde_json::Value> = summaries
+        let vs_control: Vec<VsRow<'_>> = summaries
             .iter()
             .enumerate()
             .skip(1)
             .map(|(i, s)| {
                 let c = welch(&summaries[0], s);
-                serde_json::json!({
-                    "arm": experiment.arms.names()[i],
-                    "difference": c.difference,
-                    "relative_difference": c.relative_difference,
-                    "ci95": c.ci95.map(|(lo, hi)| [lo, hi]),
-                    "p_value": c.p_value,
-                })
+                VsRow {
+                    arm: &experiment.arms.names()[i],
+                    difference: c.difference,
+                    relative_difference: c.relative_difference,
+                    ci95: c.ci95.map(|(lo, hi)| [lo, hi]),
+                    p_value: c.p_value,
+                }
             })
             .collect();
         let srm = sample_ratio(&units, experiment.arms.weights());
-        let mut row = serde_json::Map::new();
-        row.insert("experiment".into(), experiment.name.clone().into());
-        row.insert("key".into(), key.into());
-        row.insert("scope".into(), scope.into());
-        row.insert(
-            "window".into(),
-            Millis(spec.size_ms as u64).to_string().into(),
-        );
-        if spec.hop_ms != spec.size_ms {
-            row.insert("hop".into(), Millis(spec.hop_ms as u64).to_string().into());
-        }
-        row.insert("start".into(), rfc3339(start_ms).into());
-        row.insert("start_ms".into(), start_ms.into());
-        row.insert("end".into(), rfc3339(end_ms).into());
-        row.insert("end_ms".into(), end_ms.into());
-        row.insert("none".into(), none.into());
-        row.insert("arms".into(), arm_rows.into());
-        row.insert("vs_control".into(), vs_control.into());
-        row.insert(
-            "srm".into(),
-            serde_json::json!({
-                "chi_squared": srm.chi_squared,
-                "p_value": srm.p_value,
-                "flagged": srm.flagged,
-            }),
-        );
+        let row = ComparisonRow {
+            experiment: &experiment.name,
+            key,
+            scope,
+            window: Millis(spec.size_ms as u64).to_string(),
+            hop: (spec.hop_ms != spec.size_ms).then(|| Millis(spec.hop_ms as u64).to_string()),
+            start: rfc3339(start_ms),
+            start_ms,
+            end: rfc3339(end_ms),
+            end_ms,
+            none,
+            arms: arm_rows,
+            vs_control,
+            srm: SrmRow {
+                chi_squared: srm.chi_squared,
+                p_value: srm.p_value,
+                flagged: srm.flagged,
+            },
+        };
         self.line.clear();
-        // A map of strings and finite numbers (or nulls) always encodes.
-        if serde_json::to_writer(&mut self.line, &serde_json::Value::Object(row)).is_ok() {
+        // Strings and finite numbers (or nulls) always encode.
+        if serde_json::to_writer(&mut self.line, &row).is_ok() {
             self.line.push(b'\n');
             self.record.append(&self.line);
             self.staged = true;
@@ -390,12 +381,52 @@ fn summary(agg: &Agg) -> Summary {
     Summary { n, mean, variance }
 }
 
-fn finite(v: f64) -> serde_json::Value {
-    if v.is_finite() {
-        v.into()
-    } else {
-        serde_json::Value::Null
-    }
+/// One row of `experiments/`, fields in the documented order.
+#[derive(Serialize)]
+struct ComparisonRow<'a> {
+    experiment: &'a str,
+    key: &'a str,
+    scope: &'a str,
+    window: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hop: Option<String>,
+    start: String,
+    start_ms: i64,
+    end: String,
+    end_ms: i64,
+    none: u64,
+    arms: Vec<ArmRow<'a>>,
+    vs_control: Vec<VsRow<'a>>,
+    srm: SrmRow,
+}
+
+#[derive(Serialize)]
+struct ArmRow<'a> {
+    arm: &'a str,
+    n: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stddev: Option<f64>,
+    units: u64,
+    #[serde(flatten)]
+    quantiles: BTreeMap<&'a str, f64>,
+}
+
+#[derive(Serialize)]
+struct VsRow<'a> {
+    arm: &'a str,
+    difference: Option<f64>,
+    relative_difference: Option<f64>,
+    ci95: Option<[f64; 2]>,
+    p_value: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct SrmRow {
+    chi_squared: Option<f64>,
+    p_value: Option<f64>,
+    flagged: bool,
 }
 
 impl CloseHook for Engine {
