@@ -602,4 +602,42 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(unit_hash(b"x"), unit_hash(b"x"));
     }
+
+    #[test]
+    fn an_a_a_split_covers_0_about_95_percent_of_the_time_with_even_p_values() {
+        // 200 seeded A/A runs: both arms draw from one distribution (sums of uniforms,
+        // shifted to 1e6, so the shifted sums are what keeps the variance exact).
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut draw = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut covered = 0;
+        let mut p_values = Vec::new();
+        for _ in 0..200 {
+            let mut arms = [Agg::empty(), Agg::empty()];
+            for arm in &mut arms {
+                for _ in 0..200 {
+                    let v = 1e6 + (0..4).map(|_| draw()).sum::<f64>();
+                    arm.add(v, 0, false);
+                }
+            }
+            let c = welch(&summary(&arms[0]), &summary(&arms[1]));
+            let (lo, hi) = c.ci95.unwrap();
+            covered += usize::from(lo <= 0.0 && 0.0 <= hi);
+            p_values.push(c.p_value.unwrap());
+        }
+        assert!(
+            (181..=199).contains(&covered),
+            "the interval covered 0 in {covered} of 200"
+        );
+        // Even p-values: each fifth of [0, 1] holds about 40 of them.
+        for fifth in 0..5 {
+            let (lo, hi) = (fifth as f64 / 5.0, (fifth + 1) as f64 / 5.0);
+            let n = p_values.iter().filter(|p| **p >= lo && **p < hi).count();
+            assert!((22..=58).contains(&n), "{n} p-values in [{lo}, {hi})");
+        }
+    }
 }
