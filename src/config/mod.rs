@@ -193,9 +193,20 @@ pub struct WindowConfig {
     pub quantiles: Vec<f64>,
     /// Live keys per shard before the overflow key takes the rest.
     pub max_keys_per_shard: u32,
+    /// The aggregates a row carries (default: all); quantiles are chosen by `quantiles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregates: Option<Vec<String>>,
 }
 
 impl WindowConfig {
+    /// The aggregates rows carry (`aggregates`; all when absent).
+    pub fn columns(&self) -> Result<crate::window::Columns, String> {
+        match &self.aggregates {
+            None => Ok(crate::window::Columns::ALL),
+            Some(names) => crate::window::Columns::from_names(names),
+        }
+    }
+
     /// Checks the relation between the keys: a hop is positive and divides every size.
     fn check(&self) -> Result<(), String> {
         let Some(hop) = self.hop else {
@@ -222,6 +233,7 @@ impl Default for WindowConfig {
             allowed_lateness: Millis(5_000),
             quantiles: vec![0.5, 0.9, 0.99, 0.999],
             max_keys_per_shard: limits::KEYS_PER_SHARD_DEFAULT,
+            aggregates: None,
         }
     }
 }
@@ -536,6 +548,9 @@ impl Config {
         self.window
             .check()
             .map_err(|m| invalid("window", "hop", m))?;
+        self.window
+            .columns()
+            .map_err(|m| invalid("window", "aggregates", m))?;
         if self.log.flush_interval_ms == 0 {
             let m = "log.flush_interval_ms = 0: must be > 0";
             return Err(invalid("log", "flush_interval_ms", m.into()));
@@ -835,6 +850,17 @@ mod tests {
         assert_eq!(c.listeners, default_listeners());
         assert_eq!(c.window.sizes, vec![Millis(10_000), Millis(60_000)]);
         assert_eq!(c.admin.addr, "127.0.0.1:9900".parse().unwrap());
+    }
+
+    #[test]
+    fn an_unknown_aggregate_names_its_line() {
+        let err =
+            Config::from_toml("[window]\nsizes = [\"10s\"]\naggregates = [\"count\", \"avg\"]\n")
+                .unwrap_err();
+        assert!(
+            err.starts_with("line 3: window.aggregates: unknown aggregate `avg`"),
+            "{err}"
+        );
     }
 
     #[test]

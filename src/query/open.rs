@@ -175,6 +175,7 @@ impl OpenScan {
     /// the reply and returns true.
     pub fn step(&mut self, shard: &Shard, max_slots: usize) -> bool {
         let quantiles = shard.quantiles();
+        let columns = shard.columns();
         let filter = &self.request.filter;
         let (rows, top, truncated) = (&mut self.rows, &mut self.top, &mut self.truncated);
         let want = self.request.want;
@@ -189,7 +190,7 @@ impl OpenScan {
                     size_ms: spec.size_ms,
                     start_ms,
                     value: 0.0,
-                    text: open_row(key, spec, start_ms, agg, quantiles),
+                    text: open_row(key, spec, start_ms, agg, quantiles, columns),
                 });
             }
             Want::Top { by, n } => {
@@ -211,7 +212,7 @@ impl OpenScan {
                     size_ms: spec.size_ms,
                     start_ms,
                     value,
-                    text: open_row(key, spec, start_ms, agg, quantiles),
+                    text: open_row(key, spec, start_ms, agg, quantiles, columns),
                 }));
                 if top.len() > n {
                     top.pop();

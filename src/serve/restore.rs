@@ -136,6 +136,14 @@ pub(super) fn open_shards(
             results.committed[core as usize].clone(),
         )
         .map_err(io_err("cannot open", &path))?;
+        // Checked when the configuration was read.
+        let mut output = output;
+        output.set_columns(
+            config
+                .window
+                .columns()
+                .unwrap_or(crate::window::Columns::ALL),
+        );
         // Keys move between shards when the core count changed: restore onto the lowest old
         // frontier and close through the highest once every record is in (`Shard::restore`).
         let frontier = if same_layout {

@@ -70,7 +70,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use output::{AggregatesWriter, OutputSync, now_ms, open_row, rfc3339};
+pub use output::{AggregatesWriter, Columns, OutputSync, now_ms, open_row, rfc3339};
 pub use sketch::{PENDING as SKETCH_PENDING, Sketch};
 use snapshot::Snapshotting;
 pub use snapshot::{SNAPSHOT_CHUNK_BYTES, Snapshot};
@@ -1190,6 +1190,11 @@ impl Shard {
     /// The quantiles rows carry (value and field name).
     pub fn quantiles(&self) -> &[(f64, String)] {
         &self.quantiles
+    }
+
+    /// The aggregates rows carry.
+    pub fn columns(&self) -> Columns {
+        self.output.columns()
     }
 
     /// The frontier: every window ending at or before it is closed.

@@ -25,6 +25,44 @@ pub type OutputSync = results::RecordSync;
 pub struct AggregatesWriter {
     record: RecordWriter,
     scratch: Vec<u8>,
+    columns: Columns,
+}
+
+/// Which aggregates a row carries (`[window] aggregates`); quantiles are chosen by
+/// `[window] quantiles`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Columns(u8);
+
+impl Columns {
+    /// The aggregates by name, in row order.
+    pub const NAMES: [&'static str; 8] = [
+        "count", "distinct", "sum", "min", "max", "mean", "stddev", "last",
+    ];
+    /// Every aggregate.
+    pub const ALL: Columns = Columns(0xff);
+
+    /// The columns named; an unknown name is an error naming it.
+    pub fn from_names(names: &[String]) -> Result<Columns, String> {
+        let mut bits = 0u8;
+        for name in names {
+            let Some(i) = Columns::NAMES.iter().position(|n| n == name) else {
+                return Err(format!(
+                    "window.aggregates: unknown aggregate `{name}` ({}; quantiles are chosen by                      window.quantiles)",
+                    Columns::NAMES.join(", ")
+                ));
+            };
+            bits |= 1 << i;
+        }
+        Ok(Columns(bits))
+    }
+
+    #[inline]
+    fn has(self, name: &str) -> bool {
+        Columns::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
 }
 
 /// One output line; fields in the documented order, quantiles as configured.
@@ -34,6 +72,7 @@ struct Line<'a> {
     start_ms: i64,
     agg: &'a Agg,
     quantiles: &'a [(f64, String)],
+    columns: Columns,
 }
 
 impl Serialize for Line<'_> {
@@ -50,23 +89,36 @@ impl Serialize for Line<'_> {
         m.serialize_entry("end", &rfc3339(end_ms))?;
         m.serialize_entry("end_ms", &end_ms)?;
         let a = self.agg;
-        m.serialize_entry("count", &a.count)?;
+        let c = self.columns;
+        if c.has("count") {
+            m.serialize_entry("count", &a.count)?;
+        }
         // Set members, or an experiment arm's units.
-        let distinct = a.distinct.estimate();
-        if a.members > 0 || distinct > 0 {
-            m.serialize_entry("distinct", &distinct)?;
+        if c.has("distinct") {
+            let distinct = a.distinct.estimate();
+            if a.members > 0 || distinct > 0 {
+                m.serialize_entry("distinct", &distinct)?;
+            }
         }
         // A window of set members only has no values to sum: members are hashes.
         if a.values() > 0 {
-            m.serialize_entry("sum", &a.sum)?;
-            if a.sum.abs() == f64::MAX {
-                m.serialize_entry("sum_saturated", &true)?;
+            if c.has("sum") {
+                m.serialize_entry("sum", &a.sum)?;
+                if a.sum.abs() == f64::MAX {
+                    m.serialize_entry("sum_saturated", &true)?;
+                }
             }
-            m.serialize_entry("min", &a.min)?;
-            m.serialize_entry("max", &a.max)?;
-            m.serialize_entry("mean", &a.mean())?;
-            m.serialize_entry("stddev", &a.stddev())?;
-            m.serialize_entry("last", &a.last)?;
+            for (name, v) in [
+                ("min", a.min),
+                ("max", a.max),
+                ("mean", a.mean()),
+                ("stddev", a.stddev()),
+                ("last", a.last),
+            ] {
+                if c.has(name) {
+                    m.serialize_entry(name, &v)?;
+                }
+            }
         }
         for (q, name) in self.quantiles {
             if let Some(v) = a.quantile(*q) {
@@ -85,6 +137,7 @@ fn encode_row(
     start_ms: i64,
     agg: &Agg,
     quantiles: &[(f64, String)],
+    columns: Columns,
 ) -> io::Result<()> {
     let line = Line {
         key,
@@ -92,6 +145,7 @@ fn encode_row(
         start_ms,
         agg,
         quantiles,
+        columns,
     };
     serde_json::to_writer(out, &line).map_err(io::Error::other)
 }
@@ -104,10 +158,11 @@ pub fn open_row(
     start_ms: i64,
     agg: &Agg,
     quantiles: &[(f64, String)],
+    columns: Columns,
 ) -> String {
     let mut out = Vec::with_capacity(512);
     // A map of strings and finite numbers always encodes.
-    let _ = encode_row(&mut out, key, spec, start_ms, agg, quantiles);
+    let _ = encode_row(&mut out, key, spec, start_ms, agg, quantiles, columns);
     let mut text = String::from_utf8(out).unwrap_or_else(|_| "{}".into());
     text.pop();
     if text.len() > 1 {
@@ -155,6 +210,7 @@ impl AggregatesWriter {
         Ok(AggregatesWriter {
             record: RecordWriter::open(dir, position, options, cursors, committed)?,
             scratch: Vec::with_capacity(512),
+            columns: Columns::ALL,
         })
     }
 
@@ -169,10 +225,28 @@ impl AggregatesWriter {
         quantiles: &[(f64, String)],
     ) -> io::Result<()> {
         self.scratch.clear();
-        encode_row(&mut self.scratch, key, spec, start_ms, agg, quantiles)?;
+        encode_row(
+            &mut self.scratch,
+            key,
+            spec,
+            start_ms,
+            agg,
+            quantiles,
+            self.columns,
+        )?;
         self.scratch.push(b'\n');
         self.record.append(&self.scratch);
         Ok(())
+    }
+
+    /// Rows carry these aggregates from now on.
+    pub fn set_columns(&mut self, columns: Columns) {
+        self.columns = columns;
+    }
+
+    /// The aggregates rows carry.
+    pub fn columns(&self) -> Columns {
+        self.columns
     }
 
     /// The first write error met while staging rows since the last call.
@@ -231,6 +305,35 @@ mod tests {
 
     fn record_bytes(dir: &Path) -> u64 {
         crate::results::read_record(dir).1
+    }
+
+    #[test]
+    fn rows_carry_the_aggregates_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = AggregatesWriter::open(dir.path(), 0).unwrap();
+        w.set_columns(Columns::from_names(&["count".into(), "mean".into()]).unwrap());
+        let mut agg = Agg::one(3.0, 5);
+        agg.add(5.0, 6, false);
+        w.write_window("k", &WindowSpec::tumbling(10_000), 0, &agg, &[])
+            .unwrap();
+        w.flush().unwrap();
+        let row: serde_json::Value = serde_json::from_str(record_text(dir.path()).trim()).unwrap();
+        // (serde_json's map sorts the names.)
+        let fields: Vec<&str> = row
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "count", "end", "end_ms", "key", "mean", "start", "start_ms", "window"
+            ]
+        );
+        assert_eq!(row["mean"], 4.0);
+        let err = Columns::from_names(&["median".into()]).unwrap_err();
+        assert!(err.contains("unknown aggregate `median`"), "{err}");
     }
 
     fn write_rows(w: &mut AggregatesWriter, from: i64, n: i64) {
