@@ -130,6 +130,19 @@ fn main() {
         pipeline(&d, with)
     });
     let mut times = [1_700_000_000_000i64; 2];
+    // For a profile of one side: `SLUICE_BENCH_ONLY=with|without`.
+    let only = std::env::var("SLUICE_BENCH_ONLY").ok();
+    if let Some(only) = only.as_deref() {
+        let which = usize::from(only == "with");
+        for r in 0..ROUNDS * 4 {
+            round(
+                &mut pipelines[which],
+                &rounds[r % rounds.len()],
+                &mut times[which],
+            );
+        }
+        return;
+    }
     let mut rates = [Vec::new(), Vec::new()];
     for run in 0..14 {
         for which in [run % 2, 1 - run % 2] {
