@@ -212,6 +212,7 @@ mod tests {
             value: value.map(str::to_string),
             time: None,
             strict: None,
+            unit: None,
         };
         assert!(check_options(&opts(&["service", "http.status"], Some("ms")), true).is_ok());
         assert!(check_options(&opts(&["a..b"], None), true).is_err());

@@ -380,6 +380,7 @@ pub(crate) mod testdata {
             value: value.map(str::to_string),
             time: time.map(str::to_string),
             strict: None,
+            unit: None,
         }
     }
 }

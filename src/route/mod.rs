@@ -364,6 +364,7 @@ mod tests {
             value: 1.0,
             time_ms: 0,
             kind: Kind::Sample,
+            unit: None,
         }
     }
 
