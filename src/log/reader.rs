@@ -947,14 +947,21 @@ mod tests {
         }
         let want: Vec<BatchInfo> = written[..4].iter().map(|(i, _)| *i).collect();
         assert_eq!(got, want);
-        let tail = reader.tail().expect("the reader stopped at the torn batch").clone();
+        let tail = reader
+            .tail()
+            .expect("the reader stopped at the torn batch")
+            .clone();
         assert_eq!(
             (tail.segment, tail.file_pos, tail.offset),
             (path.clone(), last, Offset(12))
         );
         assert!(tail.reason.contains("crc"), "{}", tail.reason);
         assert_eq!(reader.position(), Offset(12));
-        assert_eq!(std::fs::read(&path).unwrap(), bytes, "a reader writes nothing");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "a reader writes nothing"
+        );
     }
 
     #[test]

@@ -241,6 +241,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
             plans: partition_plan,
             results,
             metrics: metrics.clone(),
+            mode: crate::worker::Mode::Serve,
         },
     )?;
 

@@ -300,6 +300,36 @@ pub enum Error {
     },
 }
 
+/// What a core does with the log it replays, and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// `sluice serve`: replay the partitions from the checkpoint, then serve the listeners.
+    Serve,
+    /// `sluice replay`: replay the batches whose ingest time is in `ingest_ms`, then end the
+    /// data (see `Input::end_of_data`: every window closes) and fold until told to exit. The
+    /// core has no listeners, no log partition of its own and takes no part in checkpoints.
+    Replay {
+        /// Batches whose ingest time (ms since the epoch) is in this range are parsed; the
+        /// others are read and skipped.
+        ingest_ms: std::ops::Range<i64>,
+    },
+}
+
+impl Mode {
+    /// True when a batch logged at `ingest_ms` is to be parsed.
+    fn takes(&self, ingest_ms: i64) -> bool {
+        match self {
+            Mode::Serve => true,
+            Mode::Replay { ingest_ms: range } => range.contains(&ingest_ms),
+        }
+    }
+}
+
+/// The epoch of the barrier a core in [`Mode::Replay`] sends behind its last watermark: a
+/// shard reports its snapshot (`Report::Shard`) once it has every core's, so the run knows
+/// every shard has folded every event and closed every window.
+pub const END_OF_DATA_EPOCH: u64 = 1;
+
 /// A partition this core replays before it serves its listeners.
 #[derive(Debug)]
 pub struct ReplayTask {
@@ -330,8 +360,10 @@ pub struct WorkerSetup {
     pub router: Router,
     /// Receiving side, one per source core.
     pub inbound: Vec<Inbound>,
-    /// This core's partition.
-    pub appender: Appender,
+    /// This core's partition (`None` in [`Mode::Replay`]: the core appends nothing).
+    pub appender: Option<Appender>,
+    /// Serve after the replay, or end the data.
+    pub mode: Mode,
     /// Partitions to replay first (its own, and any left by a larger instance).
     pub replay: Vec<ReplayTask>,
     /// Partitions whose position this core reports, beside its own live one (replay-only ones).
@@ -372,7 +404,8 @@ pub fn run(setup: WorkerSetup) {
 
 /// Where a core's run loop is. It only moves forward:
 /// `Replaying → Serving → Draining → Drained`, or `Replaying → Draining` when a stop comes
-/// during replay (replay then pauses where it is: the final checkpoint records its cursor).
+/// during replay (replay then pauses where it is: the final checkpoint records its cursor);
+/// in [`Mode::Replay`], `Replaying → Drained` once the data has ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Replaying its partitions; its listeners are not served yet.
@@ -505,6 +538,11 @@ impl Input {
             }
             Phase::Replaying if self.replay.is_empty() => {
                 self.release_frontier_after_replay();
+                if matches!(self.mode, Mode::Replay { .. }) {
+                    self.end_of_data();
+                    self.report(Report::Replayed { core: self.id });
+                    return Ok(Phase::Drained);
+                }
                 for (listener, socket) in sockets.drain(..) {
                     backend
                         .add_listener(listener, socket, self.idle_timeout(listener))
