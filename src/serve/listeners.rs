@@ -79,6 +79,30 @@ pub(super) fn listener_ids(data_dir: &Path, names: &[String]) -> Result<Vec<u16>
     Ok(out)
 }
 
+/// The log ids of listener names as `data_dir/listeners.json` has them, written by nothing:
+/// a name it does not know gets an id above every id it holds, which no logged batch
+/// carries (`sluice replay`: the log's listeners that the configuration names are parsed,
+/// the others skipped). Also returns the names the registry knows, sorted.
+pub(super) fn logged_ids(
+    data_dir: &Path,
+    names: &[String],
+) -> Result<(Vec<u16>, Vec<String>), Error> {
+    let ids = read_ids(data_dir)?;
+    let mut next = ids.ids.values().max().map_or(0, |m| m.saturating_add(1));
+    let out = names
+        .iter()
+        .map(|name| match ids.ids.get(name) {
+            Some(id) => *id,
+            None => {
+                let id = next;
+                next = next.saturating_add(1);
+                id
+            }
+        })
+        .collect();
+    Ok((out, ids.ids.into_keys().collect()))
+}
+
 /// Binds every listener on every core. Returns the sockets per core and the bound addresses.
 #[allow(clippy::type_complexity)]
 pub(super) fn bind_all(

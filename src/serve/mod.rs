@@ -16,6 +16,7 @@
 mod cores;
 mod listeners;
 mod lock;
+pub mod replay;
 mod restore;
 mod supervisor;
 

@@ -372,6 +372,20 @@ impl Input {
                  lost, every other line is counted"
             );
         }
+        if let Some(tail) = task.reader.tail() {
+            // The appender's recovery cuts a torn tail; a replay without one (a replay of
+            // another data dir, or a partition no core appends to) stops before it.
+            tracing::warn!(
+                core = self.id,
+                partition = task.partition,
+                offset = tail.offset.0,
+                segment = %tail.segment.display(),
+                file_pos = tail.file_pos,
+                reason = %tail.reason,
+                "replay stopped at the last valid batch: what follows is not a valid batch \
+                 (a torn tail, or a batch being written) and was not read"
+            );
+        }
         tracing::info!(core = self.id, partition = task.partition, "replay done");
         let done = self.replay.pop().expect("a task is being replayed");
         if done.partition != self.id
