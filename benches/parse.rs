@@ -30,12 +30,14 @@ fn options(format: Format) -> FormatOptions {
             value: Some("latency_ms".into()),
             time: None,
             strict: None,
+            unit: None,
         },
         Format::Logfmt => FormatOptions {
             key: names(&["service", "status"]),
             value: Some("latency_ms".into()),
             time: Some("ts".into()),
             strict: None,
+            unit: None,
         },
         _ => FormatOptions::default(),
     }

@@ -36,6 +36,7 @@ fn bench(c: &mut Criterion) {
                     value: 1.0,
                     time_ms: 0,
                     kind: Kind::Sample,
+                    unit: None,
                 };
                 m.routers[0].push(&e);
                 if i % 4096 == 0 {
