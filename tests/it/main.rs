@@ -17,6 +17,7 @@ mod limits;
 mod log;
 mod metrics;
 mod query;
+mod replay;
 mod results;
 mod statsd;
 mod storage;
