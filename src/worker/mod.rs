@@ -28,6 +28,10 @@
 //! shard, its inbound queues, barrier alignment and the results record). They share only
 //! the dead-letter file and the core's reports; the loop (`Phase`) drives both.
 //!
+//! In [`Mode::Replay`] (`sluice replay`) the core has no sockets and no log partition of
+//! its own: it replays, then ends the data (a last watermark and a barrier, see
+//! `Input::end_of_data`) and folds until it is told to exit.
+//!
 //! A checkpoint barrier is injected at the top of a turn, when every appended line has been
 //! parsed and routed, so the recorded offset and the events sent before the barrier agree.
 
