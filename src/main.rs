@@ -338,9 +338,12 @@ fn progress_bar() -> indicatif::ProgressBar {
         indicatif::ProgressDrawTarget::stderr_with_hz(10),
     );
     if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} lines ({per_sec}, {eta} left)",
+        "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} lines ({rate} lines/s, {eta} left)",
     ) {
-        bar.set_style(style.progress_chars("=> "));
+        let rate = |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0}", s.per_sec());
+        };
+        bar.set_style(style.with_key("rate", rate).progress_chars("=> "));
     }
     bar
 }

@@ -14,11 +14,12 @@
 //! What it reads of `--data-dir DIR`: `log/p{NNN}/` (with `log::Reader`: plain reads, no
 //! mapping, no index rebuilt, no tail cut) and `listeners.json` (the log's listener ids).
 //! Nothing in DIR is created, changed or locked: a `sluice serve` may run on DIR meanwhile
-//! (its lock is not taken, and does not stop a reader); each partition is read up to what
-//! it holds when its reader gets there. A partition whose newest segment ends in a bad
-//! batch (a torn tail, which serve's recovery would cut at its next start, or a batch a
-//! running serve is writing) is read up to its last valid batch, and a warning says where
-//! it stopped.
+//! (its lock is not taken, and does not stop a reader); each partition is read up to its
+//! end when the replay began (`Mode::Replay::ends`), so lines a running serve appends
+//! meanwhile are not replayed, and a replay ends even while ingest outpaces it. A partition
+//! whose newest segment ends in a bad batch (a torn tail, which serve's recovery would cut
+//! at its next start, or a batch a running serve is writing) is read up to its last valid
+//! batch, and a warning says where it stopped.
 //!
 //! What it writes: `--out OUT`, which must be new or empty (two runs never mix their rows),
 //! is the data dir of the run, locked as serve locks its own (`sluice.lock`):
@@ -246,7 +247,7 @@ pub fn run(
         metrics: metrics.clone(),
     };
     let shards = open_shards(&config, cores, None, &results, &alerting)?;
-    let (plans, total) = plan_replay(data_dir, &partitions, cores, options.from_ms)?;
+    let (plans, ends, total) = plan_replay(data_dir, &partitions, cores, options.from_ms)?;
     let started = start_cores(
         &config,
         Started {
@@ -259,6 +260,7 @@ pub fn run(
             metrics: metrics.clone(),
             mode: worker::Mode::Replay {
                 ingest_ms: options.from_ms.unwrap_or(i64::MIN)..options.to_ms.unwrap_or(i64::MAX),
+                ends,
             },
         },
     )?;
@@ -363,14 +365,18 @@ fn open_out(out: &Path) -> Result<std::fs::File, Error> {
     Ok(lock)
 }
 
+/// What [`plan_replay`] plans: per core its partitions, each partition's end, and the lines
+/// from the starts to the ends.
+type Plan = (Vec<PartitionPlan>, Vec<(u16, Offset)>, u64);
+
 /// Per core, its partitions to replay (partition `p` on core `p % cores`), each from its
-/// first batch logged at or after `from_ms`; and the lines they hold from there.
+/// first batch logged at or after `from_ms` to its end now; and the lines between.
 fn plan_replay(
     data_dir: &Path,
     partitions: &[u16],
     cores: usize,
     from_ms: Option<i64>,
-) -> Result<(Vec<PartitionPlan>, u64), Error> {
+) -> Result<Plan, Error> {
     let mut plans: Vec<PartitionPlan> = (0..cores)
         .map(|_| PartitionPlan {
             appender: None,
@@ -380,6 +386,7 @@ fn plan_replay(
         })
         .collect();
     let mut total = 0;
+    let mut ends = Vec::new();
     for &partition in partitions {
         let dir = log::partition_dir(data_dir, partition);
         let reader = match from_ms {
@@ -387,17 +394,16 @@ fn plan_replay(
             None => Reader::open(&dir, Offset(0))?,
         };
         let from = reader.position();
-        total += Reader::open_at_end(&dir)?
-            .position()
-            .0
-            .saturating_sub(from.0);
+        let end = Reader::open_at_end(&dir)?.position();
+        total += end.0.saturating_sub(from.0);
+        ends.push((partition, end));
         plans[partition as usize % cores].replay.push(ReplayTask {
             partition,
             from,
             reader,
         });
     }
-    Ok((plans, total))
+    Ok((plans, ends, total))
 }
 
 /// Follows the cores' reports until every shard has reported the end-of-data barrier, with

@@ -418,6 +418,10 @@ impl Input {
                 continue;
             };
             let info = batch.info;
+            if self.mode.past_end(task.partition, info.first_offset) {
+                self.replay_done();
+                continue;
+            }
             let skip = task.from.0.saturating_sub(info.first_offset.0);
             let end = info.first_offset.0 + u64::from(info.count);
             let index = self

@@ -316,6 +316,9 @@ pub enum Mode {
         /// Batches whose ingest time (ms since the epoch) is in this range are parsed; the
         /// others are read and skipped.
         ingest_ms: std::ops::Range<i64>,
+        /// Per partition, the offset its replay ends at: its end when the replay began, so a
+        /// log that a running serve appends to is replayed as it was then.
+        ends: Vec<(u16, Offset)>,
     },
 }
 
@@ -324,7 +327,19 @@ impl Mode {
     fn takes(&self, ingest_ms: i64) -> bool {
         match self {
             Mode::Serve => true,
-            Mode::Replay { ingest_ms: range } => range.contains(&ingest_ms),
+            Mode::Replay {
+                ingest_ms: range, ..
+            } => range.contains(&ingest_ms),
+        }
+    }
+
+    /// True when a batch of `partition` starting at `offset` is past the end of its replay.
+    fn past_end(&self, partition: u16, offset: Offset) -> bool {
+        match self {
+            Mode::Serve => false,
+            Mode::Replay { ends, .. } => ends
+                .iter()
+                .any(|(p, end)| *p == partition && offset >= *end),
         }
     }
 }
