@@ -203,22 +203,8 @@ pub fn run(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, Error> {
     let began = Instant::now();
-    if options
-        .from_ms
-        .zip(options.to_ms)
-        .is_some_and(|(f, t)| f >= t)
-    {
-        return Err(Error::EmptyRange);
-    }
+    let partitions = check_options(options)?;
     let data_dir = &options.data_dir;
-    if !data_dir.join("log").is_dir() {
-        return Err(Error::NoLog {
-            path: data_dir.clone(),
-        });
-    }
-    check_apart(data_dir, &options.out)?;
-    let mut partitions = log::partitions(data_dir)?;
-    partitions.retain(|p| (*p as usize) < crate::limits::CORES_MAX);
     let cores = options
         .cores
         .unwrap_or(partitions.len())
@@ -237,6 +223,7 @@ pub fn run(
              line is skipped (the log knows its listeners by name)"
         );
     }
+    // Checked when the configuration was read. No notifier runs, so none is counted.
     let rules: Arc<[crate::alerts::Rule]> = config.alert_rules().unwrap_or_default().into();
     let mut metrics = Metrics::new(cores, listener_infos(&config));
     metrics.alerts = AlertMetrics::new(rules.iter().map(|r| r.name.clone()).collect(), Vec::new());
@@ -265,34 +252,47 @@ pub fn run(
         },
     )?;
     let read = || {
-        metrics
-            .cores
-            .iter()
-            .map(|c| c.replayed_lines_total.get())
-            .sum::<u64>()
-    };
-    let waited = wait_for_shards(&started, cores, &mut || {
-        progress(Progress {
-            read: read(),
+        let lines = metrics.cores.iter().map(|c| c.replayed_lines_total.get());
+        Progress {
+            read: lines.sum(),
             total,
-        })
-    });
+        }
+    };
+    let waited = wait_for_shards(&started, cores, &mut || progress(read()));
     started.control.exit.store(true, Ordering::Release);
     started.control.wake_all();
     for t in started.threads {
         let _ = t.join();
     }
-    let states = waited?;
-    write_checkpoint(&config, cores, states)?;
-    progress(Progress {
-        read: read(),
-        total,
-    });
+    write_checkpoint(&config, cores, waited?)?;
+    progress(read());
     let mut summary = summarize(&config.data_dir, cores, &metrics)?;
     summary.partitions = partitions.len();
-    summary.read = read();
+    summary.read = read().read;
     summary.seconds = began.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Checks what can be checked before anything is created: the range, DIR's log, OUT apart
+/// from DIR. Returns DIR's partitions (those a core can own).
+fn check_options(options: &Options) -> Result<Vec<u16>, Error> {
+    if options
+        .from_ms
+        .zip(options.to_ms)
+        .is_some_and(|(f, t)| f >= t)
+    {
+        return Err(Error::EmptyRange);
+    }
+    let data_dir = &options.data_dir;
+    if !data_dir.join("log").is_dir() {
+        return Err(Error::NoLog {
+            path: data_dir.clone(),
+        });
+    }
+    check_apart(data_dir, &options.out)?;
+    let mut partitions = log::partitions(data_dir)?;
+    partitions.retain(|p| (*p as usize) < crate::limits::CORES_MAX);
+    Ok(partitions)
 }
 
 /// Refuses an OUT that is DIR, inside it, or holds it: the run writes nothing under DIR.

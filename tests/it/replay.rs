@@ -90,6 +90,11 @@ fn replay_ok(data_dir: &Path, config: &Path, out: &Path, args: &[&str]) -> Strin
     );
     let summary = stdout(&o);
     assert!(summary.starts_with("replayed "), "{summary}");
+    assert!(
+        !stderr(&o).contains("lines/s"),
+        "no progress bar when stderr is not a terminal: {}",
+        stderr(&o)
+    );
     summary
 }
 
