@@ -158,9 +158,13 @@ fn parse_time(s: &str) -> Result<i64, String> {
     if let Some(ms) = sluice::parse::syslog::parse_rfc3339(s.as_bytes()) {
         return Ok(ms);
     }
-    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     let digits = |d: &str| !d.is_empty() && d.len() <= 12 && d.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || !(frac.is_empty() || digits(frac)) {
+    let (whole, frac) = match s.split_once('.') {
+        Some((whole, frac)) if digits(frac) => (whole, frac),
+        Some(_) => return Err(bad()),
+        None => (s, ""),
+    };
+    if !digits(whole) {
         return Err(bad());
     }
     let secs: i64 = whole.parse().map_err(|_| bad())?;
@@ -578,4 +582,34 @@ fn inspect(data_dir: &std::path::Path) -> Result<ExitCode, Failure> {
     }
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn replay_times_are_rfc_3339_or_unix_seconds() {
+        assert_eq!(parse_time("1764360000"), Ok(1_764_360_000_000));
+        assert_eq!(parse_time("1764360000.5"), Ok(1_764_360_000_500));
+        assert_eq!(parse_time("1764360000.1239"), Ok(1_764_360_000_123));
+        assert_eq!(parse_time("0"), Ok(0));
+        assert_eq!(parse_time("2025-11-28T20:00:00Z"), Ok(1_764_360_000_000));
+        assert_eq!(
+            parse_time("2025-11-28T21:00:00.250+01:00"),
+            Ok(1_764_360_000_250)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "-5",
+            "1.2.3",
+            "17643600000000000",
+            ".5",
+            "5.",
+            "2025-11-28",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -182,3 +182,42 @@ pub(super) fn write_endpoints(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_ids_read_the_registry_and_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            logged_ids(dir.path(), &names(&["a"])).unwrap(),
+            (vec![0], Vec::new())
+        );
+        assert!(
+            !dir.path().join("listeners.json").exists(),
+            "none is written"
+        );
+
+        listener_ids(dir.path(), &names(&["g", "s"])).unwrap();
+        let path = dir.path().join("listeners.json");
+        let before = std::fs::read(&path).unwrap();
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let (ids, known) = logged_ids(dir.path(), &names(&["s", "new", "g", "other"])).unwrap();
+        assert_eq!(
+            ids,
+            vec![1, 2, 0, 3],
+            "unknown names get ids no batch carries"
+        );
+        assert_eq!(known, names(&["g", "s"]));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            modified
+        );
+
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(logged_ids(dir.path(), &names(&["g"])).is_err());
+    }
+}

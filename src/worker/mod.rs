@@ -625,3 +625,28 @@ pub(crate) fn parsers(listeners: &[ListenerConfig]) -> Vec<Parser> {
         .map(|l| Parser::new(l.format, &l.options, &l.name))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_takes_batches_logged_in_its_range_up_to_each_partition_end() {
+        let replay = Mode::Replay {
+            ingest_ms: 1_000..2_000,
+            ends: vec![(0, Offset(10)), (3, Offset(0))],
+        };
+        assert!(!replay.takes(999) && replay.takes(1_000) && replay.takes(1_999));
+        assert!(!replay.takes(2_000), "--to is not included");
+        assert!(!replay.past_end(0, Offset(9)) && replay.past_end(0, Offset(10)));
+        assert!(
+            replay.past_end(3, Offset(0)),
+            "an empty partition has nothing to replay"
+        );
+        assert!(
+            !replay.past_end(1, Offset(u64::MAX)),
+            "a partition with no end is read on"
+        );
+        assert!(Mode::Serve.takes(i64::MIN) && !Mode::Serve.past_end(0, Offset(u64::MAX)));
+    }
+}
