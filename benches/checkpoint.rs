@@ -43,6 +43,8 @@ fn body(windows: Vec<u8>, window_count: u64) -> Body {
             gauges: Vec::new(),
             alerts_len: 0,
             alerts: Vec::new(),
+            experiments_len: 0,
+            experiments: Vec::new(),
         }],
     }
 }

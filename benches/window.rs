@@ -186,7 +186,7 @@ fn shard_with_rule(dir: &std::path::Path, names: &[Vec<u8>]) -> Shard {
     )
     .unwrap();
     let rules: Arc<[Rule]> = vec![rule].into();
-    s.set_close_hook(Box::new(Engine::new(rules, record, Arc::new(metrics))));
+    s.add_close_hook(Box::new(Engine::new(rules, record, Arc::new(metrics))));
     s
 }
 

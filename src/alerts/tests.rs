@@ -37,17 +37,12 @@ fn shard(dir: &std::path::Path, rules: &[RuleConfig]) -> (Shard, Arc<Metrics>) {
         Arc::default(),
     )
     .unwrap();
-    shard.set_close_hook(Box::new(Engine::new(rules.into(), record, metrics.clone())));
+    shard.add_close_hook(Box::new(Engine::new(rules.into(), record, metrics.clone())));
     (shard, metrics)
 }
 
 fn engine(shard: &mut Shard) -> &mut Engine {
-    shard
-        .close_hook()
-        .unwrap()
-        .as_any_mut()
-        .downcast_mut::<Engine>()
-        .unwrap()
+    shard.hook::<Engine>().unwrap()
 }
 
 fn rows(dir: &std::path::Path) -> Vec<Row> {

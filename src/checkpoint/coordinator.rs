@@ -75,9 +75,9 @@ pub enum Outcome {
         final_one: bool,
         /// When they rose: per partition of a core, the new retention floor.
         floors: Option<Vec<u64>>,
-        /// Per shard, the positions of its aggregates and alerts records that the
-        /// checkpoint recorded: each record's retention keeps what follows.
-        results: Vec<(u16, u64, u64)>,
+        /// Per shard, the positions of its aggregates, alerts and experiments records that
+        /// the checkpoint recorded: each record's retention keeps what follows.
+        results: Vec<(u16, u64, u64, u64)>,
     },
     /// It could not be written (see [`Coordinator::commit`]); nothing changed.
     Failed {
@@ -254,7 +254,7 @@ impl Coordinator {
                     results: body
                         .shards
                         .iter()
-                        .map(|s| (s.shard, s.aggregates_len, s.alerts_len))
+                        .map(|s| (s.shard, s.aggregates_len, s.alerts_len, s.experiments_len))
                         .collect(),
                     floors: self.raise_retention_floors(body.partitions),
                 })
@@ -397,6 +397,8 @@ mod tests {
                 gauges: Vec::new(),
                 alerts_len: 0,
                 alerts: Vec::new(),
+                experiments_len: 0,
+                experiments: Vec::new(),
             };
             self.coordinator.shard_reported(epoch, state, sync);
         }

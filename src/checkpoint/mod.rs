@@ -50,8 +50,9 @@ use crate::window::WindowRecord;
 /// distinct set members, and shards keep running gauge values. 4: aggregates keep the
 /// deviation sums of their standard deviation. 5: shards keep their alert states and the
 /// position of their alerts record. 6: a shard's open windows are kept in chunks (snapshots
-/// are taken in steps, into chunks, so no buffer is copied whole on a core).
-pub const BODY_VERSION: u16 = 6;
+/// are taken in steps, into chunks, so no buffer is copied whole on a core). 7: the
+/// experiments record's position and the cumulative experiment states.
+pub const BODY_VERSION: u16 = 7;
 
 /// One partition's position in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +85,10 @@ pub struct ShardState {
     pub alerts_len: u64,
     /// Every (rule, key) alert state, restored to each key's owner.
     pub alerts: Vec<AlertState>,
+    /// Position of the shard's `experiments/` record at the snapshot; it is cut back to it.
+    pub experiments_len: u64,
+    /// Every experiment key's cumulative state, restored to each key's owner.
+    pub experiments: Vec<crate::experiments::engine::CumulativeRecord>,
 }
 
 impl ShardState {
@@ -186,6 +191,14 @@ mod tests {
                     rule: "r".into(),
                     key: "k".into(),
                     state: crate::alerts::state::State::new(),
+                }],
+                experiments_len: 7,
+                experiments: vec![crate::experiments::engine::CumulativeRecord {
+                    experiment: "x".into(),
+                    key: "k".into(),
+                    since_ms: 0,
+                    none: 1,
+                    arms: vec![crate::window::Agg::one(2.0, 5)],
                 }],
             }],
         };

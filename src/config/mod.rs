@@ -398,6 +398,9 @@ pub struct Config {
     pub alerts: Vec<RuleConfig>,
     /// `[notify]`: where alert transitions go.
     pub notify: NotifyConfig,
+    /// `[[experiment]]` splits.
+    #[serde(rename = "experiment", skip_serializing_if = "Vec::is_empty")]
+    pub experiments: Vec<crate::experiments::config::ExperimentConfig>,
     /// The file this was read from, so the checks made once the flags apply (an alert's
     /// window against `--window`) still name its lines.
     #[serde(skip)]
@@ -405,10 +408,18 @@ pub struct Config {
 }
 
 /// A configuration file's path and text.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Source {
     path: Option<PathBuf>,
     text: String,
+}
+
+/// Where a configuration came from is not part of what it configures: two configurations
+/// that say the same are equal, whatever file (or spacing and comments) they came from.
+impl PartialEq for Source {
+    fn eq(&self, _other: &Source) -> bool {
+        true
+    }
 }
 
 impl Default for Config {
@@ -426,6 +437,7 @@ impl Default for Config {
             results: ResultsConfig::default(),
             alerts: Vec::new(),
             notify: NotifyConfig::default(),
+            experiments: Vec::new(),
             source: None,
         }
     }
@@ -557,23 +569,40 @@ impl Config {
         );
         self.check_relations()
             .map_err(|e| Error::Invalid(e.message))?;
-        self.alert_rules()
-            .map_err(|(i, e)| self.alert_error(i, &e))?;
+        self.alert_rules().map_err(|(i, e)| {
+            self.table_error("[[alert]]", i, &self.alerts[i].name, e.key, &e.message)
+        })?;
+        self.name_listeners();
+        let experiments = self.experiment_list().map_err(|(i, e)| {
+            let name = &self.experiments[i].name;
+            self.table_error("[[experiment]]", i, name, e.key, &e.message)
+        })?;
+        // The experiment's listener reads its unit field.
+        for e in &experiments {
+            self.listeners[e.listener].options.unit = Some(e.unit.clone());
+        }
         Ok(self)
     }
 
-    /// The error of rule `index`, naming its line when the rules came from a file.
-    fn alert_error(&self, index: usize, e: &crate::alerts::RuleError) -> Error {
-        let name = &self.alerts[index].name;
+    /// The error of the `index`th table `header` (`[[alert]]`), named `name`, about its
+    /// `key`: naming the line when the configuration came from a file.
+    fn table_error(
+        &self,
+        header: &str,
+        index: usize,
+        name: &str,
+        key: &str,
+        message: &str,
+    ) -> Error {
         let Some(source) = &self.source else {
-            return Error::Invalid(format!("[[alert]] `{name}`: {}", e.message));
+            return Error::Invalid(format!("{header} `{name}`: {message}"));
         };
         let text = &source.text;
-        let line = key_line_in_nth_table(text, "[[alert]]", index, e.key)
-            .or_else(|| nth_table_line(text, "[[alert]]", index))
+        let line = key_line_in_nth_table(text, header, index, key)
+            .or_else(|| nth_table_line(text, header, index))
             .map(|l| format!("line {l}: "))
             .unwrap_or_default();
-        let message = format!("{line}[[alert]] `{name}` (#{}): {}", index + 1, e.message);
+        let message = format!("{line}{header} `{name}` (#{}): {message}", index + 1);
         match &source.path {
             Some(path) => Error::File {
                 path: path.clone(),
@@ -581,6 +610,22 @@ impl Config {
             },
             None => Error::Invalid(message),
         }
+    }
+
+    /// The `[[experiment]]` splits, compiled against the listeners; an error gives the
+    /// index of the table.
+    pub fn experiment_list(
+        &self,
+    ) -> Result<
+        Vec<crate::experiments::config::Experiment>,
+        (usize, crate::experiments::config::ExperimentError),
+    > {
+        let listeners: Vec<(&str, Format)> = self
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.format))
+            .collect();
+        crate::experiments::config::compile_all(&self.experiments, &listeners)
     }
 
     /// The `[[alert]]` rules, compiled against the windows and quantiles; an error gives the

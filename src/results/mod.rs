@@ -43,6 +43,8 @@ pub enum Kind {
     Aggregates,
     /// Alert transitions: `alerts/`.
     Alerts,
+    /// Experiment comparisons: `experiments/`.
+    Experiments,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
         match self {
             Kind::Aggregates => "aggregates",
             Kind::Alerts => "alerts",
+            Kind::Experiments => "experiments",
         }
     }
 }

@@ -92,6 +92,16 @@ pub(super) fn start_cores(config: &Config, mut started: Started) -> Result<Cores
     );
     let mut open_rx = open_rx.drain(..);
     let listeners = Arc::new(config.listeners.clone());
+    // Checked when the configuration was read.
+    let experiments = config.experiment_list().unwrap_or_default();
+    let splits: Vec<Option<crate::experiments::split::Split>> = (0..listeners.len())
+        .map(|i| {
+            experiments
+                .iter()
+                .find(|e| e.listener == i)
+                .map(crate::experiments::split::Split::new)
+        })
+        .collect();
     let pins = core_affinity::get_core_ids().unwrap_or_default();
 
     let mut threads = Vec::new();
@@ -104,6 +114,7 @@ pub(super) fn start_cores(config: &Config, mut started: Started) -> Result<Cores
             pin: pins.get(id % pins.len().max(1)).copied(),
             listeners: listeners.clone(),
             listener_log_ids: started.log_ids.clone(),
+            splits: splits.clone(),
             sockets: std::mem::take(&mut started.sockets[id]),
             backend,
             router: routers.next().expect("one router per core"),

@@ -188,7 +188,14 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     std::fs::create_dir_all(&data_dir).map_err(io_err("cannot create", &data_dir))?;
     // Held until this returns (the lock goes with the process, however it ends).
     let _lock = lock_data_dir(&data_dir)?;
-    for sub in ["log", "checkpoint", "aggregates", "alerts", "deadletter"] {
+    for sub in [
+        "log",
+        "checkpoint",
+        "aggregates",
+        "alerts",
+        "experiments",
+        "deadletter",
+    ] {
         let dir = data_dir.join(sub);
         std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
     }
@@ -218,6 +225,8 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     let results = crate::worker::ResultsHandles::new(cores);
     let alerting = Alerting {
         rules: rules.clone(),
+        // Checked when the configuration was read.
+        experiments: config.experiment_list().unwrap_or_default().into(),
         metrics: metrics.clone(),
     };
     let mut shards = open_shards(&config, cores, body.as_ref(), &results, &alerting)?;
@@ -375,9 +384,7 @@ fn start_alerting(
     let mut seeds = Vec::new();
     let mut board_records = Vec::new();
     for (s, shard) in start.shards.iter_mut().enumerate() {
-        let engine = shard
-            .close_hook()
-            .and_then(|h| h.as_any_mut().downcast_mut::<crate::alerts::Engine>());
+        let engine = shard.hook::<crate::alerts::Engine>();
         let (rows, from) = engine.map_or((Vec::new(), 0), |e| e.current());
         seeds.extend(rows);
         board_records.push((

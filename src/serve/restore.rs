@@ -17,9 +17,10 @@ use crate::route::owner;
 use crate::window::{AggregatesWriter, Params, Shard, aggregates_path};
 use std::sync::Arc;
 
-/// The alert rules every shard runs, and the metrics their engines count in.
+/// The alert rules and experiments every shard runs, and the metrics their engines count in.
 pub(super) struct Alerting {
     pub(super) rules: Arc<[Rule]>,
+    pub(super) experiments: Arc<[crate::experiments::config::Experiment]>,
     pub(super) metrics: Arc<Metrics>,
 }
 use crate::worker::{ReplayTask, ResultsHandles};
@@ -159,17 +160,40 @@ pub(super) fn open_shards(
             )
             .map_err(io_err("cannot open", &dir))?;
             let engine = Engine::new(alerts.rules.clone(), record, alerts.metrics.clone());
-            shard.set_close_hook(Box::new(engine));
+            shard.add_close_hook(Box::new(engine));
+        }
+        if !alerts.experiments.is_empty() {
+            let dir = record_dir(data_dir, Kind::Experiments, core);
+            let record = RecordWriter::open(
+                &dir,
+                state.map_or(0, |s| s.experiments_len),
+                (&config.results).into(),
+                results.experiment_cursors[core as usize].clone(),
+                results.experiments_committed[core as usize].clone(),
+            )
+            .map_err(io_err("cannot open", &dir))?;
+            let engine = crate::experiments::engine::Engine::new(
+                alerts.experiments.clone(),
+                &params.windows,
+                &params.quantiles,
+                record,
+            );
+            shard.add_close_hook(Box::new(engine));
         }
         shards.push(shard);
     }
     for state in states {
         for record in &state.alerts {
             let core = owner(record.key.as_bytes(), cores) as usize;
-            if let Some(engine) = shards[core]
-                .close_hook()
-                .and_then(|h| h.as_any_mut().downcast_mut::<Engine>())
-            {
+            if let Some(engine) = shards[core].hook::<Engine>() {
+                engine.restore(record.clone());
+            }
+        }
+    }
+    for state in states {
+        for record in &state.experiments {
+            let core = owner(record.key.as_bytes(), cores) as usize;
+            if let Some(engine) = shards[core].hook::<crate::experiments::engine::Engine>() {
                 engine.restore(record.clone());
             }
         }

@@ -105,11 +105,11 @@ impl Supervisor {
                 epoch,
                 state,
                 output,
-                alerts,
+                records,
             } => {
                 self.coordinator.shard_reported(epoch, state, output);
-                if let Some(alerts) = alerts {
-                    self.coordinator.record_reported(epoch, alerts);
+                for record in records {
+                    self.coordinator.record_reported(epoch, record);
                 }
             }
             Report::Drained { core } => {
@@ -134,12 +134,15 @@ impl Supervisor {
             return Ok(false);
         };
         let handles = &self.control.results;
-        for (shard, aggregates, alerts) in results {
+        for (shard, aggregates, alerts, experiments) in results {
             if let Some(c) = handles.committed.get(shard as usize) {
                 c.fetch_max(aggregates, Ordering::AcqRel);
             }
             if let Some(c) = handles.alerts_committed.get(shard as usize) {
                 c.fetch_max(alerts, Ordering::AcqRel);
+            }
+            if let Some(c) = handles.experiments_committed.get(shard as usize) {
+                c.fetch_max(experiments, Ordering::AcqRel);
             }
         }
         let floors = floors.unwrap_or_default();

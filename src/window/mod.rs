@@ -570,7 +570,7 @@ pub struct Shard {
     /// The checkpoint snapshot being taken, if any (see `snapshot.rs`).
     snapshotting: Option<Box<Snapshotting>>,
     /// Told of every window closed (alert rules), if any.
-    close_hook: Option<Box<dyn CloseHook>>,
+    close_hooks: Vec<Box<dyn CloseHook>>,
 }
 
 /// A value for the sketch of window `pos` of slot `slot`.
@@ -668,18 +668,21 @@ impl Shard {
             gauges: hashbrown::HashTable::new(),
             gauge_entries: Vec::new(),
             snapshotting: None,
-            close_hook: None,
+            close_hooks: Vec::new(),
         }
     }
 
-    /// Sets the hook told of every window this shard closes from now on.
-    pub fn set_close_hook(&mut self, hook: Box<dyn CloseHook>) {
-        self.close_hook = Some(hook);
+    /// Adds a hook told of every window this shard closes from now on (after the hooks
+    /// added before it).
+    pub fn add_close_hook(&mut self, hook: Box<dyn CloseHook>) {
+        self.close_hooks.push(hook);
     }
 
-    /// The close hook, if one is set.
-    pub fn close_hook(&mut self) -> Option<&mut (dyn CloseHook + 'static)> {
-        self.close_hook.as_deref_mut()
+    /// The close hook of type `T`, if one is set.
+    pub fn hook<T: 'static>(&mut self) -> Option<&mut T> {
+        self.close_hooks
+            .iter_mut()
+            .find_map(|h| h.as_any_mut().downcast_mut::<T>())
     }
 
     /// Restores an open window from a checkpoint. When the number of cores changed, keys
@@ -707,7 +710,7 @@ impl Shard {
                 &self.quantiles,
             )?;
             // Closed as any other window is: the rules see it too.
-            if let Some(hook) = &mut self.close_hook {
+            for hook in &mut self.close_hooks {
                 hook.closed(&record.key, &spec, record.start_ms, &record.agg);
             }
             return Ok(());
@@ -938,7 +941,7 @@ impl Shard {
             }
             let end = *entry.key();
             let ending = entry.remove();
-            if let Some(hook) = &mut self.close_hook {
+            for hook in &mut self.close_hooks {
                 hook.passed(end - 1);
             }
             // Feeders (and plain windows) first, composed windows after: feeders merge into
@@ -954,7 +957,7 @@ impl Shard {
             }
         }
         self.closed_through_ms = through_ms;
-        if let Some(hook) = &mut self.close_hook {
+        for hook in &mut self.close_hooks {
             hook.passed(through_ms);
         }
         Ok(closed)
@@ -977,7 +980,7 @@ impl Shard {
         }
         self.output
             .write_window(&s.key, &spec, w.start_ms, &w.agg, &self.quantiles)?;
-        if let Some(hook) = &mut self.close_hook {
+        for hook in &mut self.close_hooks {
             hook.closed(&s.key, &spec, w.start_ms, &w.agg);
         }
         self.open_windows -= 1;

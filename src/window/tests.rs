@@ -672,7 +672,7 @@ fn a_restore_behind_the_frontier_writes_the_window_and_tells_the_close_hook() {
     // This shard's frontier is already past the window's end.
     let mut restored = Shard::new(&params, 1, 40_000, out);
     let seen = Arc::new(Mutex::new(Vec::new()));
-    restored.set_close_hook(Box::new(Recorder(seen.clone())));
+    restored.add_close_hook(Box::new(Recorder(seen.clone())));
     for record in records {
         restored.restore(record).unwrap();
     }
@@ -704,7 +704,7 @@ fn a_restore_onto_a_higher_frontier_still_feeds_the_larger_windows() {
     let out = AggregatesWriter::open(&dir.path().join("s000.jsonl"), 0).unwrap();
     let mut restored = Shard::new(&params, 1, old.closed_through_ms(), out);
     let seen = Arc::new(Mutex::new(Vec::new()));
-    restored.set_close_hook(Box::new(Recorder(seen.clone())));
+    restored.add_close_hook(Box::new(Recorder(seen.clone())));
     for record in records {
         restored.restore(record).unwrap();
     }

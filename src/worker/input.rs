@@ -13,13 +13,14 @@ use super::{Control, END_OF_DATA_EPOCH, Error, Mode, ReplayTask, Report, WorkerS
 use crate::checkpoint::PartitionState;
 use crate::config::{Format, ListenerConfig, Proto};
 use crate::deadletter::DeadLetter;
+use crate::experiments::split::Split;
 use crate::framing::{Framing, StreamFramer, split_datagram};
 use crate::limits::{EVENT_TIME_FUTURE_MS_MAX, LATENCY_PUBLISH_MS, UDP_DROPS_POLL_MS};
 use crate::log::{Appender, BatchInfo, Damage};
 use crate::metrics::{Metrics, Recorder, StorageOp};
 use crate::net::epoll::EpollBackend;
 use crate::net::{BoundSocket, ConnId, Handler};
-use crate::parse::{Parser, Reject};
+use crate::parse::{Event, Parser, Reject};
 use crate::route::{Msg, Router};
 use crate::window::now_ms;
 
@@ -62,6 +63,8 @@ pub struct Input {
     /// Log listener id → listener index, for replay.
     log_id_to_index: Vec<Option<u16>>,
     parsers: Vec<Parser>,
+    /// Per listener: its experiment's split, if any.
+    splits: Vec<Option<Split>>,
     pub(super) router: Router,
     /// The owner side: shard, inbound queues, barrier alignment.
     pub(super) owner: Owner,
@@ -118,6 +121,7 @@ impl Input {
         let ingest = Input {
             id: setup.id,
             parsers: parsers(&setup.listeners),
+            splits: setup.splits,
             open_per_listener: vec![0; setup.listeners.len()],
             listeners: setup.listeners,
             listener_log_ids: setup.listener_log_ids,
@@ -182,6 +186,7 @@ impl Input {
             route_lines(
                 RouteCtx {
                     parser: &mut self.parsers[index as usize],
+                    split: self.splits.get_mut(index as usize).and_then(Option::as_mut),
                     router: &mut self.router,
                     deadletter: &mut self.deadletter,
                     metrics: &self.metrics,
@@ -441,6 +446,7 @@ impl Input {
                 route_lines(
                     RouteCtx {
                         parser: &mut self.parsers[index as usize],
+                        split: self.splits.get_mut(index as usize).and_then(Option::as_mut),
                         router: &mut self.router,
                         deadletter: &mut self.deadletter,
                         metrics: &self.metrics,
@@ -861,6 +867,7 @@ impl Handler for Input {
 
 struct RouteCtx<'a> {
     parser: &'a mut Parser,
+    split: Option<&'a mut Split>,
     router: &'a mut Router,
     deadletter: &'a mut DeadLetter,
     metrics: &'a Metrics,
@@ -876,6 +883,7 @@ fn route_lines<'l>(ctx: RouteCtx<'_>, lines: impl Iterator<Item = &'l [u8]>, ing
     let mut events = 0u64;
     let mut max_seen = i64::MIN;
     let future_limit_ms = ingest_ms.saturating_add(EVENT_TIME_FUTURE_MS_MAX);
+    let mut split = ctx.split;
     for line in lines {
         let router = &mut *ctx.router;
         let mut future = false;
@@ -887,7 +895,14 @@ fn route_lines<'l>(ctx: RouteCtx<'_>, lines: impl Iterator<Item = &'l [u8]>, ing
                 return;
             }
             max_seen = max_seen.max(event.time_ms);
-            router.push(&event);
+            match split.as_deref_mut() {
+                // The arm's key goes where the key goes: every arm of a key on one shard.
+                Some(split) => {
+                    let (key, unit) = split.tag(event.key, event.unit);
+                    router.push_as(&Event { key, ..event }, event.key, unit);
+                }
+                None => router.push(&event),
+            }
             events += 1;
         });
         match parsed {

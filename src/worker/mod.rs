@@ -101,6 +101,10 @@ pub struct ResultsHandles {
     pub alert_cursors: Vec<Arc<crate::results::Cursors>>,
     /// Position of the `alerts/` record the newest committed checkpoint recorded.
     pub alerts_committed: Vec<Arc<AtomicU64>>,
+    /// The readers of its `experiments/` record (stream clients).
+    pub experiment_cursors: Vec<Arc<crate::results::Cursors>>,
+    /// Position of the `experiments/` record the newest committed checkpoint recorded.
+    pub experiments_committed: Vec<Arc<AtomicU64>>,
 }
 
 impl ResultsHandles {
@@ -111,6 +115,8 @@ impl ResultsHandles {
             committed: (0..shards).map(|_| Arc::new(AtomicU64::new(0))).collect(),
             alert_cursors: (0..shards).map(|_| Arc::default()).collect(),
             alerts_committed: (0..shards).map(|_| Arc::new(AtomicU64::new(0))).collect(),
+            experiment_cursors: (0..shards).map(|_| Arc::default()).collect(),
+            experiments_committed: (0..shards).map(|_| Arc::new(AtomicU64::new(0))).collect(),
         }
     }
 }
@@ -255,8 +261,8 @@ pub enum Report {
         state: ShardState,
         /// The shard's aggregates file, written out up to the snapshot.
         output: OutputSync,
-        /// The shard's alerts record, written out up to the snapshot (when rules run).
-        alerts: Option<OutputSync>,
+        /// The shard's other records (alerts, experiments), written out up to the snapshot.
+        records: Vec<OutputSync>,
     },
     /// The core stopped reading input and drained its connections.
     Drained {
@@ -371,6 +377,8 @@ pub struct WorkerSetup {
     pub listeners: Arc<Vec<ListenerConfig>>,
     /// Stable log id of each listener (index → id).
     pub listener_log_ids: Arc<Vec<u16>>,
+    /// Per listener: the experiment splitting its events, if any.
+    pub splits: Vec<Option<crate::experiments::split::Split>>,
     /// This core's bound sockets: (listener index, socket).
     pub sockets: Vec<(u16, BoundSocket)>,
     /// This core's backend.

@@ -23,6 +23,7 @@ use super::{Error, Report};
 use crate::alerts::Engine;
 use crate::checkpoint::{AlertState, ShardState};
 use crate::deadletter::DeadLetter;
+use crate::experiments::engine::{CumulativeRecord, Engine as ExperimentEngine};
 use crate::limits::{
     AGGREGATES_STAGED_BYTES_MAX, INBOUND_MESSAGES_PER_TICK_MAX, INBOUND_TURN_BUDGET_US,
     OPEN_SCAN_SHARE_PERCENT, OPEN_SCAN_SLOTS_PER_TURN, SNAPSHOT_SHARE_PERCENT,
@@ -68,6 +69,10 @@ struct SnapshotInFlight {
     alerts_sync: Option<OutputSync>,
     alerts_len: u64,
     alerts: Vec<AlertState>,
+    /// The experiments engine's share, taken whole at the barrier (bounded per shard).
+    experiments_sync: Option<OutputSync>,
+    experiments_len: u64,
+    experiments: Vec<CumulativeRecord>,
     /// While the core has input, the next step waits until then.
     resume_at: Option<Instant>,
 }
@@ -322,11 +327,21 @@ impl Owner {
     /// The alert engine's share of a snapshot, taken synchronously (its states are bounded
     /// per rule): its record's sync handle and position, and every (rule, key) state.
     fn snapshot_alerts(&mut self) -> (Option<OutputSync>, u64, Vec<AlertState>) {
-        let Some(engine) = self
-            .shard
-            .close_hook()
-            .and_then(|h| h.as_any_mut().downcast_mut::<Engine>())
-        else {
+        let Some(engine) = self.shard.hook::<Engine>() else {
+            return (None, 0, Vec::new());
+        };
+        let (sync, written, position) = engine.sync_handle();
+        if let Err(e) = written {
+            self.results_error.get_or_insert(e);
+        }
+        (Some(sync), position, engine.snapshot())
+    }
+
+    /// The experiments engine's share of a snapshot, taken synchronously (its state is
+    /// bounded per shard): its record's sync handle and position, and every key's
+    /// cumulative state.
+    fn snapshot_experiments(&mut self) -> (Option<OutputSync>, u64, Vec<CumulativeRecord>) {
+        let Some(engine) = self.shard.hook::<ExperimentEngine>() else {
             return (None, 0, Vec::new());
         };
         let (sync, written, position) = engine.sync_handle();
@@ -357,6 +372,7 @@ impl Owner {
         }
         self.note_written();
         let (alerts_sync, alerts_len, alerts) = self.snapshot_alerts();
+        let (experiments_sync, experiments_len, experiments) = self.snapshot_experiments();
         self.shard.begin_snapshot();
         self.snapshot = Some(SnapshotInFlight {
             epoch,
@@ -365,6 +381,9 @@ impl Owner {
             alerts_sync,
             alerts_len,
             alerts,
+            experiments_sync,
+            experiments_len,
+            experiments,
             resume_at: None,
         });
         self.note_stall(started);
@@ -411,12 +430,18 @@ impl Owner {
             gauges: taken.gauges,
             alerts_len: snap.alerts_len,
             alerts: snap.alerts,
+            experiments_len: snap.experiments_len,
+            experiments: snap.experiments,
         };
         let _ = self.reports.send(Report::Shard {
             epoch: snap.epoch,
             state,
             output: snap.output,
-            alerts: snap.alerts_sync,
+            records: snap
+                .alerts_sync
+                .into_iter()
+                .chain(snap.experiments_sync)
+                .collect(),
         });
     }
 

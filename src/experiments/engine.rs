@@ -1,0 +1,439 @@
+//! The owner side of experiments: a shard's [`Engine`] sees every window it closes (a
+//! [`CloseHook`]); the windows of arm keys (`KEY;arm=NAME`) closing together are one
+//! comparison, written as a row to the shard's `experiments/` results record, per window and
+//! cumulatively since the experiment began for the key.
+//!
+//! Invariants:
+//! - All arms of a key are on this shard (routing hashes the key without its arm), and
+//!   windows ending at one time all close before the shard's frontier passes that time
+//!   ([`CloseHook::passed`]), so a comparison holds every arm that had events.
+//! - Rows are written in (experiment, key, window, start) order at each frontier step: a
+//!   pure function of the windows closed, so replay and recovery write the same rows.
+//! - The cumulative state (one aggregate per arm and key, merged from the smallest window
+//!   size's closed windows that start on a multiple of its size, so an event counts once even
+//!   with hopping windows) is in the checkpoint with the record's position. At most
+//!   [`EXPERIMENT_KEYS_MAX`] keys per shard have cumulative rows; the rest are counted.
+//!
+//! A row (one line of JSON):
+//!
+//! ```text
+//! {"experiment":"checkout","key":"checkout.click","scope":"window","window":"10s",
+//!  "start":"…","start_ms":…,"end":"…","end_ms":…,"none":3,
+//!  "arms":[{"arm":"control","n":412,"mean":1.9,"stddev":0.4,"units":398,"p99":3.1},…],
+//!  "vs_control":[{"arm":"treatment","difference":0.2,"relative_difference":0.1,
+//!                 "ci95":[0.1,0.3],"p_value":0.0004},…],
+//!  "srm":{"chi_squared":0.8,"p_value":0.37,"flagged":false}}
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{Experiment, NO_ARM};
+use super::split::arm_of;
+use super::stats::{Summary, sample_ratio, welch};
+use crate::results::{RecordSync, RecordWriter};
+use crate::units::Millis;
+use crate::window::{Agg, CloseHook, WindowSpec, quantile_name, rfc3339};
+
+/// Most keys per shard with a cumulative comparison.
+pub const EXPERIMENT_KEYS_MAX: usize = 10_000;
+
+/// One key's cumulative state, as a checkpoint keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CumulativeRecord {
+    /// The experiment's name.
+    pub experiment: String,
+    /// The key (without its arm).
+    pub key: String,
+    /// Start of the first window merged.
+    pub since_ms: i64,
+    /// Events without the unit.
+    pub none: u64,
+    /// Per arm, in the experiment's order: everything merged so far.
+    pub arms: Vec<Agg>,
+}
+
+/// The windows of one comparison, closing together.
+#[derive(Debug, Default)]
+struct Group {
+    arms: Vec<Option<Agg>>,
+    hop_ms: i64,
+}
+
+#[derive(Debug)]
+struct Cumulative {
+    since_ms: i64,
+    none: u64,
+    arms: Vec<Agg>,
+}
+
+/// (experiment, key, window size, window start).
+type GroupId = (usize, String, i64, i64);
+
+/// One shard's experiments: the comparisons of the windows closing now, the cumulative
+/// state, and the shard's `experiments/` record.
+#[derive(Debug)]
+pub struct Engine {
+    experiments: Arc<[Experiment]>,
+    /// Arm name → (experiment, arm index).
+    arms: HashMap<String, (usize, usize)>,
+    quantiles: Vec<(f64, String)>,
+    /// The window size cumulative state is merged from.
+    cumulative_size_ms: i64,
+    groups: BTreeMap<GroupId, Group>,
+    /// Events without the unit, by (key, size, start), for the groups closing now.
+    none: HashMap<(String, i64, i64), u64>,
+    cumulative: HashMap<(usize, String), Cumulative>,
+    record: RecordWriter,
+    staged: bool,
+    write_failing: bool,
+    overflow_logged: bool,
+    line: Vec<u8>,
+}
+
+impl Engine {
+    /// An engine for `experiments` over windows `specs` with `quantiles`, writing to
+    /// `record` (opened at the checkpoint's position).
+    pub fn new(
+        experiments: Arc<[Experiment]>,
+        specs: &[WindowSpec],
+        quantiles: &[f64],
+        record: RecordWriter,
+    ) -> Engine {
+        let arms = experiments
+            .iter()
+            .enumerate()
+            .flat_map(|(e, x)| {
+                x.arms
+                    .names()
+                    .iter()
+                    .enumerate()
+                    .map(move |(a, name)| (name.clone(), (e, a)))
+            })
+            .collect();
+        Engine {
+            experiments,
+            arms,
+            quantiles: quantiles.iter().map(|q| (*q, quantile_name(*q))).collect(),
+            cumulative_size_ms: specs.iter().map(|s| s.size_ms).min().unwrap_or(0),
+            groups: BTreeMap::new(),
+            none: HashMap::new(),
+            cumulative: HashMap::new(),
+            record,
+            staged: false,
+            write_failing: false,
+            overflow_logged: false,
+            line: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Restores one key's cumulative state; an experiment or arm no longer configured drops it.
+    pub fn restore(&mut self, record: CumulativeRecord) {
+        let Some(e) = self
+            .experiments
+            .iter()
+            .position(|x| x.name == record.experiment)
+        else {
+            tracing::info!(experiment = %record.experiment, "cumulative state of an experiment no longer configured is dropped");
+            return;
+        };
+        if record.arms.len() != self.experiments[e].arms.len() {
+            tracing::info!(experiment = %record.experiment, "cumulative state of an experiment whose arms changed is dropped");
+            return;
+        }
+        self.cumulative.insert(
+            (e, record.key),
+            Cumulative {
+                since_ms: record.since_ms,
+                none: record.none,
+                arms: record.arms,
+            },
+        );
+    }
+
+    /// Every key's cumulative state, for a checkpoint, in a stable order.
+    pub fn snapshot(&self) -> Vec<CumulativeRecord> {
+        let mut out: Vec<CumulativeRecord> = self
+            .cumulative
+            .iter()
+            .map(|((e, key), c)| CumulativeRecord {
+                experiment: self.experiments[*e].name.clone(),
+                key: key.clone(),
+                since_ms: c.since_ms,
+                none: c.none,
+                arms: c.arms.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.experiment, &a.key).cmp(&(&b.experiment, &b.key)));
+        out
+    }
+
+    /// Writes the staged rows out and returns the handle that makes them durable, with the
+    /// record's position (for the checkpoint).
+    pub fn sync_handle(&mut self) -> (RecordSync, io::Result<()>, u64) {
+        let (sync, written) = self.record.sync_handle();
+        if written.is_ok() {
+            self.staged = false;
+        }
+        (sync, written, self.record.position())
+    }
+
+    /// The record's position, staged rows included.
+    pub fn position(&self) -> u64 {
+        self.record.position()
+    }
+
+    /// Writes the comparisons of the windows closed since the last step.
+    fn emit_groups(&mut self) {
+        let groups = std::mem::take(&mut self.groups);
+        let mut none = std::mem::take(&mut self.none);
+        for ((e, key, size_ms, start_ms), group) in groups {
+            let spec = WindowSpec {
+                size_ms,
+                hop_ms: group.hop_ms,
+            };
+            let none_here = none.remove(&(key.clone(), size_ms, start_ms)).unwrap_or(0);
+            let arms: Vec<Agg> = group
+                .arms
+                .into_iter()
+                .map(|a| a.unwrap_or_else(Agg::empty))
+                .collect();
+            self.write_row(
+                e,
+                &key,
+                "window",
+                &spec,
+                start_ms,
+                start_ms + size_ms,
+                none_here,
+                &arms,
+            );
+            if size_ms == self.cumulative_size_ms && start_ms.rem_euclid(size_ms) == 0 {
+                self.fold_cumulative(e, &key, &spec, start_ms, none_here, arms);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fold_cumulative(
+        &mut self,
+        e: usize,
+        key: &str,
+        spec: &WindowSpec,
+        start_ms: i64,
+        none: u64,
+        arms: Vec<Agg>,
+    ) {
+        let id = (e, key.to_string());
+        if !self.cumulative.contains_key(&id) {
+            if self.cumulative.len() >= EXPERIMENT_KEYS_MAX {
+                if !self.overflow_logged {
+                    tracing::warn!(
+                        max = EXPERIMENT_KEYS_MAX,
+                        "experiment keys past the bound get window rows only, no cumulative rows"
+                    );
+                    self.overflow_logged = true;
+                }
+                return;
+            }
+            self.cumulative.insert(
+                id.clone(),
+                Cumulative {
+                    since_ms: start_ms,
+                    none: 0,
+                    arms: arms.iter().map(|_| Agg::empty()).collect(),
+                },
+            );
+        }
+        let c = self.cumulative.get_mut(&id).expect("just made");
+        c.none += none;
+        for (total, agg) in c.arms.iter_mut().zip(arms) {
+            total.absorb(agg);
+        }
+        let (since, none, totals) = (c.since_ms, c.none, c.arms.clone());
+        let end_ms = start_ms + spec.size_ms;
+        self.write_row(e, key, "cumulative", spec, since, end_ms, none, &totals);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_row(
+        &mut self,
+        e: usize,
+        key: &str,
+        scope: &str,
+        spec: &WindowSpec,
+        start_ms: i64,
+        end_ms: i64,
+        none: u64,
+        arms: &[Agg],
+    ) {
+        let experiment = &self.experiments[e];
+        let summaries: Vec<Summary> = arms.iter().map(summary).collect();
+        let units: Vec<u64> = arms.iter().map(|a| a.distinct.estimate() as u64).collect();
+        let arm_rows: Vec<serde_json::Value> = arms
+            .iter()
+            .zip(&summaries)
+            .zip(&units)
+            .enumerate()
+            .map(|(i, ((agg, s), units))| {
+                let mut row = serde_json::Map::new();
+                row.insert("arm".into(), experiment.arms.names()[i].clone().into());
+                row.insert("n".into(), s.n.into());
+                if s.n > 0 {
+                    row.insert("mean".into(), finite(s.mean));
+                }
+                if let Some(sd) = s.stddev() {
+                    row.insert("stddev".into(), finite(sd));
+                }
+                row.insert("units".into(), (*units).into());
+                for (q, name) in &self.quantiles {
+                    if let Some(v) = agg.quantile(*q) {
+                        row.insert(name.clone(), finite(v));
+                    }
+                }
+                serde_json::Value::Object(row)
+            })
+            .collect();
+        let vs_control: Vec<serde_json::Value> = summaries
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, s)| {
+                let c = welch(&summaries[0], s);
+                serde_json::json!({
+                    "arm": experiment.arms.names()[i],
+                    "difference": c.difference,
+                    "relative_difference": c.relative_difference,
+                    "ci95": c.ci95.map(|(lo, hi)| [lo, hi]),
+                    "p_value": c.p_value,
+                })
+            })
+            .collect();
+        let srm = sample_ratio(&units, experiment.arms.weights());
+        let mut row = serde_json::Map::new();
+        row.insert("experiment".into(), experiment.name.clone().into());
+        row.insert("key".into(), key.into());
+        row.insert("scope".into(), scope.into());
+        row.insert(
+            "window".into(),
+            Millis(spec.size_ms as u64).to_string().into(),
+        );
+        if spec.hop_ms != spec.size_ms {
+            row.insert("hop".into(), Millis(spec.hop_ms as u64).to_string().into());
+        }
+        row.insert("start".into(), rfc3339(start_ms).into());
+        row.insert("start_ms".into(), start_ms.into());
+        row.insert("end".into(), rfc3339(end_ms).into());
+        row.insert("end_ms".into(), end_ms.into());
+        row.insert("none".into(), none.into());
+        row.insert("arms".into(), arm_rows.into());
+        row.insert("vs_control".into(), vs_control.into());
+        row.insert(
+            "srm".into(),
+            serde_json::json!({
+                "chi_squared": srm.chi_squared,
+                "p_value": srm.p_value,
+                "flagged": srm.flagged,
+            }),
+        );
+        self.line.clear();
+        // A map of strings and finite numbers (or nulls) always encodes.
+        if serde_json::to_writer(&mut self.line, &serde_json::Value::Object(row)).is_ok() {
+            self.line.push(b'\n');
+            self.record.append(&self.line);
+            self.staged = true;
+        }
+    }
+
+    /// Writes staged rows out; a failure keeps them staged for the next write-out or the
+    /// checkpoint's (which then fails until they are in).
+    fn write_out(&mut self) {
+        if !self.staged {
+            return;
+        }
+        match self.record.flush() {
+            Ok(()) => {
+                self.staged = false;
+                self.write_failing = false;
+            }
+            Err(e) => {
+                if !self.write_failing {
+                    tracing::warn!(path = %self.record.dir().display(), error = %e, "cannot write experiment rows; they stay staged and are retried");
+                    self.write_failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// An arm's sample as the statistics take it: the count, mean and sample variance of its
+/// values (from the aggregate's shifted sums, which keep the variance exact for values
+/// like 1e9 ± 1).
+fn summary(agg: &Agg) -> Summary {
+    let n = agg.values();
+    if n == 0 {
+        return Summary::default();
+    }
+    let count = n as f64;
+    let mean = agg.mean();
+    let variance = if n < 2 {
+        0.0
+    } else {
+        ((agg.dev_sq - agg.dev_sum * agg.dev_sum / count) / (count - 1.0)).max(0.0)
+    };
+    Summary { n, mean, variance }
+}
+
+fn finite(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        v.into()
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+impl CloseHook for Engine {
+    #[inline]
+    fn closed(&mut self, key: &str, spec: &WindowSpec, start_ms: i64, agg: &Agg) {
+        let Some((base, arm)) = arm_of(key) else {
+            return;
+        };
+        if arm == NO_ARM {
+            *self
+                .none
+                .entry((base.to_string(), spec.size_ms, start_ms))
+                .or_default() += agg.count;
+            return;
+        }
+        let Some(&(e, a)) = self.arms.get(arm) else {
+            return;
+        };
+        let arms = self.experiments[e].arms.len();
+        let group = self
+            .groups
+            .entry((e, base.to_string(), spec.size_ms, start_ms))
+            .or_insert_with(|| Group {
+                arms: (0..arms).map(|_| None).collect(),
+                hop_ms: spec.hop_ms,
+            });
+        group.arms[a] = Some(agg.clone());
+    }
+
+    fn passed(&mut self, _through_ms: i64) {
+        if !self.groups.is_empty() {
+            self.emit_groups();
+        }
+        self.none.clear();
+        self.write_out();
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
