@@ -403,16 +403,21 @@ fn replay(args: ReplayArgs, bar: indicatif::ProgressBar) -> Result<ExitCode, Fai
         error: anyhow::Error::from(e).context("replay"),
     })?;
     let per_sec = summary.lines as f64 / summary.seconds.max(1e-3);
+    let experiments = match summary.experiments {
+        0 => String::new(),
+        n => format!(", {n} experiment rows"),
+    };
     // A closed stdout (`| head -0`) loses only the summary: the results are in OUT.
     let _ = writeln!(
         std::io::stdout(),
-        "replayed {} lines, {} events: {} aggregates rows, {} alert transitions in {:.2} s \
+        "replayed {} lines, {} events: {} aggregates rows, {} alert transitions{} in {:.2} s \
          ({:.0} lines/s) into {}; {} partitions on {} cores, {} lines read, {} rejected, \
          {} late",
         summary.lines,
         summary.events,
         summary.rows,
         summary.alerts,
+        experiments,
         summary.seconds,
         per_sec,
         options.out.display(),

@@ -1,8 +1,10 @@
 //! `sluice replay`: the results of a data dir's log computed again with another
-//! configuration (windows, alert rules), into a new data dir, writing nothing in the first.
+//! configuration (windows, alert rules, experiments), into a new data dir, writing nothing
+//! in the first.
 //!
 //! It runs serve's own machinery, not a copy: the shards are opened by `open_shards` (so
-//! every close hook serve sets, alert rules now, is set here too), and the cores are serve's
+//! every close hook serve sets, the alert and experiment engines, is set here too), and the
+//! cores are serve's
 //! cores (`start_cores`, `worker::run`), replaying the log as they do at every start:
 //! `Input::replay_step` reads each batch, parses it with the listener's parser (a line
 //! without a timestamp takes the batch's logged ingest time, as in serve's recovery),
@@ -23,7 +25,7 @@
 //!
 //! What it writes: `--out OUT`, which must be new or empty (two runs never mix their rows),
 //! is the data dir of the run, locked as serve locks its own (`sluice.lock`):
-//! `aggregates/` and `alerts/` exactly as serve writes them, `deadletter/` (lines the
+//! `aggregates/`, `alerts/` and `experiments/` as serve writes them, `deadletter/` (lines the
 //! configuration rejects, and late events), and one checkpoint (`checkpoint/`, below). OUT
 //! gets no log. No notifier runs: a replay's alert transitions are rows, never
 //! notifications.
@@ -191,6 +193,8 @@ pub struct Summary {
     pub rows: u64,
     /// Alert transitions written to `alerts/`.
     pub alerts: u64,
+    /// Experiment comparison rows written to `experiments/`.
+    pub experiments: u64,
     /// Wall-clock time the run took.
     pub seconds: f64,
 }
@@ -231,6 +235,8 @@ pub fn run(
     let results = ResultsHandles::new(cores);
     let alerting = Alerting {
         rules,
+        // Checked when the configuration was read.
+        experiments: config.experiment_list().unwrap_or_default().into(),
         metrics: metrics.clone(),
     };
     let shards = open_shards(&config, cores, None, &results, &alerting)?;
@@ -358,7 +364,13 @@ fn open_out(out: &Path) -> Result<std::fs::File, Error> {
     if entries(true)? {
         return Err(not_empty());
     }
-    for sub in ["aggregates", "alerts", "deadletter", "checkpoint"] {
+    for sub in [
+        "aggregates",
+        "alerts",
+        "experiments",
+        "deadletter",
+        "checkpoint",
+    ] {
         let dir = out.join(sub);
         std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
     }
@@ -421,17 +433,14 @@ fn wait_for_shards(
                 epoch,
                 state,
                 output,
-                alerts,
+                records,
             }) => {
                 debug_assert_eq!(epoch, worker::END_OF_DATA_EPOCH);
                 let shard = state.shard;
-                output
-                    .sync()
-                    .map_err(io_err("cannot sync", output.path()))?;
-                if let Some(alerts) = alerts {
-                    alerts
+                for record in std::iter::once(&output).chain(&records) {
+                    record
                         .sync()
-                        .map_err(io_err("cannot sync", alerts.path()))?;
+                        .map_err(io_err("cannot sync", record.path()))?;
                 }
                 if state.window_count > 0 {
                     tracing::error!(
@@ -499,6 +508,7 @@ fn summarize(out: &Path, cores: usize, metrics: &Metrics) -> Result<Summary, Err
     for shard in 0..cores as u16 {
         summary.rows += rows_in(&record_dir(out, Kind::Aggregates, shard))?;
         summary.alerts += rows_in(&record_dir(out, Kind::Alerts, shard))?;
+        summary.experiments += rows_in(&record_dir(out, Kind::Experiments, shard))?;
     }
     Ok(summary)
 }
