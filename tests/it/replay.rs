@@ -3,7 +3,7 @@
 //! rows and alert transitions of that one, checked against the tests' own arithmetic over
 //! `sluice log dump`; the data dir is left exactly as it was, torn tail included, also while
 //! a serve runs on it; a non-empty --out and bad arguments exit 2; --from/--to keep the lines
-//! logged between them.
+//! logged between them; an experiment the live run did not have splits the replayed events.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -684,4 +684,78 @@ fn replay_from_and_to_keep_the_lines_logged_between_them() {
     let out = dir.path().join("out-to");
     let summary = replay_ok(&data_dir, &hour, &out, &["--to", &to_arg]);
     assert_eq!(summary_lines(&summary), (p1.len() + p2.len()) as u64);
+}
+
+#[test]
+fn replay_tries_an_experiment_the_live_run_did_not_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let listener = "[[listener]]\nname = \"events\"\nproto = \"tcp\"\naddr = \"127.0.0.1:0\"\n\
+                    format = \"json\"\nkey = \"page\"\nvalue = \"ms\"\n";
+    let base = format!(
+        "cores = 2\n{listener}\n[log]\nsegment_bytes = \"1MiB\"\n\n[window]\nsizes = [\"1s\"]\n"
+    );
+    let live = dir.path().join("live.toml");
+    std::fs::write(&live, &base).unwrap();
+    let sluice = Sluice::start(&data_dir, &["--config", path_str(&live)]);
+    let mut conn = TcpStream::connect(sluice.addr("events")).unwrap();
+    let mut text = String::new();
+    for i in 0..200 {
+        text.push_str(&format!(
+            "{{\"page\":\"checkout\",\"ms\":{},\"user_id\":\"u{}\"}}\n",
+            10 + i % 7,
+            i % 40
+        ));
+    }
+    conn.write_all(text.as_bytes()).unwrap();
+    drop(conn);
+    wait_logged(&data_dir, 200);
+    assert!(sluice.stop().success());
+
+    let split = dir.path().join("split.toml");
+    std::fs::write(
+        &split,
+        format!(
+            "{base}\n[[experiment]]\nname = \"checkout\"\nlistener = \"events\"\n\
+             unit = \"user_id\"\narms = {{ control = 50, treatment = 50 }}\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let summary = replay_ok(&data_dir, &split, &out, &[]);
+    assert!(summary.contains("experiment rows"), "{summary}");
+    let mut rows = Vec::new();
+    for shard in std::fs::read_dir(out.join("experiments")).unwrap() {
+        for seg in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            for line in std::fs::read_to_string(seg.unwrap().path())
+                .unwrap()
+                .lines()
+            {
+                rows.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
+            }
+        }
+    }
+    let windows: Vec<&serde_json::Value> = rows.iter().filter(|r| r["scope"] == "window").collect();
+    assert!(!windows.is_empty(), "{rows:#?}");
+    let mut n = 0;
+    for r in &windows {
+        assert_eq!(r["experiment"], "checkout");
+        assert_eq!(r["none"], 0, "every line has the unit field");
+        let arms = r["arms"].as_array().unwrap();
+        let names: Vec<&str> = arms.iter().map(|a| a["arm"].as_str().unwrap()).collect();
+        assert_eq!(names, ["control", "treatment"]);
+        n += arms.iter().map(|a| a["n"].as_u64().unwrap()).sum::<u64>();
+    }
+    assert_eq!(n, 200, "each event in one arm of its window");
+    // The aggregates carry the arm in the key; the live run's windows did not.
+    let keys: Vec<String> = read_aggregates(&out).into_keys().map(|k| k.0).collect();
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k.starts_with("checkout;arm=")),
+        "{keys:?}"
+    );
+    let live_keys: Vec<String> = open_windows(&data_dir).into_iter().map(|w| w.0).collect();
+    assert!(
+        !live_keys.is_empty() && live_keys.iter().all(|k| k == "checkout"),
+        "{live_keys:?}"
+    );
 }
