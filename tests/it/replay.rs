@@ -345,6 +345,11 @@ fn replay_with_the_live_config_writes_the_rows_the_live_run_closed() {
     // The end of the data closed every window.
     let end = open_windows(&out);
     assert!(end.is_empty(), "{end:?}");
+
+    // OUT's checkpoint names its records: a serve on OUT goes on from there and keeps them.
+    let serve_out = Sluice::start(&out, &["--config", path_str(&config)]);
+    assert!(serve_out.stop().success());
+    assert_eq!(multiset(&json_rows(&out)), multiset(&replayed));
 }
 
 #[test]
