@@ -418,14 +418,15 @@ fn plan_replay(
     Ok((plans, ends, total))
 }
 
-/// Follows the cores' reports until every shard has reported the end-of-data barrier, with
-/// its records made durable; returns the shards' states.
+/// Follows the cores' reports until every shard has reported the end-of-data barrier, then
+/// makes its records durable; returns the shards' states.
 fn wait_for_shards(
     started: &super::cores::Cores,
     cores: usize,
     progress: &mut dyn FnMut(),
 ) -> Result<Vec<ShardState>, Error> {
     let mut states: Vec<ShardState> = Vec::with_capacity(cores);
+    let mut syncs = Vec::new();
     let mut next_progress = Instant::now();
     while states.len() < cores {
         match started.reports.recv_timeout(PROGRESS_INTERVAL) {
@@ -437,11 +438,8 @@ fn wait_for_shards(
             }) => {
                 debug_assert_eq!(epoch, worker::END_OF_DATA_EPOCH);
                 let shard = state.shard;
-                for record in std::iter::once(&output).chain(&records) {
-                    record
-                        .sync()
-                        .map_err(io_err("cannot sync", record.path()))?;
-                }
+                syncs.push(output);
+                syncs.extend(records);
                 if state.window_count > 0 {
                     tracing::error!(
                         shard,
@@ -464,8 +462,39 @@ fn wait_for_shards(
             next_progress = Instant::now() + PROGRESS_INTERVAL;
         }
     }
+    sync_records(syncs, &started.reports)?;
     states.sort_by_key(|s| s.shard);
     Ok(states)
+}
+
+/// Makes every record durable up to its shard's end, retrying while that fails (100 ms
+/// doubling to 1 s): rows a full disk held back are still staged on their core, which
+/// writes them once it can, as it does in serve.
+fn sync_records(
+    syncs: Vec<crate::window::OutputSync>,
+    reports: &crossbeam_channel::Receiver<Report>,
+) -> Result<(), Error> {
+    let mut backoff = Duration::from_millis(100);
+    for record in syncs {
+        let mut warned = false;
+        while let Err(e) = record.sync() {
+            if !warned {
+                tracing::warn!(record = %record.path().display(), error = %e,
+                    "a results record cannot be made durable yet; retrying until it can");
+                warned = true;
+            }
+            // Waits, and ends the run if a core fails meanwhile.
+            match reports.recv_timeout(backoff) {
+                Ok(Report::Failed { core, error }) => {
+                    return Err(ServeError::Core { core, error }.into());
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(ServeError::CoresGone.into()),
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+    Ok(())
 }
 
 /// Writes OUT's checkpoint: no partitions (OUT has no log), the shards as they ended.
