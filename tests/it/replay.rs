@@ -3,7 +3,8 @@
 //! rows and alert transitions of that one, checked against the tests' own arithmetic over
 //! `sluice log dump`; the data dir is left exactly as it was, torn tail included, also while
 //! a serve runs on it; a non-empty --out and bad arguments exit 2; --from/--to keep the lines
-//! logged between them; an experiment the live run did not have splits the replayed events.
+//! logged between them; an experiment the live run did not have splits the replayed events;
+//! a full disk under --out makes the replay wait, not fail or lose a row.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -767,4 +768,61 @@ fn replay_tries_an_experiment_the_live_run_did_not_have() {
         !live_keys.is_empty() && live_keys.iter().all(|k| k == "checkout"),
         "{live_keys:?}"
     );
+}
+
+#[test]
+fn replay_into_a_full_disk_waits_and_writes_every_row_once_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let config = live_config(dir.path(), "");
+    let sluice = Sluice::start(&data_dir, &["--config", path_str(&config)]);
+    let mut conn = TcpStream::connect(sluice.addr("g")).unwrap();
+    let secs = now_ms() / 1000;
+    let text: String = (0..3000)
+        .map(|k| format!("disk.k{k} {k} {secs}\n"))
+        .collect();
+    conn.write_all(text.as_bytes()).unwrap();
+    drop(conn);
+    wait_logged(&data_dir, 3000);
+    assert!(sluice.stop().success());
+
+    let Some(fs) = crate::storage::Tmpfs::mount(&dir.path().join("mnt"), 16) else {
+        return;
+    };
+    // Room for OUT's directories, not for its rows (about 1 MiB of them).
+    let filler = fs.fill(64 * 1024);
+    let out = dir.path().join("mnt").join("out");
+    let one_second = replay_config(
+        dir.path(),
+        "one.toml",
+        "[window]\nsizes = [\"1s\"]\nallowed_lateness = \"2s\"\n",
+    );
+    let mut child = std::process::Command::new(crate::harness::bin())
+        .args(["replay", "--data-dir", path_str(&data_dir), "--config"])
+        .arg(&one_second)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the replay waits while its rows do not fit"
+    );
+    std::fs::remove_file(filler).unwrap();
+    let status = crate::harness::wait_timeout(&mut child, Duration::from_secs(60))
+        .expect("the replay ends once there is room");
+    let o = child.wait_with_output().unwrap();
+    assert!(status.success(), "{status}: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("No space left on device"),
+        "it waited for the disk: {}",
+        stderr(&o)
+    );
+    let rows = read_aggregates(&out);
+    assert_eq!(rows.len(), 3000);
+    assert!(rows.values().all(|r| r.count == 1));
+    drop(fs);
 }
