@@ -38,7 +38,8 @@ enum Command {
     /// A terminal view of a running instance, refreshed every second (q, Esc or Ctrl-C quit).
     Top(sluice::cli::top::TopArgs),
     /// Recompute results from a data dir's log with another configuration (windows, alert
-    /// rules) into a new data dir, writing nothing in the first (a serve may run on it).
+    /// rules, experiments) into a new data dir, writing nothing in the first (a serve may
+    /// run on it).
     Replay(ReplayArgs),
 }
 
@@ -48,11 +49,11 @@ struct ReplayArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
     /// TOML configuration of the replay: its listeners (by name, as the log knows them),
-    /// windows and alert rules; its data_dir, admin and notify are not used.
+    /// windows, alert rules and experiments; its data_dir, admin and notify are not used.
     #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
-    /// Where the results go (aggregates/, alerts/, deadletter/, a checkpoint): a new or
-    /// empty directory outside DIR.
+    /// Where the results go (aggregates/, alerts/, experiments/, deadletter/, a
+    /// checkpoint): a new or empty directory outside DIR.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Only lines logged at or after this time: RFC 3339 (2026-11-28T20:00:00Z) or Unix
