@@ -34,8 +34,13 @@ pub struct QueryApi {
     pub records: Vec<(std::path::PathBuf, Arc<crate::results::Cursors>)>,
     /// Stream clients now.
     pub stream_clients: Arc<std::sync::atomic::AtomicUsize>,
-    /// Per shard, its alerts record (empty without rules): streams follow them too.
-    pub alert_records: Vec<std::path::PathBuf>,
+    /// Per shard, its alerts and experiments records (empty without rules or experiments)
+    /// with their cursors, and the stream event of each: streams follow them too.
+    pub other_records: Vec<(
+        std::path::PathBuf,
+        Arc<crate::results::Cursors>,
+        crate::query::Event,
+    )>,
 }
 
 /// A failed query: its status and a JSON body naming the parameter at fault.
@@ -404,7 +409,7 @@ pub async fn stream(
     let filter = params.filter(false)?;
     let window = params.window(&api.window_sizes_ms)?;
     params.finish(&["prefix", "key", "window"])?;
-    let shards = api.records.len() + api.alert_records.len();
+    let shards = api.records.len() + api.other_records.len();
     let positions = match headers.get("last-event-id") {
         Some(value) => value
             .to_str()
@@ -418,7 +423,7 @@ pub async fn stream(
             })?,
         None => {
             let mut dirs: Vec<_> = api.records.iter().map(|(d, _)| d.clone()).collect();
-            dirs.extend(api.alert_records.iter().cloned());
+            dirs.extend(api.other_records.iter().map(|(d, _, _)| d.clone()));
             blocking(move || {
                 Ok(dirs
                     .iter()
@@ -443,11 +448,10 @@ pub async fn stream(
     use crate::query::Event;
     let (mut dirs, mut cursors): (Vec<_>, Vec<_>) = api.records.iter().cloned().unzip();
     let mut events = vec![Event::Window; dirs.len()];
-    for dir in &api.alert_records {
-        // The alerts record has no retention: nothing to hold back with a cursor.
+    for (dir, record_cursors, event) in &api.other_records {
         dirs.push(dir.clone());
-        cursors.push(Arc::default());
-        events.push(Event::Alert);
+        cursors.push(record_cursors.clone());
+        events.push(*event);
     }
     let timing = Timing {
         keepalive: Duration::from_millis(STREAM_KEEPALIVE_MS),
@@ -510,4 +514,33 @@ pub async fn alerts(State(state): State<AdminState>) -> Response {
         .map(|b| b.current(QUERY_ROWS_MAX))
         .unwrap_or_default();
     axum::Json(serde_json::json!({ "alerts": rows, "truncated": truncated })).into_response()
+}
+
+/// `GET /api/v1/experiments[?experiment=NAME][&key=K|&prefix=P]`: the newest comparison of
+/// every experiment and key, per window size and scope (`window`, `cumulative`), as written to
+/// `experiments/` (`{"experiments":[ROW...],"truncated":false}`; empty without experiments),
+/// at most [`QUERY_ROWS_MAX`] rows.
+pub async fn experiments(
+    State(state): State<AdminState>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let mut params = Params::new(pairs)?;
+    let filter = params.filter(false)?;
+    let experiment = params.take("experiment");
+    params.finish(&["experiment", "key", "prefix"])?;
+    let (rows, truncated) = state
+        .experiments
+        .as_ref()
+        .map(|b| {
+            b.current(
+                experiment.as_deref(),
+                |key| filter.matches(key),
+                QUERY_ROWS_MAX,
+            )
+        })
+        .unwrap_or_default();
+    Ok(
+        axum::Json(serde_json::json!({ "experiments": rows, "truncated": truncated }))
+            .into_response(),
+    )
 }

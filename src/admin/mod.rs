@@ -79,6 +79,8 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// The alerts pending and firing now (`None`: no rules).
     pub alerts: Option<Arc<crate::alerts::notify::Board>>,
+    /// The newest experiment comparisons (`None`: no experiments).
+    pub experiments: Option<Arc<crate::experiments::board::Board>>,
 }
 
 impl AdminState {
@@ -90,6 +92,7 @@ impl AdminState {
             rates: Arc::default(),
             token: None,
             alerts: None,
+            experiments: None,
         }
     }
 }
@@ -177,6 +180,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/stream", get(api::stream))
         .route("/api/v1/status", get(status::status))
         .route("/api/v1/alerts", get(api::alerts))
+        .route("/api/v1/experiments", get(api::experiments))
         .route("/", get(dashboard::index))
         .route("/ui/{name}", get(dashboard::asset))
         .with_state(state)

@@ -276,75 +276,66 @@ impl Engine {
         let experiment = &self.experiments[e];
         let summaries: Vec<Summary> = arms.iter().map(summary).collect();
         let units: Vec<u64> = arms.iter().map(|a| a.distinct.estimate() as u64).collect();
-        let arm_rows: Vec<serde_json::Value> = arms
+        let arm_rows: Vec<ArmRow<'_>> = arms
             .iter()
             .zip(&summaries)
             .zip(&units)
             .enumerate()
-            .map(|(i, ((agg, s), units))| {
-                let mut row = serde_json::Map::new();
-                row.insert("arm".into(), experiment.arms.names()[i].clone().into());
-                row.insert("n".into(), s.n.into());
-                if s.n > 0 {
-                    row.insert("mean".into(), finite(s.mean));
-                }
-                if let Some(sd) = s.stddev() {
-                    row.insert("stddev".into(), finite(sd));
-                }
-                row.insert("units".into(), (*units).into());
-                for (q, name) in &self.quantiles {
-                    if let Some(v) = agg.quantile(*q) {
-                        row.insert(name.clone(), finite(v));
-                    }
-                }
-                serde_json::Value::Object(row)
+            .map(|(i, ((agg, s), units))| ArmRow {
+                arm: &experiment.arms.names()[i],
+                n: s.n,
+                mean: (s.n > 0).then_some(s.mean).filter(|m| m.is_finite()),
+                stddev: s.stddev(),
+                units: *units,
+                quantiles: self
+                    .quantiles
+                    .iter()
+                    .filter_map(|(q, name)| {
+                        agg.quantile(*q)
+                            .filter(|v| v.is_finite())
+                            .map(|v| (name.as_str(), v))
+                    })
+                    .collect(),
             })
             .collect();
-        let vs_control: Vec<serde_json::Value> = summaries
+        let vs_control: Vec<VsRow<'_>> = summaries
             .iter()
             .enumerate()
             .skip(1)
             .map(|(i, s)| {
                 let c = welch(&summaries[0], s);
-                serde_json::json!({
-                    "arm": experiment.arms.names()[i],
-                    "difference": c.difference,
-                    "relative_difference": c.relative_difference,
-                    "ci95": c.ci95.map(|(lo, hi)| [lo, hi]),
-                    "p_value": c.p_value,
-                })
+                VsRow {
+                    arm: &experiment.arms.names()[i],
+                    difference: c.difference,
+                    relative_difference: c.relative_difference,
+                    ci95: c.ci95.map(|(lo, hi)| [lo, hi]),
+                    p_value: c.p_value,
+                }
             })
             .collect();
         let srm = sample_ratio(&units, experiment.arms.weights());
-        let mut row = serde_json::Map::new();
-        row.insert("experiment".into(), experiment.name.clone().into());
-        row.insert("key".into(), key.into());
-        row.insert("scope".into(), scope.into());
-        row.insert(
-            "window".into(),
-            Millis(spec.size_ms as u64).to_string().into(),
-        );
-        if spec.hop_ms != spec.size_ms {
-            row.insert("hop".into(), Millis(spec.hop_ms as u64).to_string().into());
-        }
-        row.insert("start".into(), rfc3339(start_ms).into());
-        row.insert("start_ms".into(), start_ms.into());
-        row.insert("end".into(), rfc3339(end_ms).into());
-        row.insert("end_ms".into(), end_ms.into());
-        row.insert("none".into(), none.into());
-        row.insert("arms".into(), arm_rows.into());
-        row.insert("vs_control".into(), vs_control.into());
-        row.insert(
-            "srm".into(),
-            serde_json::json!({
-                "chi_squared": srm.chi_squared,
-                "p_value": srm.p_value,
-                "flagged": srm.flagged,
-            }),
-        );
+        let row = ComparisonRow {
+            experiment: &experiment.name,
+            key,
+            scope,
+            window: Millis(spec.size_ms as u64).to_string(),
+            hop: (spec.hop_ms != spec.size_ms).then(|| Millis(spec.hop_ms as u64).to_string()),
+            start: rfc3339(start_ms),
+            start_ms,
+            end: rfc3339(end_ms),
+            end_ms,
+            none,
+            arms: arm_rows,
+            vs_control,
+            srm: SrmRow {
+                chi_squared: srm.chi_squared,
+                p_value: srm.p_value,
+                flagged: srm.flagged,
+            },
+        };
         self.line.clear();
-        // A map of strings and finite numbers (or nulls) always encodes.
-        if serde_json::to_writer(&mut self.line, &serde_json::Value::Object(row)).is_ok() {
+        // Strings and finite numbers (or nulls) always encode.
+        if serde_json::to_writer(&mut self.line, &row).is_ok() {
             self.line.push(b'\n');
             self.record.append(&self.line);
             self.staged = true;
@@ -390,12 +381,52 @@ fn summary(agg: &Agg) -> Summary {
     Summary { n, mean, variance }
 }
 
-fn finite(v: f64) -> serde_json::Value {
-    if v.is_finite() {
-        v.into()
-    } else {
-        serde_json::Value::Null
-    }
+/// One row of `experiments/`, fields in the documented order.
+#[derive(Serialize)]
+struct ComparisonRow<'a> {
+    experiment: &'a str,
+    key: &'a str,
+    scope: &'a str,
+    window: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hop: Option<String>,
+    start: String,
+    start_ms: i64,
+    end: String,
+    end_ms: i64,
+    none: u64,
+    arms: Vec<ArmRow<'a>>,
+    vs_control: Vec<VsRow<'a>>,
+    srm: SrmRow,
+}
+
+#[derive(Serialize)]
+struct ArmRow<'a> {
+    arm: &'a str,
+    n: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stddev: Option<f64>,
+    units: u64,
+    #[serde(flatten)]
+    quantiles: BTreeMap<&'a str, f64>,
+}
+
+#[derive(Serialize)]
+struct VsRow<'a> {
+    arm: &'a str,
+    difference: Option<f64>,
+    relative_difference: Option<f64>,
+    ci95: Option<[f64; 2]>,
+    p_value: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct SrmRow {
+    chi_squared: Option<f64>,
+    p_value: Option<f64>,
+    flagged: bool,
 }
 
 impl CloseHook for Engine {
@@ -435,5 +466,178 @@ impl CloseHook for Engine {
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiments::config::{Experiment, ExperimentConfig};
+    use crate::experiments::split::{Split, unit_hash};
+    use crate::parse::{Format, Kind};
+    use crate::window::{AggregatesWriter, Params, Shard};
+
+    fn experiment() -> Experiment {
+        let c: ExperimentConfig = toml::from_str(
+            "name = \"checkout\"\nlistener = \"e\"\nunit = \"user\"\narms = { control = 50, treatment = 50 }",
+        )
+        .unwrap();
+        Experiment::compile(&c, &[("e", Format::Json)]).unwrap()
+    }
+
+    fn shard(dir: &std::path::Path) -> Shard {
+        let specs = vec![WindowSpec::tumbling(10_000)];
+        let params = Params {
+            windows: specs.clone(),
+            quantiles: vec![0.5],
+            max_keys: 1000,
+        };
+        let output = AggregatesWriter::open(&dir.join("aggregates"), 0).unwrap();
+        let mut shard = Shard::new(&params, 1, i64::MIN, output);
+        let record = RecordWriter::open(
+            &dir.join("experiments"),
+            0,
+            crate::results::Options::default(),
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        let experiments: Arc<[Experiment]> = vec![experiment()].into();
+        shard.add_close_hook(Box::new(Engine::new(experiments, &specs, &[0.5], record)));
+        shard
+    }
+
+    fn rows(dir: &std::path::Path) -> Vec<serde_json::Value> {
+        crate::results::read_record(&dir.join("experiments"))
+            .0
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Feeds `users` units per window for `windows` windows: the treatment's values are
+    /// `lift` higher; every seventh event has no unit.
+    fn feed(shard: &mut Shard, users: usize, windows: i64, lift: f64) {
+        let e = experiment();
+        let mut split = Split::new(&e);
+        for w in 0..windows {
+            for u in 0..users {
+                let unit = format!("user-{u}");
+                let arm = e.arms.assign(&unit).unwrap();
+                let value = 10.0 + (u % 5) as f64 + if arm == 1 { lift } else { 0.0 };
+                let unit = (u % 7 != 0).then_some(unit.as_bytes());
+                let (key, hash) = split.tag(b"checkout.latency", unit);
+                let key = key.to_vec();
+                let folded = {
+                    let mut batch = shard.batch();
+                    batch.fold_unit(&key, value, w * 10_000 + 5, Kind::Sample, hash)
+                };
+                assert_eq!(folded.late, 0);
+            }
+            shard.advance(0, (w + 1) * 10_000, false).unwrap();
+        }
+    }
+
+    #[test]
+    fn arms_of_a_key_are_compared_per_window_and_cumulatively() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = shard(dir.path());
+        feed(&mut s, 700, 3, 2.0);
+        let got = rows(dir.path());
+        let scopes: Vec<&str> = got.iter().map(|r| r["scope"].as_str().unwrap()).collect();
+        assert_eq!(scopes, ["window", "cumulative"].repeat(3));
+        let last = &got[5];
+        assert_eq!(last["experiment"], "checkout");
+        assert_eq!(last["key"], "checkout.latency");
+        assert_eq!(last["start_ms"], 0);
+        assert_eq!(last["end_ms"], 30_000);
+        assert_eq!(last["none"], 3 * 100, "users 0, 7, ... have no unit");
+        let arms = last["arms"].as_array().unwrap();
+        assert_eq!(arms[0]["arm"], "control");
+        assert_eq!(arms[1]["arm"], "treatment");
+        let n: u64 = arms.iter().map(|a| a["n"].as_u64().unwrap()).sum();
+        assert_eq!(n, 3 * 600);
+        let units: u64 = arms.iter().map(|a| a["units"].as_u64().unwrap()).sum();
+        assert!((590..=610).contains(&units), "distinct units {units}");
+        let vs = &last["vs_control"][0];
+        assert_eq!(vs["arm"], "treatment");
+        let diff = vs["difference"].as_f64().unwrap();
+        let [lo, hi] = [
+            vs["ci95"][0].as_f64().unwrap(),
+            vs["ci95"][1].as_f64().unwrap(),
+        ];
+        assert!(lo < 2.0 && 2.0 < hi && lo > 0.0, "{diff} in [{lo}, {hi}]");
+        assert!(vs["p_value"].as_f64().unwrap() < 1e-6);
+        assert_eq!(last["srm"]["flagged"], false, "{}", last["srm"]);
+        assert!(arms[0]["p50"].as_f64().is_some());
+    }
+
+    #[test]
+    fn the_cumulative_state_survives_a_snapshot_and_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = shard(dir.path());
+        feed(&mut s, 100, 2, 1.0);
+        let snapshot = s.hook::<Engine>().unwrap().snapshot();
+        assert_eq!(snapshot.len(), 1);
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut s2 = shard(dir2.path());
+        for r in snapshot {
+            s2.hook::<Engine>().unwrap().restore(r);
+        }
+        s2.advance(0, 20_000, false).unwrap();
+        // One more window, on both: the cumulative rows agree.
+        let more = |s: &mut Shard| {
+            let e = experiment();
+            let mut split = Split::new(&e);
+            let (key, hash) = split.tag(b"checkout.latency", Some(b"late-user"));
+            let key = key.to_vec();
+            s.batch().fold_unit(&key, 50.0, 25_000, Kind::Sample, hash);
+            s.advance(0, 30_000, false).unwrap();
+        };
+        more(&mut s);
+        more(&mut s2);
+        let a = rows(dir.path()).pop().unwrap();
+        let b = rows(dir2.path()).pop().unwrap();
+        assert_eq!(a["scope"], "cumulative");
+        assert_eq!(a, b);
+        assert_eq!(unit_hash(b"x"), unit_hash(b"x"));
+    }
+
+    #[test]
+    fn an_a_a_split_covers_0_about_95_percent_of_the_time_with_even_p_values() {
+        // 200 seeded A/A runs: both arms draw from one distribution (sums of uniforms,
+        // shifted to 1e6, so the shifted sums are what keeps the variance exact).
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut draw = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut covered = 0;
+        let mut p_values = Vec::new();
+        for _ in 0..200 {
+            let mut arms = [Agg::empty(), Agg::empty()];
+            for arm in &mut arms {
+                for _ in 0..200 {
+                    let v = 1e6 + (0..4).map(|_| draw()).sum::<f64>();
+                    arm.add(v, 0, false);
+                }
+            }
+            let c = welch(&summary(&arms[0]), &summary(&arms[1]));
+            let (lo, hi) = c.ci95.unwrap();
+            covered += usize::from(lo <= 0.0 && 0.0 <= hi);
+            p_values.push(c.p_value.unwrap());
+        }
+        assert!(
+            (181..=199).contains(&covered),
+            "the interval covered 0 in {covered} of 200"
+        );
+        // Even p-values: each fifth of [0, 1] holds about 40 of them.
+        for fifth in 0..5 {
+            let (lo, hi) = (fifth as f64 / 5.0, (fifth + 1) as f64 / 5.0);
+            let n = p_values.iter().filter(|p| **p >= lo && **p < hi).count();
+            assert!((22..=58).contains(&n), "{n} p-values in [{lo}, {hi})");
+        }
     }
 }

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod assign;
+pub mod board;
 pub mod config;
 pub mod engine;
 pub mod split;

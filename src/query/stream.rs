@@ -112,6 +112,8 @@ pub enum Event {
     Window,
     /// Alert transitions (`alerts/`): `event: alert`, the row.
     Alert,
+    /// Experiment comparisons (`experiments/`): `event: experiment`, the row.
+    Experiment,
 }
 
 /// [`follow`] over records of either kind (`events`, one per record); the event id holds
@@ -152,6 +154,11 @@ pub fn follow_records(
                 let frame = match events.get(i) {
                     Some(Event::Alert) => format!(
                         "id: {}\nevent: alert\ndata: {}\n\n",
+                        event_id(&positions),
+                        row.trim_end()
+                    ),
+                    Some(Event::Experiment) => format!(
+                        "id: {}\nevent: experiment\ndata: {}\n\n",
                         event_id(&positions),
                         row.trim_end()
                     ),

@@ -242,6 +242,33 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
         &metrics,
         &alerts_stop,
     )?;
+    let experiment_records: Vec<(PathBuf, Arc<crate::results::Cursors>)> =
+        if alerting.experiments.is_empty() {
+            Vec::new()
+        } else {
+            (0..cores)
+                .map(|s| {
+                    let dir = crate::results::record_dir(
+                        &data_dir,
+                        crate::results::Kind::Experiments,
+                        s as u16,
+                    );
+                    (dir, results.experiment_cursors[s].clone())
+                })
+                .collect()
+        };
+    let (experiments_board, experiments_thread) = if experiment_records.is_empty() {
+        (None, None)
+    } else {
+        let board = Arc::new(crate::experiments::board::Board::default());
+        let thread = crate::experiments::board::spawn(
+            board.clone(),
+            experiment_records.clone(),
+            alerts_stop.clone(),
+        )
+        .map_err(io_err("cannot start the experiments board for", &data_dir))?;
+        (Some(board), Some(thread))
+    };
     let partition_plan = plan_partitions(&config, cores, body.as_ref(), &metrics)?;
 
     let cores_started = start_cores(
@@ -294,23 +321,31 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
                     })
                     .collect(),
                 stream_clients: Arc::default(),
-                alert_records: if rules.is_empty() {
-                    Vec::new()
-                } else {
-                    (0..cores)
-                        .map(|s| {
-                            crate::results::record_dir(
-                                &data_dir,
-                                crate::results::Kind::Alerts,
-                                s as u16,
-                            )
-                        })
-                        .collect()
+                other_records: {
+                    use crate::query::Event;
+                    use crate::results::{Kind, record_dir};
+                    let mut records = Vec::new();
+                    for s in 0..cores {
+                        if !rules.is_empty() {
+                            let dir = record_dir(&data_dir, Kind::Alerts, s as u16);
+                            records.push((
+                                dir,
+                                control.results.alert_cursors[s].clone(),
+                                Event::Alert,
+                            ));
+                        }
+                        if let Some((_, cursors)) = experiment_records.get(s) {
+                            let dir = record_dir(&data_dir, Kind::Experiments, s as u16);
+                            records.push((dir, cursors.clone(), Event::Experiment));
+                        }
+                    }
+                    records
                 },
             }),
             rates: Arc::default(),
             token: config.admin.token.as_deref().map(Arc::from),
             alerts: alerts_board,
+            experiments: experiments_board,
         },
     )
     .map_err(io_err("cannot start admin server on", Path::new("admin")))?;
@@ -344,7 +379,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
     index_stop.store(true, Ordering::Relaxed);
     let _ = index_feeder.join();
     alerts_stop.store(true, Ordering::Relaxed);
-    for t in alert_threads {
+    for t in alert_threads.into_iter().chain(experiments_thread) {
         let _ = t.join();
     }
     result

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::harness::{Sluice, have, http_get, require, signal, wait_for, wait_timeout};
+use crate::harness::{
+    Sluice, follow_stream, have, http_get, require, signal, wait_for, wait_timeout,
+};
 
 /// A webhook receiver: keeps every JSON body posted to it; answers 503 while `down`.
 struct Receiver {
@@ -244,35 +246,6 @@ impl Drop for Sender {
     }
 }
 
-/// Reads a server-sent event stream into a string, on its own thread.
-fn follow_stream(admin: SocketAddr, path: &str) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let mut conn = TcpStream::connect(admin).unwrap();
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    .unwrap();
-    let out = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = conn.read(&mut buf) {
-            if n == 0 {
-                return;
-            }
-            out.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    // The stream starts at the records' ends when the server answers.
-    assert!(wait_for(Duration::from_secs(10), || text
-        .lock()
-        .unwrap()
-        .contains("retry:")));
-    text
-}
-
 /// A configuration with two cores, one 1 s window, the rule, and the notifiers (Alertmanager
 /// is told again of firing alerts every 2 s).
 fn write_config(dir: &Path, webhook: &str, alertmanager: Option<&str>) -> PathBuf {
@@ -305,26 +278,7 @@ webhook = ["{webhook}"]
 }
 
 fn alert_rows(data_dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let Ok(shards) = std::fs::read_dir(data_dir.join("alerts")) else {
-        return out;
-    };
-    let mut shards: Vec<PathBuf> = shards.flatten().map(|e| e.path()).collect();
-    shards.sort();
-    for shard in shards {
-        let mut segments: Vec<PathBuf> = std::fs::read_dir(&shard)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        segments.sort();
-        for seg in segments {
-            for line in std::fs::read_to_string(seg).unwrap().lines() {
-                out.push(serde_json::from_str(line).unwrap());
-            }
-        }
-    }
-    out
+    crate::harness::record_rows(data_dir, "alerts")
 }
 
 #[test]

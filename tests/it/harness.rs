@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Path of the binary under test.
@@ -413,4 +414,58 @@ pub fn start_10s_graphite(data_dir: &Path, lateness: &str, listener: &str) -> Sl
             &spec,
         ],
     )
+}
+
+/// Reads a server-sent event stream into a string, on its own thread.
+pub fn follow_stream(admin: SocketAddr, path: &str) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let mut conn = TcpStream::connect(admin).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let out = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            out.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // The stream starts at the records' ends when the server answers.
+    assert!(wait_for(Duration::from_secs(10), || text
+        .lock()
+        .unwrap()
+        .contains("retry:")));
+    text
+}
+
+/// Every row of every shard's `kind` results record (`aggregates`, `alerts`, ...), shard by
+/// shard, in record order.
+pub fn record_rows(data_dir: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(shards) = std::fs::read_dir(data_dir.join(kind)) else {
+        return out;
+    };
+    let mut shards: Vec<PathBuf> = shards.flatten().map(|e| e.path()).collect();
+    shards.sort();
+    for shard in shards {
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&shard)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        segments.sort();
+        for seg in segments {
+            for line in std::fs::read_to_string(seg).unwrap().lines() {
+                out.push(serde_json::from_str(line).unwrap());
+            }
+        }
+    }
+    out
 }

@@ -10,6 +10,7 @@ mod crash;
 mod dashboard;
 mod defaults;
 mod e2e;
+mod experiments;
 mod formats;
 mod harness;
 mod hostile;
