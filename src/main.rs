@@ -37,6 +37,36 @@ enum Command {
     Query(sluice::cli::query::QueryArgs),
     /// A terminal view of a running instance, refreshed every second (q, Esc or Ctrl-C quit).
     Top(sluice::cli::top::TopArgs),
+    /// Recompute results from a data dir's log with another configuration (windows, alert
+    /// rules, experiments) into a new data dir, writing nothing in the first (a serve may
+    /// run on it).
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// The data dir whose log is replayed: read only (a `sluice serve` may run on it).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// TOML configuration of the replay: its listeners (by name, as the log knows them),
+    /// windows, alert rules and experiments; its data_dir, admin and notify are not used.
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// Where the results go (aggregates/, alerts/, experiments/, deadletter/, a
+    /// checkpoint): a new or empty directory outside DIR.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Only lines logged at or after this time: RFC 3339 (2026-11-28T20:00:00Z) or Unix
+    /// seconds.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    from: Option<i64>,
+    /// Only lines logged before this time: RFC 3339 or Unix seconds.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    to: Option<i64>,
+    /// Cores (default: the configuration's `cores` if it sets it, else one per partition
+    /// of the log).
+    #[arg(long)]
+    cores: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +152,27 @@ fn parse_duration(s: &str) -> Result<Millis, String> {
     config::parse_duration_ms(s)
 }
 
+/// A time as ms since the epoch: RFC 3339, or Unix seconds (a fraction allowed).
+fn parse_time(s: &str) -> Result<i64, String> {
+    let bad =
+        || format!("`{s}` is neither an RFC 3339 time (2026-11-28T20:00:00Z) nor Unix seconds");
+    if let Some(ms) = sluice::parse::syslog::parse_rfc3339(s.as_bytes()) {
+        return Ok(ms);
+    }
+    let digits = |d: &str| !d.is_empty() && d.len() <= 12 && d.bytes().all(|b| b.is_ascii_digit());
+    let (whole, frac) = match s.split_once('.') {
+        Some((whole, frac)) if digits(frac) => (whole, frac),
+        Some(_) => return Err(bad()),
+        None => (s, ""),
+    };
+    if !digits(whole) {
+        return Err(bad());
+    }
+    let secs: i64 = whole.parse().map_err(|_| bad())?;
+    let frac_ms: i64 = format!("{frac:0<3}")[..3].parse().map_err(|_| bad())?;
+    Ok(secs * 1000 + frac_ms)
+}
+
 /// A failure with its exit code: 2 for usage and configuration, 1 for runtime.
 struct Failure {
     code: u8,
@@ -146,7 +197,12 @@ fn usage(error: impl Into<anyhow::Error>) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    sluice::ops::init_tracing();
+    let bar = matches!(cli.command, Command::Replay(_)).then(progress_bar);
+    match &bar {
+        // A replay's own log lines are its warnings; the summary says the rest.
+        Some(bar) => sluice::ops::init_tracing_to("warn", BarWriter(bar.clone())),
+        None => sluice::ops::init_tracing(),
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
@@ -154,6 +210,7 @@ fn main() -> ExitCode {
         Command::Checkpoint(CheckpointCommand::Inspect { data_dir }) => inspect(&data_dir),
         Command::Query(args) => client(sluice::cli::query::run(&args)),
         Command::Top(args) => client(sluice::cli::top::run(&args)),
+        Command::Replay(args) => replay(args, bar.unwrap_or_else(progress_bar)),
     };
     match result {
         Ok(code) => code,
@@ -276,6 +333,101 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     let signals = sluice::ops::install_signals().context("cannot install signal handlers")?;
     tracing::info!(data_dir = %config.data_dir.display(), cores = config.core_count(), "starting");
     sluice::serve::run(config, signals).context("serve")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The replay's progress on stderr: hidden when stderr is not a terminal.
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(0),
+        indicatif::ProgressDrawTarget::stderr_with_hz(10),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} lines ({rate} lines/s, {eta} left)",
+    ) {
+        let rate = |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0}", s.per_sec());
+        };
+        bar.set_style(style.with_key("rate", rate).progress_chars("=> "));
+    }
+    bar
+}
+
+/// Writes log lines to stderr with the progress bar lifted out of the way.
+#[derive(Clone)]
+struct BarWriter(indicatif::ProgressBar);
+
+impl std::io::Write for BarWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.suspend(|| std::io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for BarWriter {
+    type Writer = BarWriter;
+
+    fn make_writer(&'w self) -> BarWriter {
+        self.clone()
+    }
+}
+
+/// `sluice replay`: the configuration as serve reads it (errors name the key and line),
+/// the run, and its summary on stdout.
+fn replay(args: ReplayArgs, bar: indicatif::ProgressBar) -> Result<ExitCode, Failure> {
+    use sluice::serve::replay;
+    let config = Config::from_file(&args.config).map_err(usage)?;
+    // Only a count the file sets overrides one core per partition.
+    let cores = args.cores.or(config.cores);
+    if cores == Some(0) {
+        return Err(usage(anyhow::anyhow!("--cores must be at least 1")));
+    }
+    let mut config = config.finish().map_err(usage)?;
+    config.name_listeners();
+    let options = replay::Options {
+        data_dir: args.data_dir,
+        out: args.out,
+        from_ms: args.from,
+        to_ms: args.to,
+        cores,
+    };
+    let result = replay::run(config, &options, &mut |p| {
+        bar.set_length(p.total.max(p.read));
+        bar.set_position(p.read);
+    });
+    bar.finish_and_clear();
+    let summary = result.map_err(|e| Failure {
+        code: if e.is_usage() { 2 } else { 1 },
+        error: anyhow::Error::from(e).context("replay"),
+    })?;
+    let per_sec = summary.lines as f64 / summary.seconds.max(1e-3);
+    let experiments = match summary.experiments {
+        0 => String::new(),
+        n => format!(", {n} experiment rows"),
+    };
+    // A closed stdout (`| head -0`) loses only the summary: the results are in OUT.
+    let _ = writeln!(
+        std::io::stdout(),
+        "replayed {} lines, {} events: {} aggregates rows, {} alert transitions{} in {:.2} s \
+         ({:.0} lines/s) into {}; {} partitions on {} cores, {} lines read, {} rejected, \
+         {} late",
+        summary.lines,
+        summary.events,
+        summary.rows,
+        summary.alerts,
+        experiments,
+        summary.seconds,
+        per_sec,
+        options.out.display(),
+        summary.partitions,
+        summary.cores,
+        summary.read,
+        summary.rejected,
+        summary.late,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -436,4 +588,34 @@ fn inspect(data_dir: &std::path::Path) -> Result<ExitCode, Failure> {
     }
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn replay_times_are_rfc_3339_or_unix_seconds() {
+        assert_eq!(parse_time("1764360000"), Ok(1_764_360_000_000));
+        assert_eq!(parse_time("1764360000.5"), Ok(1_764_360_000_500));
+        assert_eq!(parse_time("1764360000.1239"), Ok(1_764_360_000_123));
+        assert_eq!(parse_time("0"), Ok(0));
+        assert_eq!(parse_time("2025-11-28T20:00:00Z"), Ok(1_764_360_000_000));
+        assert_eq!(
+            parse_time("2025-11-28T21:00:00.250+01:00"),
+            Ok(1_764_360_000_250)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "-5",
+            "1.2.3",
+            "17643600000000000",
+            ".5",
+            "5.",
+            "2025-11-28",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -117,7 +117,7 @@ pub enum FlushPolicy {
 
 pub use appender::{Appender, BatchWriter};
 pub use flusher::{FlushTicket, Offsets};
-pub use reader::{Batch, Damage, Reader};
+pub use reader::{Batch, Damage, Reader, Tail};
 pub use record::Lines;
 pub use tail::{TAIL_POLL_MS, tail};
 pub use verify::{

@@ -351,6 +351,24 @@ pub struct Reader {
     position: Offset,
     /// Damage stepped over so far.
     damage: Damage,
+    /// Where the valid data of the newest segment ended at a bad batch, when the last call
+    /// to [`next_batch`](Reader::next_batch) stopped there.
+    tail: Option<Tail>,
+}
+
+/// A bad batch after the last valid one of a partition's newest segment, where a
+/// [`Reader`] stopped: a torn tail (the appender's recovery cuts it at its next start), or a
+/// batch being written at that moment. The reader never reads past it, and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// Byte position of the bad batch in it.
+    pub file_pos: u64,
+    /// The offset the bad batch would have started at: the end of the valid data.
+    pub offset: Offset,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 /// Damage a [`Reader`] stepped over: bad batches inside sealed segments (skipped by
@@ -374,6 +392,7 @@ impl Reader {
             sealed: false,
             position: from,
             damage: Damage::default(),
+            tail: None,
         };
         reader.find_start()?;
         Ok(reader)
@@ -425,6 +444,13 @@ impl Reader {
     /// The damage stepped over so far (each stretch is also logged when it is met).
     pub fn damage(&self) -> Damage {
         self.damage
+    }
+
+    /// Where the last [`next_batch`](Self::next_batch) that returned `None` stopped at a bad
+    /// batch after the valid data of the newest segment (`None` when it stopped at the clean
+    /// end of the data, or returned a batch).
+    pub fn tail(&self) -> Option<&Tail> {
+        self.tail.as_ref()
     }
 
     /// Where the next step of the current segment starts (tests check the seek).
@@ -508,6 +534,15 @@ impl Reader {
                             self.note_resync(&resynced, &step);
                             continue;
                         }
+                        self.tail = match (&step, self.scanner.as_ref()) {
+                            (ScanStep::Defect { pos, defect }, Some(scanner)) => Some(Tail {
+                                segment: scanner.path().to_path_buf(),
+                                file_pos: *pos,
+                                offset: scanner.expected(),
+                                reason: defect.to_string(),
+                            }),
+                            _ => None,
+                        };
                         return Ok(None);
                     };
                     if !self.sealed {
@@ -533,6 +568,7 @@ impl Reader {
             }
         };
         self.position = header.end_offset();
+        self.tail = None;
         Ok(self.scanner.as_ref().map(|scanner| Batch {
             info: header.info(),
             lines: Lines::new(scanner.payload(payload)),
@@ -885,6 +921,47 @@ mod tests {
             index::write(dir.path(), &index).unwrap();
         }
         assert_eq!(probes(dir.path()), expected);
+    }
+
+    #[test]
+    fn a_torn_tail_stops_a_reader_at_the_last_valid_batch_and_stays_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut appender = appender(dir.path());
+        let written = write_batches(&mut appender, &batches(5, 100));
+        drop(appender);
+        let mut reader = Reader::open(dir.path(), Offset(0)).unwrap();
+        while reader.next_batch().unwrap().is_some() {}
+        assert_eq!(reader.tail(), None, "a clean end is no tail");
+
+        let path = segment::segment_path(dir.path(), Offset(0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let batch = record::batch_bytes(written[0].1.iter().map(|l| 4 + l.len() as u32).sum());
+        let last = 4 * batch;
+        bytes[last as usize + HEADER_BYTES + 10] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let mut reader = Reader::open(dir.path(), Offset(0)).unwrap();
+        let mut got = Vec::new();
+        while let Some(b) = reader.next_batch().unwrap() {
+            got.push(b.info);
+        }
+        let want: Vec<BatchInfo> = written[..4].iter().map(|(i, _)| *i).collect();
+        assert_eq!(got, want);
+        let tail = reader
+            .tail()
+            .expect("the reader stopped at the torn batch")
+            .clone();
+        assert_eq!(
+            (tail.segment, tail.file_pos, tail.offset),
+            (path.clone(), last, Offset(12))
+        );
+        assert!(tail.reason.contains("crc"), "{}", tail.reason);
+        assert_eq!(reader.position(), Offset(12));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "a reader writes nothing"
+        );
     }
 
     #[test]

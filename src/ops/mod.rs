@@ -28,11 +28,20 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 /// stamps every line itself. Safe to call more than once: later calls leave the first
 /// subscriber in place.
 pub fn init_tracing() {
+    init_tracing_to("info", std::io::stderr);
+}
+
+/// [`init_tracing`] with another default level (when `RUST_LOG` is not set) and another
+/// writer of stderr's lines (one that keeps a progress bar below them, say).
+pub fn init_tracing_to<W>(default_filter: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     let installed = if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().try_init()

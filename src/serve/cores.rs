@@ -34,6 +34,8 @@ pub(super) struct Started {
     pub(super) plans: Vec<PartitionPlan>,
     pub(super) results: ResultsHandles,
     pub(super) metrics: Arc<Metrics>,
+    /// Serve after the replay (`sluice serve`), or end the data (`sluice replay`).
+    pub(super) mode: worker::Mode,
 }
 
 /// The running cores, as `serve` holds them.
@@ -118,6 +120,7 @@ pub(super) fn start_cores(config: &Config, mut started: Started) -> Result<Cores
             router: routers.next().expect("one router per core"),
             inbound: inbounds.next().expect("one inbound set per core"),
             appender: plan.appender,
+            mode: started.mode.clone(),
             replay: plan.replay,
             partitions: plan.others,
             max_event_ms: plan.max_event_ms,

@@ -79,6 +79,30 @@ pub(super) fn listener_ids(data_dir: &Path, names: &[String]) -> Result<Vec<u16>
     Ok(out)
 }
 
+/// The log ids of listener names as `data_dir/listeners.json` has them, written by nothing:
+/// a name it does not know gets an id above every id it holds, which no logged batch
+/// carries (`sluice replay`: the log's listeners that the configuration names are parsed,
+/// the others skipped). Also returns the names the registry knows, sorted.
+pub(super) fn logged_ids(
+    data_dir: &Path,
+    names: &[String],
+) -> Result<(Vec<u16>, Vec<String>), Error> {
+    let ids = read_ids(data_dir)?;
+    let mut next = ids.ids.values().max().map_or(0, |m| m.saturating_add(1));
+    let out = names
+        .iter()
+        .map(|name| match ids.ids.get(name) {
+            Some(id) => *id,
+            None => {
+                let id = next;
+                next = next.saturating_add(1);
+                id
+            }
+        })
+        .collect();
+    Ok((out, ids.ids.into_keys().collect()))
+}
+
 /// Binds every listener on every core. Returns the sockets per core and the bound addresses.
 #[allow(clippy::type_complexity)]
 pub(super) fn bind_all(
@@ -157,4 +181,43 @@ pub(super) fn write_endpoints(
         tracing::info!(listener = %e.name, proto = %e.proto, format = %e.format, addr = %e.addr, "listening");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_ids_read_the_registry_and_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            logged_ids(dir.path(), &names(&["a"])).unwrap(),
+            (vec![0], Vec::new())
+        );
+        assert!(
+            !dir.path().join("listeners.json").exists(),
+            "none is written"
+        );
+
+        listener_ids(dir.path(), &names(&["g", "s"])).unwrap();
+        let path = dir.path().join("listeners.json");
+        let before = std::fs::read(&path).unwrap();
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let (ids, known) = logged_ids(dir.path(), &names(&["s", "new", "g", "other"])).unwrap();
+        assert_eq!(
+            ids,
+            vec![1, 2, 0, 3],
+            "unknown names get ids no batch carries"
+        );
+        assert_eq!(known, names(&["g", "s"]));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            modified
+        );
+
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(logged_ids(dir.path(), &names(&["g"])).is_err());
+    }
 }

@@ -10,12 +10,16 @@
 //! The supervisor (the calling thread) follows the cores' reports and drives the checkpoint
 //! protocol (`checkpoint::coordinator`) every `checkpoint.interval_ms`. SIGTERM/SIGINT: stop
 //! reading, drain, final checkpoint, exit.
+//!
+//! `sluice replay` ([`replay`]) runs the same shards and cores over another data dir's log,
+//! with no listeners and no log of their own, into a new data dir.
 
 #![forbid(unsafe_code)]
 
 mod cores;
 mod listeners;
 mod lock;
+pub mod replay;
 mod restore;
 mod supervisor;
 
@@ -277,6 +281,7 @@ pub fn run(config: Config, signals: Signals) -> Result<(), Error> {
             plans: partition_plan,
             results,
             metrics: metrics.clone(),
+            mode: crate::worker::Mode::Serve,
         },
     )?;
 

@@ -26,7 +26,8 @@ pub(super) struct Alerting {
 use crate::worker::{ReplayTask, ResultsHandles};
 
 pub(super) struct PartitionPlan {
-    pub(super) appender: Appender,
+    /// The core's own partition (`None` for a replay, which appends nothing).
+    pub(super) appender: Option<Appender>,
     pub(super) replay: Vec<ReplayTask>,
     pub(super) others: Vec<PartitionState>,
     pub(super) max_event_ms: Option<i64>,
@@ -61,7 +62,7 @@ pub(super) fn plan_partitions(
             );
         }
         plans.push(PartitionPlan {
-            appender,
+            appender: Some(appender),
             replay: Vec::new(),
             others: Vec::new(),
             max_event_ms: None,

@@ -1202,6 +1202,16 @@ impl Shard {
         self.closed_through_ms
     }
 
+    /// The latest end of a window (of any configured size) that holds `time_ms`: once the
+    /// frontier reaches it, every window holding an event at or before `time_ms` is closed.
+    pub fn last_end_holding(&self, time_ms: i64) -> i64 {
+        self.windows
+            .iter()
+            .map(|w| window_start(time_ms, w.hop_ms).saturating_add(w.size_ms))
+            .max()
+            .unwrap_or(time_ms)
+    }
+
     /// Open windows now.
     pub fn open_windows(&self) -> usize {
         self.open_windows

@@ -1176,3 +1176,28 @@ fn open_windows_are_scanned_in_steps_with_composed_windows_holding_every_event_s
         (3.into(), false.into())
     );
 }
+
+#[test]
+fn the_frontier_at_the_last_end_holding_the_newest_event_closes_every_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = shard(dir.path(), &[1000, 60_000], 100, 2);
+    for (k, t) in [(&b"a"[..], 100), (b"b", 59_999), (b"a", 61_500)] {
+        s.fold(k, 1.0, t, Kind::Sample);
+    }
+    assert_eq!(s.last_end_holding(61_500), 120_000);
+    assert_eq!(s.last_end_holding(-1), 0);
+    s.advance(0, 119_999, true).unwrap();
+    s.advance(1, i64::MIN, true).unwrap();
+    assert_eq!(s.open_windows(), 1, "the minute holding 61.5 s is open");
+    s.advance(0, s.last_end_holding(61_500), true).unwrap();
+    assert_eq!(s.open_windows(), 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = hopping(dir.path(), 10_000, 2_500);
+    h.fold(b"k", 1.0, 12_000, Kind::Sample);
+    assert_eq!(h.last_end_holding(12_000), 20_000);
+    h.advance(0, 19_999, true).unwrap();
+    assert_eq!(h.open_windows(), 1);
+    h.advance(0, 20_000, true).unwrap();
+    assert_eq!(h.open_windows(), 0);
+}

@@ -9,7 +9,7 @@ use crossbeam_channel::Sender;
 use super::owner::Owner;
 use super::quiet::QuietClock;
 use super::storage::{Held, Storage};
-use super::{Control, Error, ReplayTask, Report, WorkerSetup, parsers};
+use super::{Control, END_OF_DATA_EPOCH, Error, Mode, ReplayTask, Report, WorkerSetup, parsers};
 use crate::checkpoint::PartitionState;
 use crate::config::{Format, ListenerConfig, Proto};
 use crate::deadletter::DeadLetter;
@@ -68,8 +68,15 @@ pub struct Input {
     pub(super) router: Router,
     /// The owner side: shard, inbound queues, barrier alignment.
     pub(super) owner: Owner,
-    pub(super) appender: Appender,
+    /// This core's log partition; `None` in [`Mode::Replay`].
+    pub(super) appender: Option<Appender>,
     pub(super) replay: Vec<ReplayTask>,
+    /// Serve after the replay, or end the data.
+    pub(super) mode: Mode,
+    /// The data has ended ([`Mode::Replay`]): the last watermark is sent, no other follows.
+    ended: bool,
+    /// Log listener ids of replayed lines whose listener is not configured, warned about.
+    unknown_listeners: Vec<u16>,
     other_partitions: Vec<PartitionState>,
     pub(super) deadletter: DeadLetter,
     conns: Vec<Option<ConnState>>,
@@ -130,6 +137,9 @@ impl Input {
             ),
             appender: setup.appender,
             replay: setup.replay,
+            mode: setup.mode,
+            ended: false,
+            unknown_listeners: Vec::new(),
             other_partitions: setup.partitions,
             deadletter: setup.deadletter,
             conns: Vec::new(),
@@ -158,6 +168,11 @@ impl Input {
     /// `read_at`.
     fn route_committed(&mut self, read_at: Instant) {
         self.router.set_read_at(read_at);
+        // Batches are committed only by an appender.
+        let Some(appender) = &self.appender else {
+            self.committed.clear();
+            return;
+        };
         for batch in self.committed.drain(..) {
             let Some(index) = self
                 .log_id_to_index
@@ -167,7 +182,7 @@ impl Input {
             else {
                 continue;
             };
-            let lines = self.appender.lines(&batch);
+            let lines = appender.lines(&batch);
             route_lines(
                 RouteCtx {
                     parser: &mut self.parsers[index as usize],
@@ -242,6 +257,8 @@ impl Input {
         let deadletter = &mut self.deadletter;
         let mut writer = self
             .appender
+            .as_mut()
+            .expect("a core without a log partition has no listeners")
             .begin(self.listener_log_ids[listener as usize], ingest_ms);
         let mut error = None;
         feed(
@@ -301,7 +318,7 @@ impl Input {
             return;
         }
         if self.storage.log_flush_failed {
-            match self.appender.flush() {
+            match self.appender.as_mut().map_or(Ok(()), Appender::flush) {
                 Ok(()) => self.storage.log_flush_failed = false,
                 Err(e) => return self.storage_failed(StorageOp::LogFlush, &e),
             }
@@ -360,6 +377,20 @@ impl Input {
                  lost, every other line is counted"
             );
         }
+        if let Some(tail) = task.reader.tail() {
+            // The appender's recovery cuts a torn tail; a replay without one (a replay of
+            // another data dir, or a partition no core appends to) stops before it.
+            tracing::warn!(
+                core = self.id,
+                partition = task.partition,
+                offset = tail.offset.0,
+                segment = %tail.segment.display(),
+                file_pos = tail.file_pos,
+                reason = %tail.reason,
+                "replay stopped at the last valid batch: what follows is not a valid batch \
+                 (a torn tail, or a batch being written) and was not read"
+            );
+        }
         tracing::info!(core = self.id, partition = task.partition, "replay done");
         let done = self.replay.pop().expect("a task is being replayed");
         if done.partition != self.id
@@ -392,6 +423,10 @@ impl Input {
                 continue;
             };
             let info = batch.info;
+            if self.mode.past_end(task.partition, info.first_offset) {
+                self.replay_done();
+                continue;
+            }
             let skip = task.from.0.saturating_sub(info.first_offset.0);
             let end = info.first_offset.0 + u64::from(info.count);
             let index = self
@@ -399,7 +434,15 @@ impl Input {
                 .get(info.listener_id as usize)
                 .copied()
                 .flatten();
-            if let Some(index) = index {
+            if !self.mode.takes(info.ingest_time_ms) {
+                // Outside `sluice replay --from/--to`: read, not parsed.
+            } else if let Some(index) = index {
+                if matches!(self.mode, Mode::Replay { .. }) {
+                    // A replay's lines are its input: counted as the listener's lines.
+                    self.metrics.cores[self.id as usize].listeners[index as usize]
+                        .lines_total
+                        .add(u64::from(info.count) - skip.min(u64::from(info.count)));
+                }
                 route_lines(
                     RouteCtx {
                         parser: &mut self.parsers[index as usize],
@@ -415,11 +458,15 @@ impl Input {
                     batch.lines.skip(skip as usize),
                     info.ingest_time_ms,
                 );
-            } else {
+            } else if !self.unknown_listeners.contains(&info.listener_id) {
+                // Once per listener: a log may hold millions of its batches.
+                self.unknown_listeners.push(info.listener_id);
                 tracing::warn!(
                     core = self.id,
+                    partition = task.partition,
                     listener_id = info.listener_id,
-                    "replay skips lines of a listener no longer configured"
+                    "replay skips the lines of a listener that is not configured (warned once \
+                     per listener)"
                 );
             }
             task.from = crate::log::Offset(end.max(task.from.0));
@@ -442,16 +489,20 @@ impl Input {
         if requested <= self.injected_epoch {
             return Ok(());
         }
+        // A core without a log partition (a replay) takes no part in checkpoints.
+        let Some(appender) = self.appender.as_mut() else {
+            return Ok(());
+        };
         self.injected_epoch = requested;
         let started = Instant::now();
         self.router.flush();
         // The coordinator makes the log durable up to here before it commits; this core
         // goes on meanwhile.
-        let log = self.appender.flush_ticket();
+        let log = appender.flush_ticket();
         let mut partitions = self.other_partitions.clone();
         let own = match self.replay.iter().find(|t| t.partition == self.id) {
             Some(task) => task.from.0,
-            None => self.appender.next_offset().0,
+            None => appender.next_offset().0,
         };
         for task in &self.replay {
             if let Some(p) = partitions
@@ -506,6 +557,29 @@ impl Input {
         }
     }
 
+    /// [`Mode::Replay`], once this core's partitions are replayed: a last watermark at the
+    /// latest end of a window holding the newest event time it routed, marked idle so that
+    /// it holds back no core still replaying, then the barrier [`END_OF_DATA_EPOCH`] behind
+    /// it. Once every core has sent both, every source of a shard is idle and the frontier is
+    /// the largest of their last watermarks: every window any core's events opened closes,
+    /// and the rules decide through that time, not beyond. A shard aligns the barrier after
+    /// every core's last watermark, and its snapshot report tells the run it is done. The
+    /// tick sends no watermark after this (its quiet clock would move the frontier on with
+    /// the wall clock).
+    pub(super) fn end_of_data(&mut self) {
+        if let Some(max) = self.max_event_ms {
+            let end = self.owner.shard.last_end_holding(max);
+            self.sent_watermark = Some((end, true));
+            self.router.broadcast(|| Msg::Watermark {
+                ms: end,
+                idle: true,
+            });
+        }
+        self.ended = true;
+        self.router.broadcast(|| Msg::Barrier(END_OF_DATA_EPOCH));
+        self.note_blocked();
+    }
+
     /// The idle timeout of listener `listener`'s connections.
     pub(super) fn idle_timeout(&self, listener: u16) -> Option<Duration> {
         let config = &self.listeners[listener as usize];
@@ -518,7 +592,7 @@ impl Input {
     /// Periodic work: watermark, flush policy, output flushes, idle connections, metrics.
     pub(super) fn tick(&mut self, now: Instant, backend: &mut EpollBackend) -> Result<(), Error> {
         backend.sweep_idle(self);
-        if let Some(max) = self.max_event_ms {
+        if let Some(max) = self.max_event_ms.filter(|_| !self.ended) {
             // Event time advances with the data, and with the time this core spent finding
             // nothing to read while no data comes (not the time since the last event: a
             // stopped or starved process reads its backlog before windows close for it).
@@ -538,16 +612,7 @@ impl Input {
                 self.note_blocked();
             }
         }
-        let floor = self.control.retention_floors[self.id as usize].load(Ordering::Acquire);
-        self.appender.set_retention_floor(crate::log::Offset(floor));
-        if let Err(e) = self.appender.maybe_flush(now) {
-            self.storage_failed(StorageOp::LogFlush, &e);
-        }
-        let (flushes, flush_us) = self.appender.background_flushes();
-        let m = &self.metrics.cores[self.id as usize];
-        m.log_flushes_total.add(flushes - self.flushes_seen.0);
-        m.log_flush_us_total.add(flush_us - self.flushes_seen.1);
-        self.flushes_seen = (flushes, flush_us);
+        self.tick_log(now);
         if !self.storage.output_failed
             && let Err(e) = self.owner.flush_output()
         {
@@ -563,9 +628,10 @@ impl Input {
             self.publish_latency(now);
         }
         let m = &self.metrics.cores[self.id as usize];
-        m.log_next_offset.set(self.appender.next_offset().0 as i64);
-        m.log_flushed_offset
-            .set(self.appender.flushed_offset().0 as i64);
+        if let Some(appender) = &self.appender {
+            m.log_next_offset.set(appender.next_offset().0 as i64);
+            m.log_flushed_offset.set(appender.flushed_offset().0 as i64);
+        }
         m.pending_batches.set(self.router.pending_len() as i64);
         m.queue_depth
             .set(self.owner.inbound.iter().map(|i| i.rx.len()).sum::<usize>() as i64);
@@ -585,6 +651,25 @@ impl Input {
             }
         }
         Ok(())
+    }
+
+    /// The tick's share for the log partition (when the core has one): retention floor,
+    /// flush policy, background flushes into the metrics.
+    fn tick_log(&mut self, now: Instant) {
+        let Some(appender) = self.appender.as_mut() else {
+            return;
+        };
+        let floor = self.control.retention_floors[self.id as usize].load(Ordering::Acquire);
+        appender.set_retention_floor(crate::log::Offset(floor));
+        let flushed = appender.maybe_flush(now);
+        let (flushes, flush_us) = appender.background_flushes();
+        let m = &self.metrics.cores[self.id as usize];
+        m.log_flushes_total.add(flushes - self.flushes_seen.0);
+        m.log_flush_us_total.add(flush_us - self.flushes_seen.1);
+        self.flushes_seen = (flushes, flush_us);
+        if let Err(e) = flushed {
+            self.storage_failed(StorageOp::LogFlush, &e);
+        }
     }
 
     /// Publishes the latency histograms recorded since the last call, the core's and its
@@ -627,7 +712,7 @@ impl Input {
                 "exiting with lines read but never written to the log (writes kept failing)"
             );
         }
-        if let Err(e) = self.appender.flush() {
+        if let Some(Err(e)) = self.appender.as_mut().map(Appender::flush) {
             tracing::error!(core = self.id, error = %e, "final log flush failed");
         }
         if let Err(e) = self.owner.flush_output() {

@@ -28,6 +28,10 @@
 //! shard, its inbound queues, barrier alignment and the results record). They share only
 //! the dead-letter file and the core's reports; the loop (`Phase`) drives both.
 //!
+//! In [`Mode::Replay`] (`sluice replay`) the core has no sockets and no log partition of
+//! its own: it replays, then ends the data (a last watermark and a barrier, see
+//! `Input::end_of_data`) and folds until it is told to exit.
+//!
 //! A checkpoint barrier is injected at the top of a turn, when every appended line has been
 //! parsed and routed, so the recorded offset and the events sent before the barrier agree.
 
@@ -306,6 +310,51 @@ pub enum Error {
     },
 }
 
+/// What a core does with the log it replays, and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// `sluice serve`: replay the partitions from the checkpoint, then serve the listeners.
+    Serve,
+    /// `sluice replay`: replay the batches whose ingest time is in `ingest_ms`, then end the
+    /// data (see `Input::end_of_data`: every window closes) and fold until told to exit. The
+    /// core has no listeners, no log partition of its own and takes no part in checkpoints.
+    Replay {
+        /// Batches whose ingest time (ms since the epoch) is in this range are parsed; the
+        /// others are read and skipped.
+        ingest_ms: std::ops::Range<i64>,
+        /// Per partition, the offset its replay ends at: its end when the replay began, so a
+        /// log that a running serve appends to is replayed as it was then.
+        ends: Vec<(u16, Offset)>,
+    },
+}
+
+impl Mode {
+    /// True when a batch logged at `ingest_ms` is to be parsed.
+    fn takes(&self, ingest_ms: i64) -> bool {
+        match self {
+            Mode::Serve => true,
+            Mode::Replay {
+                ingest_ms: range, ..
+            } => range.contains(&ingest_ms),
+        }
+    }
+
+    /// True when a batch of `partition` starting at `offset` is past the end of its replay.
+    fn past_end(&self, partition: u16, offset: Offset) -> bool {
+        match self {
+            Mode::Serve => false,
+            Mode::Replay { ends, .. } => ends
+                .iter()
+                .any(|(p, end)| *p == partition && offset >= *end),
+        }
+    }
+}
+
+/// The epoch of the barrier a core in [`Mode::Replay`] sends behind its last watermark: a
+/// shard reports its snapshot (`Report::Shard`) once it has every core's, so the run knows
+/// every shard has folded every event and closed every window.
+pub const END_OF_DATA_EPOCH: u64 = 1;
+
 /// A partition this core replays before it serves its listeners.
 #[derive(Debug)]
 pub struct ReplayTask {
@@ -338,8 +387,10 @@ pub struct WorkerSetup {
     pub router: Router,
     /// Receiving side, one per source core.
     pub inbound: Vec<Inbound>,
-    /// This core's partition.
-    pub appender: Appender,
+    /// This core's partition (`None` in [`Mode::Replay`]: the core appends nothing).
+    pub appender: Option<Appender>,
+    /// Serve after the replay, or end the data.
+    pub mode: Mode,
     /// Partitions to replay first (its own, and any left by a larger instance).
     pub replay: Vec<ReplayTask>,
     /// Partitions whose position this core reports, beside its own live one (replay-only ones).
@@ -380,7 +431,8 @@ pub fn run(setup: WorkerSetup) {
 
 /// Where a core's run loop is. It only moves forward:
 /// `Replaying → Serving → Draining → Drained`, or `Replaying → Draining` when a stop comes
-/// during replay (replay then pauses where it is: the final checkpoint records its cursor).
+/// during replay (replay then pauses where it is: the final checkpoint records its cursor);
+/// in [`Mode::Replay`], `Replaying → Drained` once the data has ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Replaying its partitions; its listeners are not served yet.
@@ -513,6 +565,11 @@ impl Input {
             }
             Phase::Replaying if self.replay.is_empty() => {
                 self.release_frontier_after_replay();
+                if matches!(self.mode, Mode::Replay { .. }) {
+                    self.end_of_data();
+                    self.report(Report::Replayed { core: self.id });
+                    return Ok(Phase::Drained);
+                }
                 for (listener, socket) in sockets.drain(..) {
                     backend
                         .add_listener(listener, socket, self.idle_timeout(listener))
@@ -575,4 +632,29 @@ pub(crate) fn parsers(listeners: &[ListenerConfig]) -> Vec<Parser> {
         .iter()
         .map(|l| Parser::new(l.format, &l.options, &l.name))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_takes_batches_logged_in_its_range_up_to_each_partition_end() {
+        let replay = Mode::Replay {
+            ingest_ms: 1_000..2_000,
+            ends: vec![(0, Offset(10)), (3, Offset(0))],
+        };
+        assert!(!replay.takes(999) && replay.takes(1_000) && replay.takes(1_999));
+        assert!(!replay.takes(2_000), "--to is not included");
+        assert!(!replay.past_end(0, Offset(9)) && replay.past_end(0, Offset(10)));
+        assert!(
+            replay.past_end(3, Offset(0)),
+            "an empty partition has nothing to replay"
+        );
+        assert!(
+            !replay.past_end(1, Offset(u64::MAX)),
+            "a partition with no end is read on"
+        );
+        assert!(Mode::Serve.takes(i64::MIN) && !Mode::Serve.past_end(0, Offset(u64::MAX)));
+    }
 }

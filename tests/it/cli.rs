@@ -33,6 +33,7 @@ fn help_works_on_every_subcommand() {
         &["checkpoint", "inspect", "--help"],
         &["query", "--help"],
         &["top", "--help"],
+        &["replay", "--help"],
     ] {
         let o = run(args);
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));

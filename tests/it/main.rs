@@ -18,6 +18,7 @@ mod limits;
 mod log;
 mod metrics;
 mod query;
+mod replay;
 mod results;
 mod statsd;
 mod storage;

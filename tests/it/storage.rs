@@ -18,13 +18,13 @@ use crate::crash::{assert_exactly_once, oracle};
 use crate::harness::{Sluice, now_secs, require, signal, wait_for};
 
 /// A tmpfs mounted for one test, unmounted (lazily) when dropped.
-struct Tmpfs {
+pub(crate) struct Tmpfs {
     dir: PathBuf,
 }
 
 impl Tmpfs {
     /// Mounts a tmpfs of `mib` MiB on `dir`; `None` (with a note) where that is impossible.
-    fn mount(dir: &Path, mib: u64) -> Option<Tmpfs> {
+    pub(crate) fn mount(dir: &Path, mib: u64) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
@@ -60,7 +60,7 @@ impl Tmpfs {
     }
 
     /// Writes a file of zeros that leaves about `leave` bytes free; returns its path.
-    fn fill(&self, leave: u64) -> PathBuf {
+    pub(crate) fn fill(&self, leave: u64) -> PathBuf {
         let path = self.dir.join("filler");
         let mut f = std::fs::File::create(&path).unwrap();
         let want = self.free_bytes().saturating_sub(leave);
