@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use sluice::experiments::{Arms, HashKind};
@@ -275,15 +274,7 @@ fn kill_9_under_an_experiments_load_writes_the_rows_a_crash_free_run_writes() {
     );
     assert!(sluice.stop().success());
 
-    let fresh = tmp.path().join("fresh");
-    std::fs::create_dir_all(&fresh).unwrap();
-    let copied = Command::new("cp")
-        .arg("-r")
-        .arg(data_dir.join("log"))
-        .arg(&fresh)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    let fresh = crate::harness::copy_log(&data_dir, &tmp.path().join("fresh"));
     let oracle = Sluice::start(&fresh, &args);
     assert!(
         wait_for(Duration::from_secs(30), || cumulative(

@@ -469,3 +469,17 @@ pub fn record_rows(data_dir: &Path, kind: &str) -> Vec<serde_json::Value> {
     }
     out
 }
+
+/// A new data dir `to` holding a copy of `data_dir`'s log and nothing else: what a fresh
+/// instance replays as the crash tests' oracle.
+pub fn copy_log(data_dir: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(data_dir.join("log"))
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    to.to_path_buf()
+}

@@ -210,26 +210,7 @@ fn json_rows(data_dir: &Path) -> Vec<serde_json::Value> {
 
 /// Every alerts row under `data_dir`, shard by shard.
 fn alert_rows(data_dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let Ok(shards) = std::fs::read_dir(data_dir.join("alerts")) else {
-        return out;
-    };
-    let mut shards: Vec<PathBuf> = shards.flatten().map(|e| e.path()).collect();
-    shards.sort();
-    for shard in shards {
-        let mut segments: Vec<PathBuf> = std::fs::read_dir(&shard)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        segments.sort();
-        for seg in segments {
-            for line in std::fs::read_to_string(seg).unwrap().lines() {
-                out.push(serde_json::from_str(line).unwrap());
-            }
-        }
-    }
-    out
+    crate::harness::record_rows(data_dir, "alerts")
 }
 
 /// One open window of a checkpoint: key, size, start, count, sum.
