@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::ALERT_STATES_PER_RULE_MAX;
 use crate::metrics::Metrics;
-use crate::results::{RecordSync, RecordWriter};
+use crate::results::{HookRecord, RecordSync, RecordWriter};
 use crate::units::Millis;
 use crate::window::{Agg, CloseHook, WindowSpec, quantile_name, rfc3339};
 use state::{Change, Phase, State, Threshold};
@@ -576,13 +576,9 @@ pub struct Engine {
     rules: Arc<[Rule]>,
     /// Per rule: its states by key.
     states: Vec<States>,
-    record: RecordWriter,
+    record: HookRecord,
     /// The earliest frontier at which a deadman may fire or a stale alert resolve.
     next_deadline_ms: i64,
-    /// Rows staged since the last write-out.
-    staged: bool,
-    /// Whether a failed write was logged since the last good one.
-    write_failing: bool,
     line: Vec<u8>,
     metrics: Arc<Metrics>,
 }
@@ -593,10 +589,8 @@ impl Engine {
         Engine {
             states: rules.iter().map(|_| States::default()).collect(),
             rules,
-            record,
+            record: HookRecord::new(record, "alert transitions"),
             next_deadline_ms: i64::MAX,
-            staged: false,
-            write_failing: false,
             line: Vec::with_capacity(512),
             metrics,
         }
@@ -637,11 +631,7 @@ impl Engine {
     /// Writes the staged rows out and returns the handle that makes them durable, with the
     /// record's position (for the checkpoint).
     pub fn sync_handle(&mut self) -> (RecordSync, io::Result<()>, u64) {
-        let (sync, written) = self.record.sync_handle();
-        if written.is_ok() {
-            self.staged = false;
-        }
-        (sync, written, self.record.position())
+        self.record.sync_handle()
     }
 
     /// The record's position, staged rows included.
@@ -689,7 +679,6 @@ impl Engine {
         if serde_json::to_writer(&mut self.line, &row).is_ok() {
             self.line.push(b'\n');
             self.record.append(&self.line);
-            self.staged = true;
         }
     }
 
@@ -757,26 +746,6 @@ impl Engine {
         }
         rows.sort_by(|a, b| (&a.alert, &a.key).cmp(&(&b.alert, &b.key)));
         (rows, self.record.position())
-    }
-
-    /// Writes staged rows out; a failure keeps them staged for the next write-out or the
-    /// checkpoint's (which then fails until they are in).
-    fn write_out(&mut self) {
-        if !self.staged {
-            return;
-        }
-        match self.record.flush() {
-            Ok(()) => {
-                self.staged = false;
-                self.write_failing = false;
-            }
-            Err(e) => {
-                if !self.write_failing {
-                    tracing::warn!(path = %self.record.dir().display(), error = %e, "cannot write alert transitions; they stay staged and are retried");
-                    self.write_failing = true;
-                }
-            }
-        }
     }
 
     /// Gets or makes the state of `key` under rule `r`; `None` at the bound (counted).
@@ -884,7 +853,7 @@ impl CloseHook for Engine {
         if through_ms >= self.next_deadline_ms {
             self.fire_deadlines(through_ms);
         }
-        self.write_out();
+        self.record.write_out();
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{Experiment, NO_ARM};
 use super::split::arm_of;
 use super::stats::{Summary, sample_ratio, welch};
-use crate::results::{RecordSync, RecordWriter};
+use crate::results::{HookRecord, RecordSync, RecordWriter};
 use crate::units::Millis;
 use crate::window::{Agg, CloseHook, WindowSpec, quantile_name, rfc3339};
 
@@ -90,9 +90,7 @@ pub struct Engine {
     /// Events without the unit, by (key, size, start), for the groups closing now.
     none: HashMap<(String, i64, i64), u64>,
     cumulative: HashMap<(usize, String), Cumulative>,
-    record: RecordWriter,
-    staged: bool,
-    write_failing: bool,
+    record: HookRecord,
     overflow_logged: bool,
     line: Vec<u8>,
 }
@@ -125,9 +123,7 @@ impl Engine {
             groups: BTreeMap::new(),
             none: HashMap::new(),
             cumulative: HashMap::new(),
-            record,
-            staged: false,
-            write_failing: false,
+            record: HookRecord::new(record, "experiment comparisons"),
             overflow_logged: false,
             line: Vec::with_capacity(1024),
         }
@@ -177,11 +173,7 @@ impl Engine {
     /// Writes the staged rows out and returns the handle that makes them durable, with the
     /// record's position (for the checkpoint).
     pub fn sync_handle(&mut self) -> (RecordSync, io::Result<()>, u64) {
-        let (sync, written) = self.record.sync_handle();
-        if written.is_ok() {
-            self.staged = false;
-        }
-        (sync, written, self.record.position())
+        self.record.sync_handle()
     }
 
     /// The record's position, staged rows included.
@@ -338,27 +330,6 @@ impl Engine {
         if serde_json::to_writer(&mut self.line, &row).is_ok() {
             self.line.push(b'\n');
             self.record.append(&self.line);
-            self.staged = true;
-        }
-    }
-
-    /// Writes staged rows out; a failure keeps them staged for the next write-out or the
-    /// checkpoint's (which then fails until they are in).
-    fn write_out(&mut self) {
-        if !self.staged {
-            return;
-        }
-        match self.record.flush() {
-            Ok(()) => {
-                self.staged = false;
-                self.write_failing = false;
-            }
-            Err(e) => {
-                if !self.write_failing {
-                    tracing::warn!(path = %self.record.dir().display(), error = %e, "cannot write experiment rows; they stay staged and are retried");
-                    self.write_failing = true;
-                }
-            }
         }
     }
 }
@@ -461,7 +432,7 @@ impl CloseHook for Engine {
             self.emit_groups();
         }
         self.none.clear();
-        self.write_out();
+        self.record.write_out();
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 pub use reader::RecordReader;
-pub use writer::{RecordSync, RecordWriter};
+pub use writer::{HookRecord, RecordSync, RecordWriter};
 
 /// File extension of record segments.
 const SEGMENT_EXTENSION: &str = "jsonl";

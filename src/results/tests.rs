@@ -299,3 +299,36 @@ fn a_record_of_the_one_file_layout_becomes_the_first_segment() {
         [(0, "{\"a\":1}".to_string()), (8, "{\"a\":3}".to_string())]
     );
 }
+
+#[test]
+fn a_hook_record_keeps_rows_through_failed_write_outs_and_writes_each_once() {
+    let r = record();
+    let mut h = HookRecord::new(r.writer(0, options(4096, 0)), "test rows");
+    h.append(b"{\"a\":1}\n");
+    h.write_out();
+    fault::clear();
+    fault::arm(Fault {
+        op: Op::Write,
+        after: 0,
+        times: 3,
+        errno: 28,
+    });
+    h.append(b"{\"a\":2}\n");
+    h.write_out();
+    h.write_out();
+    assert_eq!(h.position(), 16, "staged rows count in the position");
+    let (sync, written, position) = h.sync_handle();
+    fault::clear();
+    assert!(written.is_err(), "the write-out at the barrier failed too");
+    assert!(
+        sync.sync().is_err(),
+        "a checkpoint cannot vouch for the staged rows"
+    );
+    assert_eq!(position, 16);
+    h.write_out();
+    let rows: Vec<Vec<u8>> = r.read(0).into_iter().map(|(_, row)| row).collect();
+    assert_eq!(rows, [b"{\"a\":1}".to_vec(), b"{\"a\":2}".to_vec()]);
+    let (sync, written, _) = h.sync_handle();
+    written.unwrap();
+    sync.sync().unwrap();
+}

@@ -411,3 +411,59 @@ fn cut_back(
     };
     Ok((base, path, file, cut))
 }
+
+/// A close hook's record (`alerts/`, `experiments/`): rows the core appends as windows close,
+/// written out at each frontier step. A failed write keeps them staged (see
+/// [`RecordWriter::flush`]) and is logged once per run of failures, naming `what` the rows
+/// are; the checkpoint's sync handle then fails until they are in.
+#[derive(Debug)]
+pub struct HookRecord {
+    record: RecordWriter,
+    what: &'static str,
+    failing: bool,
+}
+
+impl HookRecord {
+    /// The record `record`, of rows that are `what` ("alert transitions").
+    pub fn new(record: RecordWriter, what: &'static str) -> HookRecord {
+        HookRecord {
+            record,
+            what,
+            failing: false,
+        }
+    }
+
+    /// Stages one row (with its newline).
+    #[inline]
+    pub fn append(&mut self, row: &[u8]) {
+        self.record.append(row);
+    }
+
+    /// Writes the staged rows out, if any.
+    pub fn write_out(&mut self) {
+        if self.record.staged_bytes() == 0 {
+            return;
+        }
+        match self.record.flush() {
+            Ok(()) => self.failing = false,
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(path = %self.record.dir().display(), error = %e, what = self.what, "cannot write rows; they stay staged and are retried");
+                    self.failing = true;
+                }
+            }
+        }
+    }
+
+    /// Writes the staged rows out and returns the handle that makes them durable, the
+    /// write's result, and the record's position (for the checkpoint).
+    pub fn sync_handle(&mut self) -> (RecordSync, io::Result<()>, u64) {
+        let (sync, written) = self.record.sync_handle();
+        (sync, written, self.record.position())
+    }
+
+    /// The record's position, staged rows included.
+    pub fn position(&self) -> u64 {
+        self.record.position()
+    }
+}
