@@ -640,23 +640,15 @@ pub fn spawn_board(
     std::thread::Builder::new()
         .name("sluice-alerts-board".into())
         .spawn(move || {
-            let mut readers: Vec<RecordReader> = records
+            let readers = records
                 .iter()
                 .map(|(dir, from, cursors)| RecordReader::open(dir, *from, Some(cursors)))
                 .collect();
-            while !stop.load(Ordering::Relaxed) {
-                let mut any = false;
-                for reader in &mut readers {
-                    while let Ok(Some((_, line))) = reader.next_line() {
-                        any = true;
-                        if let Ok(row) = serde_json::from_slice::<Row>(line) {
-                            board.apply(row);
-                        }
-                    }
+            let poll = Duration::from_millis(NOTIFY_POLL_MS);
+            crate::results::tail_rows(readers, &stop, poll, |line| {
+                if let Ok(row) = serde_json::from_slice::<Row>(line) {
+                    board.apply(row);
                 }
-                if !any {
-                    std::thread::sleep(Duration::from_millis(NOTIFY_POLL_MS));
-                }
-            }
+            });
         })
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -76,22 +76,12 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("sluice-experiments-board".into())
         .spawn(move || {
-            let mut readers: Vec<RecordReader> = records
+            let readers = records
                 .iter()
                 .map(|(dir, cursors)| RecordReader::open(dir, 0, Some(cursors)))
                 .collect();
-            while !stop.load(Ordering::Relaxed) {
-                let mut any = false;
-                for reader in &mut readers {
-                    while let Ok(Some((_, line))) = reader.next_line() {
-                        any = true;
-                        board.apply(line);
-                    }
-                }
-                if !any {
-                    std::thread::sleep(Duration::from_millis(NOTIFY_POLL_MS));
-                }
-            }
+            let poll = Duration::from_millis(NOTIFY_POLL_MS);
+            crate::results::tail_rows(readers, &stop, poll, |line| board.apply(line));
         })
 }
 

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-pub use reader::RecordReader;
+pub use reader::{RecordReader, tail_rows};
 pub use writer::{HookRecord, RecordSync, RecordWriter};
 
 /// File extension of record segments.

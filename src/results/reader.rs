@@ -152,3 +152,26 @@ impl RecordReader {
             .find(|s| s.base > base))
     }
 }
+
+/// Feeds every row of `readers` to `row`, reader by reader, until `stop` is set, waiting
+/// `poll` whenever none had a new row: the loop of a thread that keeps a view of records
+/// (the alerts and experiments boards).
+pub fn tail_rows(
+    mut readers: Vec<RecordReader>,
+    stop: &std::sync::atomic::AtomicBool,
+    poll: std::time::Duration,
+    mut row: impl FnMut(&[u8]),
+) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut any = false;
+        for reader in &mut readers {
+            while let Ok(Some((_, line))) = reader.next_line() {
+                any = true;
+                row(line);
+            }
+        }
+        if !any {
+            std::thread::sleep(poll);
+        }
+    }
+}

@@ -247,8 +247,14 @@ pub type Rows = BTreeMap<(String, String, i64), Row>;
 /// Folds `value` into the expected 1 s window row of `key` at `t_secs`: the tests' own
 /// arithmetic, sharing no code with the window module.
 pub fn expect_1s(rows: &mut Rows, key: &str, t_secs: i64, value: f64) {
+    expect(rows, key, "1s", t_secs * 1000, value);
+}
+
+/// Folds `value` into the expected row of `key` in the `window` window starting at
+/// `start_ms`.
+pub fn expect(rows: &mut Rows, key: &str, window: &str, start_ms: i64, value: f64) {
     let row = rows
-        .entry((key.to_string(), "1s".to_string(), t_secs * 1000))
+        .entry((key.to_string(), window.to_string(), start_ms))
         .or_insert(Row {
             count: 0,
             sum: 0.0,

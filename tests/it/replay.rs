@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::harness::{Row, Rows, Sluice, aggregate_lines, read_aggregates, run, wait_for};
+use crate::harness::{Rows, Sluice, aggregate_lines, read_aggregates, run, wait_for};
 
 /// The live runs' configuration: two cores, one Graphite listener `g`, 1 s windows with
 /// 10 s windows composed from them, small log segments.
@@ -184,18 +184,7 @@ fn expected_rows(logged: &[Logged], size_ms: i64, window: &str) -> Rows {
             .next()
             .map_or(l.ingest_ms, |t| t.parse::<i64>().unwrap() * 1000);
         let start = time_ms.div_euclid(size_ms) * size_ms;
-        let row = rows
-            .entry((key.to_string(), window.to_string(), start))
-            .or_insert(Row {
-                count: 0,
-                sum: 0.0,
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-            });
-        row.count += 1;
-        row.sum += value;
-        row.min = row.min.min(value);
-        row.max = row.max.max(value);
+        crate::harness::expect(&mut rows, key, window, start, value);
     }
     rows
 }
